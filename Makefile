@@ -1,0 +1,40 @@
+# `make run`: the catalog on the embedded SQLite store. `make test`: lint, types and the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench schemas docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	$(BIN)/catalog init
+	$(BIN)/catalog demo
+
+test: $(VENV)/.test-installed
+	$(BIN)/ruff check catalog tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python bench/jobs.py
+
+# Regenerate what the docs tests keep current.
+schemas: $(VENV)/.run-installed
+	$(BIN)/python -c "from pathlib import Path; from catalog.models import write_schemas; write_schemas(Path('schemas'))"
+
+docs: $(VENV)/.run-installed
+	$(BIN)/python -m catalog.docs
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

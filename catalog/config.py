@@ -1,0 +1,94 @@
+"""Settings, listed once: defaults < config file < ``CATALOG_*`` environment < arguments.
+
+Nothing is read at import time; ``load_settings()`` reads the file and the environment when
+called. The config file is ``catalog.toml`` in the working directory, or ``CATALOG_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from catalog.errors import ConfigurationError
+
+CONFIG_ENV = "CATALOG_CONFIG"
+DEFAULT_CONFIG_FILE = "catalog.toml"
+
+
+class Settings(BaseModel):
+    """Every setting of the catalog, with its default and meaning."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    db: str = Field(
+        "sqlite:///catalog.db",
+        description="Catalog location: sqlite:///path, mongodb://..., or mongomock://name.",
+    )
+    archive_root: str = Field(
+        "archive", description="Local directory that archive paths resolve inside."
+    )
+    archive_system: str = Field("local", description="Name of the storage system jobs archive to.")
+    namespace: str = Field(
+        "catalog.local", description="Namespace every typed UUID is derived in (never change it)."
+    )
+    secret_file: str = Field(
+        ".catalog/secret.json",
+        description="Where 'catalog init' keeps the job secret and admin key (mode 0600).",
+    )
+    base_url: str = Field(
+        "http://127.0.0.1:8000", description="Public URL of the service, used in webhook URLs."
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA", "OFF"] = Field(
+        "FULL", description="SQLite synchronous pragma: FULL (durable, default) or NORMAL."
+    )
+    busy_timeout_ms: int = Field(
+        30000, ge=0, description="How long SQLite waits for a lock held by another writer."
+    )
+    event_retries: int = Field(
+        64, ge=1, description="Compare-and-set attempts before an event reports a conflict."
+    )
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return f"CATALOG_{field.upper()}"
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigurationError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {exc}") from None
+    section = raw.get("catalog", raw)
+    if not isinstance(section, dict):
+        raise ConfigurationError(f"config file {path}: [catalog] must be a table")
+    return section
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings with the documented precedence; ``None`` overrides are ignored."""
+    values: dict[str, Any] = {}
+    if config_file is None:
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file is None and Path(DEFAULT_CONFIG_FILE).is_file():
+            config_file = DEFAULT_CONFIG_FILE
+    if config_file is not None:
+        values.update(_read_config_file(Path(config_file)))
+    for name in Settings.model_fields:
+        env_value = os.environ.get(Settings.env_name(name))
+        if env_value is not None:
+            values[name] = env_value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -1,0 +1,183 @@
+"""One exception tree for the whole catalog.
+
+Every error carries an HTTP ``status`` and a stable ``code``; entry points render them with a
+single handler (JSON ``{"error": {"code", "message"}}`` over HTTP and with ``--json``, a message
+and a non-zero exit code on the command line)::
+
+    CatalogError                       500 internal_error
+    ├── InvalidInput                   400 invalid_input
+    │   ├── MalformedIdentifier        400 malformed_uuid
+    │   ├── WrongIdentifierType        400 wrong_uuid_type
+    │   ├── InvalidData                400 invalid_data      (not canonical JSON)
+    │   ├── UnsafePath                 400 unsafe_path       (escapes the archive root)
+    │   └── InvalidPattern             400 invalid_pattern
+    ├── UnknownEvent                   422 unknown_event
+    ├── TokenRequired                  401 token_required
+    ├── TokenInvalid                   403 token_invalid
+    │   └── AdminRequired              403 admin_required
+    ├── NotFound                       404 not_found
+    │   ├── JobNotFound                404 job_not_found
+    │   └── PipelineNotFound           404 pipeline_not_found
+    ├── EventNotAllowed                409 event_not_allowed
+    ├── AmbiguousPipeline              409 ambiguous_pipeline
+    ├── ConcurrencyConflict            503 concurrency_conflict
+    ├── StoreError                     500 store_error
+    └── ConfigurationError             500 configuration_error
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+__all__ = [
+    "AdminRequired",
+    "AmbiguousPipeline",
+    "CatalogError",
+    "ConcurrencyConflict",
+    "ConfigurationError",
+    "EventNotAllowed",
+    "InvalidData",
+    "InvalidInput",
+    "InvalidPattern",
+    "JobNotFound",
+    "MalformedIdentifier",
+    "NotFound",
+    "PipelineNotFound",
+    "StoreError",
+    "TokenInvalid",
+    "TokenRequired",
+    "UnknownEvent",
+    "UnsafePath",
+    "WrongIdentifierType",
+]
+
+
+class CatalogError(Exception):
+    """Root of every error the catalog raises on purpose."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one error shape every entry point renders."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidInput(CatalogError):
+    status = 400
+    code = "invalid_input"
+
+
+class MalformedIdentifier(InvalidInput):
+    code = "malformed_uuid"
+
+
+class WrongIdentifierType(InvalidInput):
+    code = "wrong_uuid_type"
+
+    def __init__(self, value: str, expected: Iterable[str], actual: str) -> None:
+        expected = sorted(expected)
+        super().__init__(
+            f"{value} is a {actual} UUID, expected {' or '.join(expected)}",
+            value=value,
+            expected=expected,
+            actual=actual,
+        )
+
+
+class InvalidData(InvalidInput):
+    code = "invalid_data"
+
+
+class UnsafePath(InvalidInput):
+    code = "unsafe_path"
+
+
+class InvalidPattern(InvalidInput):
+    code = "invalid_pattern"
+
+
+class UnknownEvent(CatalogError):
+    status = 422
+    code = "unknown_event"
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        super().__init__(
+            f"unknown event {name!r}; known events: {', '.join(known)}", name=name, known=known
+        )
+
+
+class TokenRequired(CatalogError):
+    status = 401
+    code = "token_required"
+
+
+class TokenInvalid(CatalogError):
+    status = 403
+    code = "token_invalid"
+
+
+class AdminRequired(TokenInvalid):
+    code = "admin_required"
+
+
+class NotFound(CatalogError):
+    status = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+    def __init__(self, uuid: str) -> None:
+        super().__init__(f"no job {uuid}", uuid=uuid)
+
+
+class PipelineNotFound(NotFound):
+    code = "pipeline_not_found"
+
+    def __init__(self, name_or_uuid: str) -> None:
+        super().__init__(f"no pipeline {name_or_uuid}", pipeline=name_or_uuid)
+
+
+class EventNotAllowed(CatalogError):
+    status = 409
+    code = "event_not_allowed"
+
+    def __init__(self, uuid: str, event: str, state: str, allowed: Iterable[str]) -> None:
+        allowed = sorted(allowed)
+        super().__init__(
+            f"event {event!r} is not allowed for job {uuid} in state {state}; "
+            f"allowed events: {', '.join(allowed) or 'none'}",
+            uuid=uuid,
+            event=event,
+            state=state,
+            allowed=allowed,
+        )
+
+
+class AmbiguousPipeline(CatalogError):
+    status = 409
+    code = "ambiguous_pipeline"
+
+
+class ConcurrencyConflict(CatalogError):
+    status = 503
+    code = "concurrency_conflict"
+
+
+class StoreError(CatalogError):
+    status = 500
+    code = "store_error"
+
+
+class ConfigurationError(CatalogError):
+    status = 500
+    code = "configuration_error"

@@ -1,0 +1,259 @@
+"""Typed UUIDs, canonical JSON, digests, archive paths and instanced directory names.
+
+A typed UUID is a UUID5 in the catalog's namespace whose first three hex digits are replaced by
+a type prefix, so the kind of any identifier is visible at a glance (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid as _uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from enum import Enum
+from functools import lru_cache
+from typing import Any
+
+import coolname
+import xxhash
+
+from catalog.errors import InvalidData, InvalidInput, MalformedIdentifier, WrongIdentifierType
+
+DEFAULT_NAMESPACE = "catalog.local"
+ARCHIVE_PREFIX = "/products/v2"
+
+
+class UUIDType(Enum):
+    """Record kinds and their three-digit prefixes."""
+
+    generic = "100"
+    experiment = "102"
+    sample = "103"
+    measurement = "104"
+    file = "105"
+    pipeline = "106"
+    pipelinejob = "107"
+    pipelinejob_event = "108"
+    reference = "109"
+    product = "110"
+    fixity = "116"
+    process = "117"
+    observation = "126"
+
+    @property
+    def prefix(self) -> str:
+        return self.value
+
+
+_BY_PREFIX = {member.value: member for member in UUIDType}
+UPSTREAM_TYPES = (
+    UUIDType.experiment,
+    UUIDType.sample,
+    UUIDType.measurement,
+    UUIDType.observation,
+)
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@lru_cache(maxsize=16)
+def namespace_uuid(namespace: str = DEFAULT_NAMESPACE) -> _uuid.UUID:
+    """The UUID5 namespace every typed UUID of this catalog is derived in."""
+    return _uuid.uuid5(_uuid.NAMESPACE_DNS, namespace)
+
+
+def typed_uuid(kind: UUIDType, name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The typed UUID5 of ``name`` for a record of ``kind``."""
+    digest = kind.prefix + _uuid.uuid5(namespace_uuid(namespace), name).hex[3:]
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
+
+
+def random_typed_uuid(kind: UUIDType, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """A typed UUID5 of a random name, for records with no natural identity."""
+    return typed_uuid(kind, _uuid.uuid4().hex, namespace)
+
+
+def uuid_type(value: str) -> UUIDType:
+    """The type of a typed UUID; raises MalformedIdentifier when it is not one."""
+    if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
+        raise MalformedIdentifier(f"{value!r} is not a UUID")
+    kind = _BY_PREFIX.get(value[:3].lower())
+    if kind is None or value[14] != "5":
+        raise MalformedIdentifier(f"{value} is not a catalog UUID (unknown type prefix or version)")
+    return kind
+
+
+def parse_uuid(value: Any, *expected: UUIDType) -> str:
+    """Normalise a typed UUID (lower case), checking its type against ``expected`` if given."""
+    if isinstance(value, _uuid.UUID):
+        value = str(value)
+    kind = uuid_type(value)
+    if expected and kind not in expected:
+        raise WrongIdentifierType(value, [e.name for e in expected], kind.name)
+    return str(value).lower()
+
+
+def looks_like_uuid(value: str) -> bool:
+    return bool(_UUID_RE.fullmatch(value))
+
+
+def upstream_uuids(
+    kind: UUIDType, values: str | _uuid.UUID | Iterable[str | _uuid.UUID] | None,
+    namespace: str = DEFAULT_NAMESPACE,
+) -> list[str]:
+    """Resolve upstream ids (``measurement.lab.42`` or typed UUIDs, one or many) to UUIDs."""
+    if values is None:
+        return []
+    if isinstance(values, str | _uuid.UUID):
+        values = [values]
+    elif not isinstance(values, list | tuple | set | frozenset):
+        raise InvalidInput(f"{kind.name} ids must be a string, a UUID or a list of them")
+    resolved = []
+    for value in values:
+        if isinstance(value, _uuid.UUID) or (isinstance(value, str) and looks_like_uuid(value)):
+            resolved.append(parse_uuid(value, kind))
+            continue
+        if not isinstance(value, str) or not value.strip() or value != value.strip():
+            raise InvalidInput(f"{kind.name} id {value!r} must be a non-empty string or UUID")
+        if len(value) > 256:
+            raise InvalidInput(f"{kind.name} id is longer than 256 characters")
+        head = value.split(".", 1)[0]
+        other = next((t for t in UPSTREAM_TYPES if t.name == head and t is not kind), None)
+        if other is not None:
+            raise WrongIdentifierType(value, [kind.name], other.name)
+        resolved.append(typed_uuid(kind, value, namespace))
+    return resolved
+
+
+# -- canonical JSON -------------------------------------------------------------------------
+
+
+def _check_json(value: Any, where: str) -> None:
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidData(f"{where}: string is not valid UTF-8 (lone surrogate)") from None
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidData(f"{where}: {value} is not allowed in JSON (NaN/Infinity)")
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidData(f"{where}: key {key!r} is not a string")
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidData(f"{where}: key {key!r} is not valid UTF-8") from None
+            _check_json(item, f"{where}.{key}")
+        return
+    raise InvalidData(f"{where}: {type(value).__name__} is not a JSON type")
+
+
+def check_json(value: Any, name: str = "data") -> None:
+    """Raise InvalidData naming the offending key when ``value`` is not plain JSON."""
+    _check_json(value, name)
+
+
+def canonical_json(value: Any, name: str = "data") -> str:
+    """Sorted keys, no insignificant whitespace, UTF-8 text; equal data gives equal bytes."""
+    _check_json(value, name)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def loads_json(text: str | bytes, name: str = "data") -> Any:
+    """Parse JSON text, refusing NaN/Infinity and duplicate-free but non-JSON constants."""
+
+    def refuse_constant(token: str) -> Any:
+        raise InvalidData(f"{name}: {token} is not allowed in JSON")
+
+    def finite_float(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise InvalidData(f"{name}: {token} overflows to infinity")
+        return value
+
+    try:
+        return json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
+    except InvalidData:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidData(f"{name}: not valid JSON ({exc})") from None
+
+
+def digest(value: Any, name: str = "data") -> str:
+    """A short stable digest (xxh3-64, hex) of the canonical JSON of ``value``."""
+    return xxhash.xxh3_64_hexdigest(canonical_json(value, name).encode("utf-8"))
+
+
+# -- derived identities ----------------------------------------------------------------------
+
+
+def pipeline_uuid(
+    name: str, version: str | None = None, components: list[Any] | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+) -> str:
+    identity = {"name": name, "version": version, "components": components or []}
+    return typed_uuid(UUIDType.pipeline, canonical_json(identity, "pipeline"), namespace)
+
+
+def job_identity(pipeline: str, child_of: Iterable[str], data: Mapping[str, Any]) -> str:
+    """The canonical text a job's UUID is derived from."""
+    return canonical_json(
+        {"pipeline": pipeline, "child_of": sorted(set(child_of)), "data": data}, "data"
+    )
+
+
+def job_uuid(
+    pipeline: str, child_of: Iterable[str], data: Mapping[str, Any],
+    namespace: str = DEFAULT_NAMESPACE,
+) -> str:
+    return typed_uuid(UUIDType.pipelinejob, job_identity(pipeline, child_of, data), namespace)
+
+
+def archive_path(
+    pipeline: str, child_of: Iterable[str], data: Mapping[str, Any], instance: str | None = None
+) -> str:
+    """``/products/v2/<pipeline hex>/<digest of child_of>/<digest of data>[/<instance>]``."""
+    parts = [
+        ARCHIVE_PREFIX,
+        _uuid.UUID(pipeline).hex,
+        digest(sorted(set(child_of)), "child_of"),
+        digest(data, "data"),
+    ]
+    if instance is not None:
+        parts.append(instance)
+    return "/".join(parts)
+
+
+def check_session(session: str) -> str:
+    if not isinstance(session, str) or not _SESSION_RE.fullmatch(session):
+        raise InvalidInput(
+            f"session {session!r} must be 1-64 characters of letters, digits, '_', '.', '-' "
+            "starting with a letter or digit"
+        )
+    return session
+
+
+def timestamp(now: datetime | None = None) -> str:
+    """Compact UTC timestamp ``YYYYMMDDTHHMMSSZ``."""
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def instanced_directory(session: str | None = None, now: datetime | None = None) -> str:
+    """``<adjective>-<animal>-<timestamp>`` or ``<session>-<timestamp>``."""
+    head = check_session(session) if session is not None else coolname.generate_slug(2)
+    return f"{head}-{timestamp(now)}"

@@ -1,0 +1,228 @@
+"""Pydantic v2 models of the catalog's documents; their JSON Schemas live in ``schemas/``."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
+
+from catalog.identifiers import UUIDType, check_json, parse_uuid
+
+
+def utc_now() -> datetime:
+    """Now in UTC, truncated to milliseconds (the precision every date is kept at)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def format_date(value: datetime) -> str:
+    """``2026-11-21T12:00:00.123Z``: UTC, milliseconds, sortable as text."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _to_utc_ms(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("dates must carry a time zone")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+UTCDate = Annotated[
+    datetime,
+    AfterValidator(_to_utc_ms),
+    PlainSerializer(format_date, return_type=str, when_used="json"),
+]
+
+
+def _typed(*kinds: UUIDType) -> AfterValidator:
+    def check(value: str) -> str:
+        return parse_uuid(value, *kinds)
+
+    return AfterValidator(check)
+
+
+JobUUID = Annotated[str, _typed(UUIDType.pipelinejob)]
+PipelineUUID = Annotated[str, _typed(UUIDType.pipeline)]
+EventUUID = Annotated[str, _typed(UUIDType.pipelinejob_event)]
+UpstreamUUID = Annotated[
+    str, _typed(UUIDType.experiment, UUIDType.sample, UUIDType.measurement, UUIDType.observation)
+]
+AnyUUID = Annotated[str, _typed(*UUIDType)]
+EventId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _plain_json(value: Any) -> Any:
+    check_json(value)
+    return value
+
+
+JSONData = Annotated[dict[str, Any], AfterValidator(_plain_json)]
+
+Level = Literal["0", "1", "2", "3", "Reference", "User", "Unknown"]
+
+
+def _check_patterns(patterns: list[str]) -> list[str]:
+    if not patterns:
+        raise ValueError("at least one pattern is required")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            message = f"pattern {pattern!r} is not a valid regular expression: {exc}"
+            raise ValueError(message) from None
+    return patterns
+
+
+Patterns = Annotated[list[str], AfterValidator(_check_patterns)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArchiveIndexRequest(_Strict):
+    """Select archive files under the job's archive path and give them a processing level."""
+
+    patterns: Patterns
+    level: Level = "1"
+    fixity: bool = True
+    note: str | None = None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class ProductIndexRequest(_Strict):
+    """Select product files and say what they were derived from and using."""
+
+    patterns: Patterns
+    derived_from: list[str] = Field(default_factory=list)
+    derived_using: list[str] = Field(default_factory=list)
+    fixity: bool = True
+    note: str | None = None
+
+
+class Pipeline(_Strict):
+    """A computational pipeline; its UUID is derived from name, version and components."""
+
+    uuid: PipelineUUID
+    name: str = Field(min_length=1, max_length=256)
+    version: str | None = Field(None, max_length=256)
+    components: list[JSONData | str] = Field(default_factory=list)
+    description: str | None = None
+    created: UTCDate
+
+
+class Event(_Strict):
+    """An event as sent by a webhook, reactor, the CLI or the API."""
+
+    name: str = Field(min_length=1, max_length=64)
+    data: JSONData = Field(default_factory=dict)
+    event_id: EventId | None = None
+
+
+class HistoryEntry(_Strict):
+    """One accepted event in a job's history."""
+
+    uuid: EventUUID
+    name: str
+    date: UTCDate
+    data: JSONData = Field(default_factory=dict)
+    source: str
+    event_id: EventId
+    state: str = Field(description="The job's state after this event.")
+
+
+class AuditEntry(_Strict):
+    """A refused event (or an administrative action) with its reason."""
+
+    job_uuid: str
+    name: str
+    date: UTCDate
+    source: str
+    event_id: str | None = None
+    code: str
+    reason: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(_Strict):
+    """A pipeline job: what ran, on what, where its outputs go, and how far it got."""
+
+    uuid: JobUUID
+    pipeline_uuid: PipelineUUID
+    data: JSONData = Field(default_factory=dict)
+    state: str
+    last_event: str
+    version: int = Field(ge=0)
+    child_of: list[UpstreamUUID] = Field(default_factory=list)
+    generated_by: list[AnyUUID] = Field(default_factory=list)
+    acted_on: list[AnyUUID] = Field(default_factory=list)
+    acted_using: list[AnyUUID] = Field(default_factory=list)
+    archive_system: str
+    archive_path: str
+    archive_patterns: list[ArchiveIndexRequest] = Field(default_factory=list)
+    product_patterns: list[ProductIndexRequest] = Field(default_factory=list)
+    session: str | None = None
+    agent: str | None = None
+    task: str | None = None
+    created: UTCDate
+    updated: UTCDate
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+class EventOutcome(_Strict):
+    """What an accepted (or replayed) event did."""
+
+    uuid: JobUUID
+    state: str
+    last_event: str
+    event_id: str
+    duplicate: bool
+
+
+SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
+    ArchiveIndexRequest,
+    AuditEntry,
+    Event,
+    EventOutcome,
+    HistoryEntry,
+    Job,
+    Pipeline,
+    ProductIndexRequest,
+)
+
+
+def schema_documents() -> dict[str, str]:
+    """File name -> JSON Schema text for every model in ``SCHEMA_MODELS``."""
+    return {
+        f"{model.__name__}.json": json.dumps(
+            model.model_json_schema(mode="serialization"), indent=2, sort_keys=True
+        )
+        + "\n"
+        for model in SCHEMA_MODELS
+    }
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in schema_documents().items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,38 @@
+"""Archive paths that can never escape the archive root."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+
+from catalog.errors import UnsafePath
+
+MAX_PATH_LENGTH = 1024
+
+
+def check_archive_path(path: str, root: str | Path) -> str:
+    """Validate an archive path (``/products/...``) and return it normalised.
+
+    Refused: relative paths, ``..`` components, NUL bytes, backslashes, and anything that
+    resolves (following symlinks already on disk) outside ``root``.
+    """
+    if not isinstance(path, str) or not path:
+        raise UnsafePath("archive path must be a non-empty string")
+    if len(path) > MAX_PATH_LENGTH:
+        raise UnsafePath(f"archive path is longer than {MAX_PATH_LENGTH} characters")
+    if "\x00" in path or "\\" in path:
+        raise UnsafePath(f"archive path {path!r} contains a NUL byte or a backslash")
+    if not path.startswith("/"):
+        raise UnsafePath(f"archive path {path!r} must start with '/' (it is under the root)")
+    parts = path.split("/")
+    if ".." in parts:
+        raise UnsafePath(f"archive path {path!r} must not contain '..'")
+    normalised = posixpath.normpath(path)
+    if normalised == "/":
+        raise UnsafePath("archive path must name a directory below the archive root")
+    real_root = os.path.realpath(root)
+    resolved = os.path.realpath(os.path.join(real_root, normalised.lstrip("/")))
+    if os.path.commonpath([real_root, resolved]) != real_root or resolved == real_root:
+        raise UnsafePath(f"archive path {path!r} resolves outside the archive root")
+    return normalised
