@@ -1,0 +1,241 @@
+"""The MongoDB store: one document per job with its history embedded, compare-and-set on version.
+
+Three collections, ``pipelines``, ``jobs`` and ``audit``, with unique indexes on ``uuid`` and an
+index for every query path, created (idempotently) when the store is opened. An event is applied
+by reading the job's head, deciding, and updating only if ``version`` is still the one read;
+a lost race is retried with a short jittered backoff, each time deciding again on the new head.
+
+``mongomock://name`` opens database ``name`` on one in-process mongomock client shared by every
+store of the process (so two stores opened on one URL see the same data, as with a SQLite file).
+mongomock applies an update in place, step by step, with no lock held between matching and
+writing, so its calls are serialized here by one process-wide lock: that restores the per-document
+atomicity a real server provides, and nothing more (the compare-and-set still does the work).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from contextlib import AbstractContextManager, nullcontext
+from urllib.parse import urlsplit
+
+import pymongo
+from pymongo import ASCENDING, DESCENDING
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+from pymongo.errors import DuplicateKeyError
+
+from catalog.errors import ConcurrencyConflict, ConfigurationError, JobNotFound
+from catalog.store.base import (
+    Applied,
+    Decide,
+    Doc,
+    JobQuery,
+    Page,
+    check_limit,
+    check_new_job,
+    decode_cursor,
+    page_of,
+)
+
+DEFAULT_DATABASE = "catalog"
+_NO_ID: Doc = {"_id": 0}
+_WITHOUT_HISTORY: Doc = {"_id": 0, "history": 0}
+_HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1}
+
+_mock_client: pymongo.MongoClient[Doc] | None = None
+_mock_client_lock = threading.Lock()
+_mock_calls_lock = threading.Lock()
+
+
+def _shared_mock_client() -> pymongo.MongoClient[Doc]:
+    global _mock_client
+    with _mock_client_lock:
+        if _mock_client is None:
+            import mongomock  # a test dependency only
+
+            _mock_client = mongomock.MongoClient()
+        return _mock_client
+
+
+def _after(first: str, second: str, cursor: str) -> Doc:
+    """Keyset condition (first, second) > cursor, with a range on ``first`` for the index."""
+    after_first, after_second = decode_cursor(cursor, 2)
+    return {
+        first: {"$gte": after_first},
+        "$or": [{first: {"$gt": after_first}}, {second: {"$gt": after_second}}],
+    }
+
+
+def _all_of(clauses: list[Doc]) -> Doc:
+    return {"$and": clauses} if clauses else {}
+
+
+class MongoStore:
+    """Store backed by a MongoDB database (or a mongomock one in tests)."""
+
+    kind = "mongo"
+
+    def __init__(self, database: Database[Doc], retries: int = 64, *,
+                 client: pymongo.MongoClient[Doc] | None = None,
+                 guard: AbstractContextManager[object] | None = None) -> None:
+        """Use ``database``; ``client`` is closed by ``close()``; ``guard`` wraps every call."""
+        if retries < 1:
+            raise ConfigurationError(f"retries must be at least 1, got {retries}")
+        self.database = database
+        self._retries = retries
+        self._client = client
+        self._guard: AbstractContextManager[object] = guard if guard is not None else nullcontext()
+        self._pipelines: Collection[Doc] = database["pipelines"]
+        self._jobs: Collection[Doc] = database["jobs"]
+        self._audit: Collection[Doc] = database["audit"]
+        self._create_indexes()
+
+    @classmethod
+    def from_url(cls, url: str, retries: int = 64) -> MongoStore:
+        """``mongodb://host/dbname``, ``mongodb+srv://...`` or ``mongomock://dbname``."""
+        parts = urlsplit(url)
+        if parts.scheme == "mongomock":
+            name = parts.netloc or parts.path.strip("/") or DEFAULT_DATABASE
+            return cls(_shared_mock_client()[name], retries, guard=_mock_calls_lock)
+        if parts.scheme not in ("mongodb", "mongodb+srv"):
+            raise ConfigurationError(f"{url!r} is not a mongodb:// or mongomock:// URL")
+        try:
+            client: pymongo.MongoClient[Doc] = pymongo.MongoClient(url, tz_aware=False)
+        except (PyMongoConfigurationError, ValueError) as exc:  # a malformed URL or option
+            raise ConfigurationError(f"invalid MongoDB URL: {exc}") from None
+        try:
+            return cls(client.get_default_database(DEFAULT_DATABASE), retries, client=client)
+        except BaseException:
+            client.close()
+            raise
+
+    def _create_indexes(self) -> None:
+        with self._guard:
+            self._pipelines.create_index([("uuid", ASCENDING)], unique=True)
+            self._pipelines.create_index([("name", ASCENDING), ("uuid", ASCENDING)])
+            self._jobs.create_index([("uuid", ASCENDING)], unique=True)
+            for head in (None, "state", "pipeline_uuid", "child_of"):
+                keys = [] if head is None else [(head, ASCENDING)]
+                self._jobs.create_index([*keys, ("created", ASCENDING), ("uuid", ASCENDING)])
+            self._jobs.create_index([("history.event_id", ASCENDING)])
+            # find_audit sorts by _id: ObjectIds grow with insertion order within a process.
+            self._audit.create_index([("job_uuid", ASCENDING), ("_id", DESCENDING)])
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _insert(self, collection: Collection[Doc], doc: Doc, stored: Doc) -> tuple[Doc, bool]:
+        """Insert ``stored`` unless its uuid exists; the unique index decides, not a prior find."""
+        for _ in range(self._retries):
+            try:
+                with self._guard:
+                    collection.insert_one(stored)  # pymongo adds _id to what it inserts
+                return dict(doc), True
+            except DuplicateKeyError:
+                with self._guard:
+                    existing = collection.find_one({"uuid": doc["uuid"]}, _NO_ID)
+                if existing is not None:  # else removed since: try again
+                    return existing, False
+            stored.pop("_id", None)
+        raise ConcurrencyConflict(f"could not insert {doc['uuid']}: it kept being removed")
+
+    # pipelines ---------------------------------------------------------------------------
+    def insert_pipeline(self, doc: Doc) -> tuple[Doc, bool]:
+        return self._insert(self._pipelines, doc, dict(doc))
+
+    def get_pipeline(self, uuid: str) -> Doc | None:
+        with self._guard:
+            return self._pipelines.find_one({"uuid": uuid}, _NO_ID)
+
+    def find_pipelines(self, name: str | None = None, limit: int = 100,
+                       cursor: str | None = None) -> Page:
+        check_limit(limit)
+        clauses: list[Doc] = []
+        if name is not None:
+            clauses.append({"name": name})
+        if cursor is not None:
+            clauses.append(_after("name", "uuid", cursor))
+        with self._guard:
+            rows = list(
+                self._pipelines.find(_all_of(clauses), _NO_ID)
+                .sort([("name", ASCENDING), ("uuid", ASCENDING)])
+                .limit(limit + 1)
+            )
+        return page_of(rows, limit, "name", "uuid")
+
+    # jobs --------------------------------------------------------------------------------
+    def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
+        check_new_job(doc)
+        return self._insert(self._jobs, doc, {**doc, "history": list(doc.get("history", []))})
+
+    def get_job(self, uuid: str, history: bool = True) -> Doc | None:
+        with self._guard:
+            return self._jobs.find_one({"uuid": uuid}, _NO_ID if history else _WITHOUT_HISTORY)
+
+    def find_jobs(self, query: JobQuery) -> Page:
+        clauses: list[Doc] = []
+        for field in ("state", "pipeline_uuid", "child_of"):
+            value = getattr(query, field)
+            if value is not None:
+                clauses.append({field: value})  # child_of matches one element of the array
+        if query.cursor is not None:
+            clauses.append(_after("created", "uuid", query.cursor))
+        with self._guard:
+            rows = list(
+                self._jobs.find(_all_of(clauses), _WITHOUT_HISTORY)
+                .sort([("created", ASCENDING), ("uuid", ASCENDING)])
+                .limit(query.limit + 1)
+            )
+        return page_of(rows, query.limit, "created", "uuid")
+
+    def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
+        projection = dict(_HEAD)
+        if event_id is not None:  # the head, plus the history entry of this event if any
+            projection["history"] = {"$elemMatch": {"event_id": event_id}}
+        for attempt in range(self._retries):
+            with self._guard:
+                found = self._jobs.find_one({"uuid": uuid}, projection)
+            if found is None:
+                raise JobNotFound(uuid)
+            seen: list[Doc] = found.get("history", [])
+            if seen:
+                return Applied(seen[0], duplicate=True)
+            version = found["version"]
+            new_state, entry = decide({"uuid": uuid, "state": found["state"], "version": version,
+                                       "last_event": found["last_event"]})
+            with self._guard:
+                result = self._jobs.update_one(
+                    {"uuid": uuid, "version": version},
+                    {
+                        "$set": {"state": new_state, "last_event": entry["name"],
+                                 "updated": entry["date"]},
+                        "$inc": {"version": 1},
+                        "$push": {"history": entry},
+                    },
+                )
+            if result.matched_count == 1:
+                return Applied(entry, duplicate=False)
+            if attempt + 1 < self._retries:
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        raise ConcurrencyConflict(
+            f"job {uuid} kept changing while an event was applied ({self._retries} attempts)"
+        )
+
+    def delete_job(self, uuid: str) -> bool:
+        with self._guard:
+            return self._jobs.delete_one({"uuid": uuid}).deleted_count == 1
+
+    # audit -------------------------------------------------------------------------------
+    def append_audit(self, entry: Doc) -> None:
+        with self._guard:
+            self._audit.insert_one(dict(entry))
+
+    def find_audit(self, job_uuid: str | None = None, limit: int = 100) -> list[Doc]:
+        check_limit(limit)
+        query: Doc = {} if job_uuid is None else {"job_uuid": job_uuid}
+        with self._guard:
+            return list(self._audit.find(query, _NO_ID).sort("_id", DESCENDING).limit(limit))

@@ -1,0 +1,356 @@
+"""The embedded store: one SQLite file, WAL, numbered migrations, safe with several processes.
+
+Each thread has its own connection. Writes run in ``BEGIN IMMEDIATE`` transactions, so a job's
+head is read and rewritten under the database's write lock (the compare-and-set on ``version``
+then cannot lose); threads of one process queue on a lock of their own rather than on SQLite's
+sleeping busy handler, and other processes wait up to the busy timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from catalog.errors import ConcurrencyConflict, ConfigurationError, JobNotFound, StoreError
+from catalog.store.base import (
+    JOB_LINK_FIELDS,
+    Applied,
+    Decide,
+    Doc,
+    JobQuery,
+    Page,
+    check_limit,
+    check_new_job,
+    decode_cursor,
+    page_of,
+)
+
+# Numbered migrations; each runs once, in order, recorded in schema_migrations.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "pipelines, jobs, history, links, audit",
+        """
+        CREATE TABLE pipelines (
+            uuid TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created TEXT NOT NULL,
+            doc TEXT NOT NULL
+        );
+        CREATE INDEX pipelines_name ON pipelines (name, uuid);
+        CREATE TABLE jobs (
+            uuid TEXT PRIMARY KEY,
+            pipeline_uuid TEXT NOT NULL,
+            state TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            last_event TEXT NOT NULL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL,
+            doc TEXT NOT NULL
+        );
+        CREATE INDEX jobs_created ON jobs (created, uuid);
+        CREATE INDEX jobs_state ON jobs (state, created, uuid);
+        CREATE INDEX jobs_pipeline ON jobs (pipeline_uuid, created, uuid);
+        CREATE TABLE history (
+            job_uuid TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            uuid TEXT NOT NULL UNIQUE,
+            event_id TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            PRIMARY KEY (job_uuid, seq),
+            UNIQUE (job_uuid, event_id)
+        );
+        CREATE TABLE links (
+            src TEXT NOT NULL,
+            relation TEXT NOT NULL,
+            dst TEXT NOT NULL,
+            PRIMARY KEY (src, relation, dst)
+        ) WITHOUT ROWID;
+        CREATE INDEX links_reverse ON links (dst, relation, src);
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_uuid TEXT NOT NULL,
+            date TEXT NOT NULL,
+            doc TEXT NOT NULL
+        );
+        CREATE INDEX audit_job ON audit (job_uuid, id);
+        """,
+    ),
+)
+
+_SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
+_INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
+_JOB_COLUMNS = "uuid, pipeline_uuid, state, version, last_event, created, updated, doc"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class SQLiteStore:
+    """Store backed by one SQLite file."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL",
+                 busy_timeout_ms: int = 30000) -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigurationError(f"sqlite synchronous must be one of {sorted(_SYNCHRONOUS)}")
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.migrate()
+
+    # connections and transactions -----------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database's write lock from its first statement."""
+        conn = self._connection()
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                # Another process held the write lock for longer than the busy timeout.
+                raise ConcurrencyConflict(f"the catalog database is busy: {exc}") from None
+            try:
+                yield conn
+            except sqlite3.IntegrityError as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"the catalog database refused a write: {exc}") from None
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def migrate(self) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                "applied TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, script in MIGRATIONS:
+                if version in done:
+                    continue
+                # executescript would COMMIT our transaction; run statement by statement.
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name)
+                )
+
+    def migrations(self) -> list[tuple[int, str]]:
+        rows = self._connection().execute(
+            "SELECT version, name FROM schema_migrations ORDER BY version"
+        )
+        return [(int(v), str(n)) for v, n in rows]
+
+    # pipelines ---------------------------------------------------------------------------
+    def insert_pipeline(self, doc: Doc) -> tuple[Doc, bool]:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO pipelines (uuid, name, created, doc) VALUES (?, ?, ?, ?)",
+                (doc["uuid"], doc["name"], doc["created"], _dumps(doc)),
+            )
+            if cursor.rowcount == 1:
+                return doc, True
+            row = conn.execute(
+                "SELECT doc FROM pipelines WHERE uuid = ?", (doc["uuid"],)
+            ).fetchone()
+            return json.loads(row[0]), False
+
+    def get_pipeline(self, uuid: str) -> Doc | None:
+        row = self._connection().execute(
+            "SELECT doc FROM pipelines WHERE uuid = ?", (uuid,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def find_pipelines(self, name: str | None = None, limit: int = 100,
+                       cursor: str | None = None) -> Page:
+        check_limit(limit)
+        where, params = [], []
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        if cursor is not None:
+            after_name, after_uuid = decode_cursor(cursor, 2)
+            where.append("(name, uuid) > (?, ?)")
+            params += [after_name, after_uuid]
+        sql = "SELECT doc FROM pipelines"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY name, uuid LIMIT ?"
+        rows = self._connection().execute(sql, (*params, limit + 1)).fetchall()
+        return page_of([json.loads(r[0]) for r in rows], limit, "name", "uuid")
+
+    # jobs --------------------------------------------------------------------------------
+    @staticmethod
+    def _job_from_row(row: tuple[Any, ...]) -> Doc:
+        uuid, pipeline_uuid, state, version, last_event, created, updated, body = row
+        doc: Doc = json.loads(body)
+        doc.update(uuid=uuid, pipeline_uuid=pipeline_uuid, state=state, version=version,
+                   last_event=last_event, created=created, updated=updated)
+        return doc
+
+    def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
+        history = doc.get("history", [])
+        check_new_job(doc)
+        head = {"uuid", "pipeline_uuid", "state", "version", "last_event", "created", "updated"}
+        body = {k: v for k, v in doc.items() if k not in head and k != "history"}
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"INSERT OR IGNORE INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc["uuid"], doc["pipeline_uuid"], doc["state"], doc["version"],
+                 doc["last_event"], doc["created"], doc["updated"], _dumps(body)),
+            )
+            if cursor.rowcount == 1:
+                conn.executemany(
+                    _INSERT_HISTORY,
+                    [(doc["uuid"], seq, e["uuid"], e["event_id"], _dumps(e))
+                     for seq, e in enumerate(history, start=1)],
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO links (src, relation, dst) VALUES (?, ?, ?)",
+                    [(doc["uuid"], relation, target)
+                     for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])],
+                )
+                return doc, True
+            existing = self._read_job(conn, doc["uuid"], history=True)
+        assert existing is not None  # read under the write lock: it cannot have gone
+        return existing, False
+
+    def get_job(self, uuid: str, history: bool = True) -> Doc | None:
+        return self._read_job(self._connection(), uuid, history)
+
+    def _read_job(self, conn: sqlite3.Connection, uuid: str, history: bool) -> Doc | None:
+        row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
+        if row is None:
+            return None
+        doc = self._job_from_row(row)
+        if history:
+            doc["history"] = [
+                json.loads(r[0]) for r in conn.execute(
+                    "SELECT doc FROM history WHERE job_uuid = ? ORDER BY seq", (uuid,)
+                )
+            ]
+        return doc
+
+    def find_jobs(self, query: JobQuery) -> Page:
+        where, params = [], []
+        source = "jobs"
+        if query.child_of is not None:
+            source = "links JOIN jobs ON jobs.uuid = links.src"
+            where.append("links.dst = ? AND links.relation = 'child_of'")
+            params.append(query.child_of)
+        if query.state is not None:
+            where.append("jobs.state = ?")
+            params.append(query.state)
+        if query.pipeline_uuid is not None:
+            where.append("jobs.pipeline_uuid = ?")
+            params.append(query.pipeline_uuid)
+        if query.cursor is not None:
+            created, uuid = decode_cursor(query.cursor, 2)
+            where.append("(jobs.created, jobs.uuid) > (?, ?)")
+            params += [created, uuid]
+        columns = ", ".join(f"jobs.{c.strip()}" for c in _JOB_COLUMNS.split(","))
+        sql = f"SELECT {columns} FROM {source}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY jobs.created, jobs.uuid LIMIT ?"
+        rows = self._connection().execute(sql, (*params, query.limit + 1)).fetchall()
+        return page_of([self._job_from_row(r) for r in rows], query.limit, "created", "uuid")
+
+    def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
+        with self._write() as conn:
+            # The head and any earlier entry with this event_id, in one statement.
+            row = conn.execute(
+                "SELECT state, version, last_event, (SELECT doc FROM history "
+                "WHERE history.job_uuid = jobs.uuid AND history.event_id = ?) "
+                "FROM jobs WHERE uuid = ?",
+                (event_id, uuid),
+            ).fetchone()
+            if row is None:
+                raise JobNotFound(uuid)
+            state, version, last_event, seen = row
+            if seen is not None:
+                return Applied(json.loads(seen), duplicate=True)
+            new_state, entry = decide(
+                {"uuid": uuid, "state": state, "version": version, "last_event": last_event}
+            )
+            updated = conn.execute(
+                "UPDATE jobs SET state = ?, version = version + 1, last_event = ?, updated = ? "
+                "WHERE uuid = ? AND version = ?",
+                (new_state, entry["name"], entry["date"], uuid, version),
+            )
+            if updated.rowcount != 1:  # cannot happen under the write lock; never write blind
+                raise ConcurrencyConflict(f"job {uuid} changed while an event was applied")
+            conn.execute(
+                _INSERT_HISTORY,
+                (uuid, version + 1, entry["uuid"], entry["event_id"], _dumps(entry)),
+            )
+            return Applied(entry, duplicate=False)
+
+    def delete_job(self, uuid: str) -> bool:
+        with self._write() as conn:
+            deleted = conn.execute("DELETE FROM jobs WHERE uuid = ?", (uuid,)).rowcount
+            conn.execute("DELETE FROM history WHERE job_uuid = ?", (uuid,))
+            conn.execute("DELETE FROM links WHERE src = ?", (uuid,))
+            return deleted == 1
+
+    # audit -------------------------------------------------------------------------------
+    def append_audit(self, entry: Doc) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO audit (job_uuid, date, doc) VALUES (?, ?, ?)",
+                (entry["job_uuid"], entry["date"], _dumps(entry)),
+            )
+
+    def find_audit(self, job_uuid: str | None = None, limit: int = 100) -> list[Doc]:
+        check_limit(limit)
+        if job_uuid is None:
+            rows = self._connection().execute(
+                "SELECT doc FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._connection().execute(
+                "SELECT doc FROM audit WHERE job_uuid = ? ORDER BY id DESC LIMIT ?",
+                (job_uuid, limit),
+            )
+        return [json.loads(r[0]) for r in rows]
