@@ -1,0 +1,285 @@
+"""The Catalog: the facade every entry point uses (store + settings + keys)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import ValidationError
+
+from catalog.config import Settings, load_settings
+from catalog.errors import (
+    AdminRequired,
+    AmbiguousPipeline,
+    CatalogError,
+    InvalidData,
+    InvalidInput,
+    JobNotFound,
+    PipelineNotFound,
+    UnknownEvent,
+)
+from catalog.identifiers import (
+    UUIDType,
+    canonical_json,
+    looks_like_uuid,
+    parse_uuid,
+    pipeline_uuid,
+    random_typed_uuid,
+    typed_uuid,
+    upstream_uuids,
+)
+from catalog.models import (
+    AuditEntry,
+    Event,
+    EventOutcome,
+    Job,
+    Pipeline,
+    format_date,
+    utc_now,
+)
+from catalog.states import ADMIN_EVENTS, EVENTS, STATES, next_state
+from catalog.store import JobQuery, Page, Store, open_store
+from catalog.store.base import Doc
+from catalog.tokens import Keys, create_secret_file, keys_from_env_or_file
+
+SOURCES = frozenset({"python", "cli", "api", "webhook", "reactor"})
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line naming every offending field of a pydantic error."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def parse_event(event: Any) -> Event:
+    """Validate an incoming event document (``{"name", "data", "event_id"}``)."""
+    if isinstance(event, Event):
+        return event
+    if not isinstance(event, dict):
+        raise InvalidData("an event must be a JSON object with a 'name'")
+    try:
+        return Event.model_validate(event)
+    except ValidationError as exc:
+        raise InvalidData(f"invalid event: {validation_message(exc)}") from None
+
+
+class Catalog:
+    """A catalog: where jobs and pipelines are kept, and the keys that guard them."""
+
+    def __init__(self, store: Store, settings: Settings, keys: Keys | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self._keys = keys
+
+    @classmethod
+    def open(cls, url: str | None = None, *, settings: Settings | None = None,
+             keys: Keys | None = None, **overrides: Any) -> Catalog:
+        """Open the catalog at ``url`` (or the configured ``db``)."""
+        settings = settings or load_settings(db=url, **overrides)
+        if url is not None and settings.db != url:
+            settings = settings.model_copy(update={"db": url})
+        return cls(open_store(settings.db, settings), settings, keys)
+
+    @classmethod
+    def init(cls, url: str | None = None, **overrides: Any) -> tuple[Catalog, bool]:
+        """Create the secret (if absent), the database schema and the archive root."""
+        settings = load_settings(db=url, **overrides)
+        created = create_secret_file(Path(settings.secret_file))
+        Path(settings.archive_root).mkdir(parents=True, exist_ok=True)
+        return cls.open(settings=settings), created
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def keys(self) -> Keys:
+        if self._keys is None:
+            self._keys = keys_from_env_or_file(Path(self.settings.secret_file))
+        return self._keys
+
+    @cached_property
+    def archive_root(self) -> Path:
+        return Path(self.settings.archive_root)
+
+    # identifiers ----------------------------------------------------------------------------
+    def typed_uuid(self, kind: UUIDType, name: str) -> str:
+        return typed_uuid(kind, name, self.settings.namespace)
+
+    def entry_uuid(self, job_uuid: str, event_id: str) -> str:
+        """The history entry UUID of a sender's event_id: unique as event_ids are per job."""
+        return self.typed_uuid(UUIDType.pipelinejob_event, f"{job_uuid}:{event_id}")
+
+    def upstream(self, kind: UUIDType, values: Any) -> list[str]:
+        return upstream_uuids(kind, values, self.settings.namespace)
+
+    # pipelines -------------------------------------------------------------------------------
+    def add_pipeline(self, name: str, version: str | None = None,
+                     components: list[Any] | None = None,
+                     description: str | None = None) -> tuple[Pipeline, bool]:
+        """Register a pipeline; adding the same identity again returns the stored one."""
+        components = list(components or [])
+        try:
+            pipeline = Pipeline(
+                uuid=pipeline_uuid(name, version, components, self.settings.namespace),
+                name=name, version=version, components=components, description=description,
+                created=utc_now(),
+            )
+        except ValidationError as exc:
+            raise InvalidData(f"invalid pipeline: {validation_message(exc)}") from None
+        doc, created = self.store.insert_pipeline(pipeline.model_dump(mode="json"))
+        return Pipeline.model_validate(doc), created
+
+    def get_pipeline(self, name_or_uuid: str) -> Pipeline:
+        """A pipeline by UUID, or by name when exactly one version has that name."""
+        if looks_like_uuid(name_or_uuid):
+            uuid = parse_uuid(name_or_uuid, UUIDType.pipeline)
+            doc = self.store.get_pipeline(uuid)
+            if doc is None:
+                raise PipelineNotFound(uuid)
+            return Pipeline.model_validate(doc)
+        found = self.store.find_pipelines(name=name_or_uuid, limit=20).items
+        if not found:
+            raise PipelineNotFound(name_or_uuid)
+        if len(found) > 1:
+            versions = ", ".join(f"{d.get('version')} ({d['uuid']})" for d in found)
+            raise AmbiguousPipeline(
+                f"pipeline name {name_or_uuid!r} has several versions: {versions}; use a UUID"
+            )
+        return Pipeline.model_validate(found[0])
+
+    def list_pipelines(self, name: str | None = None, limit: int = 100,
+                       cursor: str | None = None) -> Page:
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"limit must be between 1 and 1000, got {limit}")
+        return self.store.find_pipelines(name=name, limit=limit, cursor=cursor)
+
+    # jobs --------------------------------------------------------------------------------
+    def get_job(self, uuid: str, history: bool = True) -> Job:
+        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        doc = self.store.get_job(uuid, history=history)
+        if doc is None:
+            raise JobNotFound(uuid)
+        return Job.model_validate(doc)
+
+    def find_jobs(self, state: str | None = None, pipeline: str | None = None,
+                  child_of: str | None = None, limit: int = 100,
+                  cursor: str | None = None) -> Page:
+        """Jobs (without history) by state, pipeline (name or UUID) and upstream entity."""
+        if state is not None and state.upper() not in STATES:
+            raise InvalidInput(f"unknown state {state!r}; states: {', '.join(STATES)}")
+        pipeline_id = self.get_pipeline(pipeline).uuid if pipeline is not None else None
+        upstream = self.parse_upstream(child_of) if child_of is not None else None
+        query = JobQuery(state=state.upper() if state else None, pipeline_uuid=pipeline_id,
+                         child_of=upstream, limit=limit, cursor=cursor)
+        return self.store.find_jobs(query)
+
+    def parse_upstream(self, value: str) -> str:
+        """An upstream entity given as a typed UUID or an id string like ``sample.lab.7``."""
+        if looks_like_uuid(value):
+            return parse_uuid(value, UUIDType.experiment, UUIDType.sample,
+                              UUIDType.measurement, UUIDType.observation)
+        kind = next((k for k in (UUIDType.experiment, UUIDType.sample, UUIDType.measurement,
+                                 UUIDType.observation) if value.startswith(k.name + ".")), None)
+        if kind is None:
+            raise InvalidInput(
+                f"{value!r} is neither a typed UUID nor an id starting with experiment., "
+                "sample., measurement. or observation."
+            )
+        return self.upstream(kind, value)[0]
+
+    def job_token(self, uuid: str) -> str:
+        return self.keys.job_token(parse_uuid(uuid, UUIDType.pipelinejob))
+
+    def admin_token(self) -> str:
+        return self.keys.admin_token()
+
+    def webhook_url(self, uuid: str, base_url: str | None = None) -> str:
+        base = (base_url or self.settings.base_url).rstrip("/")
+        return f"{base}/jobs/{uuid}/events?token={quote(self.job_token(uuid))}"
+
+    def handle_event(self, uuid: str, event: Any, token: str | None,
+                     source: str = "python") -> EventOutcome:
+        """Authenticate, check against the state machine and apply one event.
+
+        Refused events change nothing and are written to the audit log with the reason.
+        """
+        if source not in SOURCES:
+            raise InvalidInput(f"unknown event source {source!r}")
+        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        name = event.get("name") if isinstance(event, dict) else getattr(event, "name", None)
+        event_id = event.get("event_id") if isinstance(event, dict) else getattr(
+            event, "event_id", None)
+        try:
+            parsed = parse_event(event)
+            is_admin = self.keys.check_job(uuid, token)
+            if parsed.name not in EVENTS:
+                raise UnknownEvent(parsed.name, EVENTS)
+            if parsed.name in ADMIN_EVENTS and not is_admin:
+                raise AdminRequired(f"the admin token is required to send {parsed.name!r}")
+            applied = self.store.apply_event(uuid, parsed.event_id,
+                                             self._decider(uuid, parsed, source))
+        except CatalogError as exc:
+            self._audit(uuid, str(name) if name is not None else "", event_id, source, exc,
+                        event)
+            raise
+        entry = applied.entry
+        return EventOutcome.model_construct(
+            uuid=uuid, state=entry["state"], last_event=entry["name"],
+            event_id=entry["event_id"], duplicate=applied.duplicate,
+        )
+
+    def _decider(self, uuid: str, event: Event, source: str) -> Any:
+        def decide(head: Doc) -> tuple[str, Doc]:
+            state = next_state(uuid, head["state"], event.name)
+            entry_uuid = (
+                self.entry_uuid(uuid, event.event_id) if event.event_id is not None
+                else random_typed_uuid(UUIDType.pipelinejob_event, self.settings.namespace)
+            )
+            # Every part is already validated (the event by its model, the rest made here), so
+            # the entry is built in its serialised form directly: this is the hot path.
+            entry: Doc = {
+                "uuid": entry_uuid, "name": event.name, "date": format_date(utc_now()),
+                "data": event.data, "source": source, "event_id": event.event_id or entry_uuid,
+                "state": state,
+            }
+            return state, entry
+
+        return decide
+
+    def _audit(self, uuid: str, name: str, event_id: Any, source: str, exc: CatalogError,
+               event: Any) -> None:
+        data = event.get("data") if isinstance(event, dict) else None
+        try:
+            canonical_json(data)
+            safe_data = data if isinstance(data, dict) else {}
+        except CatalogError:
+            safe_data = {}  # keep what cannot be stored out of the log, not the refusal itself
+        entry = AuditEntry(
+            job_uuid=uuid, name=name[:64], date=utc_now(), source=source,
+            event_id=str(event_id)[:256] if event_id is not None else None,
+            code=exc.code, reason=exc.message, data=safe_data,
+        )
+        self.store.append_audit(entry.model_dump(mode="json"))
+
+    def delete_job(self, uuid: str, token: str | None, source: str = "python") -> None:
+        """Remove a job and its history (admin only); the deletion is audited."""
+        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        self.keys.check_admin(token, f"delete job {uuid}")
+        if not self.store.delete_job(uuid):
+            raise JobNotFound(uuid)
+        entry = AuditEntry(job_uuid=uuid, name="delete", date=utc_now(), source=source,
+                           code="deleted", reason="deleted by an administrator")
+        self.store.append_audit(entry.model_dump(mode="json"))
+
+    def audit_log(self, uuid: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        job = parse_uuid(uuid, UUIDType.pipelinejob) if uuid is not None else None
+        return [AuditEntry.model_validate(d) for d in self.store.find_audit(job, limit)]

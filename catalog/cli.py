@@ -1,0 +1,309 @@
+"""The ``catalog`` command line: thin commands over the library.
+
+Each command opens the catalog, makes one library call and renders the result: one JSON
+document on stdout with ``--json``, a short human rendering otherwise. Errors go to stderr
+(a JSON ``{"error": {"code", "message"}}`` document with ``--json``) with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from catalog.catalog import Catalog
+from catalog.config import load_settings
+from catalog.errors import CatalogError, InvalidData
+from catalog.identifiers import loads_json
+from catalog.jobs import ManagedPipelineJob
+from catalog.tokens import keys_from_env_or_file
+
+# Exit codes by HTTP status class of the error; documented in the README.
+EXIT_CODES = {400: 2, 422: 2, 401: 3, 403: 3, 404: 4, 409: 5}
+
+app = typer.Typer(help="Provenance and data-catalog job manager.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+pipeline_app = typer.Typer(help="Register and list pipelines.", no_args_is_help=True)
+job_app = typer.Typer(help="Create, inspect and drive jobs.", no_args_is_help=True)
+token_app = typer.Typer(help="Show tokens.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(job_app, name="job")
+app.add_typer(token_app, name="token")
+
+
+class _State:
+    db: str | None = None
+    json: bool = False
+
+
+_state = _State()
+JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document.")]
+TokenOption = Annotated[
+    str | None, typer.Option("--token", envvar="CATALOG_TOKEN", help="Job or admin token.")
+]
+
+
+@app.callback()
+def _main(
+    db: Annotated[str | None, typer.Option(
+        "--db", envvar="CATALOG_DB", help="Catalog URL (default: sqlite:///catalog.db).")] = None,
+    json_: JsonOption = False,
+) -> None:
+    _state.db = db
+    _state.json = _state.json or json_
+
+
+def _fail(code: str, message: str, exit_code: int) -> NoReturn:
+    if _state.json:
+        sys.stderr.write(json.dumps({"error": {"code": code, "message": message}}) + "\n")
+    else:
+        Console(stderr=True).print(f"[bold red]error[/]: {message}", highlight=False)
+    raise SystemExit(exit_code)
+
+
+@contextmanager
+def _catalog() -> Iterator[Catalog]:
+    catalog = Catalog.open(_state.db)
+    try:
+        yield catalog
+    finally:
+        catalog.close()
+
+
+def _emit(document: Any, json_: bool, human: Any = None) -> None:
+    if json_ or _state.json:
+        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    elif human is not None:
+        Console().print(human)
+    else:
+        Console().print_json(data=document)
+
+
+def _json_arg(text: str | None, name: str) -> Any:
+    return None if text is None else loads_json(text, name)
+
+
+def _json_object(text: str | None, name: str) -> dict[str, Any]:
+    value = _json_arg(text, name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidData(f"{name} must be a JSON object")
+    return value
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    return table
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@app.command()
+def init(json_: JsonOption = False) -> None:
+    """Create the catalog: secret (mode 0600), database schema and archive root."""
+    catalog, created = Catalog.init(_state.db)
+    settings = catalog.settings
+    catalog.close()
+    _emit({"db": settings.db, "archive_root": settings.archive_root,
+           "secret_file": settings.secret_file, "secret_created": created}, json_,
+          f"catalog ready at {settings.db} (archive root {settings.archive_root}; secret "
+          f"{'created' if created else 'kept'} in {settings.secret_file})")
+
+
+@app.command()
+def demo(json_: JsonOption = False) -> None:
+    """Run a short end-to-end demonstration on the catalog and say what it did."""
+    from catalog.demo import run_demo
+
+    with _catalog() as catalog:
+        steps = run_demo(catalog)
+    _emit({"steps": steps}, json_, "\n".join(f"• {s['step']}: {s['result']}" for s in steps))
+
+
+@pipeline_app.command("add")
+def pipeline_add(
+    name: Annotated[str, typer.Option(help="Pipeline name.")],
+    version: Annotated[str | None, typer.Option(help="Pipeline version.")] = None,
+    component: Annotated[list[str] | None, typer.Option(
+        help="A component as JSON (repeatable).")] = None,
+    description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Register a pipeline (adding the same one again changes nothing)."""
+    components = [_json_arg(c, f"component[{i}]") for i, c in enumerate(component or [])]
+    with _catalog() as catalog:
+        pipeline, created = catalog.add_pipeline(name, version, components, description)
+    document = {**pipeline.model_dump(mode="json"), "created_now": created}
+    _emit(document, json_, f"pipeline {pipeline.name} {pipeline.version or ''} {pipeline.uuid}"
+          f" ({'added' if created else 'already registered'})")
+
+
+@pipeline_app.command("list")
+def pipeline_list(
+    name: Annotated[str | None, typer.Option(help="Only pipelines of this name.")] = None,
+    limit: Annotated[int, typer.Option(help="Page size (1-1000).")] = 100,
+    cursor: Annotated[str | None, typer.Option(help="Cursor from a previous page.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """List pipelines."""
+    with _catalog() as catalog:
+        page = catalog.list_pipelines(name, limit, cursor)
+    _emit({"pipelines": page.items, "next": page.next}, json_,
+          _table(page.items, ["uuid", "name", "version", "created"], "pipelines"))
+
+
+@job_app.command("create")
+def job_create(
+    pipeline: Annotated[str, typer.Option(help="Pipeline name or UUID.")],
+    data: Annotated[str | None, typer.Option(help="Job data (parameters, inputs) as JSON.")] = None,
+    measurement: Annotated[list[str] | None, typer.Option(help="Measurement id/UUID.")] = None,
+    sample: Annotated[list[str] | None, typer.Option(help="Sample id/UUID.")] = None,
+    experiment: Annotated[list[str] | None, typer.Option(help="Experiment id/UUID.")] = None,
+    observation: Annotated[list[str] | None, typer.Option(
+        help="Observation event id/UUID.")] = None,
+    archive_pattern: Annotated[list[str] | None, typer.Option(
+        help="Archive index request as JSON.")] = None,
+    product_pattern: Annotated[list[str] | None, typer.Option(
+        help="Product index request as JSON.")] = None,
+    archive_path: Annotated[str | None, typer.Option(
+        help="Explicit archive path (inside the archive root).")] = None,
+    instanced: Annotated[bool, typer.Option(
+        help="Add an <adjective>-<animal>-<timestamp> directory.")] = False,
+    session: Annotated[str | None, typer.Option(help="Session name for the instance.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Agent managing the job.")] = None,
+    task: Annotated[str | None, typer.Option(help="Task of the agent.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Create a job, or show the existing one with the same identity (created: false)."""
+    with _catalog() as catalog:
+        managed = ManagedPipelineJob(
+            catalog, pipeline, _json_object(data, "data"),
+            measurement_id=measurement, sample_id=sample, experiment_id=experiment,
+            observation_id=observation,
+            archive_patterns=[_json_arg(p, "archive_pattern") for p in archive_pattern or []],
+            product_patterns=[_json_arg(p, "product_pattern") for p in product_pattern or []],
+            archive_path=archive_path, instanced=instanced, session=session, agent=agent,
+            task=task, source="cli",
+        )
+        job = managed.setup()
+        document = {"uuid": job.uuid, "state": job.state, "archive_path": job.archive_path,
+                    "token": managed.token, "webhook": managed.build_webhook(),
+                    "created": managed.created}
+    _emit(document, json_, "\n".join(f"{k}: {v}" for k, v in document.items()))
+
+
+@job_app.command("show")
+def job_show(uuid: str, json_: JsonOption = False) -> None:
+    """Show a job with its history."""
+    with _catalog() as catalog:
+        job = catalog.get_job(uuid)
+    document = job.model_dump(mode="json")
+    history = _table(document["history"], ["date", "name", "state", "source", "event_id"],
+                     f"job {job.uuid}: {job.state}")
+    _emit(document, json_, history)
+
+
+@job_app.command("list")
+def job_list(
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Pipeline name or UUID.")] = None,
+    child_of: Annotated[str | None, typer.Option(help="Upstream entity id or UUID.")] = None,
+    limit: Annotated[int, typer.Option(help="Page size (1-1000).")] = 100,
+    cursor: Annotated[str | None, typer.Option(help="Cursor from a previous page.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """List jobs, oldest first."""
+    with _catalog() as catalog:
+        page = catalog.find_jobs(state, pipeline, child_of, limit, cursor)
+    _emit({"jobs": page.items, "next": page.next}, json_,
+          _table(page.items, ["uuid", "state", "last_event", "created"], "jobs"))
+
+
+@job_app.command("event")
+def job_event(
+    uuid: str,
+    name: str,
+    token: TokenOption = None,
+    data: Annotated[str | None, typer.Option(help="Event data as a JSON object.")] = None,
+    event_id: Annotated[str | None, typer.Option(help="Sender's id; resending is safe.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Send an event to a job."""
+    with _catalog() as catalog:
+        outcome = catalog.handle_event(
+            # Only parsed here: the library validates the event (and audits a refusal).
+            uuid, {"name": name, "data": {} if data is None else _json_arg(data, "data"),
+                   "event_id": event_id},
+            token, source="cli",
+        )
+    document = outcome.model_dump(mode="json")
+    _emit(document, json_, f"{outcome.uuid}: {outcome.last_event} -> {outcome.state}"
+          + (" (duplicate: already applied)" if outcome.duplicate else ""))
+
+
+@job_app.command("delete")
+def job_delete(uuid: str, token: TokenOption = None, json_: JsonOption = False) -> None:
+    """Delete a job and its history (admin token)."""
+    with _catalog() as catalog:
+        catalog.delete_job(uuid, token, source="cli")
+    _emit({"uuid": uuid, "deleted": True}, json_, f"deleted job {uuid}")
+
+
+@job_app.command("audit")
+def job_audit(
+    uuid: Annotated[str | None, typer.Argument(help="Job UUID (all jobs if omitted).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many entries.")] = 100,
+    json_: JsonOption = False,
+) -> None:
+    """Show refused events and administrative actions, newest first."""
+    with _catalog() as catalog:
+        entries = [e.model_dump(mode="json") for e in catalog.audit_log(uuid, limit)]
+    _emit({"audit": entries}, json_,
+          _table(entries, ["date", "job_uuid", "name", "code", "reason"], "audit"))
+
+
+@token_app.command("admin")
+def token_admin(json_: JsonOption = False) -> None:
+    """Print the admin token (needs the secret: 'catalog init' or CATALOG_SECRET)."""
+    settings = load_settings(db=_state.db)
+    token = keys_from_env_or_file(Path(settings.secret_file)).admin_token()
+    _emit({"token": token}, json_, token)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app and turn every error into one clean message."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state.json = "--json" in args[: args.index("--") if "--" in args else len(args)]
+    try:
+        app(args=args, prog_name="catalog", standalone_mode=False)
+    except CatalogError as exc:
+        _fail(exc.code, exc.message, EXIT_CODES.get(exc.status, 1))
+    except typer.Abort:
+        _fail("aborted", "aborted", 130)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.TyperException as exc:  # usage errors from the (vendored) click parser
+        exit_code = int(getattr(exc, "exit_code", 2) or 2)
+        if _state.json and type(exc).__name__ != "NoArgsIsHelpError":
+            format_message = getattr(exc, "format_message", None)
+            _fail("usage", format_message() if format_message else str(exc), exit_code)
+        show = getattr(exc, "show", None)
+        if show is None:
+            raise
+        show()
+        raise SystemExit(exit_code) from None
+    except OSError as exc:
+        _fail("os_error", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1)

@@ -1,0 +1,218 @@
+"""ManagedPipelineJob (define and set up a job) and ManagedPipelineJobInstance (drive one)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from catalog.catalog import Catalog, validation_message
+from catalog.errors import InvalidData, InvalidInput
+from catalog.identifiers import (
+    UUIDType,
+    canonical_json,
+    instanced_directory,
+    job_uuid,
+)
+from catalog.identifiers import archive_path as derive_archive_path
+from catalog.models import (
+    ArchiveIndexRequest,
+    EventOutcome,
+    HistoryEntry,
+    Job,
+    ProductIndexRequest,
+    utc_now,
+)
+from catalog.paths import check_archive_path
+from catalog.states import INITIAL_STATE
+
+UpstreamIds = str | Iterable[str] | None
+
+
+def _event_method(name: str, admin: bool = False) -> Callable[..., EventOutcome]:
+    """One method per event, sending it with the job's own token (or the given one)."""
+
+    def send(self: _JobHandle, data: dict[str, Any] | None = None, *,
+             event_id: str | None = None, token: str | None = None) -> EventOutcome:
+        event = {"name": name, "data": {} if data is None else data, "event_id": event_id}
+        return self.handle(event, token=token)
+
+    send.__name__ = name
+    send.__doc__ = f"Send the {'admin ' if admin else ''}event {name!r} to this job."
+    return send
+
+
+class _JobHandle:
+    """What a defined job and a loaded job share: token, webhook and event methods."""
+
+    catalog: Catalog
+    uuid: str
+    source: str = "python"
+
+    @property
+    def token(self) -> str:
+        return self.catalog.job_token(self.uuid)
+
+    def build_webhook(self, base_url: str | None = None) -> str:
+        """The URL that drives this job over HTTP: ``<base>/jobs/<uuid>/events?token=...``."""
+        return self.catalog.webhook_url(self.uuid, base_url)
+
+    def handle(self, event: dict[str, Any], token: str | None = None) -> EventOutcome:
+        """Apply ``{"name", "data", "event_id"}``; the token defaults to the job's own."""
+        return self.catalog.handle_event(self.uuid, event, token if token is not None
+                                         else self.token, source=self.source)
+
+    create = _event_method("create")
+    run = _event_method("run")
+    update = _event_method("update")
+    resource = _event_method("resource")
+    fail = _event_method("fail")
+    finish = _event_method("finish")
+    index = _event_method("index")
+    indexed = _event_method("indexed")
+    validate = _event_method("validate")
+    validated = _event_method("validated")
+    reject = _event_method("reject")
+    finalize = _event_method("finalize")
+    retire = _event_method("retire")
+    reset = _event_method("reset", admin=True)
+    ready = _event_method("ready", admin=True)
+
+
+_Request = TypeVar("_Request", ArchiveIndexRequest, ProductIndexRequest)
+
+
+def _requests(kind: type[_Request], values: Iterable[Any] | None, name: str) -> list[_Request]:
+    if values is None:
+        return []
+    if isinstance(values, dict | str):
+        raise InvalidInput(f"{name} must be a list of index requests")
+    parsed = []
+    for index, value in enumerate(values):
+        try:
+            parsed.append(value if isinstance(value, kind) else kind.model_validate(value))
+        except ValidationError as exc:
+            raise InvalidInput(f"{name}[{index}]: {validation_message(exc)}") from None
+    return parsed
+
+
+class ManagedPipelineJob(_JobHandle):
+    """A job defined by (pipeline, upstream entities, data); ``setup()`` stores it once."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        pipeline: str,
+        data: dict[str, Any] | None = None,
+        *,
+        measurement_id: UpstreamIds = None,
+        sample_id: UpstreamIds = None,
+        experiment_id: UpstreamIds = None,
+        observation_id: UpstreamIds = None,
+        archive_path: str | None = None,
+        archive_system: str | None = None,
+        archive_patterns: Iterable[Any] | None = None,
+        product_patterns: Iterable[Any] | None = None,
+        instanced: bool = False,
+        session: str | None = None,
+        agent: str | None = None,
+        task: str | None = None,
+        source: str = "python",
+    ) -> None:
+        self.catalog = catalog
+        self.source = source
+        self.pipeline = catalog.get_pipeline(pipeline)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise InvalidData(f"data must be a JSON object, not {type(data).__name__}")
+        canonical_json(data)
+        self.data = data
+        child_of: list[str] = []
+        for kind, values in ((UUIDType.experiment, experiment_id), (UUIDType.sample, sample_id),
+                             (UUIDType.measurement, measurement_id),
+                             (UUIDType.observation, observation_id)):
+            child_of.extend(catalog.upstream(kind, values))
+        self.child_of = sorted(set(child_of))
+        self.uuid = job_uuid(self.pipeline.uuid, self.child_of, data, catalog.settings.namespace)
+        self.archive_patterns = _requests(ArchiveIndexRequest, archive_patterns,
+                                          "archive_patterns")
+        self.product_patterns = _requests(ProductIndexRequest, product_patterns,
+                                          "product_patterns")
+        for field, value in (("agent", agent), ("task", task)):
+            if value is not None and (not isinstance(value, str) or len(value) > 256):
+                raise InvalidInput(f"{field} must be a string of at most 256 characters")
+        self.session, self.agent, self.task = session, agent, task
+        self.archive_system = archive_system or catalog.settings.archive_system
+        if archive_path is not None:
+            self.archive_path = check_archive_path(archive_path, catalog.archive_root)
+        else:
+            instance = instanced_directory(session) if instanced or session else None
+            self.archive_path = check_archive_path(
+                derive_archive_path(self.pipeline.uuid, self.child_of, data, instance),
+                catalog.archive_root,
+            )
+        self.created: bool | None = None
+        self._job: Job | None = None
+
+    def setup(self) -> Job:
+        """Store the job, or return the one already stored for this identity, unchanged."""
+        now = utc_now()
+        event_id = f"{self.uuid}:create"
+        first = HistoryEntry(
+            uuid=self.catalog.entry_uuid(self.uuid, event_id), name="create", date=now,
+            data={}, source=self.source, event_id=event_id, state=INITIAL_STATE,
+        )
+        job = Job(
+            uuid=self.uuid, pipeline_uuid=self.pipeline.uuid, data=self.data,
+            state=INITIAL_STATE, last_event="create", version=1, child_of=self.child_of,
+            generated_by=[self.pipeline.uuid], archive_system=self.archive_system,
+            archive_path=self.archive_path, archive_patterns=self.archive_patterns,
+            product_patterns=self.product_patterns, session=self.session, agent=self.agent,
+            task=self.task, created=now, updated=now, history=[first],
+        )
+        doc, self.created = self.catalog.store.insert_job(job.model_dump(mode="json"))
+        self._job = Job.model_validate(doc)
+        self.archive_path = self._job.archive_path
+        return self._job
+
+    @property
+    def job(self) -> Job:
+        """The stored job as it is now (``setup()`` first)."""
+        return self.catalog.get_job(self.uuid)
+
+
+class ManagedPipelineJobInstance(_JobHandle):
+    """An existing job, loaded by UUID."""
+
+    def __init__(self, catalog: Catalog, uuid: str, source: str = "python") -> None:
+        self.catalog = catalog
+        self.source = source
+        self._job = catalog.get_job(uuid)
+        self.uuid = self._job.uuid
+
+    def refresh(self) -> Job:
+        self._job = self.catalog.get_job(self.uuid)
+        return self._job
+
+    @property
+    def job(self) -> Job:
+        return self._job
+
+    @property
+    def state(self) -> str:
+        return self.refresh().state
+
+    @property
+    def archive_path(self) -> str:
+        return self._job.archive_path
+
+    def handle(self, event: dict[str, Any], token: str | None = None) -> EventOutcome:
+        outcome = super().handle(event, token)
+        self.refresh()  # a replay answers its first outcome, not the job's state now
+        return outcome
+
+    def delete(self, token: str | None) -> None:
+        """Remove the job (admin token required)."""
+        self.catalog.delete_job(self.uuid, token, source=self.source)
