@@ -65,7 +65,7 @@ def bench_raw_sqlite(path: Path, jobs: int, events: int) -> dict[str, float]:
     body = json.dumps({"data": {}, "child_of": [], "archive_path": "/products/v2/x"})
     now = "2026-01-01T00:00:00.000Z"
     start = time.perf_counter()
-    for i in range(jobs):
+    for _ in range(jobs):
         job = str(uuid.uuid4())
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO jobs VALUES (?, 'p', 'CREATED', 1, 'create', ?, ?, ?)",
