@@ -18,11 +18,13 @@ from catalog.errors import (
     InvalidInput,
     JobNotFound,
     PipelineNotFound,
+    SchemaViolation,
     UnknownEvent,
 )
 from catalog.identifiers import (
     UUIDType,
     canonical_json,
+    check_json,
     looks_like_uuid,
     parse_uuid,
     pipeline_uuid,
@@ -59,11 +61,12 @@ def parse_event(event: Any) -> Event:
     if isinstance(event, Event):
         return event
     if not isinstance(event, dict):
-        raise InvalidData("an event must be a JSON object with a 'name'")
+        raise SchemaViolation("an event must be a JSON object with a 'name'")
+    check_json(event, "event")  # values JSON cannot carry (NaN, sets...) are a 400
     try:
         return Event.model_validate(event)
     except ValidationError as exc:
-        raise InvalidData(f"invalid event: {validation_message(exc)}") from None
+        raise SchemaViolation(f"invalid event: {validation_message(exc)}") from None
 
 
 class Catalog:

@@ -9,6 +9,7 @@ and a non-zero exit code on the command line)::
     │   ├── MalformedIdentifier        400 malformed_uuid
     │   ├── WrongIdentifierType        400 wrong_uuid_type
     │   ├── InvalidData                400 invalid_data      (not canonical JSON)
+    │   │   └── SchemaViolation        422 schema_violation  (JSON of the wrong shape)
     │   ├── UnsafePath                 400 unsafe_path       (escapes the archive root)
     │   └── InvalidPattern             400 invalid_pattern
     ├── UnknownEvent                   422 unknown_event
@@ -44,6 +45,7 @@ __all__ = [
     "MalformedIdentifier",
     "NotFound",
     "PipelineNotFound",
+    "SchemaViolation",
     "StoreError",
     "TokenInvalid",
     "TokenRequired",
@@ -93,6 +95,11 @@ class WrongIdentifierType(InvalidInput):
 
 class InvalidData(InvalidInput):
     code = "invalid_data"
+
+
+class SchemaViolation(InvalidData):
+    status = 422
+    code = "schema_violation"
 
 
 class UnsafePath(InvalidInput):

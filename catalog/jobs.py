@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from catalog.catalog import Catalog, validation_message
-from catalog.errors import InvalidData, InvalidInput
+from catalog.errors import InvalidInput, SchemaViolation
 from catalog.identifiers import (
     UUIDType,
     canonical_json,
@@ -126,7 +126,7 @@ class ManagedPipelineJob(_JobHandle):
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise InvalidData(f"data must be a JSON object, not {type(data).__name__}")
+            raise SchemaViolation(f"data must be a JSON object, not {type(data).__name__}")
         canonical_json(data)
         self.data = data
         child_of: list[str] = []

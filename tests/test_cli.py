@@ -362,7 +362,7 @@ ERRORS: list[tuple[str, list[str], bool, int, str]] = [
     ("event-nan", ["job", "event", "JOB", "update", "--token", "TOKEN", "--data", '{"x": NaN}'],
      True, 2, "invalid_data"),
     ("event-data-list", ["job", "event", "JOB", "update", "--token", "TOKEN", "--data", "[1]"],
-     True, 2, "invalid_data"),
+     True, 2, "schema_violation"),
     ("create-nan", ["job", "create", "--pipeline", "align", "--data", '{"x": NaN}'],
      True, 2, "invalid_data"),
     ("unknown-job", ["job", "event", UNKNOWN_JOB, "run", "--token", "ADMIN"],
@@ -459,7 +459,7 @@ def test_event_refused_for_its_data_is_audited(
     result = frozen.cli("--json", "job", "event", frozen.job["uuid"], "update",
                         "--token", frozen.job["token"], "--data", '["not", "an", "object"]')
 
-    assert result.error()["code"] == "invalid_data"
+    assert result.error()["code"] == "schema_violation"
     audit = frozen_catalog.audit_log(frozen.job["uuid"])
     assert len(audit) == audited + 1
-    assert (audit[0].name, audit[0].code, audit[0].source) == ("update", "invalid_data", "cli")
+    assert (audit[0].name, audit[0].code, audit[0].source) == ("update", "schema_violation", "cli")

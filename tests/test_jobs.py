@@ -22,6 +22,7 @@ from catalog.errors import (
     JobNotFound,
     MalformedIdentifier,
     PipelineNotFound,
+    SchemaViolation,
     TokenInvalid,
     TokenRequired,
     UnknownEvent,
@@ -528,13 +529,20 @@ REFUSED_EVENTS: list[tuple[str, Any, Any, type[CatalogError], int, str]] = [
      "invalid_data"),
     ("data-int-key", {"name": "update", "data": {"outer": {1: "one"}}}, "job", InvalidData, 400,
      "invalid_data"),
-    ("data-list", {"name": "update", "data": [1, 2]}, "job", InvalidData, 400, "invalid_data"),
-    ("data-string", {"name": "update", "data": "text"}, "job", InvalidData, 400, "invalid_data"),
-    ("data-empty-list", {"name": "update", "data": []}, "job", InvalidData, 400, "invalid_data"),
-    ("event-not-object", ["run"], "job", InvalidData, 400, "invalid_data"),
-    ("extra-field", {"name": "run", "when": "now"}, "job", InvalidData, 400, "invalid_data"),
-    ("empty-event-id", {"name": "run", "event_id": ""}, "job", InvalidData, 400, "invalid_data"),
-    ("no-name", {"data": {}}, "job", InvalidData, 400, "invalid_data"),
+    ("data-list", {"name": "update", "data": [1, 2]}, "job", SchemaViolation,
+     422, "schema_violation"),
+    ("data-string", {"name": "update", "data": "text"}, "job", SchemaViolation,
+     422, "schema_violation"),
+    ("data-empty-list", {"name": "update", "data": []}, "job", SchemaViolation,
+     422, "schema_violation"),
+    ("event-not-object", ["run"], "job", SchemaViolation,
+     422, "schema_violation"),
+    ("extra-field", {"name": "run", "when": "now"}, "job", SchemaViolation,
+     422, "schema_violation"),
+    ("empty-event-id", {"name": "run", "event_id": ""}, "job", SchemaViolation,
+     422, "schema_violation"),
+    ("no-name", {"data": {}}, "job", SchemaViolation,
+     422, "schema_violation"),
 ]
 
 
@@ -720,7 +728,9 @@ def test_job_data_must_be_a_json_object(
     with pytest.raises(InvalidData) as refused:
         ManagedPipelineJob(catalog, "align", data).setup()
 
-    assert refused.value.code == "invalid_data"
+    # Values JSON cannot carry are invalid data (400); JSON of the wrong shape a 422.
+    expected = "schema_violation" if isinstance(data, list | str) else "invalid_data"
+    assert refused.value.code == expected
     assert snapshot(catalog) == before
 
 
