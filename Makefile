@@ -1,7 +1,9 @@
-# `make run`: the catalog on the embedded SQLite store. `make test`: lint, types and the suite.
+# `make run`: the service on the embedded SQLite store (HOST, PORT to change where). `make test`: lint, types and the suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test lint bench schemas docs clean
 
@@ -19,7 +21,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.run-installed
 	$(BIN)/catalog init
-	$(BIN)/catalog demo
+	$(BIN)/catalog serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.test-installed
 	$(BIN)/ruff check catalog tests bench

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from catalog.config import Settings, load_settings
 from catalog.errors import (
@@ -32,6 +32,7 @@ from catalog.identifiers import (
     typed_uuid,
     upstream_uuids,
 )
+from catalog.mappings import get_mapping
 from catalog.models import (
     AuditEntry,
     Event,
@@ -56,17 +57,25 @@ def validation_message(exc: ValidationError) -> str:
     )
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def parse_document(model: type[_Model], document: Any, what: str) -> _Model:
+    """Validate an incoming document: 400 for values JSON cannot carry, 422 for a bad shape."""
+    if isinstance(document, model):
+        return document
+    if not isinstance(document, dict):
+        raise SchemaViolation(f"a {what} must be a JSON object")
+    check_json(document, what.replace(" ", "_"))
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise SchemaViolation(f"invalid {what}: {validation_message(exc)}") from None
+
+
 def parse_event(event: Any) -> Event:
     """Validate an incoming event document (``{"name", "data", "event_id"}``)."""
-    if isinstance(event, Event):
-        return event
-    if not isinstance(event, dict):
-        raise SchemaViolation("an event must be a JSON object with a 'name'")
-    check_json(event, "event")  # values JSON cannot carry (NaN, sets...) are a 400
-    try:
-        return Event.model_validate(event)
-    except ValidationError as exc:
-        raise SchemaViolation(f"invalid event: {validation_message(exc)}") from None
+    return parse_document(Event, event, "event")
 
 
 class Catalog:
@@ -239,6 +248,36 @@ class Catalog:
             uuid=uuid, state=entry["state"], last_event=entry["name"],
             event_id=entry["event_id"], duplicate=applied.duplicate,
         )
+
+    def handle_status(self, uuid: str, status: str, token: str | None,
+                      mapping: str | None = None, data: Any = None,
+                      event_id: str | None = None, source: str = "webhook") -> EventOutcome:
+        """Apply another system's status through a mapping (the job's default if none given).
+
+        An unknown mapping or an unmapped status is refused (422) and audited.
+        """
+        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        event: dict[str, Any] = {"name": f"status:{status}"[:64],
+                                 "data": {} if data is None else data, "event_id": event_id}
+        try:
+            self.keys.check_job(uuid, token)
+            name = mapping
+            if name is None:
+                job = self.store.get_job(uuid, history=False)
+                if job is None:
+                    raise JobNotFound(uuid)
+                name = job.get("status_mapping")
+                if name is None:
+                    raise SchemaViolation(
+                        f"job {uuid} has no default status mapping: add &mapping=<name>"
+                    )
+            event["name"] = get_mapping(name, self.settings.mappings_dir).event_for(status)
+        except CatalogError as exc:
+            self._audit(uuid, event["name"], event_id, source, exc, event)
+            raise
+        if isinstance(event["data"], dict):
+            event["data"] = {**event["data"], "status": status, "mapping": name}
+        return self.handle_event(uuid, event, token, source=source)
 
     def _decider(self, uuid: str, event: Event, source: str) -> Any:
         def decide(head: Doc) -> tuple[str, Doc]:

@@ -133,6 +133,29 @@ def demo(json_: JsonOption = False) -> None:
     _emit({"steps": steps}, json_, "\n".join(f"• {s['step']}: {s['result']}" for s in steps))
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    base_url: Annotated[str | None, typer.Option(
+        envvar="CATALOG_BASE_URL", help="Public URL used in webhooks.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the webhooks and the JSON API (FastAPI on uvicorn)."""
+    from catalog.web import serve as run_server
+
+    catalog = Catalog.open(_state.db, base_url=base_url or f"http://{host}:{port}")
+    _ = catalog.keys  # fail now, not on the first request, when there is no secret
+    Console(stderr=True).print(
+        f"catalog serving {catalog.settings.db} on http://{host}:{port} "
+        f"(admin token: `catalog token admin`; secret in {catalog.settings.secret_file})",
+        highlight=False)
+    try:
+        run_server(catalog, host, port, log_level)
+    finally:
+        catalog.close()
+
+
 @pipeline_app.command("add")
 def pipeline_add(
     name: Annotated[str, typer.Option(help="Pipeline name.")],

@@ -48,6 +48,12 @@ class Settings(BaseModel):
     busy_timeout_ms: int = Field(
         30000, ge=0, description="How long SQLite waits for a lock held by another writer."
     )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest HTTP request body accepted (413 beyond)."
+    )
+    mappings_dir: str = Field(
+        "", description="Directory of status-mapping TOML files (empty: config/mappings)."
+    )
     event_retries: int = Field(
         64, ge=1, description="Compare-and-set attempts before an event reports a conflict."
     )

@@ -12,6 +12,7 @@ and a non-zero exit code on the command line)::
     │   │   └── SchemaViolation        422 schema_violation  (JSON of the wrong shape)
     │   ├── UnsafePath                 400 unsafe_path       (escapes the archive root)
     │   └── InvalidPattern             400 invalid_pattern
+    ├── BodyTooLarge                   413 body_too_large
     ├── UnknownEvent                   422 unknown_event
     ├── TokenRequired                  401 token_required
     ├── TokenInvalid                   403 token_invalid
@@ -34,6 +35,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AdminRequired",
     "AmbiguousPipeline",
+    "BodyTooLarge",
     "CatalogError",
     "ConcurrencyConflict",
     "ConfigurationError",
@@ -108,6 +110,11 @@ class UnsafePath(InvalidInput):
 
 class InvalidPattern(InvalidInput):
     code = "invalid_pattern"
+
+
+class BodyTooLarge(CatalogError):
+    status = 413
+    code = "body_too_large"
 
 
 class UnknownEvent(CatalogError):

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from catalog.catalog import Catalog, validation_message
+from catalog.catalog import Catalog, parse_document, validation_message
 from catalog.errors import InvalidInput, SchemaViolation
 from catalog.identifiers import (
     UUIDType,
@@ -16,11 +16,14 @@ from catalog.identifiers import (
     job_uuid,
 )
 from catalog.identifiers import archive_path as derive_archive_path
+from catalog.mappings import get_mapping
 from catalog.models import (
     ArchiveIndexRequest,
+    CreatedJob,
     EventOutcome,
     HistoryEntry,
     Job,
+    JobRequest,
     ProductIndexRequest,
     utc_now,
 )
@@ -118,6 +121,7 @@ class ManagedPipelineJob(_JobHandle):
         session: str | None = None,
         agent: str | None = None,
         task: str | None = None,
+        status_mapping: str | None = None,
         source: str = "python",
     ) -> None:
         self.catalog = catalog
@@ -144,6 +148,9 @@ class ManagedPipelineJob(_JobHandle):
             if value is not None and (not isinstance(value, str) or len(value) > 256):
                 raise InvalidInput(f"{field} must be a string of at most 256 characters")
         self.session, self.agent, self.task = session, agent, task
+        if status_mapping is not None:
+            get_mapping(status_mapping, catalog.settings.mappings_dir)
+        self.status_mapping = status_mapping
         self.archive_system = archive_system or catalog.settings.archive_system
         if archive_path is not None:
             self.archive_path = check_archive_path(archive_path, catalog.archive_root)
@@ -170,7 +177,8 @@ class ManagedPipelineJob(_JobHandle):
             generated_by=[self.pipeline.uuid], archive_system=self.archive_system,
             archive_path=self.archive_path, archive_patterns=self.archive_patterns,
             product_patterns=self.product_patterns, session=self.session, agent=self.agent,
-            task=self.task, created=now, updated=now, history=[first],
+            task=self.task, status_mapping=self.status_mapping, created=now, updated=now,
+            history=[first],
         )
         doc, self.created = self.catalog.store.insert_job(job.model_dump(mode="json"))
         self._job = Job.model_validate(doc)
@@ -216,3 +224,22 @@ class ManagedPipelineJobInstance(_JobHandle):
     def delete(self, token: str | None) -> None:
         """Remove the job (admin token required)."""
         self.catalog.delete_job(self.uuid, token, source=self.source)
+
+
+def create_job(catalog: Catalog, request: JobRequest | dict[str, Any], source: str = "python",
+               base_url: str | None = None) -> CreatedJob:
+    """Create a job from a request document (HTTP, reactor), or answer the existing one."""
+    if not isinstance(request, JobRequest):
+        request = parse_document(JobRequest, request, "job request")
+    managed = ManagedPipelineJob(
+        catalog, request.pipeline, request.data, measurement_id=request.measurement_id,
+        sample_id=request.sample_id, experiment_id=request.experiment_id,
+        observation_id=request.observation_id, archive_path=request.archive_path,
+        archive_patterns=request.archive_patterns, product_patterns=request.product_patterns,
+        instanced=request.instanced, session=request.session, agent=request.agent,
+        task=request.task, status_mapping=request.status_mapping, source=source,
+    )
+    job = managed.setup()
+    return CreatedJob(uuid=job.uuid, state=job.state, archive_path=job.archive_path,
+                      token=managed.token, webhook=managed.build_webhook(base_url),
+                      created=bool(managed.created))

@@ -180,9 +180,54 @@ class Job(_Strict):
     session: str | None = None
     agent: str | None = None
     task: str | None = None
+    status_mapping: str | None = Field(
+        None, description="Status mapping used for ?status= callbacks that name none."
+    )
     created: UTCDate
     updated: UTCDate
     history: list[HistoryEntry] = Field(default_factory=list)
+
+
+UpstreamIds = str | list[str] | None
+
+
+class PipelineRequest(_Strict):
+    """What ``POST /pipelines`` (and a reactor) sends to register a pipeline."""
+
+    name: str = Field(min_length=1, max_length=256)
+    version: str | None = Field(None, max_length=256)
+    components: list[JSONData | str] = Field(default_factory=list)
+    description: str | None = None
+
+
+class JobRequest(_Strict):
+    """What ``POST /jobs`` (and a reactor) sends to create a job."""
+
+    pipeline: str = Field(min_length=1, description="Pipeline name or UUID.")
+    data: dict[str, Any] = Field(default_factory=dict)
+    measurement_id: UpstreamIds = None
+    sample_id: UpstreamIds = None
+    experiment_id: UpstreamIds = None
+    observation_id: UpstreamIds = None
+    archive_path: str | None = None
+    archive_patterns: list[dict[str, Any]] = Field(default_factory=list)
+    product_patterns: list[dict[str, Any]] = Field(default_factory=list)
+    instanced: bool = False
+    session: str | None = None
+    agent: str | None = None
+    task: str | None = None
+    status_mapping: str | None = None
+
+
+class CreatedJob(_Strict):
+    """A job as returned to whoever created it: with its token and webhook."""
+
+    uuid: JobUUID
+    state: str
+    archive_path: str
+    token: str
+    webhook: str
+    created: bool
 
 
 class EventOutcome(_Strict):
@@ -198,11 +243,14 @@ class EventOutcome(_Strict):
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     ArchiveIndexRequest,
     AuditEntry,
+    CreatedJob,
     Event,
     EventOutcome,
     HistoryEntry,
     Job,
+    JobRequest,
     Pipeline,
+    PipelineRequest,
     ProductIndexRequest,
 )
 

@@ -22,6 +22,8 @@ DEFAULTS = {
     "base_url": "http://127.0.0.1:8000",
     "sqlite_synchronous": "FULL",
     "busy_timeout_ms": 30000,
+    "max_body_bytes": 1048576,
+    "mappings_dir": "",
     "event_retries": 64,
 }
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "catalog.toml"

@@ -1,0 +1,225 @@
+"""The HTTP service: webhooks, status callbacks and the JSON API over one Catalog.
+
+Routes parse, call the library and render; every error leaves as ``{"error": {"code",
+"message"}}`` with its status. Tokens come from ``?token=`` or ``Authorization: Bearer`` and
+are never logged: the access log written here drops query strings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from catalog import __version__
+from catalog.catalog import Catalog, parse_document
+from catalog.errors import BodyTooLarge, CatalogError, InvalidData
+from catalog.identifiers import loads_json
+from catalog.jobs import create_job
+from catalog.models import CreatedJob, EventOutcome, Job, Pipeline, PipelineRequest
+
+log = logging.getLogger("catalog.web")
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes, declared or streamed, before any work."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.limit or declared < 0:
+                    await _send_error(send, BodyTooLarge(self._message()) if declared >= 0
+                                      else InvalidData("Content-Length is not a number"))
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self.limit} bytes"
+
+
+async def _send_error(send: Send, error: CatalogError) -> None:
+    response = JSONResponse(error.to_dict(), status_code=error.status)
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query_params.get("token") or None
+
+
+async def _json_body(request: Request, required: bool = True) -> Any:
+    body = await request.body()
+    if not body.strip():
+        if required:
+            raise InvalidData("request body is empty: a JSON document is required")
+        return None
+    return loads_json(body, "body")
+
+
+def _render(model: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status)
+
+
+def create_app(catalog: Catalog) -> FastAPI:
+    """The ASGI app serving ``catalog``."""
+    app = FastAPI(title="catalog", version=__version__,
+                  description="Provenance and data-catalog job manager.")
+    app.state.catalog = catalog
+    app.add_middleware(BodyLimit, limit=catalog.settings.max_body_bytes)
+    _register_errors(app)
+
+    @app.middleware("http")
+    async def access_log(request: Request,
+                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        # The path only: query strings may carry tokens.
+        log.info("%s %s %d %.1fms", request.method, request.url.path, response.status_code,
+                 (time.perf_counter() - started) * 1000)
+        return response
+
+    @app.api_route("/version", methods=["GET", "HEAD"])
+    def version() -> dict[str, str]:
+        return {"name": "catalog", "version": __version__}
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "store": catalog.store.kind}
+
+    @app.post("/jobs/{uuid}/events", response_model=EventOutcome,
+              responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 422: {}})
+    async def job_event(request: Request, uuid: str, status: str | None = None,
+                        mapping: str | None = None) -> JSONResponse:
+        """Webhook: an event document, or another system's ``?status=`` (body optional)."""
+        token = _token(request)
+        body = await _json_body(request, required=status is None)
+        idempotency_key = request.headers.get("idempotency-key") or None
+        if status is not None:
+            data = body.get("data", body) if isinstance(body, dict) else body
+            event_id = (body.get("event_id") if isinstance(body, dict) else None) \
+                or idempotency_key
+            outcome = await run_in_threadpool(catalog.handle_status, uuid, status, token,
+                                              mapping, data, event_id, "webhook")
+        else:
+            if isinstance(body, dict) and idempotency_key and body.get("event_id") is None:
+                body = {**body, "event_id": idempotency_key}
+            outcome = await run_in_threadpool(catalog.handle_event, uuid, body, token,
+                                              "webhook")
+        return _render(outcome)
+
+    @app.get("/jobs")
+    def list_jobs(state: str | None = None, pipeline: str | None = None,
+                  child_of: str | None = None, limit: Limit = 100,
+                  cursor: str | None = None) -> dict[str, Any]:
+        page = catalog.find_jobs(state, pipeline, child_of, limit, cursor)
+        return {"jobs": page.items, "next": page.next}
+
+    @app.get("/jobs/{uuid}", response_model=Job)
+    def get_job(uuid: str) -> JSONResponse:
+        return _render(catalog.get_job(uuid))
+
+    @app.get("/jobs/{uuid}/history")
+    def get_history(uuid: str) -> dict[str, Any]:
+        job = catalog.get_job(uuid)
+        return {"uuid": job.uuid, "state": job.state,
+                "history": [entry.model_dump(mode="json") for entry in job.history]}
+
+    @app.post("/jobs", response_model=CreatedJob, status_code=201)
+    async def post_job(request: Request) -> JSONResponse:
+        """Create a job (admin token); answers 200 with the same job when it exists."""
+        catalog.keys.check_admin(_token(request), "create jobs")
+        body = await _json_body(request)
+        created = await run_in_threadpool(create_job, catalog, body, "api",
+                                          catalog.settings.base_url)
+        return _render(created, 201 if created.created else 200)
+
+    @app.delete("/jobs/{uuid}")
+    def delete_job(request: Request, uuid: str) -> dict[str, Any]:
+        catalog.delete_job(uuid, _token(request), source="api")
+        return {"uuid": uuid, "deleted": True}
+
+    @app.get("/pipelines")
+    def list_pipelines(name: str | None = None, limit: Limit = 100,
+                       cursor: str | None = None) -> dict[str, Any]:
+        page = catalog.list_pipelines(name, limit, cursor)
+        return {"pipelines": page.items, "next": page.next}
+
+    @app.get("/pipelines/{uuid}", response_model=Pipeline)
+    def get_pipeline(uuid: str) -> JSONResponse:
+        return _render(catalog.get_pipeline(uuid))
+
+    @app.post("/pipelines", response_model=Pipeline, status_code=201)
+    async def post_pipeline(request: Request) -> JSONResponse:
+        """Register a pipeline (admin token); answers 200 when it was already registered."""
+        catalog.keys.check_admin(_token(request), "register pipelines")
+        spec = parse_document(PipelineRequest, await _json_body(request), "pipeline")
+        pipeline, created = await run_in_threadpool(
+            catalog.add_pipeline, spec.name, spec.version, spec.components, spec.description)
+        return _render(pipeline, 201 if created else 200)
+
+    return app
+
+
+def _register_errors(app: FastAPI) -> None:
+    def error(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+    @app.exception_handler(CatalogError)
+    async def catalog_error(request: Request, exc: CatalogError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc.code)
+        return error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return error(422, "schema_violation", problems or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s: unexpected error", request.method, request.url.path)
+        return error(500, "internal_error", "internal error")

@@ -1,0 +1,20 @@
+"""Run the service on uvicorn, with an access log that never carries tokens."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from catalog.catalog import Catalog
+from catalog.web.app import create_app
+
+
+def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
+          log_level: str = "info") -> None:
+    """Serve until interrupted. uvicorn's own access log is off: it would log ``?token=``."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s "
+                        "%(message)s")
+    config = uvicorn.Config(create_app(catalog), host=host, port=port, access_log=False,
+                            log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
