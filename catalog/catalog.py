@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +16,7 @@ from catalog.errors import (
     AdminRequired,
     AmbiguousPipeline,
     CatalogError,
+    EntityNotFound,
     InvalidData,
     InvalidInput,
     JobNotFound,
@@ -23,8 +26,8 @@ from catalog.errors import (
 )
 from catalog.identifiers import (
     UUIDType,
-    canonical_json,
     check_json,
+    loads_json,
     looks_like_uuid,
     parse_uuid,
     pipeline_uuid,
@@ -35,6 +38,7 @@ from catalog.identifiers import (
 from catalog.mappings import get_mapping
 from catalog.models import (
     AuditEntry,
+    Entity,
     Event,
     EventOutcome,
     Job,
@@ -44,7 +48,7 @@ from catalog.models import (
 )
 from catalog.states import ADMIN_EVENTS, EVENTS, STATES, next_state
 from catalog.store import JobQuery, Page, Store, open_store
-from catalog.store.base import Doc
+from catalog.store.base import Applied, Decide, Doc
 from catalog.tokens import Keys, create_secret_file, keys_from_env_or_file
 
 SOURCES = frozenset({"python", "cli", "api", "webhook", "reactor"})
@@ -65,7 +69,7 @@ def parse_document(model: type[_Model], document: Any, what: str) -> _Model:
     if isinstance(document, model):
         return document
     if not isinstance(document, dict):
-        raise SchemaViolation(f"a {what} must be a JSON object")
+        raise SchemaViolation(f"{what} must be a JSON object")
     check_json(document, what.replace(" ", "_"))
     try:
         return model.model_validate(document)
@@ -73,9 +77,32 @@ def parse_document(model: type[_Model], document: Any, what: str) -> _Model:
         raise SchemaViolation(f"invalid {what}: {validation_message(exc)}") from None
 
 
+def parse_body(body: bytes | str) -> Any:
+    """The JSON document of a request body (400 when it is empty or not JSON)."""
+    if not body.strip():
+        raise InvalidData("request body is empty: a JSON document is required")
+    return loads_json(body, "body")
+
+
 def parse_event(event: Any) -> Event:
     """Validate an incoming event document (``{"name", "data", "event_id"}``)."""
     return parse_document(Event, event, "event")
+
+
+@dataclass
+class _PreparedEvent:
+    """An event between validation and the write (or its refusal)."""
+
+    uuid: str
+    document: Any
+    authenticated: bool = False
+    event_id: str | None = None
+    decide: Decide | None = None
+    error: CatalogError | None = None
+
+    def arguments(self) -> tuple[str, str | None, Decide]:
+        assert self.decide is not None
+        return self.uuid, self.event_id, self.decide
 
 
 class Catalog:
@@ -174,6 +201,24 @@ class Catalog:
             raise InvalidInput(f"limit must be between 1 and 1000, got {limit}")
         return self.store.find_pipelines(name=name, limit=limit, cursor=cursor)
 
+    # entities and links -------------------------------------------------------------------
+    def get_entity(self, uuid: str) -> Entity:
+        """A reference or product by UUID, with its links."""
+        uuid = parse_uuid(uuid, UUIDType.reference, UUIDType.product)
+        doc = self.store.get_entity(uuid)
+        if doc is None:
+            raise EntityNotFound(uuid)
+        return Entity.model_validate(doc)
+
+    def add_entities(self, entities: list[Entity]) -> None:
+        """Store entities not stored yet; existing ones stay as they are."""
+        self.store.upsert_entities([entity.model_dump(mode="json") for entity in entities])
+
+    def add_links(self, src: str, relation: str, targets: list[str]) -> None:
+        """Link a job or an entity to ``targets`` by ``relation`` (idempotent; not an event)."""
+        src = parse_uuid(src, UUIDType.pipelinejob, UUIDType.reference, UUIDType.product)
+        self.store.add_links(src, relation, [parse_uuid(target) for target in targets])
+
     # jobs --------------------------------------------------------------------------------
     def get_job(self, uuid: str, history: bool = True) -> Job:
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
@@ -219,48 +264,99 @@ class Catalog:
         return f"{base}/jobs/{uuid}/events?token={quote(self.job_token(uuid))}"
 
     def handle_event(self, uuid: str, event: Any, token: str | None,
-                     source: str = "python") -> EventOutcome:
+                     source: str = "python", idempotency_key: str | None = None) -> EventOutcome:
         """Authenticate, check against the state machine and apply one event.
 
-        Refused events change nothing and are written to the audit log with the reason.
+        ``event`` is an event document, or its raw JSON text as a webhook received it (parsed
+        here, so that malformed bodies are audited like every other refusal). An
+        ``idempotency_key`` stands in for a missing ``event_id``. Refused events change
+        nothing and are written to the audit log with the reason; their data is kept only
+        when the sender authenticated.
         """
+        prepared = self._prepare_event(uuid, event, token, source, idempotency_key)
+        if prepared.error is None:
+            try:
+                return self._outcome(prepared, self.store.apply_event(*prepared.arguments()))
+            except CatalogError as exc:
+                prepared.error = exc
+        self._audit(prepared.uuid, prepared.document, source, prepared.error,
+                    prepared.authenticated)
+        raise prepared.error
+
+    async def handle_event_async(self, uuid: str, event: Any, token: str | None,
+                                 source: str = "webhook",
+                                 idempotency_key: str | None = None) -> EventOutcome:
+        """``handle_event`` for an event loop: validation runs inline, the write is awaited
+        (the store commits it with whatever else is queued), nothing blocks the loop."""
+        prepared = self._prepare_event(uuid, event, token, source, idempotency_key)
+        if prepared.error is None:
+            try:
+                future = self.store.submit_event(*prepared.arguments())
+                return self._outcome(prepared, await asyncio.wrap_future(future))
+            except CatalogError as exc:
+                prepared.error = exc
+        await asyncio.to_thread(self._audit, prepared.uuid, prepared.document, source,
+                                prepared.error, prepared.authenticated)
+        raise prepared.error
+
+    def _prepare_event(self, uuid: str, event: Any, token: str | None, source: str,
+                       idempotency_key: str | None) -> _PreparedEvent:
+        """Everything before the write: authenticate, parse, check the event is known."""
         if source not in SOURCES:
             raise InvalidInput(f"unknown event source {source!r}")
-        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
-        name = event.get("name") if isinstance(event, dict) else getattr(event, "name", None)
-        event_id = event.get("event_id") if isinstance(event, dict) else getattr(
-            event, "event_id", None)
+        prepared = _PreparedEvent(parse_uuid(uuid, UUIDType.pipelinejob), event)
         try:
-            parsed = parse_event(event)
-            is_admin = self.keys.check_job(uuid, token)
+            is_admin = self.keys.check_job(prepared.uuid, token)
+            prepared.authenticated = True
+            if isinstance(event, bytes | str):
+                prepared.document = parse_body(event)
+            document = prepared.document
+            if idempotency_key and isinstance(document, dict) and not document.get("event_id"):
+                prepared.document = {**document, "event_id": idempotency_key}
+            parsed = parse_event(prepared.document)
             if parsed.name not in EVENTS:
                 raise UnknownEvent(parsed.name, EVENTS)
             if parsed.name in ADMIN_EVENTS and not is_admin:
                 raise AdminRequired(f"the admin token is required to send {parsed.name!r}")
-            applied = self.store.apply_event(uuid, parsed.event_id,
-                                             self._decider(uuid, parsed, source))
+            prepared.decide = self._decider(prepared.uuid, parsed, source)
+            prepared.event_id = parsed.event_id
         except CatalogError as exc:
-            self._audit(uuid, str(name) if name is not None else "", event_id, source, exc,
-                        event)
-            raise
+            prepared.error = exc
+        return prepared
+
+    @staticmethod
+    def _outcome(prepared: _PreparedEvent, applied: Applied) -> EventOutcome:
         entry = applied.entry
         return EventOutcome.model_construct(
-            uuid=uuid, state=entry["state"], last_event=entry["name"],
+            uuid=prepared.uuid, state=entry["state"], last_event=entry["name"],
             event_id=entry["event_id"], duplicate=applied.duplicate,
         )
 
     def handle_status(self, uuid: str, status: str, token: str | None,
                       mapping: str | None = None, data: Any = None,
-                      event_id: str | None = None, source: str = "webhook") -> EventOutcome:
+                      event_id: str | None = None, source: str = "webhook",
+                      body: bytes | str | None = None) -> EventOutcome:
         """Apply another system's status through a mapping (the job's default if none given).
 
-        An unknown mapping or an unmapped status is refused (422) and audited.
+        ``body`` (raw JSON, optional) may hold ``{"data": {...}, "event_id": ...}``. An unknown
+        mapping or an unmapped status is refused (422) and audited.
         """
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
         event: dict[str, Any] = {"name": f"status:{status}"[:64],
                                  "data": {} if data is None else data, "event_id": event_id}
+        authenticated = False
         try:
             self.keys.check_job(uuid, token)
+            authenticated = True
+            if body is not None and body.strip():
+                document = parse_body(body)
+                if not isinstance(document, dict) or set(document) - {"data", "event_id"}:
+                    raise SchemaViolation(
+                        "a status callback body must be an object with only 'data' and "
+                        "'event_id'"
+                    )
+                event["data"] = document.get("data", event["data"])
+                event["event_id"] = document.get("event_id") or event_id
             name = mapping
             if name is None:
                 job = self.store.get_job(uuid, history=False)
@@ -273,13 +369,13 @@ class Catalog:
                     )
             event["name"] = get_mapping(name, self.settings.mappings_dir).event_for(status)
         except CatalogError as exc:
-            self._audit(uuid, event["name"], event_id, source, exc, event)
+            self._audit(uuid, event, source, exc, keep_data=authenticated)
             raise
         if isinstance(event["data"], dict):
             event["data"] = {**event["data"], "status": status, "mapping": name}
         return self.handle_event(uuid, event, token, source=source)
 
-    def _decider(self, uuid: str, event: Event, source: str) -> Any:
+    def _decider(self, uuid: str, event: Event, source: str) -> Decide:
         def decide(head: Doc) -> tuple[str, Doc]:
             state = next_state(uuid, head["state"], event.name)
             entry_uuid = (
@@ -297,18 +393,21 @@ class Catalog:
 
         return decide
 
-    def _audit(self, uuid: str, name: str, event_id: Any, source: str, exc: CatalogError,
-               event: Any) -> None:
-        data = event.get("data") if isinstance(event, dict) else None
+    def _audit(self, uuid: str, event: Any, source: str, exc: CatalogError,
+               keep_data: bool) -> None:
+        """Record a refused event: its name, event_id and, for authenticated senders, data."""
+        document = event if isinstance(event, dict) else {}
+        name, event_id, data = (document.get(k) for k in ("name", "event_id", "data"))
+        if not keep_data or not isinstance(data, dict):
+            data = {}
         try:
-            canonical_json(data)
-            safe_data = data if isinstance(data, dict) else {}
+            check_json(data)
         except CatalogError:
-            safe_data = {}  # keep what cannot be stored out of the log, not the refusal itself
+            data = {}  # keep what cannot be stored out of the log, not the refusal itself
         entry = AuditEntry(
-            job_uuid=uuid, name=name[:64], date=utc_now(), source=source,
-            event_id=str(event_id)[:256] if event_id is not None else None,
-            code=exc.code, reason=exc.message, data=safe_data,
+            job_uuid=uuid, name=name[:64] if isinstance(name, str) else "", date=utc_now(),
+            source=source, event_id=str(event_id)[:256] if event_id is not None else None,
+            code=exc.code, reason=exc.message, data=data,
         )
         self.store.append_audit(entry.model_dump(mode="json"))
 

@@ -156,6 +156,33 @@ def serve(
         catalog.close()
 
 
+@app.command()
+def reactor(
+    source: Annotated[str, typer.Argument(help="File of JSON lines, or - for stdin.")] = "-",
+    token: TokenOption = None,
+) -> None:
+    """Apply JSON-lines messages (events, status callbacks, OpenLineage RunEvents).
+
+    Writes one JSON result line per message; a bad line yields an error line and processing
+    continues. Exits 1 when any message was refused.
+    """
+    from catalog.reactor import dumps, process_lines
+
+    failed = False
+    with _catalog() as catalog:
+        stream = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+        try:
+            for result in process_lines(catalog, stream, token):
+                failed = failed or "error" in result
+                sys.stdout.write(dumps(result) + "\n")
+                sys.stdout.flush()
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
+    if failed:
+        raise SystemExit(1)
+
+
 @pipeline_app.command("add")
 def pipeline_add(
     name: Annotated[str, typer.Option(help="Pipeline name.")],

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from catalog.errors import ConfigurationError
 
@@ -57,6 +57,18 @@ class Settings(BaseModel):
     event_retries: int = Field(
         64, ge=1, description="Compare-and-set attempts before an event reports a conflict."
     )
+    openlineage_key: str = Field(
+        "", repr=False,
+        description="Bearer key OpenLineage emitters send to POST /api/v1/lineage, besides the "
+        "admin token (empty: only the admin token; else at least 16 characters).",
+    )
+
+    @field_validator("openlineage_key")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("an ingestion key must be empty or at least 16 characters long")
+        return value
 
     @classmethod
     def env_name(cls, field: str) -> str:

@@ -19,7 +19,8 @@ and a non-zero exit code on the command line)::
     │   └── AdminRequired              403 admin_required
     ├── NotFound                       404 not_found
     │   ├── JobNotFound                404 job_not_found
-    │   └── PipelineNotFound           404 pipeline_not_found
+    │   ├── PipelineNotFound           404 pipeline_not_found
+    │   └── EntityNotFound             404 entity_not_found  (a reference, product, ...)
     ├── EventNotAllowed                409 event_not_allowed
     ├── AmbiguousPipeline              409 ambiguous_pipeline
     ├── ConcurrencyConflict            503 concurrency_conflict
@@ -39,6 +40,7 @@ __all__ = [
     "CatalogError",
     "ConcurrencyConflict",
     "ConfigurationError",
+    "EntityNotFound",
     "EventNotAllowed",
     "InvalidData",
     "InvalidInput",
@@ -159,6 +161,13 @@ class PipelineNotFound(NotFound):
 
     def __init__(self, name_or_uuid: str) -> None:
         super().__init__(f"no pipeline {name_or_uuid}", pipeline=name_or_uuid)
+
+
+class EntityNotFound(NotFound):
+    code = "entity_not_found"
+
+    def __init__(self, uuid: str) -> None:
+        super().__init__(f"no entity {uuid}", uuid=uuid)
 
 
 class EventNotAllowed(CatalogError):

@@ -132,7 +132,12 @@ def upstream_uuids(
 # -- canonical JSON -------------------------------------------------------------------------
 
 
-def _check_json(value: Any, where: str) -> None:
+MAX_JSON_DEPTH = 100  # deeper documents are refused, not left to exhaust the stack
+
+
+def _check_json(value: Any, where: str, depth: int = 0) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidData(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, str):
@@ -147,7 +152,7 @@ def _check_json(value: Any, where: str) -> None:
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
-            _check_json(item, f"{where}[{index}]")
+            _check_json(item, f"{where}[{index}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -157,7 +162,7 @@ def _check_json(value: Any, where: str) -> None:
                 key.encode("utf-8")
             except UnicodeEncodeError:
                 raise InvalidData(f"{where}: key {key!r} is not valid UTF-8") from None
-            _check_json(item, f"{where}.{key}")
+            _check_json(item, f"{where}.{key}", depth + 1)
         return
     raise InvalidData(f"{where}: {type(value).__name__} is not a JSON type")
 
@@ -190,6 +195,8 @@ def loads_json(text: str | bytes, name: str = "data") -> Any:
         return json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
     except InvalidData:
         raise
+    except RecursionError:
+        raise InvalidData(f"{name}: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidData(f"{name}: not valid JSON ({exc})") from None
 

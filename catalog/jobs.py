@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from catalog.catalog import Catalog, parse_document, validation_message
-from catalog.errors import InvalidInput, SchemaViolation
+from catalog.errors import InvalidInput, InvalidPattern, SchemaViolation
 from catalog.identifiers import (
     UUIDType,
     canonical_json,
@@ -96,7 +96,9 @@ def _requests(kind: type[_Request], values: Iterable[Any] | None, name: str) -> 
         try:
             parsed.append(value if isinstance(value, kind) else kind.model_validate(value))
         except ValidationError as exc:
-            raise InvalidInput(f"{name}[{index}]: {validation_message(exc)}") from None
+            error = InvalidPattern if any(
+                e["loc"] and e["loc"][0] == "patterns" for e in exc.errors()) else InvalidInput
+            raise error(f"{name}[{index}]: {validation_message(exc)}") from None
     return parsed
 
 

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     field_validator,
+    model_validator,
 )
 
 from catalog.identifiers import UUIDType, check_json, parse_uuid
@@ -60,6 +61,7 @@ UpstreamUUID = Annotated[
     str, _typed(UUIDType.experiment, UUIDType.sample, UUIDType.measurement, UUIDType.observation)
 ]
 AnyUUID = Annotated[str, _typed(*UUIDType)]
+EntityUUID = Annotated[str, _typed(UUIDType.reference, UUIDType.product)]
 EventId = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -188,6 +190,27 @@ class Job(_Strict):
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
+class Entity(_Strict):
+    """A record of another kind than jobs: a reference (an input) or a product (an output)."""
+
+    uuid: EntityUUID
+    kind: Literal["reference", "product"] = Field(description="Matches the UUID's type.")
+    name: str = Field(min_length=1, max_length=1024)
+    namespace: str | None = Field(None, max_length=1024)
+    uri: str | None = Field(None, max_length=2049)
+    created: UTCDate
+    child_of: list[AnyUUID] = Field(default_factory=list)
+    generated_by: list[AnyUUID] = Field(default_factory=list)
+    derived_from: list[AnyUUID] = Field(default_factory=list)
+    derived_using: list[AnyUUID] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _kind_matches_uuid(self) -> Entity:
+        if self.uuid[:3] != UUIDType[self.kind].prefix:
+            raise ValueError(f"a {self.kind} needs a {self.kind} UUID, got {self.uuid}")
+        return self
+
+
 UpstreamIds = str | list[str] | None
 
 
@@ -240,15 +263,23 @@ class EventOutcome(_Strict):
     duplicate: bool
 
 
+class LineageOutcome(EventOutcome):
+    """What an OpenLineage run event did to the job of its run."""
+
+    pipeline_uuid: PipelineUUID
+
+
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     ArchiveIndexRequest,
     AuditEntry,
     CreatedJob,
+    Entity,
     Event,
     EventOutcome,
     HistoryEntry,
     Job,
     JobRequest,
+    LineageOutcome,
     Pipeline,
     PipelineRequest,
     ProductIndexRequest,

@@ -25,6 +25,7 @@ DEFAULTS = {
     "max_body_bytes": 1048576,
     "mappings_dir": "",
     "event_retries": 64,
+    "openlineage_key": "",
 }
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "catalog.toml"
 

@@ -9,13 +9,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from catalog.errors import EventNotAllowed, InvalidInput, JobNotFound
+from catalog.errors import EntityNotFound, EventNotAllowed, InvalidInput, JobNotFound
 from catalog.identifiers import UUIDType, pipeline_uuid, random_typed_uuid, typed_uuid
-from catalog.models import AuditEntry, HistoryEntry, Job, Pipeline, utc_now
+from catalog.models import AuditEntry, Entity, HistoryEntry, Job, Pipeline, utc_now
 from catalog.store import Applied, JobQuery, Page, Store, open_store
 from catalog.store.base import Decide, Doc, encode_cursor
 
@@ -585,3 +586,182 @@ def test_callers_documents_are_neither_changed_nor_shared(store: Store) -> None:
     assert store.get_job(originals[1]["uuid"]) == expected_job
     assert store.get_pipeline(originals[0]["uuid"]) == originals[0]
     assert store.find_audit() == [originals[3]]
+
+
+# entities and links ----------------------------------------------------------------------------
+
+REFERENCE = typed_uuid(UUIDType.reference, "s3://bucket/calibration.fits")
+PRODUCT = typed_uuid(UUIDType.product, "s3://bucket/cube.fits")
+UNKNOWN_PRODUCT = typed_uuid(UUIDType.product, "never inserted")
+
+
+def make_entity(uri: str, kind: str = "product", seconds: float = 0, **links: list[str]) -> Doc:
+    namespace, _, name = uri.rpartition("/")
+    return Entity(
+        uuid=typed_uuid(UUIDType[kind], uri), kind=kind, name=name, namespace=namespace,
+        uri=uri, created=at(seconds), **links,
+    ).model_dump(mode="json")
+
+
+def ref(uri: str) -> str:
+    return typed_uuid(UUIDType.reference, uri)
+
+
+def test_upsert_and_get_entities(store: Store) -> None:
+    reference = make_entity("s3://bucket/calibration.fits", "reference")
+    product = make_entity("s3://bucket/cube.fits", generated_by=[UNKNOWN_JOB])
+    store.upsert_entities([reference, product])
+    assert store.get_entity(REFERENCE) == reference
+    assert store.get_entity(PRODUCT) == product
+    assert store.get_entity(UNKNOWN_PRODUCT) is None
+    assert "_id" not in keys_anywhere([store.get_entity(REFERENCE), store.get_entity(PRODUCT)])
+    store.upsert_entities([])
+
+
+def test_upsert_entities_leaves_existing_ones_unchanged(store: Store) -> None:
+    product = make_entity("s3://bucket/cube.fits", generated_by=[UNKNOWN_JOB])
+    store.upsert_entities([product])
+    changed = {**make_entity("s3://bucket/cube.fits", seconds=60), "name": "renamed"}
+    other = make_entity("s3://bucket/other.fits")
+    store.upsert_entities([changed, other, {**other, "name": "second of the batch"}])
+    assert store.get_entity(PRODUCT) == product
+    assert store.get_entity(other["uuid"]) == other
+
+
+def test_upsert_entities_neither_changes_nor_shares_the_callers_docs(store: Store) -> None:
+    product = make_entity("s3://bucket/cube.fits", generated_by=[UNKNOWN_JOB])
+    original = copy.deepcopy(product)
+    store.upsert_entities([product])
+    assert product == original
+    product["generated_by"].append("changed")
+    stored = store.get_entity(PRODUCT)
+    assert stored == original
+    assert stored is not None
+    stored["generated_by"].append("changed")
+    assert store.get_entity(PRODUCT) == original
+
+
+def test_add_links_to_a_job_is_idempotent_and_not_an_event(store: Store) -> None:
+    job = make_job("one", child_of=(EXPERIMENT,))
+    store.insert_job(job)
+    first, second, third = ref("a"), ref("b"), ref("c")
+
+    store.add_links(job["uuid"], "acted_on", [first, second, first])
+    store.add_links(job["uuid"], "acted_on", [second, third])
+    store.add_links(job["uuid"], "acted_on", [third])
+    store.add_links(job["uuid"], "acted_on", [])
+    store.add_links(job["uuid"], "generated_by", [PIPELINE_A])
+
+    expected = {**job, "acted_on": [first, second, third],
+                "generated_by": [*job["generated_by"], PIPELINE_A]}
+    assert store.get_job(job["uuid"]) == expected  # version, updated and history as they were
+    assert store.get_job(job["uuid"], history=False) == without_history(expected)
+    assert store.find_jobs(JobQuery(child_of=EXPERIMENT)).items == [without_history(expected)]
+
+
+def test_add_child_of_links_are_found_by_child_of(store: Store) -> None:
+    job = make_job("one")
+    store.insert_job(job)
+    store.add_links(job["uuid"], "child_of", [SAMPLE])
+    found = store.find_jobs(JobQuery(child_of=SAMPLE)).items
+    assert [d["uuid"] for d in found] == [job["uuid"]]
+    assert found[0]["child_of"] == [SAMPLE]
+
+
+def test_add_links_to_an_entity(store: Store) -> None:
+    one, two = typed_uuid(UUIDType.pipelinejob, "one"), typed_uuid(UUIDType.pipelinejob, "two")
+    store.upsert_entities([make_entity("s3://bucket/cube.fits", generated_by=[one])])
+    store.add_links(PRODUCT, "generated_by", [one, two, two])
+    store.add_links(PRODUCT, "derived_using", [REFERENCE])
+    store.add_links(PRODUCT, "derived_using", [REFERENCE])
+    assert store.get_entity(PRODUCT) == make_entity(
+        "s3://bucket/cube.fits", generated_by=[one, two], derived_using=[REFERENCE]
+    )
+
+
+def test_links_and_events_on_one_job_do_not_lose_each_other(store: Store) -> None:
+    job = make_job("busy")
+    store.insert_job(job)
+    count = 40
+    start = threading.Barrier(2)
+
+    def events() -> None:
+        start.wait()
+        for n in range(count):
+            entry = make_entry("update", "CREATED", utc_now(), f"event-{n}")
+            store.apply_event(job["uuid"], f"event-{n}", deciding("CREATED", entry))
+
+    def links() -> None:
+        start.wait()
+        for n in range(count):
+            store.add_links(job["uuid"], "acted_on", [ref(f"input-{n}")])
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(events), pool.submit(links)]:
+            done.result()
+
+    stored = store.get_job(job["uuid"])
+    assert stored is not None
+    assert stored["version"] == 1 + count
+    assert [e["event_id"] for e in stored["history"][1:]] == [f"event-{n}" for n in range(count)]
+    assert stored["acted_on"] == [ref(f"input-{n}") for n in range(count)]
+
+
+@pytest.mark.parametrize("targets", [[REFERENCE], []], ids=["some", "none"])
+def test_add_links_from_an_unknown_source_raises_not_found(
+    store: Store, targets: list[str]
+) -> None:
+    store.insert_job(make_job("one"))
+    store.upsert_entities([make_entity("s3://bucket/cube.fits")])
+    with pytest.raises(JobNotFound) as job_missing:
+        store.add_links(UNKNOWN_JOB, "acted_on", targets)
+    assert job_missing.value.details == {"uuid": UNKNOWN_JOB}
+    with pytest.raises(EntityNotFound) as entity_missing:
+        store.add_links(UNKNOWN_PRODUCT, "generated_by", targets)
+    assert entity_missing.value.details == {"uuid": UNKNOWN_PRODUCT}
+    assert store.get_entity(UNKNOWN_PRODUCT) is None
+    assert store.get_job(UNKNOWN_JOB) is None
+
+
+@pytest.mark.parametrize(
+    ("source", "relation"),
+    [("job", "derived_from"), ("job", "history"), ("job", "state"), ("entity", "acted_on"),
+     ("entity", "name"), ("entity", "uuid")],
+)
+def test_add_links_refuses_a_relation_the_source_cannot_have(
+    store: Store, source: str, relation: str
+) -> None:
+    job = make_job("one")
+    product = make_entity("s3://bucket/cube.fits")
+    store.insert_job(job)
+    store.upsert_entities([product])
+    src = job["uuid"] if source == "job" else PRODUCT
+    with pytest.raises(InvalidInput):
+        store.add_links(src, relation, [REFERENCE])
+    assert store.get_job(job["uuid"]) == job
+    assert store.get_entity(PRODUCT) == product
+
+
+def test_sqlite_migrates_a_version_1_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from catalog.store import sqlite
+
+    path = tmp_path / "old.db"
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:1])
+        old = sqlite.SQLiteStore(path)
+        assert [version for version, _ in old.migrations()] == [1]
+        job = make_job("one")
+        old.insert_job(job)
+        old.close()
+    store = sqlite.SQLiteStore(path)
+    try:
+        assert [version for version, _ in store.migrations()] == [1, 2]
+        assert store.get_job(job["uuid"]) == job
+        store.upsert_entities([make_entity("s3://bucket/cube.fits")])
+        store.add_links(PRODUCT, "generated_by", [job["uuid"]])
+        assert store.get_entity(PRODUCT) == make_entity("s3://bucket/cube.fits",
+                                                        generated_by=[job["uuid"]])
+    finally:
+        store.close()

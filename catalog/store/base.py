@@ -13,10 +13,12 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from catalog.errors import InvalidInput
+from catalog.errors import EntityNotFound, InvalidInput, JobNotFound, NotFound
+from catalog.identifiers import UUIDType
 
 Doc = dict[str, Any]
 
@@ -25,8 +27,10 @@ Doc = dict[str, Any]
 Decide = Callable[[Doc], tuple[str, Doc]]
 
 MAX_LIMIT = 1000
-# Relations kept as edges so both directions can be queried (DESIGN §5).
+# Relations kept as edges so both directions can be queried (DESIGN §5); each is also a list
+# field of the document it starts from.
 JOB_LINK_FIELDS = ("child_of", "generated_by", "acted_on", "acted_using")
+ENTITY_LINK_FIELDS = ("child_of", "generated_by", "derived_from", "derived_using")
 
 
 def check_limit(limit: int) -> None:
@@ -68,6 +72,32 @@ class Applied:
 def check_new_job(doc: Doc) -> None:
     if doc["version"] != len(doc.get("history", [])):
         raise ValueError("a job's version must equal the number of its history entries")
+
+
+def is_job(uuid: str) -> bool:
+    """Whether a link's source is a job (else an entity), told by its typed-UUID prefix."""
+    return uuid[:3] == UUIDType.pipelinejob.prefix
+
+
+def check_link(src: str, relation: str) -> bool:
+    """Check ``relation`` can start from ``src``; True when ``src`` is a job."""
+    job = is_job(src)
+    fields = JOB_LINK_FIELDS if job else ENTITY_LINK_FIELDS
+    if relation not in fields:
+        raise InvalidInput(
+            f"{'a job' if job else 'an entity'} has no {relation!r} links; "
+            f"relations: {', '.join(fields)}"
+        )
+    return job
+
+
+def link_source_not_found(src: str) -> NotFound:
+    return JobNotFound(src) if is_job(src) else EntityNotFound(src)
+
+
+def unique(values: list[str]) -> list[str]:
+    """``values`` without repeats, in first-seen order."""
+    return list(dict.fromkeys(values))
 
 
 def encode_cursor(*key: str) -> str:
@@ -128,6 +158,10 @@ class Store(Protocol):
         """Jobs without their history, filtered and ordered by (created, uuid)."""
         ...
 
+    def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
+        """``apply_event`` without waiting: the future holds its outcome (or its error)."""
+        ...
+
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
         """Atomically apply one event to a job.
 
@@ -143,6 +177,33 @@ class Store(Protocol):
 
     def delete_job(self, uuid: str) -> bool:
         """Remove a job, its history and its edges; False if there was none."""
+        ...
+
+    # entities and links ------------------------------------------------------------------
+    def upsert_entities(self, docs: list[Doc]) -> None:
+        """Insert each entity (``uuid``, ``kind``, ``created``, ...) unless its uuid exists.
+
+        Entities are records of other kinds than jobs and pipelines (references, products).
+        Existing ones are left unchanged, whatever the new doc says: their links grow only
+        through ``add_links``. Link list fields (``ENTITY_LINK_FIELDS``) of a new doc are
+        stored as edges too. Within ``docs`` the first doc of a uuid wins.
+        """
+        ...
+
+    def get_entity(self, uuid: str) -> Doc | None:
+        """An entity's doc with its link lists, or None."""
+        ...
+
+    def add_links(self, src: str, relation: str, targets: list[str]) -> None:
+        """Add the edges (src, relation, target) that do not exist yet.
+
+        ``src`` is a job (typed-UUID prefix 107; ``relation`` one of ``JOB_LINK_FIELDS``) or an
+        entity (``ENTITY_LINK_FIELDS``); the document's list field named ``relation`` gains the
+        new targets in the order given, without repeats. Links are not state: the job's
+        ``version``, ``updated`` and history are unchanged. Raises InvalidInput for a relation
+        the source cannot have, JobNotFound or EntityNotFound for an unknown source (also when
+        ``targets`` is empty, which otherwise writes nothing).
+        """
         ...
 
     # audit -------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The MongoDB store: one document per job with its history embedded, compare-and-set on version.
 
-Three collections, ``pipelines``, ``jobs`` and ``audit``, with unique indexes on ``uuid`` and an
-index for every query path, created (idempotently) when the store is opened. An event is applied
+Four collections, ``pipelines``, ``jobs``, ``entities`` and ``audit``, with unique indexes on
+``uuid`` and an index for every query path, created (idempotently) when the store is opened.
+Links live only in their source document's list fields (``$addToSet``); multikey indexes on
+those fields serve the reverse direction. An event is applied
 by reading the job's head, deciding, and updating only if ``version`` is still the one read;
 a lost race is retried with a short jittered backoff, each time deciding again on the new head.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from urllib.parse import urlsplit
 
@@ -24,26 +27,31 @@ import pymongo
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
-from pymongo.errors import DuplicateKeyError
 
 from catalog.errors import ConcurrencyConflict, ConfigurationError, JobNotFound
 from catalog.store.base import (
+    ENTITY_LINK_FIELDS,
     Applied,
     Decide,
     Doc,
     JobQuery,
     Page,
     check_limit,
+    check_link,
     check_new_job,
     decode_cursor,
+    link_source_not_found,
     page_of,
+    unique,
 )
 
 DEFAULT_DATABASE = "catalog"
 _NO_ID: Doc = {"_id": 0}
 _WITHOUT_HISTORY: Doc = {"_id": 0, "history": 0}
 _HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1}
+_DUPLICATE_KEY = 11000
 
 _mock_client: pymongo.MongoClient[Doc] | None = None
 _mock_client_lock = threading.Lock()
@@ -86,10 +94,13 @@ class MongoStore:
             raise ConfigurationError(f"retries must be at least 1, got {retries}")
         self.database = database
         self._retries = retries
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         self._client = client
         self._guard: AbstractContextManager[object] = guard if guard is not None else nullcontext()
         self._pipelines: Collection[Doc] = database["pipelines"]
         self._jobs: Collection[Doc] = database["jobs"]
+        self._entities: Collection[Doc] = database["entities"]
         self._audit: Collection[Doc] = database["audit"]
         self._create_indexes()
 
@@ -121,12 +132,30 @@ class MongoStore:
                 keys = [] if head is None else [(head, ASCENDING)]
                 self._jobs.create_index([*keys, ("created", ASCENDING), ("uuid", ASCENDING)])
             self._jobs.create_index([("history.event_id", ASCENDING)])
+            # Reverse lookups of the links kept in list fields (which jobs read this reference,
+            # what a job generated): child_of is covered by the query index above.
+            for field in ("acted_on", "acted_using"):
+                self._jobs.create_index([(field, ASCENDING)])
+            self._entities.create_index([("uuid", ASCENDING)], unique=True)
+            for field in ENTITY_LINK_FIELDS:
+                self._entities.create_index([(field, ASCENDING)])
             # find_audit sorts by _id: ObjectIds grow with insertion order within a process.
             self._audit.create_index([("job_uuid", ASCENDING), ("_id", DESCENDING)])
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self._client is not None:
             self._client.close()
+
+    def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
+        """Apply on a small pool of threads (each event is its own compare-and-set)."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=8,
+                                                    thread_name_prefix="catalog-mongo")
+            return self._executor.submit(self.apply_event, uuid, event_id, decide)
 
     def _insert(self, collection: Collection[Doc], doc: Doc, stored: Doc) -> tuple[Doc, bool]:
         """Insert ``stored`` unless its uuid exists; the unique index decides, not a prior find."""
@@ -228,6 +257,39 @@ class MongoStore:
     def delete_job(self, uuid: str) -> bool:
         with self._guard:
             return self._jobs.delete_one({"uuid": uuid}).deleted_count == 1
+
+    # entities and links ------------------------------------------------------------------
+    def upsert_entities(self, docs: list[Doc]) -> None:
+        if not docs:
+            return
+        fresh = [{**doc, **{f: unique(doc[f]) for f in ENTITY_LINK_FIELDS if f in doc}}
+                 for doc in docs]  # copies: pymongo adds _id to what it inserts
+        try:
+            with self._guard:
+                self._entities.insert_many(fresh, ordered=False)
+        except BulkWriteError as exc:
+            # The unique index keeps the entities already there; anything else is a failure.
+            if any(e.get("code") != _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
+            if exc.details.get("writeConcernErrors"):
+                raise
+
+    def get_entity(self, uuid: str) -> Doc | None:
+        with self._guard:
+            return self._entities.find_one({"uuid": uuid}, _NO_ID)
+
+    def add_links(self, src: str, relation: str, targets: list[str]) -> None:
+        collection = self._jobs if check_link(src, relation) else self._entities
+        targets = unique(targets)  # $addToSet dedupes $each itself; mongomock does not
+        with self._guard:
+            if not targets:
+                found = collection.find_one({"uuid": src}, {"_id": 1}) is not None
+            else:
+                found = collection.update_one(
+                    {"uuid": src}, {"$addToSet": {relation: {"$each": targets}}}
+                ).matched_count == 1
+        if not found:
+            raise link_source_not_found(src)
 
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:

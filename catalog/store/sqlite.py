@@ -9,15 +9,19 @@ sleeping busy handler, and other processes wait up to the busy timeout.
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from catalog.errors import ConcurrencyConflict, ConfigurationError, JobNotFound, StoreError
 from catalog.store.base import (
+    ENTITY_LINK_FIELDS,
     JOB_LINK_FIELDS,
     Applied,
     Decide,
@@ -25,9 +29,12 @@ from catalog.store.base import (
     JobQuery,
     Page,
     check_limit,
+    check_link,
     check_new_job,
     decode_cursor,
+    link_source_not_found,
     page_of,
+    unique,
 )
 
 # Numbered migrations; each runs once, in order, recorded in schema_migrations.
@@ -81,15 +88,41 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX audit_job ON audit (job_uuid, id);
         """,
     ),
+    (
+        2,
+        "entities (references, products)",
+        """
+        CREATE TABLE entities (
+            uuid TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            created TEXT NOT NULL,
+            doc TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
+_MAX_BATCH = 256  # events per group commit
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
+_INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst) VALUES (?, ?, ?)"
 _JOB_COLUMNS = "uuid, pipeline_uuid, state, version, last_event, created, updated, doc"
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class _PendingEvent:
+    """An event waiting for the next group commit, and what became of it."""
+
+    uuid: str
+    event_id: str | None
+    decide: Decide
+    result: Applied | None = None
+    error: BaseException | None = None
+    future: Future[Applied] = field(default_factory=Future)
 
 
 class SQLiteStore:
@@ -111,6 +144,9 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_PendingEvent | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
         self.migrate()
 
     # connections and transactions -----------------------------------------------------------
@@ -151,6 +187,11 @@ class SQLiteStore:
                 conn.execute("COMMIT")
 
     def close(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None and self._writer.is_alive():
+                self._queue.put(None)  # after everything queued before it
+                self._writer.join()
+            self._writer = None
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
@@ -247,7 +288,7 @@ class SQLiteStore:
                      for seq, e in enumerate(history, start=1)],
                 )
                 conn.executemany(
-                    "INSERT OR IGNORE INTO links (src, relation, dst) VALUES (?, ?, ?)",
+                    _INSERT_LINK,
                     [(doc["uuid"], relation, target)
                      for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])],
                 )
@@ -297,35 +338,113 @@ class SQLiteStore:
         rows = self._connection().execute(sql, (*params, query.limit + 1)).fetchall()
         return page_of([self._job_from_row(r) for r in rows], query.limit, "created", "uuid")
 
+    def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
+        """Queue an event for the writer thread, which commits what is queued together.
+
+        Group commit: the writer takes every event waiting and applies them in one
+        transaction (each under its own savepoint, so one refusal undoes only itself), paying
+        one fsync for all. Futures are resolved only after the COMMIT returned.
+        """
+        pending = _PendingEvent(uuid, event_id, decide)
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_events, daemon=True,
+                                                name=f"catalog-sqlite-writer:{self.path}")
+                self._writer.start()
+            self._queue.put(pending)
+        return pending.future
+
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
-        with self._write() as conn:
-            # The head and any earlier entry with this event_id, in one statement.
-            row = conn.execute(
-                "SELECT state, version, last_event, (SELECT doc FROM history "
-                "WHERE history.job_uuid = jobs.uuid AND history.event_id = ?) "
-                "FROM jobs WHERE uuid = ?",
-                (event_id, uuid),
-            ).fetchone()
-            if row is None:
-                raise JobNotFound(uuid)
-            state, version, last_event, seen = row
-            if seen is not None:
-                return Applied(json.loads(seen), duplicate=True)
-            new_state, entry = decide(
-                {"uuid": uuid, "state": state, "version": version, "last_event": last_event}
-            )
-            updated = conn.execute(
-                "UPDATE jobs SET state = ?, version = version + 1, last_event = ?, updated = ? "
-                "WHERE uuid = ? AND version = ?",
-                (new_state, entry["name"], entry["date"], uuid, version),
-            )
-            if updated.rowcount != 1:  # cannot happen under the write lock; never write blind
-                raise ConcurrencyConflict(f"job {uuid} changed while an event was applied")
-            conn.execute(
-                _INSERT_HISTORY,
-                (uuid, version + 1, entry["uuid"], entry["event_id"], _dumps(entry)),
-            )
-            return Applied(entry, duplicate=False)
+        return self.submit_event(uuid, event_id, decide).result()
+
+    def _write_events(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = [first], False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            with self._write_lock:
+                self._commit_batch(batch)
+            if stop:
+                return
+
+    def _commit_batch(self, batch: list[_PendingEvent]) -> None:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            error = ConcurrencyConflict(f"the catalog database is busy: {exc}")
+            for item in batch:
+                item.future.set_exception(error)
+            return
+        try:
+            for item in batch:
+                # _apply_one writes nothing unless it succeeds, so one refusal needs no
+                # savepoint to leave the rest of the batch intact.
+                try:
+                    item.result = self._apply_one(conn, item)
+                except sqlite3.IntegrityError as exc:
+                    item.error = StoreError(f"the catalog database refused a write: {exc}")
+                except Exception as exc:  # handed to the caller whose event it was
+                    item.error = exc
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for item in batch:
+                item.result = None
+                item.error = item.error or StoreError(f"the events were not committed: {exc}")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for item in batch:
+                if item.error is not None:
+                    item.future.set_exception(item.error)
+                else:
+                    assert item.result is not None
+                    item.future.set_result(item.result)
+
+    @staticmethod
+    def _apply_one(conn: sqlite3.Connection, item: _PendingEvent) -> Applied:
+        uuid = item.uuid
+        # The head and any earlier entry with this event_id, in one statement.
+        row = conn.execute(
+            "SELECT state, version, last_event, (SELECT doc FROM history "
+            "WHERE history.job_uuid = jobs.uuid AND history.event_id = ?) "
+            "FROM jobs WHERE uuid = ?",
+            (item.event_id, uuid),
+        ).fetchone()
+        if row is None:
+            raise JobNotFound(uuid)
+        state, version, last_event, seen = row
+        if seen is not None:
+            return Applied(json.loads(seen), duplicate=True)
+        new_state, entry = item.decide(
+            {"uuid": uuid, "state": state, "version": version, "last_event": last_event}
+        )
+        # The history row first: if a constraint refuses it, nothing has been written.
+        conn.execute(
+            _INSERT_HISTORY,
+            (uuid, version + 1, entry["uuid"], entry["event_id"], _dumps(entry)),
+        )
+        updated = conn.execute(
+            "UPDATE jobs SET state = ?, version = version + 1, last_event = ?, updated = ? "
+            "WHERE uuid = ? AND version = ?",
+            (new_state, entry["name"], entry["date"], uuid, version),
+        )
+        if updated.rowcount != 1:  # cannot happen under the write lock; never write blind
+            conn.execute("DELETE FROM history WHERE job_uuid = ? AND seq = ?", (uuid, version + 1))
+            raise ConcurrencyConflict(f"job {uuid} changed while an event was applied")
+        return Applied(entry, duplicate=False)
 
     def delete_job(self, uuid: str) -> bool:
         with self._write() as conn:
@@ -333,6 +452,44 @@ class SQLiteStore:
             conn.execute("DELETE FROM history WHERE job_uuid = ?", (uuid,))
             conn.execute("DELETE FROM links WHERE src = ?", (uuid,))
             return deleted == 1
+
+    # entities and links ------------------------------------------------------------------
+    def upsert_entities(self, docs: list[Doc]) -> None:
+        with self._write() as conn:
+            for doc in docs:
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO entities (uuid, kind, created, doc) VALUES (?, ?, ?, ?)",
+                    (doc["uuid"], doc["kind"], doc["created"], _dumps(doc)),
+                ).rowcount
+                if inserted:
+                    conn.executemany(
+                        _INSERT_LINK,
+                        [(doc["uuid"], relation, target) for relation in ENTITY_LINK_FIELDS
+                         for target in unique(doc.get(relation, []))],
+                    )
+
+    def get_entity(self, uuid: str) -> Doc | None:
+        row = self._connection().execute(
+            "SELECT doc FROM entities WHERE uuid = ?", (uuid,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def add_links(self, src: str, relation: str, targets: list[str]) -> None:
+        table = "jobs" if check_link(src, relation) else "entities"
+        with self._write() as conn:
+            # The list field lives in the doc's JSON: read, extend and rewrite it under the
+            # write lock, leaving the head (state, version, updated) alone.
+            row = conn.execute(f"SELECT doc FROM {table} WHERE uuid = ?", (src,)).fetchone()
+            if row is None:
+                raise link_source_not_found(src)
+            doc = json.loads(row[0])
+            present = doc.get(relation, [])
+            new = [target for target in unique(targets) if target not in present]
+            if not new:
+                return
+            doc[relation] = [*present, *new]
+            conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
+            conn.executemany(_INSERT_LINK, [(src, relation, target) for target in new])
 
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:

@@ -1,0 +1,78 @@
+"""Where archived bytes live, behind one small interface (DESIGN §6).
+
+Paths crossing this interface are *storage paths*: absolute POSIX paths inside the storage
+root (``/products/v2/.../out.csv``). Every path is checked before use and refused when it could
+escape the root (``..``, NUL, backslashes; symlinks out of the root for local storage).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from catalog.errors import UnsafePath
+
+BLOCK_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A stored file: its storage path, size in bytes and modification time (epoch seconds)."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+def check_storage_path(path: str, allow_root: bool = False) -> str:
+    """Validate a storage path and return it normalised (no trailing slash)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise UnsafePath(f"storage path {path!r} must be absolute (start with '/')")
+    if "\x00" in path or "\\" in path:
+        raise UnsafePath(f"storage path {path!r} contains a NUL byte or a backslash")
+    if ".." in path.split("/"):
+        raise UnsafePath(f"storage path {path!r} must not contain '..'")
+    normalised = posixpath.normpath(path)
+    if normalised.startswith("//"):
+        normalised = "/" + normalised.lstrip("/")
+    if normalised == "/" and not allow_root:
+        raise UnsafePath("storage path must name something below the root")
+    return normalised
+
+
+def relative_to(path: str, prefix: str) -> str:
+    """``path`` relative to the directory ``prefix`` (both storage paths)."""
+    prefix = prefix.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise UnsafePath(f"{path} is not under {prefix}")
+    return path[len(prefix):]
+
+
+class Storage(Protocol):
+    """What the catalog needs from an archive."""
+
+    kind: str
+
+    def list(self, prefix: str) -> Iterator[FileInfo]:
+        """Every file under the directory ``prefix``, recursively, in path order."""
+        ...
+
+    def stat(self, path: str) -> FileInfo:
+        """Raises FileNotFoundError when there is no such file."""
+        ...
+
+    def open(self, path: str) -> BinaryIO:
+        """A binary stream for reading (close it); FileNotFoundError when absent."""
+        ...
+
+    def write(self, path: str, data: bytes) -> FileInfo: ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every file under the directory ``prefix``; returns how many."""
+        ...
+
+    def uri(self, path: str) -> str:
+        """``file:///...`` or ``s3://bucket/key`` for a storage path."""
+        ...
