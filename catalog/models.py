@@ -211,6 +211,46 @@ class Entity(_Strict):
         return self
 
 
+FileUUID = Annotated[str, _typed(UUIDType.file)]
+FixityOutcome = Literal["indexed", "ok", "changed", "missing"]
+
+
+class FixityCheck(_Strict):
+    """One reading of a file: when, what it hashed to, and how that compared."""
+
+    date: UTCDate
+    outcome: FixityOutcome
+    size: int | None = Field(None, ge=0)
+    checksums: dict[str, str] = Field(default_factory=dict)
+    changed: list[str] = Field(
+        default_factory=list, description="Digests (or 'size') that differ from the record."
+    )
+
+
+class FileRecord(_Strict):
+    """A file in the archive, with its fixity and where it came from."""
+
+    uuid: FileUUID = Field(description="Derived from storage system + path.")
+    storage_system: str
+    path: str = Field(description="Inside the storage root, e.g. /products/v2/.../out.csv.")
+    name: str
+    size: int = Field(ge=0)
+    mtime: UTCDate
+    media_type: str
+    kind: Literal["archive", "product", "plot"]
+    level: Level | None = None
+    checksums: dict[str, str] = Field(default_factory=dict)
+    status: Literal["ok", "changed", "missing", "unchecked"] = "unchecked"
+    fixity: list[FixityCheck] = Field(default_factory=list)
+    child_of: list[AnyUUID] = Field(default_factory=list)
+    generated_by: list[AnyUUID] = Field(default_factory=list)
+    derived_from: list[AnyUUID] = Field(default_factory=list)
+    derived_using: list[AnyUUID] = Field(default_factory=list)
+    note: str | None = None
+    created: UTCDate
+    updated: UTCDate
+
+
 UpstreamIds = str | list[str] | None
 
 
@@ -276,6 +316,8 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     Entity,
     Event,
     EventOutcome,
+    FileRecord,
+    FixityCheck,
     HistoryEntry,
     Job,
     JobRequest,
