@@ -47,10 +47,12 @@ from catalog.models import (
     utc_now,
 )
 from catalog.states import ADMIN_EVENTS, EVENTS, STATES, next_state
+from catalog.storage import Storage, open_storage
 from catalog.store import JobQuery, Page, Store, open_store
 from catalog.store.base import Applied, Decide, Doc
 from catalog.tokens import Keys, create_secret_file, keys_from_env_or_file
 
+_SIDE_EFFECTS = frozenset({"reset"})
 SOURCES = frozenset({"python", "cli", "api", "webhook", "reactor"})
 
 
@@ -148,6 +150,11 @@ class Catalog:
     @cached_property
     def archive_root(self) -> Path:
         return Path(self.settings.archive_root)
+
+    @cached_property
+    def storage(self) -> Storage:
+        """Where the archive's bytes are (a local directory or an S3 bucket/prefix)."""
+        return open_storage(self.settings.archive_root, self.settings.s3_endpoint_url or None)
 
     # identifiers ----------------------------------------------------------------------------
     def typed_uuid(self, kind: UUIDType, name: str) -> str:
@@ -276,7 +283,9 @@ class Catalog:
         prepared = self._prepare_event(uuid, event, token, source, idempotency_key)
         if prepared.error is None:
             try:
-                return self._outcome(prepared, self.store.apply_event(*prepared.arguments()))
+                applied = self.store.apply_event(*prepared.arguments())
+                self._after_event(prepared.uuid, applied)
+                return self._outcome(prepared, applied)
             except CatalogError as exc:
                 prepared.error = exc
         self._audit(prepared.uuid, prepared.document, source, prepared.error,
@@ -292,7 +301,10 @@ class Catalog:
         if prepared.error is None:
             try:
                 future = self.store.submit_event(*prepared.arguments())
-                return self._outcome(prepared, await asyncio.wrap_future(future))
+                applied = await asyncio.wrap_future(future)
+                if applied.entry["name"] in _SIDE_EFFECTS:
+                    await asyncio.to_thread(self._after_event, prepared.uuid, applied)
+                return self._outcome(prepared, applied)
             except CatalogError as exc:
                 prepared.error = exc
         await asyncio.to_thread(self._audit, prepared.uuid, prepared.document, source,
@@ -323,6 +335,18 @@ class Catalog:
         except CatalogError as exc:
             prepared.error = exc
         return prepared
+
+    def _after_event(self, uuid: str, applied: Applied) -> None:
+        """What an accepted event does beyond the state: ``reset`` empties the job's archive
+        path (inside the archive root only) and unlinks its file records, which keep their
+        fixity history. Replays run it again, so a retry completes an interrupted reset."""
+        if applied.entry["name"] != "reset":
+            return
+        job = self.store.get_job(uuid, history=False)
+        if job is None:
+            return
+        self.storage.delete_prefix(job["archive_path"])
+        self.store.unlink_job_files(uuid)
 
     @staticmethod
     def _outcome(prepared: _PreparedEvent, applied: Applied) -> EventOutcome:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from catalog.catalog import Catalog
 from catalog.config import load_settings
-from catalog.errors import CatalogError, InvalidData
+from catalog.errors import CatalogError, InvalidData, InvalidInput
 from catalog.identifiers import loads_json
 from catalog.jobs import ManagedPipelineJob
 from catalog.tokens import keys_from_env_or_file
@@ -180,6 +180,85 @@ def reactor(
             if stream is not sys.stdin:
                 stream.close()
     if failed:
+        raise SystemExit(1)
+
+
+@contextmanager
+def _progress(description: str, enabled: bool) -> Iterator[Any]:
+    """A Rich progress bar (files, bytes, rate) on a terminal; nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (SpinnerColumn(), TextColumn(description), TextColumn("{task.fields[files]} files"),
+               DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None, files=0)
+        files = 0
+
+        def done(path: str, size: int) -> None:  # called from hashing threads
+            nonlocal files
+            files += 1
+            bar.update(task, advance=size, files=files)
+
+        yield done
+
+
+@app.command()
+def index(
+    uuid: str,
+    token: TokenOption = None,
+    rehash: Annotated[bool, typer.Option(help="Re-read files even when unchanged.")] = False,
+    fixity: Annotated[bool | None, typer.Option(
+        "--fixity/--no-fixity", help="Force sha256 on (or off) for every request.")] = None,
+    fail_on_error: Annotated[bool, typer.Option(
+        help="Send 'fail' when indexing fails (else the job stays INDEXING).")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Index a finished job's files with fixity checksums (index -> indexed)."""
+    from catalog.indexer import index_job
+
+    with _catalog() as catalog, _progress("indexing", not (json_ or _state.json)) as progress:
+        result = index_job(catalog, uuid, token, None, fixity, rehash, fail_on_error, "cli",
+                           progress)
+    document = {"uuid": result.uuid, "state": result.state,
+                "files": [f.model_dump(mode="json") for f in result.files],
+                "hashed": result.hashed, "unchanged": result.unchanged,
+                "unmatched_requests": result.unmatched_requests}
+    summary = (f"{result.uuid}: {len(result.files)} file(s) indexed ({result.hashed} hashed, "
+               f"{result.unchanged} unchanged) -> {result.state}")
+    if result.unmatched_requests:
+        summary += "\nmatched nothing: " + "; ".join(result.unmatched_requests)
+    _emit(document, json_, summary)
+
+
+@app.command()
+def verify(
+    uuid: Annotated[str | None, typer.Argument(help="Job UUID (or --all).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every catalogued file.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Re-read files and report ok / changed / missing / uncatalogued; exit 1 if any is not ok."""
+    from catalog.verify import verify as run_verify
+
+    if (uuid is None) == (not all_):
+        raise InvalidInput("give a job UUID or --all (not both)")
+    with _catalog() as catalog, _progress("verifying", not (json_ or _state.json)) as progress:
+        report = run_verify(catalog, uuid, progress)
+    lines = [f"{v.outcome:8} {v.path}" + (f" ({', '.join(v.changed)})" if v.changed else "")
+             for v in report.files if v.outcome != "ok"]
+    lines += [f"{'new':8} {path} (not catalogued)" for path in report.uncatalogued]
+    counts = report.counts()
+    lines.append(", ".join(f"{n} {k}" for k, n in counts.items()))
+    _emit(report.to_dict(), json_, "\n".join(lines))
+    if not report.ok:
         raise SystemExit(1)
 
 

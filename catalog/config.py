@@ -29,7 +29,11 @@ class Settings(BaseModel):
         description="Catalog location: sqlite:///path, mongodb://..., or mongomock://name.",
     )
     archive_root: str = Field(
-        "archive", description="Local directory that archive paths resolve inside."
+        "archive",
+        description="Where archive paths resolve: a local directory or s3://bucket/prefix.",
+    )
+    s3_endpoint_url: str = Field(
+        "", description="Endpoint of an S3-compatible store (empty: AWS itself)."
     )
     archive_system: str = Field("local", description="Name of the storage system jobs archive to.")
     namespace: str = Field(

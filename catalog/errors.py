@@ -14,13 +14,15 @@ and a non-zero exit code on the command line)::
     │   └── InvalidPattern             400 invalid_pattern
     ├── BodyTooLarge                   413 body_too_large
     ├── UnknownEvent                   422 unknown_event
+    ├── IndexingError                  422 indexing_failed   (files could not be read)
     ├── TokenRequired                  401 token_required
     ├── TokenInvalid                   403 token_invalid
     │   └── AdminRequired              403 admin_required
     ├── NotFound                       404 not_found
     │   ├── JobNotFound                404 job_not_found
     │   ├── PipelineNotFound           404 pipeline_not_found
-    │   └── EntityNotFound             404 entity_not_found  (a reference, product, ...)
+    │   ├── EntityNotFound             404 entity_not_found  (a reference, product, ...)
+    │   └── FileNotFound               404 file_not_found    (a file record)
     ├── EventNotAllowed                409 event_not_allowed
     ├── AmbiguousPipeline              409 ambiguous_pipeline
     ├── ConcurrencyConflict            503 concurrency_conflict
@@ -42,6 +44,8 @@ __all__ = [
     "ConfigurationError",
     "EntityNotFound",
     "EventNotAllowed",
+    "FileNotFound",
+    "IndexingError",
     "InvalidData",
     "InvalidInput",
     "InvalidPattern",
@@ -119,6 +123,11 @@ class BodyTooLarge(CatalogError):
     code = "body_too_large"
 
 
+class IndexingError(CatalogError):
+    status = 422
+    code = "indexing_failed"
+
+
 class UnknownEvent(CatalogError):
     status = 422
     code = "unknown_event"
@@ -168,6 +177,13 @@ class EntityNotFound(NotFound):
 
     def __init__(self, uuid: str) -> None:
         super().__init__(f"no entity {uuid}", uuid=uuid)
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+    def __init__(self, uuid: str) -> None:
+        super().__init__(f"no file record {uuid}", uuid=uuid)
 
 
 class EventNotAllowed(CatalogError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -29,6 +29,9 @@ from catalog.models import (
 )
 from catalog.paths import check_archive_path
 from catalog.states import INITIAL_STATE
+
+if TYPE_CHECKING:
+    from catalog.indexer import IndexResult
 
 UpstreamIds = str | Iterable[str] | None
 
@@ -72,7 +75,6 @@ class _JobHandle:
     resource = _event_method("resource")
     fail = _event_method("fail")
     finish = _event_method("finish")
-    index = _event_method("index")
     indexed = _event_method("indexed")
     validate = _event_method("validate")
     validated = _event_method("validated")
@@ -187,6 +189,8 @@ class ManagedPipelineJob(_JobHandle):
         self.archive_path = self._job.archive_path
         return self._job
 
+    index = _event_method("index")
+
     @property
     def job(self) -> Job:
         """The stored job as it is now (``setup()`` first)."""
@@ -222,6 +226,17 @@ class ManagedPipelineJobInstance(_JobHandle):
         outcome = super().handle(event, token)
         self.refresh()  # a replay answers its first outcome, not the job's state now
         return outcome
+
+    def index(self, token: str | None = None, requests: Iterable[Any] | None = None,
+              fixity: bool | None = None, rehash: bool = False,
+              fail_on_error: bool = False) -> IndexResult:
+        """Index this job's files (``index`` -> INDEXING -> ``indexed`` -> FINISHED)."""
+        from catalog.indexer import index_job
+
+        result = index_job(self.catalog, self.uuid, token if token is not None else self.token,
+                           requests, fixity, rehash, fail_on_error, self.source)
+        self.refresh()
+        return result
 
     def delete(self, token: str | None) -> None:
         """Remove the job (admin token required)."""

@@ -236,6 +236,7 @@ class FileRecord(_Strict):
     name: str
     size: int = Field(ge=0)
     mtime: UTCDate
+    etag: str | None = Field(None, description="The store's content tag (S3 ETag), if any.")
     media_type: str
     kind: Literal["archive", "product", "plot"]
     level: Level | None = None
@@ -282,6 +283,17 @@ class JobRequest(_Strict):
     status_mapping: str | None = None
 
 
+class IndexOptions(_Strict):
+    """What ``POST /jobs/{uuid}/index`` may say (all optional)."""
+
+    requests: list[dict[str, Any]] | None = Field(
+        None, description="Index requests to use instead of the job's own."
+    )
+    fixity: bool | None = Field(None, description="Force sha256 on or off for every request.")
+    rehash: bool = Field(False, description="Re-read files even when unchanged.")
+    fail_on_error: bool = Field(False, description="Send 'fail' when indexing fails.")
+
+
 class CreatedJob(_Strict):
     """A job as returned to whoever created it: with its token and webhook."""
 
@@ -319,6 +331,7 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     FileRecord,
     FixityCheck,
     HistoryEntry,
+    IndexOptions,
     Job,
     JobRequest,
     LineageOutcome,

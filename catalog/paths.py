@@ -31,6 +31,8 @@ def check_archive_path(path: str, root: str | Path) -> str:
     normalised = posixpath.normpath(path)
     if normalised == "/":
         raise UnsafePath("archive path must name a directory below the archive root")
+    if str(root).startswith("s3://"):
+        return normalised  # object keys: no symlinks to follow, the lexical checks suffice
     real_root = os.path.realpath(root)
     resolved = os.path.realpath(os.path.join(real_root, normalised.lstrip("/")))
     if os.path.commonpath([real_root, resolved]) != real_root or resolved == real_root:

@@ -1,4 +1,4 @@
-"""Shared fixtures: every store backend, each opened from its URL and closed afterwards."""
+"""Shared fixtures: every store backend (each opened from its URL, closed after) and S3."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from s3server import create_bucket, delete_bucket, s3_client, start_moto_server, stop_moto_server
 
 from catalog.store import Store, open_store
 
@@ -50,3 +51,29 @@ def store(store_url: str) -> Iterator[Store]:
     opened = open_store(store_url)
     yield opened
     opened.close()
+
+
+# S3 through a real moto server subprocess (boto3 speaks HTTP to it), one per session.
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a ``moto_server`` subprocess shared by the session, stopped by its PID."""
+    endpoint_url, process = start_moto_server(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        yield endpoint_url
+    finally:
+        stop_moto_server(process)
+        assert process.poll() is not None, f"moto_server (pid {process.pid}) did not exit"
+
+
+@pytest.fixture(scope="session")
+def s3(moto_endpoint: str) -> Iterator[Any]:
+    client = s3_client(moto_endpoint)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def bucket(s3: Any) -> Iterator[str]:
+    name = create_bucket(s3)
+    yield name
+    delete_bucket(s3, name)

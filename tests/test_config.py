@@ -16,6 +16,7 @@ from catalog.errors import ConfigurationError
 DEFAULTS = {
     "db": "sqlite:///catalog.db",
     "archive_root": "archive",
+    "s3_endpoint_url": "",
     "archive_system": "local",
     "namespace": "catalog.local",
     "secret_file": ".catalog/secret.json",

@@ -109,7 +109,9 @@ def audit_count(catalog: Catalog, job_uuid: str) -> int:
 def send(handle: ManagedPipelineJob | ManagedPipelineJobInstance, name: str, token: str,
          by_method: bool) -> str:
     """Send one event through the public API, as a method call or a raw event document."""
-    if by_method and name in TABLE:
+    # On an instance, index() runs the whole indexing flow rather than sending one event.
+    indexing = name == "index" and isinstance(handle, ManagedPipelineJobInstance)
+    if by_method and name in TABLE and not indexing:
         return getattr(handle, name)({"step": name}, token=token).state
     return handle.handle({"name": name, "data": {"step": name}}, token=token).state
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import math
+import random
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 
-from catalog.errors import EntityNotFound, EventNotAllowed, InvalidInput, JobNotFound
+from catalog.errors import (
+    EntityNotFound,
+    EventNotAllowed,
+    FileNotFound,
+    InvalidInput,
+    JobNotFound,
+    NotFound,
+)
 from catalog.identifiers import UUIDType, pipeline_uuid, random_typed_uuid, typed_uuid
-from catalog.models import AuditEntry, Entity, HistoryEntry, Job, Pipeline, utc_now
+from catalog.models import (
+    AuditEntry,
+    Entity,
+    FileRecord,
+    FixityCheck,
+    HistoryEntry,
+    Job,
+    Pipeline,
+    utc_now,
+)
 from catalog.store import Applied, JobQuery, Page, Store, open_store
-from catalog.store.base import Decide, Doc, encode_cursor
+from catalog.store.base import Decide, Doc, encode_cursor, prefix_upper_bound
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, 123000, tzinfo=UTC)
 PIPELINE_A = pipeline_uuid("align", "1.0")
@@ -757,11 +777,536 @@ def test_sqlite_migrates_a_version_1_database(
         old.close()
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3]
         assert store.get_job(job["uuid"]) == job
         store.upsert_entities([make_entity("s3://bucket/cube.fits")])
         store.add_links(PRODUCT, "generated_by", [job["uuid"]])
         assert store.get_entity(PRODUCT) == make_entity("s3://bucket/cube.fits",
                                                         generated_by=[job["uuid"]])
+    finally:
+        store.close()
+
+
+def test_sqlite_migrates_a_version_2_database_with_entities(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from catalog.store import sqlite
+
+    path = tmp_path / "old.db"
+    product = make_entity("s3://bucket/cube.fits")
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:2])
+        old = sqlite.SQLiteStore(path)
+        old.upsert_entities([product])
+        old.close()
+    store = sqlite.SQLiteStore(path)
+    try:
+        assert [version for version, _ in store.migrations()] == [1, 2, 3]
+        assert store.get_entity(PRODUCT) == product
+        record = make_file("/products/v2/a.csv")
+        store.upsert_files([record])
+        assert store.get_file(record["uuid"]) == record
+    finally:
+        store.close()
+
+
+# files ---------------------------------------------------------------------------------------
+
+FILE_JOB = typed_uuid(UUIDType.pipelinejob, "writes files")
+OTHER_JOB = typed_uuid(UUIDType.pipelinejob, "writes other files")
+UNKNOWN_FILE = typed_uuid(UUIDType.file, "local:/never/indexed")
+DEFAULT_ALGORITHMS = ("xxh3_128", "sha256")
+
+
+def file_uuid(path: str, storage_system: str = "local") -> str:
+    return typed_uuid(UUIDType.file, f"{storage_system}:{path}")
+
+
+def digests(content: str, algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS) -> dict[str, str]:
+    data = content.encode()
+    computed = {"xxh3_128": xxhash.xxh3_128_hexdigest(data),
+                "sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest(),
+                "blake2b": hashlib.blake2b(data).hexdigest()}
+    return {algorithm: computed[algorithm] for algorithm in algorithms}
+
+
+def make_file(path: str, content: str | None = None, storage_system: str = "local",
+              seconds: float = 0, algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
+              child_of: tuple[str, ...] = (FILE_JOB,),
+              generated_by: tuple[str, ...] | None = None, derived_from: tuple[str, ...] = (),
+              derived_using: tuple[str, ...] = (), fixity: tuple[Doc, ...] = ()) -> Doc:
+    content = path if content is None else content
+    return FileRecord(
+        uuid=file_uuid(path, storage_system), storage_system=storage_system, path=path,
+        name=path.rpartition("/")[2], size=len(content.encode()), mtime=at(seconds),
+        media_type="text/csv", kind="product", checksums=digests(content, algorithms),
+        fixity=list(fixity), child_of=list(child_of),
+        generated_by=list(child_of if generated_by is None else generated_by),
+        derived_from=list(derived_from), derived_using=list(derived_using),
+        created=at(seconds), updated=at(seconds),
+    ).model_dump(mode="json")
+
+
+def make_check(seconds: float, outcome: str = "ok", content: str = "x",
+               changed: tuple[str, ...] = ()) -> Doc:
+    return FixityCheck(
+        date=at(seconds), outcome=outcome, size=len(content), checksums=digests(content),
+        changed=list(changed),
+    ).model_dump(mode="json")
+
+
+def by_path(docs: list[Doc]) -> list[Doc]:
+    return sorted(docs, key=lambda d: (d["path"], d["uuid"]))
+
+
+def backend_of(request: pytest.FixtureRequest) -> str:
+    return str(request.node.callspec.params["store_url"])
+
+
+def edges_from(store: Store, src: str) -> set[tuple[str, str]]:
+    """(relation, target) of every edge out of a file: the links table, or the doc's lists."""
+    if store.kind == "sqlite":
+        with sqlite3.connect(store.path) as conn:  # type: ignore[attr-defined]
+            rows = conn.execute("SELECT relation, dst FROM links WHERE src = ?", (src,))
+            return {(relation, dst) for relation, dst in rows}
+    doc = store.database["files"].find_one({"uuid": src})  # type: ignore[attr-defined]
+    assert doc is not None
+    return {(relation, dst) for relation in ("child_of", "generated_by", "derived_from",
+                                             "derived_using") for dst in doc[relation]}
+
+
+def sources_of(store: Store, relation: str, dst: str) -> set[str]:
+    """Every record with an edge ``relation`` to ``dst``: reverse index, or a multikey query."""
+    if store.kind == "sqlite":
+        with sqlite3.connect(store.path) as conn:  # type: ignore[attr-defined]
+            rows = conn.execute(
+                "SELECT src FROM links WHERE dst = ? AND relation = ?", (dst, relation)
+            )
+            return {src for (src,) in rows}
+    files = store.database["files"]  # type: ignore[attr-defined]
+    return {doc["uuid"] for doc in files.find({relation: dst})}
+
+
+def thousand_files() -> list[Doc]:
+    """1,000 records: paths shared by two storage systems, shuffled, of two jobs."""
+    docs = []
+    for n in range(500):
+        path = f"/products/v2/run/{n % 97:03d}/part-{n:04d}.csv"
+        job = FILE_JOB if n % 3 else OTHER_JOB
+        docs += [make_file(path, f"content {n}", "local", child_of=(job,)),
+                 make_file(path, f"content {n}", "s3", child_of=(job,))]
+    random.Random(4).shuffle(docs)
+    return docs
+
+
+def test_bulk_upsert_of_1000_files_then_get_and_page_through_each_once(store: Store) -> None:
+    docs = thousand_files()
+    store.upsert_files(docs)
+    expected = by_path(docs)
+    assert len({d["uuid"] for d in docs}) == 1000
+    assert len({d["path"] for d in docs}) == 500  # ties on path are broken by uuid
+
+    for doc in docs[:50]:
+        assert store.get_file(doc["uuid"]) == doc
+    assert store.get_file(UNKNOWN_FILE) is None
+    uuids = [d["uuid"] for d in docs]
+    assert store.get_files(uuids) == {d["uuid"]: d for d in docs}
+    assert list(store.get_files(uuids)) == uuids  # more than one IN chunk, in the order asked
+    asked = [docs[7]["uuid"], UNKNOWN_FILE, docs[3]["uuid"], docs[7]["uuid"]]
+    assert store.get_files(asked) == {docs[7]["uuid"]: docs[7], docs[3]["uuid"]: docs[3]}
+    assert store.get_files([]) == {}
+    assert store.get_files([UNKNOWN_FILE]) == {}
+
+    for limit in (150, 1000):
+        pages = all_pages(
+            lambda cursor, size=limit: store.find_files(limit=size, cursor=cursor), limit
+        )
+        assert [d for page in pages for d in page] == expected
+        assert len(pages) == math.ceil(1000 / limit)
+    assert store.find_files() == Page(expected[:100], encode_cursor(expected[99]["path"],
+                                                                   expected[99]["uuid"]))
+
+    mine = [d for d in expected if d["child_of"] == [FILE_JOB]]
+    pages = all_pages(lambda cursor: store.find_files(child_of=FILE_JOB, limit=50,
+                                                      cursor=cursor), 50)
+    assert [d for page in pages for d in page] == mine
+    assert len(mine) == 666
+
+
+def test_find_files_refuses_bad_limits_and_cursors(store: Store) -> None:
+    store.upsert_files([make_file("/products/v2/a.csv")])
+    for limit in (0, -1, 1001):
+        with pytest.raises(InvalidInput):
+            store.find_files(limit=limit)
+    for cursor in ("not a cursor!", encode_cursor("only one")):
+        with pytest.raises(InvalidInput):
+            store.find_files(cursor=cursor)
+    assert store.find_files(cursor=encode_cursor("/zzz", "")) == Page([], None)
+
+
+def test_upsert_files_replaces_a_record_and_its_checksum_lookups(store: Store) -> None:
+    path = "/products/v2/out.csv"
+    source, reference = file_uuid("/products/v2/in.csv"), ref("calibration")
+    first = make_file(path, "first", algorithms=("xxh3_128", "sha256", "md5"),
+                      derived_from=(source,), fixity=(make_check(0, "indexed", "first"),))
+    other = make_file("/products/v2/other.csv", "first")  # same content, another file
+    store.upsert_files([first, other])
+    second = make_file(path, "second", seconds=60, child_of=(OTHER_JOB,),
+                       derived_using=(reference,))
+    store.upsert_files([second])
+
+    assert store.get_file(second["uuid"]) == second
+    assert store.find_files() == Page([other, second], None)  # by path: other < out
+    old, new = digests("first", ("xxh3_128", "sha256", "md5")), digests("second")
+    for algorithm in ("xxh3_128", "sha256"):
+        assert store.find_files_by_checksum(algorithm, old[algorithm]) == [other]
+        assert store.find_files_by_checksum(algorithm, new[algorithm]) == [second]
+    assert store.find_files_by_checksum("md5", old["md5"]) == []  # the new doc has no md5
+    assert store.find_files(child_of=FILE_JOB).items == [other]
+    assert store.find_files(child_of=OTHER_JOB).items == [second]
+    assert edges_from(store, second["uuid"]) == {
+        ("child_of", OTHER_JOB), ("generated_by", OTHER_JOB), ("derived_using", reference),
+    }
+    assert sources_of(store, "derived_from", source) == set()
+    assert sources_of(store, "child_of", FILE_JOB) == {other["uuid"]}
+
+    store.upsert_files([second])  # the same doc again changes nothing
+    assert store.find_files() == Page([other, second], None)
+    assert store.find_files_by_checksum("sha256", new["sha256"]) == [second]
+
+
+def test_within_one_upsert_the_last_doc_of_a_uuid_wins(store: Store) -> None:
+    path = "/products/v2/out.csv"
+    first = make_file(path, "first")
+    last = make_file(path, "last", derived_from=(UNKNOWN_FILE, UNKNOWN_FILE, PRODUCT),
+                     child_of=(FILE_JOB, OTHER_JOB, FILE_JOB))
+    store.upsert_files([first, last])
+    expected = {**last, "derived_from": [UNKNOWN_FILE, PRODUCT],
+                "child_of": [FILE_JOB, OTHER_JOB], "generated_by": [FILE_JOB, OTHER_JOB]}
+    assert store.get_file(last["uuid"]) == expected
+    assert store.find_files().items == [expected]
+    assert store.find_files_by_checksum("sha256", digests("first")["sha256"]) == []
+    assert store.find_files_by_checksum("sha256", digests("last")["sha256"]) == [expected]
+    store.upsert_files([])
+    assert store.find_files().items == [expected]
+
+
+@pytest.mark.parametrize("algorithm", ["xxh3_128", "sha256", "md5", "blake2b"])
+def test_find_files_by_checksum_per_algorithm(store: Store, algorithm: str) -> None:
+    every = ("xxh3_128", "sha256", "md5", "blake2b")
+    twins = [make_file("/products/v2/b/copy.csv", "same", algorithms=every),
+             make_file("/products/v2/a/copy.csv", "same", "s3", algorithms=every),
+             make_file("/products/v2/a/copy.csv", "same", "local", algorithms=every)]
+    single = make_file("/products/v2/single.csv", "single", algorithms=every)
+    store.upsert_files([*twins, single])
+
+    assert store.find_files_by_checksum(algorithm, digests("same", every)[algorithm]) == by_path(
+        twins)
+    assert store.find_files_by_checksum(algorithm, digests("single", every)[algorithm]) == [
+        single]
+    assert store.find_files_by_checksum(algorithm, digests("absent", every)[algorithm]) == []
+    # A digest is found only under its own algorithm.
+    for other in every:
+        if other != algorithm:
+            assert store.find_files_by_checksum(other, digests("same", every)[algorithm]) == []
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["", "SHA256", "sha-256", "sha256 ", "checksums.sha256", "$where", "a.b",
+                  "x" * 33, "ш"],
+)
+def test_checksum_algorithm_names_are_checked(store: Store, algorithm: str) -> None:
+    valid = make_file("/products/v2/valid.csv")
+    with pytest.raises(InvalidInput):
+        store.find_files_by_checksum(algorithm, "00")
+    bad = {**make_file("/products/v2/bad.csv"), "checksums": {algorithm: "00"}}
+    with pytest.raises(InvalidInput):
+        store.upsert_files([valid, bad])
+    assert store.get_files([valid["uuid"], bad["uuid"]]) == {}  # nothing of the batch written
+    assert store.find_files_by_checksum("x" * 32, "00") == []
+
+
+PREFIX_PATHS = {
+    "a": "/products/v2/run_1/a.csv",
+    "b": "/products/v2/runX1/b.csv",  # would match run_1 if _ were a wildcard
+    "c": "/products/v2/100%/c.csv",
+    "d": "/products/v2/100abc/d.csv",  # would match 100% if % were a wildcard
+    "e": "/Products/v2/run_1/e.csv",  # differs only in case
+    "f": "/products/v2/run_10/f.csv",
+    "g": "/products/v2/run_1\U0001f600/g.csv",  # above U+FFFF
+    "h": "/max\U0010ffff/h.csv",
+    "i": "/may/i.csv",
+    "j": "/products/v2/run\\_1/j.csv",  # a backslash, LIKE's usual escape character
+}
+
+
+@pytest.mark.parametrize(
+    ("prefix", "keys"),
+    [
+        ("/products/v2/run_1", "afg"),
+        ("/products/v2/run_1/", "a"),
+        ("/products/v2/100%", "c"),
+        ("/products/v2/100%/c.csv", "c"),
+        ("/products/v2/run\\", "j"),
+        ("/Products", "e"),
+        ("/products/v2/", "abcdfgj"),
+        ("/products/v2/run_1\U0001f600", "g"),
+        ("/max\U0010ffff", "h"),
+        ("/", "abcdefghij"),
+        ("", "abcdefghij"),
+        (None, "abcdefghij"),
+        ("/nothing", ""),
+        ("/products/v2/run_1/a.csv/", ""),
+    ],
+)
+def test_find_files_by_path_prefix_takes_the_prefix_literally(
+    store: Store, prefix: str | None, keys: str
+) -> None:
+    docs = {key: make_file(path) for key, path in PREFIX_PATHS.items()}
+    store.upsert_files(list(docs.values()))
+    expected = by_path([docs[k] for k in keys])
+    assert store.find_files(path_prefix=prefix) == Page(expected, None)
+    pages = all_pages(lambda cursor: store.find_files(path_prefix=prefix, limit=2,
+                                                      cursor=cursor), 2)
+    assert [d for page in pages for d in page] == expected
+
+
+@pytest.mark.parametrize(
+    ("prefix", "bound"),
+    [("", None), ("/a", "/b"), ("/a\U0010ffff", "/b"), ("\U0010ffff\U0010ffff", None),
+     ("/\ud7ff", "/\ue000"), ("/\uffff", "/\U00010000")],
+)
+def test_prefix_upper_bound(prefix: str, bound: str | None) -> None:
+    assert prefix_upper_bound(prefix) == bound
+
+
+def test_find_files_filters_combine(store: Store) -> None:
+    docs = [
+        make_file("/products/v2/j1/a.csv", child_of=(FILE_JOB,)),
+        make_file("/products/v2/j1/b.csv", child_of=(FILE_JOB, OTHER_JOB)),
+        make_file("/products/v2/j2/c.csv", child_of=(OTHER_JOB,)),
+        make_file("/products/v2/j1/d.csv", child_of=(FILE_JOB,), generated_by=(OTHER_JOB,)),
+        make_file("/elsewhere/e.csv", child_of=(FILE_JOB,)),
+    ]
+    a, b, c, d, e = docs
+    store.upsert_files(docs)
+    store.record_fixity(b["uuid"], make_check(10, "missing"), "missing")
+    store.record_fixity(c["uuid"], make_check(10, "missing"), "missing")
+    b_now, c_now = store.get_file(b["uuid"]), store.get_file(c["uuid"])
+    assert b_now is not None and c_now is not None
+
+    assert store.find_files(child_of=FILE_JOB).items == [e, a, b_now, d]
+    assert store.find_files(child_of=OTHER_JOB).items == [b_now, c_now]  # not d: generated_by
+    assert store.find_files(child_of=UNKNOWN_JOB).items == []
+    assert store.find_files(child_of=FILE_JOB, path_prefix="/products/").items == [a, b_now, d]
+    assert store.find_files(status="missing").items == [b_now, c_now]
+    assert store.find_files(status="unchecked").items == [e, a, d]
+    assert store.find_files(child_of=FILE_JOB, status="missing").items == [b_now]
+    assert store.find_files(child_of=OTHER_JOB, status="missing",
+                            path_prefix="/products/v2/j2").items == [c_now]
+    pages = all_pages(lambda cursor: store.find_files(child_of=FILE_JOB, limit=1,
+                                                      cursor=cursor), 1)
+    assert pages == [[e], [a], [b_now], [d]]
+
+
+def test_record_fixity_appends_checks_in_order(store: Store) -> None:
+    indexed = make_check(0, "indexed")
+    record = make_file("/products/v2/out.csv", fixity=(indexed,))
+    neighbour = make_file("/products/v2/neighbour.csv")
+    store.upsert_files([record, neighbour])
+    checks = [(make_check(10, "ok"), "ok"),
+              (make_check(20, "changed", "y", changed=("xxh3_128", "sha256")), "changed"),
+              (make_check(30, "missing"), "missing")]
+    for check, status in checks:
+        store.record_fixity(record["uuid"], check, status)
+
+    expected = {**record, "fixity": [indexed, *(c for c, _ in checks)], "status": "missing",
+                "updated": at(30).strftime("%Y-%m-%dT%H:%M:%S.123Z")}
+    assert store.get_file(record["uuid"]) == expected
+    assert store.get_file(neighbour["uuid"]) == neighbour
+    assert store.find_files(status="missing").items == [expected]
+    assert store.find_files(status="unchecked").items == [neighbour]
+    # The record's checksums stay the reference a check is compared with.
+    assert store.find_files_by_checksum("sha256", record["checksums"]["sha256"]) == [expected]
+    assert store.find_files_by_checksum("sha256", digests("y")["sha256"]) == []
+
+
+def test_record_fixity_on_an_unknown_file_raises_file_not_found(store: Store) -> None:
+    store.upsert_files([make_file("/products/v2/out.csv")])
+    with pytest.raises(FileNotFound) as raised:
+        store.record_fixity(UNKNOWN_FILE, make_check(10), "ok")
+    assert isinstance(raised.value, NotFound)
+    assert raised.value.details == {"uuid": UNKNOWN_FILE}
+    assert (raised.value.code, raised.value.status) == ("file_not_found", 404)
+    assert store.get_file(UNKNOWN_FILE) is None
+
+
+def test_unlink_job_files_keeps_the_records_and_their_fixity(store: Store) -> None:
+    only_ours = make_file("/products/v2/ours.csv", derived_from=(UNKNOWN_FILE,))
+    shared = make_file("/products/v2/shared.csv", child_of=(FILE_JOB, OTHER_JOB),
+                       generated_by=(FILE_JOB,))
+    theirs = make_file("/products/v2/theirs.csv", child_of=(OTHER_JOB,))
+    generated = make_file("/products/v2/generated.csv", child_of=(), generated_by=(FILE_JOB,))
+    product = make_entity("s3://bucket/cube.fits", generated_by=[FILE_JOB])
+    store.upsert_files([only_ours, shared, theirs, generated])
+    store.upsert_entities([product])
+    check = make_check(10)
+    store.record_fixity(only_ours["uuid"], check, "ok")
+
+    assert store.unlink_job_files(FILE_JOB) == 3
+
+    unlinked = {
+        "ours": {**only_ours, "child_of": [], "generated_by": [], "fixity": [check],
+                 "status": "ok", "updated": check["date"]},
+        "shared": {**shared, "child_of": [OTHER_JOB], "generated_by": []},
+        "generated": {**generated, "generated_by": []},
+    }
+    assert store.get_files([d["uuid"] for d in (only_ours, shared, theirs, generated)]) == {
+        only_ours["uuid"]: unlinked["ours"], shared["uuid"]: unlinked["shared"],
+        theirs["uuid"]: theirs, generated["uuid"]: unlinked["generated"],
+    }
+    assert store.get_entity(PRODUCT) == product  # entities are not file records
+    assert store.find_files(child_of=FILE_JOB).items == []
+    assert store.find_files(child_of=OTHER_JOB).items == [unlinked["shared"], theirs]
+    assert sources_of(store, "child_of", FILE_JOB) == set()
+    assert sources_of(store, "generated_by", FILE_JOB) == (
+        {PRODUCT} if store.kind == "sqlite" else set()  # Mongo keeps entity links in entities
+    )
+    assert edges_from(store, only_ours["uuid"]) == {("derived_from", UNKNOWN_FILE)}
+    assert edges_from(store, shared["uuid"]) == {("child_of", OTHER_JOB)}
+
+    assert store.unlink_job_files(FILE_JOB) == 0
+    assert store.unlink_job_files(UNKNOWN_JOB) == 0
+    assert store.get_file(only_ours["uuid"]) == unlinked["ours"]
+
+
+def test_file_links_are_edges_in_both_directions(store: Store) -> None:
+    source, reference = make_file("/products/v2/in.csv"), ref("calibration")
+    product = make_file("/products/v2/out.csv", derived_from=(source["uuid"],),
+                        derived_using=(reference,))
+    store.upsert_files([source, product])
+
+    assert edges_from(store, product["uuid"]) == {
+        ("child_of", FILE_JOB), ("generated_by", FILE_JOB),
+        ("derived_from", source["uuid"]), ("derived_using", reference),
+    }
+    assert sources_of(store, "child_of", FILE_JOB) == {source["uuid"], product["uuid"]}
+    assert sources_of(store, "generated_by", FILE_JOB) == {source["uuid"], product["uuid"]}
+    assert sources_of(store, "derived_from", source["uuid"]) == {product["uuid"]}
+    assert sources_of(store, "derived_using", reference) == {product["uuid"]}
+
+    store.add_links(product["uuid"], "derived_using", [ref("other"), reference])
+    store.add_links(product["uuid"], "child_of", [OTHER_JOB])
+    assert store.get_file(product["uuid"]) == {
+        **product, "derived_using": [reference, ref("other")],
+        "child_of": [FILE_JOB, OTHER_JOB],
+    }  # updated as it was: links are not fixity
+    assert sources_of(store, "derived_using", ref("other")) == {product["uuid"]}
+    assert store.find_files(child_of=OTHER_JOB).items == [store.get_file(product["uuid"])]
+
+    # A replacement's lists become the edges; add_links edges not in it are gone.
+    store.upsert_files([product])
+    assert store.get_file(product["uuid"]) == product
+    assert sources_of(store, "derived_using", ref("other")) == set()
+    assert sources_of(store, "child_of", OTHER_JOB) == set()
+    assert edges_from(store, product["uuid"]) == {
+        ("child_of", FILE_JOB), ("generated_by", FILE_JOB),
+        ("derived_from", source["uuid"]), ("derived_using", reference),
+    }
+
+
+@pytest.mark.parametrize("targets", [[REFERENCE], []], ids=["some", "none"])
+def test_add_links_from_an_unknown_file_raises_file_not_found(
+    store: Store, targets: list[str]
+) -> None:
+    store.upsert_files([make_file("/products/v2/out.csv")])
+    with pytest.raises(FileNotFound) as raised:
+        store.add_links(UNKNOWN_FILE, "derived_using", targets)
+    assert raised.value.details == {"uuid": UNKNOWN_FILE}
+    assert store.get_file(UNKNOWN_FILE) is None
+
+
+@pytest.mark.parametrize("relation", ["acted_on", "acted_using", "fixity", "status", "uuid"])
+def test_add_links_refuses_a_relation_a_file_cannot_have(store: Store, relation: str) -> None:
+    record = make_file("/products/v2/out.csv")
+    store.upsert_files([record])
+    with pytest.raises(InvalidInput):
+        store.add_links(record["uuid"], relation, [REFERENCE])
+    assert store.get_file(record["uuid"]) == record
+
+
+def test_file_records_neither_carry_the_database_id_nor_share_the_callers_docs(
+    store: Store,
+) -> None:
+    record = make_file("/products/v2/out.csv", derived_from=(UNKNOWN_FILE,),
+                       fixity=(make_check(0, "indexed"),))
+    check = make_check(10)
+    originals = copy.deepcopy([record, check])
+    store.upsert_files([record])
+    store.record_fixity(record["uuid"], check, "ok")
+    assert [record, check] == originals
+
+    expected = {**originals[0], "fixity": [*originals[0]["fixity"], originals[1]],
+                "status": "ok", "updated": originals[1]["date"]}
+    returned: list[Any] = [
+        store.get_file(record["uuid"]), store.get_files([record["uuid"]]),
+        store.find_files().items, store.find_files(child_of=FILE_JOB).items,
+        store.find_files(path_prefix="/products").items, store.find_files(status="ok").items,
+        store.find_files_by_checksum("sha256", record["checksums"]["sha256"]),
+    ]
+    assert "_id" not in keys_anywhere(returned)
+    assert returned[0] == expected
+
+    # Changing the caller's documents, or what the store returned, changes nothing stored.
+    record["checksums"]["sha256"] = "changed"
+    record["derived_from"].append("changed")
+    record["fixity"][0]["outcome"] = "changed"
+    check["checksums"]["sha256"] = "changed"
+    for doc in (returned[0], returned[1][record["uuid"]], returned[2][0]):
+        doc["fixity"].append({"not": "stored"})
+        doc["checksums"]["md5"] = "not stored"
+    assert store.get_file(record["uuid"]) == expected
+
+
+def test_mongo_bulk_upsert_runs_one_unordered_bulk_write_and_retries_lost_races() -> None:
+    """On a real server upserts go in one bulk_write; mongomock cannot run it, so emulate one."""
+    import mongomock
+    from pymongo import ReplaceOne
+    from pymongo.errors import BulkWriteError
+
+    from catalog.store.mongo import MongoStore
+
+    class OneRaceLost:
+        """A collection whose bulk_write applies ReplaceOne upserts, first losing one race."""
+
+        def __init__(self, collection: Any) -> None:
+            self.collection = collection
+            self.calls: list[tuple[list[str], bool]] = []
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.collection, name)
+
+        def bulk_write(self, requests: list[ReplaceOne[Doc]], ordered: bool = True) -> None:
+            self.calls.append(([op._filter["uuid"] for op in requests], ordered))
+            errors = []
+            for index, op in enumerate(requests):
+                assert isinstance(op, ReplaceOne) and op._upsert
+                if len(self.calls) == 1 and index == 1:
+                    errors.append({"index": index, "code": 11000, "errmsg": "E11000"})
+                    continue
+                self.collection.replace_one(op._filter, op._doc, upsert=True)
+            if errors:
+                raise BulkWriteError({"writeErrors": errors, "writeConcernErrors": []})
+
+    store = MongoStore(mongomock.MongoClient()["bulk"])
+    try:
+        fake = OneRaceLost(store._files)
+        store._files = fake  # type: ignore[assignment]
+        docs = [make_file(f"/products/v2/{n}.csv") for n in range(3)]
+        store.upsert_files(docs)
+        uuids = [d["uuid"] for d in docs]
+        assert fake.calls == [(uuids, False), ([uuids[1]], False)]
+        assert store.get_files(uuids) == {d["uuid"]: d for d in docs}
+        assert "_id" not in keys_anywhere(docs)
     finally:
         store.close()

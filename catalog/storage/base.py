@@ -19,11 +19,13 @@ BLOCK_SIZE = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class FileInfo:
-    """A stored file: its storage path, size in bytes and modification time (epoch seconds)."""
+    """A stored file: its storage path, size, modification time (epoch seconds), ETag if any."""
 
     path: str
     size: int
     mtime: float
+    # What the store says identifies this content (an S3 ETag); mtimes alone are too coarse.
+    etag: str | None = None
 
 
 def check_storage_path(path: str, allow_root: bool = False) -> str:

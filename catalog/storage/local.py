@@ -36,21 +36,29 @@ class LocalStorage:
         if not os.path.isdir(top):
             return
         # Walk the directory as named (not its resolved form) so symlinks are seen as such.
-        start = os.path.join(self.root, check_storage_path(prefix).lstrip("/"))
-        for directory, subdirectories, files in os.walk(start, followlinks=False):
-            subdirectories.sort()
-            for name in sorted(files + [d for d in subdirectories
-                                        if os.path.islink(os.path.join(directory, d))]):
-                full = os.path.join(directory, name)
-                real = os.path.realpath(full)
-                if real != full and not real.startswith(self.root + os.sep):
-                    raise UnsafePath(
-                        f"{self._storage_path(full)} is a symlink pointing out of the archive root"
-                    )
-                if not os.path.isfile(real):
-                    continue
-                stat = os.stat(real)
-                yield FileInfo(self._storage_path(full), stat.st_size, stat.st_mtime)
+        yield from self._walk(os.path.join(self.root, check_storage_path(prefix).lstrip("/")))
+
+    def _walk(self, directory: str) -> Iterator[FileInfo]:
+        """Files under ``directory`` in path order, as S3 lists keys (not os.walk's order)."""
+        with os.scandir(directory) as scan:
+            # A directory sorts as "name/", so "a-b" comes before everything in "a/".
+            entries = sorted(scan, key=lambda entry: entry.name + "/"
+                             if entry.is_dir(follow_symlinks=False) else entry.name)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(entry.path)
+                continue
+            full = entry.path
+            real = os.path.realpath(full)
+            if real != full and not real.startswith(self.root + os.sep):
+                raise UnsafePath(
+                    f"{self._storage_path(full)} is a symlink pointing out of the archive root"
+                )
+            if not os.path.isfile(real):
+                continue
+            path = check_storage_path(self._storage_path(full))  # e.g. no backslash
+            stat = os.stat(real)
+            yield FileInfo(path, stat.st_size, stat.st_mtime)
 
     def stat(self, path: str) -> FileInfo:
         real = self._resolve(path)

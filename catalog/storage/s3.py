@@ -41,11 +41,17 @@ class S3Storage:
         return f"{self.prefix}{normalised}" if self.prefix else normalised.lstrip("/")
 
     def _path(self, key: str) -> str:
-        path = "/" + (key[len(self.prefix):].lstrip("/") if self.prefix else key)
+        """The storage path of a listed key (which starts with ``prefix/``)."""
+        path = "/" + (key[len(self.prefix) + 1:] if self.prefix else key)
         try:
-            return check_storage_path(path)
+            normalised = check_storage_path(path)
         except UnsafePath:
-            raise UnsafePath(f"object key {key!r} is not a safe storage path") from None
+            normalised = None
+        # A key that is not already in normal form ("a//b", "a/./b") would come back from
+        # _key() as a different key: listed but impossible to stat, open or delete.
+        if normalised != path:
+            raise UnsafePath(f"object key {key!r} is not a safe storage path")
+        return path
 
     def _missing(self, error: Any) -> bool:
         code = str(error.response.get("Error", {}).get("Code", ""))
@@ -59,7 +65,7 @@ class S3Storage:
                 if item["Key"].endswith("/"):
                     continue  # a "directory marker", not a file
                 yield FileInfo(self._path(item["Key"]), int(item["Size"]),
-                               item["LastModified"].timestamp())
+                               item["LastModified"].timestamp(), item.get("ETag"))
 
     def stat(self, path: str) -> FileInfo:
         from botocore.exceptions import ClientError
@@ -71,7 +77,7 @@ class S3Storage:
                 raise FileNotFoundError(path) from None
             raise
         return FileInfo(check_storage_path(path), int(head["ContentLength"]),
-                        head["LastModified"].timestamp())
+                        head["LastModified"].timestamp(), head.get("ETag"))
 
     def open(self, path: str) -> BinaryIO:
         from botocore.exceptions import ClientError

@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from catalog.errors import EntityNotFound, InvalidInput, JobNotFound, NotFound
+from catalog.errors import EntityNotFound, FileNotFound, InvalidInput, JobNotFound, NotFound
 from catalog.identifiers import UUIDType
 
 Doc = dict[str, Any]
@@ -31,6 +32,13 @@ MAX_LIMIT = 1000
 # field of the document it starts from.
 JOB_LINK_FIELDS = ("child_of", "generated_by", "acted_on", "acted_using")
 ENTITY_LINK_FIELDS = ("child_of", "generated_by", "derived_from", "derived_using")
+# Links from a file to the job that wrote it; unlink_job_files removes these.
+FILE_JOB_LINK_FIELDS = ("child_of", "generated_by")
+# Checksum algorithms a file can be looked up by through an index (others work, by a scan).
+INDEXED_CHECKSUMS = ("xxh3_128", "sha256", "md5")
+_ALGORITHM = re.compile(r"[a-z0-9_]{1,32}")
+
+LinkSource = Literal["job", "file", "entity"]
 
 
 def check_limit(limit: int) -> None:
@@ -75,24 +83,79 @@ def check_new_job(doc: Doc) -> None:
 
 
 def is_job(uuid: str) -> bool:
-    """Whether a link's source is a job (else an entity), told by its typed-UUID prefix."""
+    """Whether a link's source is a job, told by its typed-UUID prefix."""
     return uuid[:3] == UUIDType.pipelinejob.prefix
 
 
-def check_link(src: str, relation: str) -> bool:
-    """Check ``relation`` can start from ``src``; True when ``src`` is a job."""
-    job = is_job(src)
-    fields = JOB_LINK_FIELDS if job else ENTITY_LINK_FIELDS
+def link_source(uuid: str) -> LinkSource:
+    """What kind of record a link starts from, told by its typed-UUID prefix."""
+    if is_job(uuid):
+        return "job"
+    return "file" if uuid[:3] == UUIDType.file.prefix else "entity"
+
+
+def check_link(src: str, relation: str) -> LinkSource:
+    """Check ``relation`` can start from ``src``; return the kind of record ``src`` is."""
+    kind = link_source(src)
+    fields = JOB_LINK_FIELDS if kind == "job" else ENTITY_LINK_FIELDS
     if relation not in fields:
+        article = "an" if kind == "entity" else "a"
         raise InvalidInput(
-            f"{'a job' if job else 'an entity'} has no {relation!r} links; "
-            f"relations: {', '.join(fields)}"
+            f"{article} {kind} has no {relation!r} links; relations: {', '.join(fields)}"
         )
-    return job
+    return kind
 
 
 def link_source_not_found(src: str) -> NotFound:
-    return JobNotFound(src) if is_job(src) else EntityNotFound(src)
+    kind = link_source(src)
+    if kind == "job":
+        return JobNotFound(src)
+    return FileNotFound(src) if kind == "file" else EntityNotFound(src)
+
+
+def check_algorithm(algorithm: str) -> str:
+    """Refuse checksum algorithm names that could not be a plain field or column value."""
+    if not _ALGORITHM.fullmatch(algorithm):
+        raise InvalidInput(
+            f"checksum algorithm {algorithm!r} is not a name of 1 to 32 characters a-z, 0-9, _"
+        )
+    return algorithm
+
+
+def latest_files(docs: list[Doc]) -> dict[str, Doc]:
+    """One doc per uuid (the last of each), checksum names checked, link lists without repeats.
+
+    The docs returned are new dicts, so a store may keep them; nested values are still shared.
+    """
+    latest: dict[str, Doc] = {}
+    for doc in docs:
+        for algorithm in doc.get("checksums", {}):
+            check_algorithm(algorithm)
+        latest[doc["uuid"]] = {
+            **doc, **{f: unique(doc[f]) for f in ENTITY_LINK_FIELDS if f in doc}
+        }
+    return latest
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix`` (None: no bound).
+
+    Both backends compare text by UTF-8 bytes, which is code point order, so ``prefix <= s <
+    bound`` is exactly "s starts with prefix", served by an ordinary index, and no character of
+    the prefix is a wildcard.
+    """
+    stripped = prefix.rstrip(chr(0x10FFFF))
+    if not stripped:
+        return None
+    following = ord(stripped[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters: step over them
+        following = 0xE000
+    return stripped[:-1] + chr(following)
+
+
+def chunked(values: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def unique(values: list[str]) -> list[str]:
@@ -197,12 +260,68 @@ class Store(Protocol):
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:
         """Add the edges (src, relation, target) that do not exist yet.
 
-        ``src`` is a job (typed-UUID prefix 107; ``relation`` one of ``JOB_LINK_FIELDS``) or an
-        entity (``ENTITY_LINK_FIELDS``); the document's list field named ``relation`` gains the
-        new targets in the order given, without repeats. Links are not state: the job's
-        ``version``, ``updated`` and history are unchanged. Raises InvalidInput for a relation
-        the source cannot have, JobNotFound or EntityNotFound for an unknown source (also when
-        ``targets`` is empty, which otherwise writes nothing).
+        ``src`` is a job (typed-UUID prefix 107; ``relation`` one of ``JOB_LINK_FIELDS``), a
+        file record (prefix 105; ``ENTITY_LINK_FIELDS``) or an entity (``ENTITY_LINK_FIELDS``);
+        the document's list field named ``relation`` gains the new targets in the order given,
+        without repeats. Links are not state: the job's ``version``, ``updated`` and history
+        (and a file's ``updated``) are unchanged. Raises InvalidInput for a relation the source
+        cannot have, JobNotFound, FileNotFound or EntityNotFound for an unknown source (also
+        when ``targets`` is empty, which otherwise writes nothing).
+        """
+        ...
+
+    # files -------------------------------------------------------------------------------
+    def upsert_files(self, docs: list[Doc]) -> None:
+        """Insert or replace file records (``FileRecord`` dumps) by ``uuid``, all together.
+
+        A replaced record is replaced whole: its checksum lookups and its edges of the
+        relations in ``ENTITY_LINK_FIELDS`` become those of the new doc. Link lists are stored
+        without repeats (first-seen order); within ``docs`` the last doc of a uuid wins.
+        Raises InvalidInput, writing nothing, when a ``checksums`` key is not a valid algorithm
+        name (see ``find_files_by_checksum``).
+        """
+        ...
+
+    def get_file(self, uuid: str) -> Doc | None:
+        """A file record, or None."""
+        ...
+
+    def get_files(self, uuids: list[str]) -> dict[str, Doc]:
+        """The file records of ``uuids`` that exist, by uuid (unknown ones are left out)."""
+        ...
+
+    def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
+                   status: str | None = None, limit: int = 100,
+                   cursor: str | None = None) -> Page:
+        """File records ordered by (path, uuid), filtered by all the filters given.
+
+        ``child_of``: files whose ``child_of`` contains that job; ``path_prefix``: files whose
+        path starts with that text, case-sensitive and with no wildcard characters; ``status``:
+        files with that status.
+        """
+        ...
+
+    def find_files_by_checksum(self, algorithm: str, digest: str) -> list[Doc]:
+        """Every file record whose ``checksums[algorithm]`` is ``digest``, by (path, uuid).
+
+        Digests are compared exactly as given (lower-case hex from the fixity module). Raises
+        InvalidInput when ``algorithm`` does not match ``[a-z0-9_]{1,32}``.
+        """
+        ...
+
+    def record_fixity(self, uuid: str, check: Doc, status: str) -> None:
+        """Append ``check`` (a ``FixityCheck`` dump) to the record's ``fixity`` list.
+
+        Also sets the record's ``status`` and its ``updated`` to ``check["date"]``; the
+        record's ``checksums`` stay the reference they were. Raises FileNotFound.
+        """
+        ...
+
+    def unlink_job_files(self, job_uuid: str) -> int:
+        """Remove ``job_uuid`` from every file record's ``child_of`` and ``generated_by``.
+
+        The records stay, with their fixity history and other links (and ``updated`` as it
+        was); the edges go. Returns how many records were changed.
         """
         ...
 

@@ -1,7 +1,8 @@
 """The MongoDB store: one document per job with its history embedded, compare-and-set on version.
 
-Four collections, ``pipelines``, ``jobs``, ``entities`` and ``audit``, with unique indexes on
-``uuid`` and an index for every query path, created (idempotently) when the store is opened.
+Five collections, ``pipelines``, ``jobs``, ``entities``, ``files`` and ``audit``, with unique
+indexes on ``uuid`` and an index for every query path, created (idempotently) when the store is
+opened.
 Links live only in their source document's list fields (``$addToSet``); multikey indexes on
 those fields serve the reverse direction. An event is applied
 by reading the job's head, deciding, and updating only if ``version`` is still the one read;
@@ -12,10 +13,13 @@ store of the process (so two stores opened on one URL see the same data, as with
 mongomock applies an update in place, step by step, with no lock held between matching and
 writing, so its calls are serialized here by one process-wide lock: that restores the per-document
 atomicity a real server provides, and nothing more (the compare-and-set still does the work).
+mongomock 4.3 also cannot run ``bulk_write`` with the ``ReplaceOne`` objects of pymongo 4.11 and
+newer (they pass a ``sort`` it rejects), so on mongomock bulk writes become one call per document.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 import time
@@ -24,26 +28,31 @@ from contextlib import AbstractContextManager, nullcontext
 from urllib.parse import urlsplit
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
-from catalog.errors import ConcurrencyConflict, ConfigurationError, JobNotFound
+from catalog.errors import ConcurrencyConflict, ConfigurationError, FileNotFound, JobNotFound
 from catalog.store.base import (
     ENTITY_LINK_FIELDS,
+    FILE_JOB_LINK_FIELDS,
+    INDEXED_CHECKSUMS,
     Applied,
     Decide,
     Doc,
     JobQuery,
     Page,
+    check_algorithm,
     check_limit,
     check_link,
     check_new_job,
     decode_cursor,
+    latest_files,
     link_source_not_found,
     page_of,
+    prefix_upper_bound,
     unique,
 )
 
@@ -52,6 +61,7 @@ _NO_ID: Doc = {"_id": 0}
 _WITHOUT_HISTORY: Doc = {"_id": 0, "history": 0}
 _HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1}
 _DUPLICATE_KEY = 11000
+_BY_PATH = [("path", ASCENDING), ("uuid", ASCENDING)]
 
 _mock_client: pymongo.MongoClient[Doc] | None = None
 _mock_client_lock = threading.Lock()
@@ -88,12 +98,18 @@ class MongoStore:
 
     def __init__(self, database: Database[Doc], retries: int = 64, *,
                  client: pymongo.MongoClient[Doc] | None = None,
-                 guard: AbstractContextManager[object] | None = None) -> None:
-        """Use ``database``; ``client`` is closed by ``close()``; ``guard`` wraps every call."""
+                 guard: AbstractContextManager[object] | None = None,
+                 mock: bool = False) -> None:
+        """Use ``database``; ``client`` is closed by ``close()``; ``guard`` wraps every call.
+
+        ``mock`` says ``database`` is a mongomock one: writes are then limited to what
+        mongomock can run (no ``bulk_write`` of ``ReplaceOne``).
+        """
         if retries < 1:
             raise ConfigurationError(f"retries must be at least 1, got {retries}")
         self.database = database
         self._retries = retries
+        self._mock = mock
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         self._client = client
@@ -101,6 +117,7 @@ class MongoStore:
         self._pipelines: Collection[Doc] = database["pipelines"]
         self._jobs: Collection[Doc] = database["jobs"]
         self._entities: Collection[Doc] = database["entities"]
+        self._files: Collection[Doc] = database["files"]
         self._audit: Collection[Doc] = database["audit"]
         self._create_indexes()
 
@@ -110,7 +127,7 @@ class MongoStore:
         parts = urlsplit(url)
         if parts.scheme == "mongomock":
             name = parts.netloc or parts.path.strip("/") or DEFAULT_DATABASE
-            return cls(_shared_mock_client()[name], retries, guard=_mock_calls_lock)
+            return cls(_shared_mock_client()[name], retries, guard=_mock_calls_lock, mock=True)
         if parts.scheme not in ("mongodb", "mongodb+srv"):
             raise ConfigurationError(f"{url!r} is not a mongodb:// or mongomock:// URL")
         try:
@@ -139,6 +156,17 @@ class MongoStore:
             self._entities.create_index([("uuid", ASCENDING)], unique=True)
             for field in ENTITY_LINK_FIELDS:
                 self._entities.create_index([(field, ASCENDING)])
+            self._files.create_index([("uuid", ASCENDING)], unique=True)
+            self._files.create_index(_BY_PATH)
+            self._files.create_index([("storage_system", ASCENDING), ("path", ASCENDING)])
+            # find_files filters then sorts by (path, uuid): these serve both at once.
+            for head in ("status", "child_of"):
+                self._files.create_index([(head, ASCENDING), *_BY_PATH])
+            for field in ENTITY_LINK_FIELDS:
+                if field != "child_of":
+                    self._files.create_index([(field, ASCENDING)])
+            for algorithm in INDEXED_CHECKSUMS:
+                self._files.create_index([(f"checksums.{algorithm}", ASCENDING)])
             # find_audit sorts by _id: ObjectIds grow with insertion order within a process.
             self._audit.create_index([("job_uuid", ASCENDING), ("_id", DESCENDING)])
 
@@ -279,7 +307,8 @@ class MongoStore:
             return self._entities.find_one({"uuid": uuid}, _NO_ID)
 
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:
-        collection = self._jobs if check_link(src, relation) else self._entities
+        collection = {"job": self._jobs, "file": self._files,
+                      "entity": self._entities}[check_link(src, relation)]
         targets = unique(targets)  # $addToSet dedupes $each itself; mongomock does not
         with self._guard:
             if not targets:
@@ -290,6 +319,94 @@ class MongoStore:
                 ).matched_count == 1
         if not found:
             raise link_source_not_found(src)
+
+    # files -------------------------------------------------------------------------------
+    def upsert_files(self, docs: list[Doc]) -> None:
+        # Deep copies: mongomock keeps what it is given, and pymongo may add _id to it.
+        latest = {uuid: copy.deepcopy(doc) for uuid, doc in latest_files(docs).items()}
+        if not latest:
+            return
+        if self._mock:
+            with self._guard:
+                for uuid, doc in latest.items():
+                    self._files.replace_one({"uuid": uuid}, doc, upsert=True)
+            return
+        pending = list(latest)
+        for _ in range(self._retries):
+            try:
+                with self._guard:
+                    self._files.bulk_write(
+                        [ReplaceOne({"uuid": uuid}, latest[uuid], upsert=True)
+                         for uuid in pending],
+                        ordered=False,
+                    )
+                return
+            except BulkWriteError as exc:
+                # Two upserts of one new uuid can race to insert it; the loser is retried
+                # (then as a replace). Anything else is a failure.
+                errors = exc.details.get("writeErrors", [])
+                if exc.details.get("writeConcernErrors") or any(
+                    e.get("code") != _DUPLICATE_KEY for e in errors
+                ):
+                    raise
+                pending = [pending[e["index"]] for e in errors]
+        raise ConcurrencyConflict(f"could not upsert {len(pending)} file records: they kept racing")
+
+    def get_file(self, uuid: str) -> Doc | None:
+        with self._guard:
+            return self._files.find_one({"uuid": uuid}, _NO_ID)
+
+    def get_files(self, uuids: list[str]) -> dict[str, Doc]:
+        wanted = unique(uuids)
+        if not wanted:
+            return {}
+        with self._guard:
+            found = {doc["uuid"]: doc
+                     for doc in self._files.find({"uuid": {"$in": wanted}}, _NO_ID)}
+        return {uuid: found[uuid] for uuid in wanted if uuid in found}
+
+    def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
+                   status: str | None = None, limit: int = 100,
+                   cursor: str | None = None) -> Page:
+        check_limit(limit)
+        clauses: list[Doc] = []
+        if child_of is not None:
+            clauses.append({"child_of": child_of})  # matches one element of the array
+        if path_prefix:
+            # A range rather than a regex: exact for any text, and served by the path index.
+            upper = prefix_upper_bound(path_prefix)
+            clauses.append({"path": {"$gte": path_prefix} if upper is None
+                            else {"$gte": path_prefix, "$lt": upper}})
+        if status is not None:
+            clauses.append({"status": status})
+        if cursor is not None:
+            clauses.append(_after("path", "uuid", cursor))
+        with self._guard:
+            rows = list(self._files.find(_all_of(clauses), _NO_ID).sort(_BY_PATH).limit(limit + 1))
+        return page_of(rows, limit, "path", "uuid")
+
+    def find_files_by_checksum(self, algorithm: str, digest: str) -> list[Doc]:
+        field = f"checksums.{check_algorithm(algorithm)}"
+        with self._guard:
+            return list(self._files.find({field: digest}, _NO_ID).sort(_BY_PATH))
+
+    def record_fixity(self, uuid: str, check: Doc, status: str) -> None:
+        with self._guard:
+            result = self._files.update_one(
+                {"uuid": uuid},
+                {"$push": {"fixity": copy.deepcopy(check)},
+                 "$set": {"status": status, "updated": check["date"]}},
+            )
+        if result.matched_count != 1:
+            raise FileNotFound(uuid)
+
+    def unlink_job_files(self, job_uuid: str) -> int:
+        with self._guard:
+            result = self._files.update_many(
+                {"$or": [{field: job_uuid} for field in FILE_JOB_LINK_FIELDS]},
+                {"$pull": {field: job_uuid for field in FILE_JOB_LINK_FIELDS}},
+            )
+        return result.modified_count
 
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:

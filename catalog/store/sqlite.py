@@ -19,21 +19,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catalog.errors import ConcurrencyConflict, ConfigurationError, JobNotFound, StoreError
+from catalog.errors import (
+    ConcurrencyConflict,
+    ConfigurationError,
+    FileNotFound,
+    JobNotFound,
+    StoreError,
+)
 from catalog.store.base import (
     ENTITY_LINK_FIELDS,
+    FILE_JOB_LINK_FIELDS,
     JOB_LINK_FIELDS,
     Applied,
     Decide,
     Doc,
     JobQuery,
     Page,
+    check_algorithm,
     check_limit,
     check_link,
     check_new_job,
+    chunked,
     decode_cursor,
+    latest_files,
     link_source_not_found,
     page_of,
+    prefix_upper_bound,
     unique,
 )
 
@@ -100,6 +111,28 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        3,
+        "files, file checksums",
+        """
+        CREATE TABLE files (
+            uuid TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            storage_system TEXT NOT NULL,
+            status TEXT NOT NULL,
+            doc TEXT NOT NULL
+        );
+        CREATE INDEX files_path ON files (path, uuid);
+        CREATE INDEX files_storage_path ON files (storage_system, path);
+        CREATE INDEX files_status ON files (status, path, uuid);
+        CREATE TABLE file_checksums (
+            algorithm TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            uuid TEXT NOT NULL,
+            PRIMARY KEY (algorithm, digest, uuid)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -107,6 +140,14 @@ _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
 _INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst) VALUES (?, ?, ?)"
 _JOB_COLUMNS = "uuid, pipeline_uuid, state, version, last_event, created, updated, doc"
+_IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
+_UPSERT_FILE = (
+    "INSERT INTO files (uuid, path, storage_system, status, doc) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (uuid) DO UPDATE SET path = excluded.path, "
+    "storage_system = excluded.storage_system, status = excluded.status, doc = excluded.doc"
+)
+_INSERT_CHECKSUM = "INSERT OR IGNORE INTO file_checksums (algorithm, digest, uuid) VALUES (?, ?, ?)"
+_LINK_SOURCE_TABLES = {"job": "jobs", "file": "files", "entity": "entities"}
 
 
 def _dumps(value: Any) -> str:
@@ -475,7 +516,7 @@ class SQLiteStore:
         return None if row is None else dict(json.loads(row[0]))
 
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:
-        table = "jobs" if check_link(src, relation) else "entities"
+        table = _LINK_SOURCE_TABLES[check_link(src, relation)]
         with self._write() as conn:
             # The list field lives in the doc's JSON: read, extend and rewrite it under the
             # write lock, leaving the head (state, version, updated) alone.
@@ -490,6 +531,145 @@ class SQLiteStore:
             doc[relation] = [*present, *new]
             conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
             conn.executemany(_INSERT_LINK, [(src, relation, target) for target in new])
+
+    # files -------------------------------------------------------------------------------
+    def upsert_files(self, docs: list[Doc]) -> None:
+        latest = latest_files(docs)
+        if not latest:
+            return
+        with self._write() as conn:
+            # A replaced record's checksum rows are found through its old doc (the table's key
+            # starts with the algorithm), and its edges through the links key (src, relation).
+            stale_checksums: list[tuple[str, str, str]] = []
+            replaced: list[str] = []
+            for chunk in chunked(list(latest), _IN_CHUNK):
+                rows = conn.execute(
+                    "SELECT uuid, json_extract(doc, '$.checksums') FROM files "
+                    f"WHERE uuid IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for uuid, checksums in rows:
+                    replaced.append(uuid)
+                    stale_checksums += [(algorithm, digest, uuid) for algorithm, digest
+                                        in json.loads(checksums or "{}").items()]
+            conn.executemany(
+                "DELETE FROM file_checksums WHERE algorithm = ? AND digest = ? AND uuid = ?",
+                stale_checksums,
+            )
+            conn.executemany(
+                "DELETE FROM links WHERE src = ? AND relation = ?",
+                [(uuid, relation) for uuid in replaced for relation in ENTITY_LINK_FIELDS],
+            )
+            conn.executemany(
+                _UPSERT_FILE,
+                [(doc["uuid"], doc["path"], doc["storage_system"], doc["status"], _dumps(doc))
+                 for doc in latest.values()],
+            )
+            conn.executemany(
+                _INSERT_CHECKSUM,
+                [(algorithm, digest, doc["uuid"]) for doc in latest.values()
+                 for algorithm, digest in doc.get("checksums", {}).items()],
+            )
+            conn.executemany(
+                _INSERT_LINK,
+                [(doc["uuid"], relation, target) for doc in latest.values()
+                 for relation in ENTITY_LINK_FIELDS for target in doc.get(relation, [])],
+            )
+
+    def get_file(self, uuid: str) -> Doc | None:
+        row = self._connection().execute(
+            "SELECT doc FROM files WHERE uuid = ?", (uuid,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def get_files(self, uuids: list[str]) -> dict[str, Doc]:
+        wanted = unique(uuids)
+        found: dict[str, Doc] = {}
+        conn = self._connection()
+        for chunk in chunked(wanted, _IN_CHUNK):
+            rows = conn.execute(
+                f"SELECT uuid, doc FROM files WHERE uuid IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update((uuid, json.loads(body)) for uuid, body in rows)
+        return {uuid: found[uuid] for uuid in wanted if uuid in found}
+
+    def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
+                   status: str | None = None, limit: int = 100,
+                   cursor: str | None = None) -> Page:
+        check_limit(limit)
+        where: list[str] = []
+        params: list[str] = []
+        source = "files"
+        if child_of is not None:
+            source = "links JOIN files ON files.uuid = links.src"
+            where.append("links.dst = ? AND links.relation = 'child_of'")
+            params.append(child_of)
+        if path_prefix:
+            # A range, not LIKE: LIKE ignores ASCII case in SQLite, so it would need escaping
+            # and would still match /Products for /products (and could not use the index).
+            where.append("files.path >= ?")
+            params.append(path_prefix)
+            upper = prefix_upper_bound(path_prefix)
+            if upper is not None:
+                where.append("files.path < ?")
+                params.append(upper)
+        if status is not None:
+            where.append("files.status = ?")
+            params.append(status)
+        if cursor is not None:
+            after_path, after_uuid = decode_cursor(cursor, 2)
+            where.append("(files.path, files.uuid) > (?, ?)")
+            params += [after_path, after_uuid]
+        sql = f"SELECT files.doc FROM {source}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY files.path, files.uuid LIMIT ?"
+        rows = self._connection().execute(sql, (*params, limit + 1)).fetchall()
+        return page_of([json.loads(r[0]) for r in rows], limit, "path", "uuid")
+
+    def find_files_by_checksum(self, algorithm: str, digest: str) -> list[Doc]:
+        check_algorithm(algorithm)
+        rows = self._connection().execute(
+            "SELECT files.doc FROM file_checksums JOIN files ON files.uuid = file_checksums.uuid "
+            "WHERE file_checksums.algorithm = ? AND file_checksums.digest = ? "
+            "ORDER BY files.path, files.uuid",
+            (algorithm, digest),
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def record_fixity(self, uuid: str, check: Doc, status: str) -> None:
+        with self._write() as conn:
+            row = conn.execute("SELECT doc FROM files WHERE uuid = ?", (uuid,)).fetchone()
+            if row is None:
+                raise FileNotFound(uuid)
+            doc = json.loads(row[0])
+            doc.update(fixity=[*doc.get("fixity", []), check], status=status,
+                       updated=check["date"])
+            conn.execute(
+                "UPDATE files SET status = ?, doc = ? WHERE uuid = ?", (status, _dumps(doc), uuid)
+            )
+
+    def unlink_job_files(self, job_uuid: str) -> int:
+        relations = ", ".join(f"'{relation}'" for relation in FILE_JOB_LINK_FIELDS)
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT uuid, doc FROM files WHERE uuid IN "
+                f"(SELECT src FROM links WHERE dst = ? AND relation IN ({relations}))",
+                (job_uuid,),
+            ).fetchall()
+            for uuid, body in rows:
+                doc = json.loads(body)
+                for relation in FILE_JOB_LINK_FIELDS:
+                    if relation in doc:
+                        doc[relation] = [target for target in doc[relation] if target != job_uuid]
+                conn.execute("UPDATE files SET doc = ? WHERE uuid = ?", (_dumps(doc), uuid))
+            conn.executemany(
+                "DELETE FROM links WHERE src = ? AND relation = ? AND dst = ?",
+                [(uuid, relation, job_uuid) for uuid, _ in rows
+                 for relation in FILE_JOB_LINK_FIELDS],
+            )
+            return len(rows)
 
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:

@@ -30,6 +30,7 @@ from catalog.models import (
     CreatedJob,
     Event,
     EventOutcome,
+    IndexOptions,
     Job,
     JobRequest,
     LineageOutcome,
@@ -203,6 +204,21 @@ def create_app(catalog: Catalog) -> FastAPI:
         body = await _json_body(request)
         outcome = await run_in_threadpool(ingest, catalog, body, _token(request), "api")
         return JSONResponse(outcome)
+
+    @app.post("/jobs/{uuid}/index", responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {},
+                                                422: {}},
+              openapi_extra=_body_schema(IndexOptions, required=False))
+    async def index_job_files(request: Request, uuid: str) -> JSONResponse:
+        """Index the job's files (job token); answers ``{"uuid", "state", "files": [...]}``."""
+        from catalog.indexer import index_job
+
+        body = await request.body()
+        options = parse_document(IndexOptions, parse_body(body), "index options") \
+            if body.strip() else IndexOptions()
+        result = await run_in_threadpool(index_job, catalog, uuid, _token(request),
+                                         options.requests, options.fixity, options.rehash,
+                                         options.fail_on_error, "api")
+        return JSONResponse(result.to_dict())
 
     @app.get("/jobs")
     def list_jobs(state: str | None = None, pipeline: str | None = None,

@@ -1,0 +1,240 @@
+"""Fixity throughput: catalog.fixity against a bare Python loop and against bagit.
+
+Prints one JSON document. (a) One large file: MiB/s of ``catalog.fixity.hash_file`` through
+``LocalStorage`` with xxh3_128 alone and with xxh3_128 + sha256, each against a bare loop
+(``while chunk := f.read(BLOCK): h.update(chunk)``) with the same algorithms and block size;
+the two run alternately, best of the rounds each. (b) A tree of small files: files/s of
+``catalog.fixity.hash_many`` (sha256 + xxh3_128), alone and after listing the tree, against
+``bagit.make_bag(checksums=["sha256"], processes=2)`` on a copy of the same tree.
+
+Dropping the page cache needs root, so all data is synced and read once before it is timed:
+every figure is from a warm cache (reading from memory, not the disk, is what is measured).
+The data is generated in a temporary directory and deleted afterwards.
+Usage: ``python bench/fixity.py [--size-mib N] [--files N] [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import bagit
+import xxhash
+
+from catalog.fixity import BLOCK_SIZE, hash_file, hash_many
+from catalog.storage import LocalStorage
+
+MiB = 1024 * 1024
+SMALL_FILE = 4096
+FILES_PER_DIRECTORY = 200
+BIG_FILE = "/products/big/file.bin"
+CONSTRUCTORS: dict[str, Callable[[], Any]] = {"xxh3_128": xxhash.xxh3_128,
+                                              "sha256": hashlib.sha256}
+BIG_FILE_CASES = {"xxh3_128": ("xxh3_128",), "xxh3_128+sha256": ("xxh3_128", "sha256")}
+TREE_ALGORITHMS = ("xxh3_128", "sha256")
+
+
+def _seconds(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def _settle(directory: Path) -> None:
+    """Write the new data back and read it once: timed runs then find it all in the page cache
+    and no writeback competing with them."""
+    os.sync()
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                while handle.read(BLOCK_SIZE):
+                    pass
+
+
+# --- (a) one big file -----------------------------------------------------------------------
+
+
+def write_big_file(root: Path, size_mib: int) -> Path:
+    path = root / BIG_FILE.lstrip("/")
+    path.parent.mkdir(parents=True)
+    with path.open("wb") as handle:
+        for _ in range(size_mib):
+            handle.write(os.urandom(MiB))
+    return path
+
+
+def bare_loop(path: Path, algorithms: tuple[str, ...]) -> dict[str, str]:
+    """The baseline: read the file in blocks and update each digest, nothing else."""
+    digests = [CONSTRUCTORS[name]() for name in algorithms]
+    with path.open("rb") as handle:
+        while chunk := handle.read(BLOCK_SIZE):
+            for digest in digests:
+                digest.update(chunk)
+    return {name: digest.hexdigest() for name, digest in zip(algorithms, digests, strict=True)}
+
+
+def bench_big_file(root: Path, size_mib: int, rounds: int) -> dict[str, Any]:
+    path = write_big_file(root, size_mib)
+    _settle(path.parent)
+    storage = LocalStorage(root)
+    results: dict[str, Any] = {}
+    for case, algorithms in BIG_FILE_CASES.items():
+        _, digests = hash_file(storage, BIG_FILE, algorithms)
+        assert digests == bare_loop(path, algorithms), f"{case}: digests differ from baseline"
+        baseline = catalog = float("inf")
+        for _ in range(rounds):  # alternately, so drift on a shared machine hits both
+            baseline = min(baseline, _seconds(lambda a=algorithms: bare_loop(path, a)))
+            catalog = min(catalog, _seconds(lambda a=algorithms: hash_file(storage, BIG_FILE, a)))
+        results[case] = {
+            "baseline_mib_s": round(size_mib / baseline, 1),
+            "catalog_mib_s": round(size_mib / catalog, 1),
+            "ratio": round(baseline / catalog, 3),
+        }
+    path.unlink()
+    return results
+
+
+# --- (b) a tree of small files ----------------------------------------------------------------
+# Each contender takes (tree_dir, files) and returns the seconds it took. The archive root is
+# tree_dir's parent, so the tree is the storage path "/<tree_dir.name>" (a job's archive path).
+
+
+def write_tree(tree_dir: Path, files: int) -> None:
+    """``files`` files of SMALL_FILE random bytes, FILES_PER_DIRECTORY to a directory."""
+    for index in range(files):
+        subdirectory = tree_dir / f"d{index // FILES_PER_DIRECTORY:04d}"
+        if index % FILES_PER_DIRECTORY == 0:
+            subdirectory.mkdir(parents=True)
+        (subdirectory / f"f{index:06d}.bin").write_bytes(os.urandom(SMALL_FILE))
+
+
+def _hash_tree(tree_dir: Path, files: int, timed_listing: bool) -> float:
+    storage = LocalStorage(tree_dir.parent)
+    start = time.perf_counter()
+    paths = [info.path for info in storage.list("/" + tree_dir.name)]
+    if not timed_listing:
+        start = time.perf_counter()
+    results = hash_many(storage, paths, TREE_ALGORITHMS)
+    seconds = time.perf_counter() - start
+    assert len(results) == files, (len(results), files)
+    assert not [value for value in results.values() if isinstance(value, Exception)]
+    return seconds
+
+
+def bench_hash_many_tree(tree_dir: Path, files: int) -> float:
+    """hash_many over every file of the tree, its paths known beforehand."""
+    return _hash_tree(tree_dir, files, timed_listing=False)
+
+
+def bench_list_and_hash_many_tree(tree_dir: Path, files: int) -> float:
+    """Listing the tree through LocalStorage, then hash_many over what was listed."""
+    return _hash_tree(tree_dir, files, timed_listing=True)
+
+
+def bench_bagit_tree(tree_dir: Path, files: int) -> float:
+    """bagit bagging a fresh copy of the tree with sha256 (making the copy is not timed)."""
+    copy_dir = tree_dir.with_name(tree_dir.name + "-bag")
+    shutil.copytree(tree_dir, copy_dir)
+    _settle(copy_dir)
+    try:
+        start = time.perf_counter()
+        bag = bagit.make_bag(str(copy_dir), checksums=["sha256"], processes=2)
+        seconds = time.perf_counter() - start
+        assert len(list(bag.payload_entries())) == files
+    finally:
+        shutil.rmtree(copy_dir)
+    return seconds
+
+
+TREE_CONTENDERS: dict[str, Callable[[Path, int], float]] = {
+    "hash_many": bench_hash_many_tree,
+    "list_and_hash_many": bench_list_and_hash_many_tree,
+    "bagit": bench_bagit_tree,
+}
+
+
+def bench_tree(root: Path, files: int, rounds: int) -> dict[str, Any]:
+    tree_dir = root / "tree"
+    write_tree(tree_dir, files)
+    _settle(tree_dir)
+    best = dict.fromkeys(TREE_CONTENDERS, float("inf"))
+    for _ in range(rounds):  # alternately, as for the big file
+        for name, contender in TREE_CONTENDERS.items():
+            best[name] = min(best[name], contender(tree_dir, files))
+    return {
+        "files": files,
+        "file_bytes": SMALL_FILE,
+        "hash_many_files_s": round(files / best["hash_many"], 1),
+        "list_and_hash_many_files_s": round(files / best["list_and_hash_many"], 1),
+        "hash_many": f"hash_many({'+'.join(TREE_ALGORITHMS)}) with default workers; "
+                     "list_and_hash_many also lists the tree through LocalStorage first",
+        "bagit_files_s": round(files / best["bagit"], 1),
+        "bagit": "make_bag(checksums=['sha256'], processes=2) on a fresh copy of the tree",
+        # The full `catalog index` path (file records, links, bulk upserts) is not part of
+        # this run; catalog.indexer.index_job is measured on its own.
+        "index": "not measured",
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "xxhash": metadata.version("xxhash"),
+        "openssl": __import__("ssl").OPENSSL_VERSION,
+        "bagit": metadata.version("bagit"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="size of the big file")
+    parser.add_argument("--files", type=int, default=20000, help="files in the tree")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each contender")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-fixity-") as temporary:
+        root = Path(temporary) / "archive"
+        big_file = bench_big_file(root, args.size_mib, args.rounds)
+        tree = bench_tree(root, args.files, args.rounds)
+    result: dict[str, Any] = {
+        "benchmark": "fixity",
+        "machine": machine(),
+        "cache": "warm: dropping the page cache needs root, so all data is synced and read once "
+                 "before timing; reading from memory, not the disk, is measured",
+        "block_size_mib": BLOCK_SIZE // MiB,
+        "rounds": args.rounds,
+        "big_file": {"size_mib": args.size_mib, **big_file},
+        "tree": tree,
+        "ratio": {
+            "big_file_xxh3_128": big_file["xxh3_128"]["ratio"],
+            "big_file_xxh3_128+sha256": big_file["xxh3_128+sha256"]["ratio"],
+            "tree_vs_bagit": round(tree["hash_many_files_s"] / tree["bagit_files_s"], 3),
+            "tree_with_listing_vs_bagit": round(
+                tree["list_and_hash_many_files_s"] / tree["bagit_files_s"], 3),
+        },
+        "target": {"big_file": ">= 0.8", "tree_vs_bagit": ">= 2"},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Indexing: a job's archived outputs become file records with fixity and lineage links.
+
+``index_job`` sends ``index`` (the job goes INDEXING), selects files under the job's archive
+path with its index requests (regular expressions searched in the path relative to the archive
+path; the first request that matches a file claims it, archive requests before product
+requests), hashes what is new or changed in one pass per file, resolves ``derived_from`` /
+``derived_using`` references, upserts every record in one bulk write, and sends ``indexed``
+(back to FINISHED). A failure is written to the job's history as an ``update`` carrying the
+error, and sends ``fail`` only when asked; the job then stays INDEXING.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import ValidationError
+
+from catalog.catalog import Catalog, validation_message
+from catalog.errors import CatalogError, IndexingError, InvalidInput, InvalidPattern, UnsafePath
+from catalog.fixity import check, hash_many, normalise_algorithms
+from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
+from catalog.models import (
+    ArchiveIndexRequest,
+    FileRecord,
+    Job,
+    ProductIndexRequest,
+    format_date,
+    utc_now,
+)
+from catalog.storage import FileInfo, LocalStorage, S3Storage, check_storage_path, relative_to
+
+Progress = Callable[[str, int], None]
+Request = ArchiveIndexRequest | ProductIndexRequest
+FAST_ONLY = ("xxh3_128",)
+
+
+@dataclass
+class IndexResult:
+    """What one indexing run did."""
+
+    uuid: str
+    state: str
+    files: list[FileRecord] = field(default_factory=list)
+    hashed: int = 0
+    unchanged: int = 0
+    unmatched_requests: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid, "state": self.state,
+            "files": [f.model_dump(mode="json") for f in self.files],
+            "hashed": self.hashed, "unchanged": self.unchanged,
+            "unmatched_requests": self.unmatched_requests,
+        }
+
+
+def file_uuid(catalog: Catalog, storage_system: str, path: str) -> str:
+    return catalog.typed_uuid(UUIDType.file, f"{storage_system}:{path}")
+
+
+def media_type(name: str) -> str:
+    return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+
+
+def is_plot(kind_of_media: str) -> bool:
+    return kind_of_media.startswith("image/") or kind_of_media == "application/pdf"
+
+
+def parse_requests(archive: Iterable[Any], product: Iterable[Any]) -> list[Request]:
+    """Validated requests, archive ones first; a bad regular expression is InvalidPattern."""
+    parsed: list[Request] = []
+    for kind, values in ((ArchiveIndexRequest, archive), (ProductIndexRequest, product)):
+        for index, value in enumerate(values):
+            if isinstance(value, kind):
+                parsed.append(value)
+                continue
+            try:
+                parsed.append(kind.model_validate(value))
+            except ValidationError as exc:
+                pattern_error = any(e["loc"] and e["loc"][0] == "patterns" for e in exc.errors())
+                error = InvalidPattern if pattern_error else InvalidInput
+                raise error(f"index request {index}: {validation_message(exc)}") from None
+    return parsed
+
+
+def _requests_of(job: Job, requests: Iterable[Any] | None) -> list[Request]:
+    if requests is None:
+        return [*job.archive_patterns, *job.product_patterns]
+    archive: list[Any] = []
+    product: list[Any] = []
+    for value in requests:
+        target = product if isinstance(value, ProductIndexRequest) or (
+            isinstance(value, dict) and ("derived_from" in value or "derived_using" in value)
+        ) else archive
+        target.append(value)
+    return parse_requests(archive, product)
+
+
+def _claim(files: list[FileInfo], archive_path: str,
+           requests: list[Request]) -> tuple[list[tuple[FileInfo, str, Request]], list[str]]:
+    """Each file to the first request with a pattern found in its relative path."""
+    compiled = [[re.compile(p) for p in request.patterns] for request in requests]
+    claimed, used = [], [False] * len(requests)
+    for info in files:
+        relative = relative_to(info.path, archive_path)
+        for number, patterns in enumerate(compiled):
+            if any(p.search(relative) for p in patterns):
+                claimed.append((info, relative, requests[number]))
+                used[number] = True
+                break
+    unmatched = [f"{type(r).__name__} {r.patterns}" for r, hit in zip(requests, used, strict=True)
+                 if not hit]
+    return claimed, unmatched
+
+
+class _References:
+    """Resolves derived_from / derived_using strings to UUIDs, naming what it cannot."""
+
+    def __init__(self, catalog: Catalog, job: Job, indexing: dict[str, str]) -> None:
+        self.catalog = catalog
+        self.job = job
+        self.indexing = indexing  # storage path -> file uuid of this run
+
+    def _catalogued_path(self, path: str, reference: str) -> str:
+        uuid = self.indexing.get(path)
+        if uuid is not None:
+            return uuid
+        uuid = file_uuid(self.catalog, self.job.archive_system, path)
+        if self.catalog.store.get_file(uuid) is None:
+            raise InvalidInput(f"reference {reference!r} names {path}, which is not catalogued")
+        return uuid
+
+    def _storage_path_of_uri(self, reference: str) -> str | None:
+        storage = self.catalog.storage
+        parts = urlsplit(reference)
+        if parts.scheme == "file" and isinstance(storage, LocalStorage):
+            real = unquote(parts.path)
+            if real == storage.root or real.startswith(storage.root.rstrip("/") + "/"):
+                return "/" + real[len(storage.root):].lstrip("/")
+        if parts.scheme == "s3" and isinstance(storage, S3Storage) and \
+                parts.netloc == storage.bucket:
+            key = parts.path.lstrip("/")
+            prefix = f"{storage.prefix}/" if storage.prefix else ""
+            if key.startswith(prefix):
+                return "/" + key[len(prefix):]
+        return None
+
+    def resolve(self, reference: str) -> str:
+        if not isinstance(reference, str) or not reference:
+            raise InvalidInput(f"reference {reference!r} must be a non-empty string")
+        if looks_like_uuid(reference):
+            uuid = parse_uuid(reference, UUIDType.file, UUIDType.reference, UUIDType.product)
+            known = self.catalog.store.get_file(uuid) if uuid.startswith("105") else \
+                self.catalog.store.get_entity(uuid)
+            if known is None and uuid not in self.indexing.values():
+                raise InvalidInput(f"reference {reference} is not catalogued")
+            return uuid
+        if reference.startswith("./"):
+            relative = posixpath.normpath(reference[2:])
+            if relative.startswith("..") or relative.startswith("/"):
+                raise UnsafePath(f"reference {reference!r} leaves the job's archive path")
+            return self._catalogued_path(f"{self.job.archive_path}/{relative}", reference)
+        if reference.startswith("/"):
+            return self._catalogued_path(check_storage_path(reference), reference)
+        if "://" in reference:
+            path = self._storage_path_of_uri(reference)
+            if path is None:
+                raise InvalidInput(f"reference {reference!r} is not in this catalog's archive")
+            return self._catalogued_path(check_storage_path(path), reference)
+        raise InvalidInput(
+            f"reference {reference!r} is not a typed UUID, ./relative path, absolute archive "
+            "path, file:// or s3:// URI"
+        )
+
+
+def _mtime(info: FileInfo) -> datetime:
+    return datetime.fromtimestamp(info.mtime, UTC)
+
+
+def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = None,
+                fixity: bool | None = None, rehash: bool = False,
+                progress: Progress | None = None) -> IndexResult:
+    """Index the files of ``job`` (no events): the part of ``index_job`` that touches data."""
+    chosen = _requests_of(job, requests)
+    storage = catalog.storage
+    archive_path = job.archive_path
+    listed = list(storage.list(archive_path))
+    claimed, unmatched = _claim(listed, archive_path, chosen)
+    result = IndexResult(job.uuid, job.state, unmatched_requests=unmatched)
+    if not claimed:
+        return result
+    system = job.archive_system
+    uuids = {info.path: file_uuid(catalog, system, info.path) for info, _, _ in claimed}
+    existing = catalog.store.get_files(list(uuids.values()))
+    now = utc_now()
+    to_hash: dict[tuple[str, ...], list[str]] = {}
+    algorithms_of: dict[str, tuple[str, ...]] = {}
+    for info, _, request in claimed:
+        wanted = normalise_algorithms(None) if (request.fixity if fixity is None else fixity) \
+            else FAST_ONLY
+        algorithms_of[info.path] = wanted
+        old = existing.get(uuids[info.path])
+        unchanged = (
+            old is not None and not rehash and old["size"] == info.size
+            and old["mtime"] == format_date(_mtime(info)) and old.get("etag") == info.etag
+            and all(a in old.get("checksums", {}) for a in wanted)
+        )
+        if not unchanged:
+            to_hash.setdefault(wanted, []).append(info.path)
+    digests: dict[str, tuple[int, dict[str, str]] | Exception] = {}
+    for wanted, paths in to_hash.items():
+        digests.update(hash_many(storage, paths, wanted, on_done=progress))
+    failures = [f"{path}: {value}" for path, value in digests.items()
+                if isinstance(value, Exception)]
+    if failures:
+        raise IndexingError(f"could not read {len(failures)} file(s): {'; '.join(failures[:5])}")
+    references = _References(catalog, job, uuids)
+    records = []
+    for info, relative, request in claimed:
+        old = existing.get(uuids[info.path])
+        found = digests.get(info.path)
+        kind_of_media = media_type(info.path)
+        kind = "plot" if is_plot(kind_of_media) else (
+            "archive" if isinstance(request, ArchiveIndexRequest) else "product")
+        if isinstance(found, tuple):
+            size, checksums = found
+            fixity_log = [*(old or {}).get("fixity", []),
+                          check(now, "indexed", size, checksums, [])]
+            result.hashed += 1
+        else:
+            assert old is not None
+            checksums, fixity_log = old["checksums"], old.get("fixity", [])
+            result.unchanged += 1
+        derived_from = derived_using = []
+        if isinstance(request, ProductIndexRequest):
+            derived_from = sorted({references.resolve(r) for r in request.derived_from})
+            derived_using = sorted({references.resolve(r) for r in request.derived_using})
+        links = {name: sorted({*(old or {}).get(name, []), job.uuid})
+                 for name in ("child_of", "generated_by")}
+        records.append(FileRecord(
+            uuid=uuids[info.path], storage_system=system, path=info.path,
+            name=posixpath.basename(relative), size=info.size, mtime=_mtime(info), etag=info.etag,
+            media_type=kind_of_media, kind=kind,
+            level=request.level if isinstance(request, ArchiveIndexRequest) else None,
+            checksums=checksums, status="ok", fixity=fixity_log,
+            child_of=links["child_of"], generated_by=links["generated_by"],
+            derived_from=derived_from, derived_using=derived_using, note=request.note,
+            created=(old or {}).get("created", now), updated=now,
+        ))
+    catalog.store.upsert_files([r.model_dump(mode="json") for r in records])
+    result.files = records
+    return result
+
+
+def index_job(catalog: Catalog, uuid: str, token: str | None,
+              requests: Iterable[Any] | None = None, fixity: bool | None = None,
+              rehash: bool = False, fail_on_error: bool = False, source: str = "python",
+              progress: Progress | None = None) -> IndexResult:
+    """Send ``index``, index the job's files, send ``indexed``; see the module docstring."""
+    catalog.handle_event(uuid, {"name": "index", "data": {"rehash": rehash}}, token, source)
+    job = catalog.get_job(uuid, history=False)
+    try:
+        result = index_files(catalog, job, requests, fixity, rehash, progress)
+    except (CatalogError, OSError) as exc:
+        message = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
+        catalog.handle_event(uuid, {"name": "update", "data": {"error": message[:2000]}},
+                             token, source)
+        if fail_on_error:
+            catalog.handle_event(uuid, {"name": "fail", "data": {"error": message[:2000]}},
+                                 token, source)
+        if isinstance(exc, CatalogError):
+            raise
+        raise IndexingError(message) from exc
+    outcome = catalog.handle_event(
+        uuid, {"name": "indexed", "data": {"files": len(result.files), "hashed": result.hashed,
+                                           "unchanged": result.unchanged}}, token, source)
+    result.state = outcome.state
+    return result

@@ -1,0 +1,305 @@
+"""Indexing and verifying a job's files: records, fixity, links, reset; local and S3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid as uuid_module
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+
+from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance
+from catalog.errors import AdminRequired, CatalogError, InvalidInput, UnsafePath
+from catalog.indexer import file_uuid
+from catalog.tokens import Keys
+from catalog.verify import verify
+
+KEYS = Keys(b"i" * 32, b"a" * 32)
+FILES = {
+    "data/a.csv": b"x,y\n1,2\n",
+    "data/b.csv": b"x,y\n3,4\n" * 1000,
+    "plots/p.png": b"\x89PNG fake image",
+    "plots/summary.pdf": b"%PDF-1.4 fake",
+    "notes.txt": b"not matched by any request",
+}
+ARCHIVE = [{"patterns": [r"\.csv$"], "level": "1", "note": "tables"}]
+PRODUCT = [{"patterns": [r"^plots/"], "derived_from": ["./data/a.csv"], "fixity": False}]
+
+
+def digests(data: bytes) -> dict[str, str]:
+    return {"xxh3_128": xxhash.xxh3_128_hexdigest(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.fixture(params=["local", "s3"])
+def archive_root(request: pytest.FixtureRequest, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """(archive_root, s3_endpoint_url) of an empty archive on each backend."""
+    if request.param == "local":
+        yield str(tmp_path / "archive"), ""
+        return
+    endpoint = request.getfixturevalue("moto_endpoint")
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    import boto3
+
+    bucket = f"catalog-{uuid_module.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}/archive", endpoint
+
+
+@pytest.fixture
+def catalog(store_url: str, archive_root: tuple[str, str], tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Catalog]:
+    monkeypatch.chdir(tmp_path)
+    root, endpoint = archive_root
+    opened = Catalog.open(store_url, keys=KEYS, archive_root=root, s3_endpoint_url=endpoint,
+                          sqlite_synchronous="NORMAL")
+    opened.add_pipeline("indexer-test", "1")
+    yield opened
+    opened.close()
+
+
+def finished_job(catalog: Catalog, files: dict[str, bytes] = FILES, **extra: Any
+                 ) -> ManagedPipelineJob:
+    managed = ManagedPipelineJob(catalog, "indexer-test", {"run": uuid_module.uuid4().hex},
+                                 measurement_id="measurement.idx.1",
+                                 archive_patterns=extra.get("archive", ARCHIVE),
+                                 product_patterns=extra.get("product", PRODUCT))
+    managed.setup()
+    for relative, data in files.items():
+        catalog.storage.write(f"{managed.archive_path}/{relative}", data)
+    managed.run()
+    managed.finish()
+    return managed
+
+
+def records(catalog: Catalog, job: ManagedPipelineJob) -> dict[str, dict[str, Any]]:
+    page = catalog.store.find_files(child_of=job.uuid, limit=1000)
+    prefix = job.archive_path + "/"
+    return {doc["path"][len(prefix):]: doc for doc in page.items}
+
+
+def test_index_creates_records_with_fixity_and_links(catalog: Catalog) -> None:
+    job = finished_job(catalog)
+    result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+
+    assert result.state == "FINISHED"
+    assert (result.hashed, result.unchanged) == (4, 0)
+    found = records(catalog, job)
+    assert sorted(found) == ["data/a.csv", "data/b.csv", "plots/p.png", "plots/summary.pdf"]
+    system = catalog.settings.archive_system
+    for relative, doc in found.items():
+        data = FILES[relative]
+        assert doc["uuid"] == file_uuid(catalog, system, f"{job.archive_path}/{relative}")
+        assert doc["uuid"].startswith("105")
+        assert doc["size"] == len(data)
+        assert doc["child_of"] == [job.uuid] and doc["generated_by"] == [job.uuid]
+        assert [c["outcome"] for c in doc["fixity"]] == ["indexed"]
+        assert doc["status"] == "ok"
+    for relative in ("data/a.csv", "data/b.csv"):
+        assert found[relative]["checksums"] == digests(FILES[relative])
+        assert (found[relative]["kind"], found[relative]["level"]) == ("archive", "1")
+        assert found[relative]["media_type"] == "text/csv"
+        assert found[relative]["note"] == "tables"
+    a_csv = found["data/a.csv"]["uuid"]
+    for relative in ("plots/p.png", "plots/summary.pdf"):
+        # product request with fixity off: the fast digest only
+        assert found[relative]["checksums"] == {
+            "xxh3_128": xxhash.xxh3_128_hexdigest(FILES[relative])}
+        assert found[relative]["kind"] == "plot"
+        assert found[relative]["derived_from"] == [a_csv]
+    history = [e.name for e in catalog.get_job(job.uuid).history]
+    assert history == ["create", "run", "finish", "index", "indexed"]
+
+
+def test_reindex_reads_only_what_changed(catalog: Catalog) -> None:
+    job = finished_job(catalog)
+    instance = ManagedPipelineJobInstance(catalog, job.uuid)
+    instance.index(job.token)
+    again = instance.index(job.token)
+    assert (again.hashed, again.unchanged) == (0, 4)
+
+    path = f"{job.archive_path}/data/a.csv"
+    catalog.storage.write(path, b"x,y\n9,9\n")  # same size, new bytes, new mtime
+    if catalog.storage.kind == "local":
+        real = Path(catalog.settings.archive_root) / path.lstrip("/")
+        os.utime(real, (1_000_000, 1_000_000))
+    changed = instance.index(job.token)
+    assert (changed.hashed, changed.unchanged) == (1, 3)
+    assert records(catalog, job)["data/a.csv"]["checksums"] == digests(b"x,y\n9,9\n")
+    assert len(records(catalog, job)["data/a.csv"]["fixity"]) == 2
+
+    rehashed = instance.index(job.token, rehash=True)
+    assert (rehashed.hashed, rehashed.unchanged) == (4, 0)
+
+
+def test_pattern_matching_nothing_indexes_nothing_and_says_so(catalog: Catalog) -> None:
+    job = finished_job(catalog)
+    result = ManagedPipelineJobInstance(catalog, job.uuid).index(
+        job.token, requests=[{"patterns": [r"\.fits$"]}])
+    assert result.files == []
+    assert result.unmatched_requests == ["ArchiveIndexRequest ['\\\\.fits$']"]
+    assert result.state == "FINISHED"
+    assert records(catalog, job) == {}
+
+
+def test_unresolvable_reference_is_named_and_leaves_the_job_indexing(catalog: Catalog) -> None:
+    product = [{"patterns": [r"^plots/"], "derived_from": ["./data/nope.csv"]}]
+    job = finished_job(catalog, product=product)
+    with pytest.raises(InvalidInput, match="nope.csv"):
+        ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    stored = catalog.get_job(job.uuid)
+    assert stored.state == "INDEXING"
+    assert stored.history[-1].name == "update"
+    assert "nope.csv" in stored.history[-1].data["error"]
+    assert records(catalog, job) == {}  # nothing half-written
+
+    with pytest.raises(InvalidInput):
+        ManagedPipelineJobInstance(catalog, job.uuid).index(job.token, fail_on_error=True)
+    assert catalog.get_job(job.uuid).state == "FAILED"
+
+
+def test_index_needs_the_job_token_and_a_finished_job(catalog: Catalog) -> None:
+    job = finished_job(catalog)
+    with pytest.raises(CatalogError) as wrong:
+        ManagedPipelineJobInstance(catalog, job.uuid).index("f" * 64)
+    assert wrong.value.status == 403
+    created = ManagedPipelineJob(catalog, "indexer-test", {"other": 1})
+    created.setup()
+    with pytest.raises(CatalogError) as early:
+        ManagedPipelineJobInstance(catalog, created.uuid).index(created.token)
+    assert early.value.status == 409
+    assert records(catalog, job) == {}
+
+
+def test_verify_reports_ok_changed_missing_and_uncatalogued(catalog: Catalog) -> None:
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    report = verify(catalog, job.uuid)
+    assert report.counts() == {"ok": 4, "changed": 0, "missing": 0, "uncatalogued": 1}
+    assert not report.ok  # notes.txt is there but not catalogued
+    assert report.uncatalogued == [f"{job.archive_path}/notes.txt"]
+
+    flipped = bytearray(FILES["data/b.csv"])
+    flipped[100] ^= 0x01  # one bit
+    catalog.storage.write(f"{job.archive_path}/data/b.csv", bytes(flipped))
+    catalog.storage.delete_prefix(f"{job.archive_path}/plots")
+    report = verify(catalog, job.uuid)
+    prefix = job.archive_path + "/"
+    outcomes = {v.path[len(prefix):]: (v.outcome, v.changed) for v in report.files}
+    assert outcomes == {
+        "data/a.csv": ("ok", []),
+        "data/b.csv": ("changed", ["xxh3_128", "sha256"]),
+        "plots/p.png": ("missing", []),
+        "plots/summary.pdf": ("missing", []),
+    }
+    assert not report.ok
+    stored = records(catalog, job)
+    assert stored["data/b.csv"]["status"] == "changed"
+    assert [c["outcome"] for c in stored["data/b.csv"]["fixity"]] == ["indexed", "ok", "changed"]
+    assert stored["plots/p.png"]["status"] == "missing"
+
+
+def test_reset_empties_the_archive_path_and_unlinks_records(catalog: Catalog) -> None:
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    before = records(catalog, job)
+    with pytest.raises(AdminRequired):
+        job.reset()
+    assert len(list(catalog.storage.list(job.archive_path))) == 5
+
+    job.reset(token=catalog.admin_token())
+    assert list(catalog.storage.list(job.archive_path)) == []
+    assert records(catalog, job) == {}
+    for doc in before.values():
+        kept = catalog.store.get_file(doc["uuid"])
+        assert kept is not None
+        assert job.uuid not in kept["child_of"] and job.uuid not in kept["generated_by"]
+        assert kept["fixity"] == doc["fixity"]
+    assert job.ready(token=catalog.admin_token()).state == "CREATED"
+
+
+@pytest.mark.parametrize("archive_root", ["local"], indirect=True)  # symlinks: local only
+def test_symlink_out_of_the_root_is_refused(catalog: Catalog, tmp_path: Path) -> None:
+    job = finished_job(catalog)
+    outside = tmp_path / "secret.csv"
+    outside.write_bytes(b"do not index me")
+    link = Path(catalog.settings.archive_root) / job.archive_path.lstrip("/") / "data" / "x.csv"
+    link.symlink_to(outside)
+    with pytest.raises(UnsafePath, match="x.csv"):
+        ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    assert catalog.get_job(job.uuid).state == "INDEXING"
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("archive_root", ["local"], indirect=True)
+def test_index_over_http(catalog: Catalog) -> None:
+    import asyncio
+
+    import httpx
+
+    from catalog.web import create_app
+
+    job = finished_job(catalog)
+
+    async def call(token: str, body: bytes = b"") -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(catalog))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post(f"/jobs/{job.uuid}/index", content=body,
+                                     headers={"Authorization": f"Bearer {token}"})
+
+    refused = asyncio.run(call("f" * 64))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "token_invalid"
+    bad = asyncio.run(call(job.token, b'{"rehash": "often"}'))
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "schema_violation"
+    assert catalog.get_job(job.uuid).state == "FINISHED"
+
+    response = asyncio.run(call(job.token, b'{"fixity": false}'))
+    assert response.status_code == 200
+    document = response.json()
+    assert (document["uuid"], document["state"]) == (job.uuid, "FINISHED")
+    assert sorted(f["name"] for f in document["files"]) == ["a.csv", "b.csv", "p.png",
+                                                            "summary.pdf"]
+    assert all(set(f["checksums"]) == {"xxh3_128"} for f in document["files"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("archive_root", ["local"], indirect=True)
+def test_index_and_verify_on_the_command_line(catalog: Catalog, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    job = finished_job(catalog)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CATALOG_")}
+    env.update(CATALOG_DB=catalog.settings.db, CATALOG_ARCHIVE_ROOT=catalog.settings.archive_root,
+               CATALOG_SECRET=KEYS.secret.decode(), CATALOG_ADMIN_KEY=KEYS.admin_key.decode())
+    command = str(Path(sys.executable).parent / "catalog")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([command, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    indexed = cli("--json", "index", job.uuid, "--token", job.token)
+    assert indexed.returncode == 0, indexed.stderr
+    document = json.loads(indexed.stdout)
+    assert (document["uuid"], document["state"], len(document["files"])) == (
+        job.uuid, "FINISHED", 4)
+    catalog.storage.delete_prefix(f"{job.archive_path}/plots")
+    (Path(catalog.settings.archive_root) / job.archive_path.lstrip("/") / "notes.txt").unlink()
+    checked = cli("verify", job.uuid, "--json")
+    assert checked.returncode == 1
+    report = json.loads(checked.stdout)
+    assert report["counts"] == {"ok": 2, "changed": 0, "missing": 2, "uncatalogued": 0}
+    human = cli("verify", job.uuid)
+    assert human.returncode == 1 and "missing" in human.stdout
+    neither = cli("--json", "verify")
+    assert neither.returncode == 2
+    assert json.loads(neither.stderr)["error"]["code"] == "invalid_input"
