@@ -156,9 +156,38 @@ def bench_bagit_tree(tree_dir: Path, files: int) -> float:
     return seconds
 
 
+def bench_index_tree(tree_dir: Path, files: int) -> float:
+    """The whole `catalog index` path: events, listing, hashing (xxh3_128 + sha256), file
+    records and their bulk upsert into a fresh SQLite catalog at default durability."""
+    from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance
+    from catalog.tokens import Keys
+
+    database = tree_dir.with_name("index-bench.db")
+    catalog = Catalog.open(f"sqlite:///{database}", keys=Keys(b"b" * 32, b"a" * 32),
+                           archive_root=str(tree_dir.parent))
+    try:
+        catalog.add_pipeline("bench-index", "1")
+        job = ManagedPipelineJob(catalog, "bench-index", {"tree": tree_dir.name},
+                                 archive_path="/" + tree_dir.name,
+                                 archive_patterns=[{"patterns": [r"\.bin$"], "level": "0"}])
+        job.setup()
+        job.run()
+        job.finish()
+        start = time.perf_counter()
+        result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+        seconds = time.perf_counter() - start
+        assert (len(result.files), result.hashed, result.state) == (files, files, "FINISHED")
+    finally:
+        catalog.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+    return seconds
+
+
 TREE_CONTENDERS: dict[str, Callable[[Path, int], float]] = {
     "hash_many": bench_hash_many_tree,
     "list_and_hash_many": bench_list_and_hash_many_tree,
+    "index": bench_index_tree,
     "bagit": bench_bagit_tree,
 }
 
@@ -180,9 +209,9 @@ def bench_tree(root: Path, files: int, rounds: int) -> dict[str, Any]:
                      "list_and_hash_many also lists the tree through LocalStorage first",
         "bagit_files_s": round(files / best["bagit"], 1),
         "bagit": "make_bag(checksums=['sha256'], processes=2) on a fresh copy of the tree",
-        # The full `catalog index` path (file records, links, bulk upserts) is not part of
-        # this run; catalog.indexer.index_job is measured on its own.
-        "index": "not measured",
+        "index_files_s": round(files / best["index"], 1),
+        "index": "catalog index end to end (ManagedPipelineJobInstance.index) on a fresh "
+                 "SQLite catalog: events, listing, hashing, records, one bulk upsert",
     }
 
 
@@ -227,8 +256,10 @@ def main() -> None:
         "ratio": {
             "big_file_xxh3_128": big_file["xxh3_128"]["ratio"],
             "big_file_xxh3_128+sha256": big_file["xxh3_128+sha256"]["ratio"],
-            "tree_vs_bagit": round(tree["hash_many_files_s"] / tree["bagit_files_s"], 3),
-            "tree_with_listing_vs_bagit": round(
+            # the issue's measure: `catalog index` end to end against bagit
+            "tree_vs_bagit": round(tree["index_files_s"] / tree["bagit_files_s"], 3),
+            "hash_many_vs_bagit": round(tree["hash_many_files_s"] / tree["bagit_files_s"], 3),
+            "list_and_hash_many_vs_bagit": round(
                 tree["list_and_hash_many_files_s"] / tree["bagit_files_s"], 3),
         },
         "target": {"big_file": ">= 0.8", "tree_vs_bagit": ">= 2"},

@@ -229,7 +229,7 @@ def index(
         result = index_job(catalog, uuid, token, None, fixity, rehash, fail_on_error, "cli",
                            progress)
     document = {"uuid": result.uuid, "state": result.state,
-                "files": [f.model_dump(mode="json") for f in result.files],
+                "files": result.files,
                 "hashed": result.hashed, "unchanged": result.unchanged,
                 "unmatched_requests": result.unmatched_requests}
     summary = (f"{result.uuid}: {len(result.files)} file(s) indexed ({result.hashed} hashed, "

@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -28,13 +30,13 @@ from catalog.fixity import check, hash_many, normalise_algorithms
 from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
 from catalog.models import (
     ArchiveIndexRequest,
-    FileRecord,
     Job,
     ProductIndexRequest,
     format_date,
     utc_now,
 )
 from catalog.storage import FileInfo, LocalStorage, S3Storage, check_storage_path, relative_to
+from catalog.store.base import Doc
 
 Progress = Callable[[str, int], None]
 Request = ArchiveIndexRequest | ProductIndexRequest
@@ -47,7 +49,7 @@ class IndexResult:
 
     uuid: str
     state: str
-    files: list[FileRecord] = field(default_factory=list)
+    files: list[Doc] = field(default_factory=list)  # FileRecord documents (JSON form)
     hashed: int = 0
     unchanged: int = 0
     unmatched_requests: list[str] = field(default_factory=list)
@@ -55,7 +57,7 @@ class IndexResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "uuid": self.uuid, "state": self.state,
-            "files": [f.model_dump(mode="json") for f in self.files],
+            "files": self.files,
             "hashed": self.hashed, "unchanged": self.unchanged,
             "unmatched_requests": self.unmatched_requests,
         }
@@ -66,11 +68,24 @@ def file_uuid(catalog: Catalog, storage_system: str, path: str) -> str:
 
 
 def media_type(name: str) -> str:
-    return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+    # Cached on the last two suffixes ("x.tar.gz" is a tar): guess_type is slow per file.
+    return _media_type_of_suffix("".join(PurePosixPath(name).suffixes[-2:]).lower())
+
+
+@lru_cache(maxsize=1024)
+def _media_type_of_suffix(suffix: str) -> str:
+    return mimetypes.guess_type(f"file{suffix}", strict=False)[0] or "application/octet-stream"
+
+
+# FITS registers as image/fits but is data (images of the sky), not a plot.
+_NOT_PLOTS = frozenset({"image/fits"})
+_PLOTS = frozenset({"application/pdf", "application/postscript"})
 
 
 def is_plot(kind_of_media: str) -> bool:
-    return kind_of_media.startswith("image/") or kind_of_media == "application/pdf"
+    """Images and PDFs are plots, whichever request matched them."""
+    return kind_of_media in _PLOTS or (
+        kind_of_media.startswith("image/") and kind_of_media not in _NOT_PLOTS)
 
 
 def parse_requests(archive: Iterable[Any], product: Iterable[Any]) -> list[Request]:
@@ -222,7 +237,8 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
     if failures:
         raise IndexingError(f"could not read {len(failures)} file(s): {'; '.join(failures[:5])}")
     references = _References(catalog, job, uuids)
-    records = []
+    records: list[Doc] = []
+    stamp = format_date(now)
     for info, relative, request in claimed:
         old = existing.get(uuids[info.path])
         found = digests.get(info.path)
@@ -244,17 +260,21 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
             derived_using = sorted({references.resolve(r) for r in request.derived_using})
         links = {name: sorted({*(old or {}).get(name, []), job.uuid})
                  for name in ("child_of", "generated_by")}
-        records.append(FileRecord(
-            uuid=uuids[info.path], storage_system=system, path=info.path,
-            name=posixpath.basename(relative), size=info.size, mtime=_mtime(info), etag=info.etag,
-            media_type=kind_of_media, kind=kind,
-            level=request.level if isinstance(request, ArchiveIndexRequest) else None,
-            checksums=checksums, status="ok", fixity=fixity_log,
-            child_of=links["child_of"], generated_by=links["generated_by"],
-            derived_from=derived_from, derived_using=derived_using, note=request.note,
-            created=(old or {}).get("created", now), updated=now,
-        ))
-    catalog.store.upsert_files([r.model_dump(mode="json") for r in records])
+        # The FileRecord in its JSON form, built directly: this runs once per file of
+        # trees of many thousands (tests hold every document to the FileRecord schema).
+        records.append({
+            "uuid": uuids[info.path], "storage_system": system, "path": info.path,
+            "name": posixpath.basename(relative), "size": info.size,
+            "mtime": format_date(_mtime(info)), "etag": info.etag,
+            "media_type": kind_of_media, "kind": kind,
+            "level": request.level if isinstance(request, ArchiveIndexRequest) else None,
+            "checksums": checksums, "status": "ok", "fixity": fixity_log,
+            "child_of": links["child_of"], "generated_by": links["generated_by"],
+            "derived_from": derived_from, "derived_using": derived_using,
+            "note": request.note, "created": (old or {}).get("created", stamp),
+            "updated": stamp,
+        })
+    catalog.store.upsert_files(records)
     result.files = records
     return result
 

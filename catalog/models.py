@@ -29,8 +29,9 @@ def utc_now() -> datetime:
 
 def format_date(value: datetime) -> str:
     """``2026-11-21T12:00:00.123Z``: UTC, milliseconds, sortable as text."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"  # drop "+00:00"
 
 
 def _to_utc_ms(value: datetime) -> datetime:

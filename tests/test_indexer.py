@@ -15,6 +15,7 @@ import xxhash
 from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance
 from catalog.errors import AdminRequired, CatalogError, InvalidInput, UnsafePath
 from catalog.indexer import file_uuid
+from catalog.models import FileRecord
 from catalog.tokens import Keys
 from catalog.verify import verify
 
@@ -94,6 +95,9 @@ def test_index_creates_records_with_fixity_and_links(catalog: Catalog) -> None:
     found = records(catalog, job)
     assert sorted(found) == ["data/a.csv", "data/b.csv", "plots/p.png", "plots/summary.pdf"]
     system = catalog.settings.archive_system
+    for doc in [*found.values(), *result.files]:
+        # built as plain documents on the hot path: they must be exactly the schema's form
+        assert FileRecord.model_validate(doc).model_dump(mode="json") == doc
     for relative, doc in found.items():
         data = FILES[relative]
         assert doc["uuid"] == file_uuid(catalog, system, f"{job.archive_path}/{relative}")
@@ -303,3 +307,20 @@ def test_index_and_verify_on_the_command_line(catalog: Catalog, tmp_path: Path) 
     neither = cli("--json", "verify")
     assert neither.returncode == 2
     assert json.loads(neither.stderr)["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.parametrize(("name", "media", "plot"), [
+    ("table.csv", "text/csv", False),
+    ("figure.PNG", "image/png", True),
+    ("figure.svg", "image/svg+xml", True),
+    ("report.pdf", "application/pdf", True),
+    ("figure.eps", "application/postscript", True),
+    ("sky.fits", "image/fits", False),  # FITS is data, not a picture of it
+    ("bundle.tar.gz", "application/x-tar", False),
+    ("run.v2.csv", "text/csv", False),
+    ("README", "application/octet-stream", False),
+])
+def test_media_types_and_plots(name: str, media: str, plot: bool) -> None:
+    from catalog.indexer import is_plot, media_type
+
+    assert (media_type(name), is_plot(media_type(name))) == (media, plot)

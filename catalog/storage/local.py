@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat as stat_module
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from catalog.errors import UnsafePath
 from catalog.storage.base import FileInfo, check_storage_path
+
+_PARENT_TTL_S = 1.0
+_PARENT_CACHE_SIZE = 4096
 
 
 class LocalStorage:
@@ -19,14 +25,40 @@ class LocalStorage:
 
     def __init__(self, root: str | Path) -> None:
         self.root = os.path.realpath(root)
+        # Resolved parent directories, briefly: indexing opens thousands of files in a few
+        # directories, and realpath (an lstat per component) dominated opening small files.
+        self._parents: dict[str, tuple[float, str]] = {}
+
+    def _inside(self, resolved: str, path: str) -> str:
+        if resolved != self.root and not resolved.startswith(self.root + os.sep):
+            raise UnsafePath(f"storage path {path!r} resolves outside the archive root")
+        return resolved
 
     def _resolve(self, path: str, allow_root: bool = False) -> str:
         """The real filesystem path of a storage path, refused if it resolves outside the root."""
         normalised = check_storage_path(path, allow_root)
-        resolved = os.path.realpath(os.path.join(self.root, normalised.lstrip("/")))
-        if resolved != self.root and not resolved.startswith(self.root + os.sep):
-            raise UnsafePath(f"storage path {path!r} resolves outside the archive root")
-        return resolved
+        return self._inside(os.path.realpath(os.path.join(self.root, normalised.lstrip("/"))),
+                            path)
+
+    def _resolve_file(self, path: str) -> str:
+        """``_resolve`` for a file, with its parent directory's resolution cached for a second
+        (no longer than the check-then-open window any path check has)."""
+        normalised = check_storage_path(path)
+        parent, name = normalised.rsplit("/", 1)
+        now = time.monotonic()
+        cached = self._parents.get(parent)
+        if cached is None or now - cached[0] > _PARENT_TTL_S:
+            if len(self._parents) > _PARENT_CACHE_SIZE:
+                self._parents.clear()
+            real_parent = self._inside(
+                os.path.realpath(os.path.join(self.root, parent.lstrip("/"))), path)
+            self._parents[parent] = (now, real_parent)
+        else:
+            real_parent = cached[1]
+        candidate = os.path.join(real_parent, name)
+        if os.path.islink(candidate):
+            return self._inside(os.path.realpath(candidate), path)
+        return candidate
 
     def _storage_path(self, real: str) -> str:
         return "/" + os.path.relpath(real, self.root).replace(os.sep, "/")
@@ -36,42 +68,57 @@ class LocalStorage:
         if not os.path.isdir(top):
             return
         # Walk the directory as named (not its resolved form) so symlinks are seen as such.
-        yield from self._walk(os.path.join(self.root, check_storage_path(prefix).lstrip("/")))
+        normalised = check_storage_path(prefix)
+        yield from self._walk(os.path.join(self.root, normalised.lstrip("/")), normalised)
 
-    def _walk(self, directory: str) -> Iterator[FileInfo]:
+    def _walk(self, directory: str, storage_directory: str) -> Iterator[FileInfo]:
         """Files under ``directory`` in path order, as S3 lists keys (not os.walk's order)."""
         with os.scandir(directory) as scan:
             # A directory sorts as "name/", so "a-b" comes before everything in "a/".
             entries = sorted(scan, key=lambda entry: entry.name + "/"
                              if entry.is_dir(follow_symlinks=False) else entry.name)
         for entry in entries:
+            storage_path = f"{storage_directory}/{entry.name}"
             if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(entry.path)
+                yield from self._walk(entry.path, storage_path)
                 continue
-            full = entry.path
-            real = os.path.realpath(full)
-            if real != full and not real.startswith(self.root + os.sep):
-                raise UnsafePath(
-                    f"{self._storage_path(full)} is a symlink pointing out of the archive root"
-                )
-            if not os.path.isfile(real):
-                continue
-            path = check_storage_path(self._storage_path(full))  # e.g. no backslash
-            stat = os.stat(real)
+            if entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                if not real.startswith(self.root + os.sep):
+                    raise UnsafePath(
+                        f"{storage_path} is a symlink pointing out of the archive root")
+                if not os.path.isfile(real):
+                    continue
+                stat = os.stat(real)
+            elif entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+            else:
+                continue  # sockets, fifos, devices: not archive files
+            path = check_storage_path(storage_path)  # e.g. no backslash in a name
             yield FileInfo(path, stat.st_size, stat.st_mtime)
 
     def stat(self, path: str) -> FileInfo:
-        real = self._resolve(path)
+        real = self._resolve_file(path)
         if not os.path.isfile(real):
             raise FileNotFoundError(path)
         stat = os.stat(real)
         return FileInfo(check_storage_path(path), stat.st_size, stat.st_mtime)
 
     def open(self, path: str) -> BinaryIO:
-        real = self._resolve(path)
-        if not os.path.isfile(real):
+        real = self._resolve_file(path)
+        try:
+            # O_NOFOLLOW: the resolved name cannot have become a symlink since the check.
+            descriptor = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            raise FileNotFoundError(path) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(f"{path} changed into a symlink while being opened") from None
+            raise
+        if not stat_module.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
             raise FileNotFoundError(path)
-        return open(real, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+        return os.fdopen(descriptor, "rb", buffering=0)
 
     def write(self, path: str, data: bytes) -> FileInfo:
         real = self._resolve(path)
