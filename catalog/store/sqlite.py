@@ -380,11 +380,11 @@ class SQLiteStore:
         return page_of([self._job_from_row(r) for r in rows], query.limit, "created", "uuid")
 
     def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
-        """Queue an event for the writer thread, which commits what is queued together.
+        """Queue an event for the writer thread; the future resolves after its COMMIT.
 
-        Group commit: the writer takes every event waiting and applies them in one
-        transaction (each under its own savepoint, so one refusal undoes only itself), paying
-        one fsync for all. Futures are resolved only after the COMMIT returned.
+        Group commit: whoever holds the write lock (the writer thread, or a thread in
+        ``apply_event``) applies every queued event in one transaction, one fsync for all;
+        one refusal undoes only itself.
         """
         pending = _PendingEvent(uuid, event_id, decide)
         with self._writer_lock:
@@ -396,24 +396,37 @@ class SQLiteStore:
         return pending.future
 
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
-        return self.submit_event(uuid, event_id, decide).result()
+        """Apply in the calling thread (no hand-over to the writer: a lone caller pays no
+        thread switch), committing along whatever else is queued."""
+        pending = _PendingEvent(uuid, event_id, decide)
+        self._queue.put(pending)
+        with self._write_lock:
+            if not pending.future.done():
+                batch, stop = self._drain([])
+                if stop:
+                    self._queue.put(None)  # the writer's stop signal is not ours to take
+                self._commit_batch(batch)
+        return pending.future.result()
+
+    def _drain(self, batch: list[_PendingEvent]) -> tuple[list[_PendingEvent], bool]:
+        """Add what is queued to ``batch`` (up to a limit); True if the stop signal came."""
+        while len(batch) < _MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
 
     def _write_events(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
                 return
-            batch, stop = [first], False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            with self._write_lock:
+            with self._write_lock:  # drained under the lock: all that queued meanwhile
+                batch, stop = self._drain([first])
                 self._commit_batch(batch)
             if stop:
                 return
