@@ -284,10 +284,12 @@ class Catalog:
         if prepared.error is None:
             try:
                 applied = self.store.apply_event(*prepared.arguments())
-                self._after_event(prepared.uuid, applied)
-                return self._outcome(prepared, applied)
             except CatalogError as exc:
                 prepared.error = exc
+            else:
+                # The event stands even if its side effect fails; resending it redoes that.
+                self._after_event(prepared.uuid, applied)
+                return self._outcome(prepared, applied)
         self._audit(prepared.uuid, prepared.document, source, prepared.error,
                     prepared.authenticated)
         raise prepared.error
@@ -302,11 +304,12 @@ class Catalog:
             try:
                 future = self.store.submit_event(*prepared.arguments())
                 applied = await asyncio.wrap_future(future)
+            except CatalogError as exc:
+                prepared.error = exc
+            else:
                 if applied.entry["name"] in _SIDE_EFFECTS:
                     await asyncio.to_thread(self._after_event, prepared.uuid, applied)
                 return self._outcome(prepared, applied)
-            except CatalogError as exc:
-                prepared.error = exc
         await asyncio.to_thread(self._audit, prepared.uuid, prepared.document, source,
                                 prepared.error, prepared.authenticated)
         raise prepared.error

@@ -324,3 +324,27 @@ def test_media_types_and_plots(name: str, media: str, plot: bool) -> None:
     from catalog.indexer import is_plot, media_type
 
     assert (media_type(name), is_plot(media_type(name))) == (media, plot)
+
+
+@pytest.mark.parametrize("archive_root", ["local"], indirect=True)
+def test_a_reset_whose_erase_fails_stands_and_a_resend_finishes_it(catalog: Catalog) -> None:
+    import shutil
+
+    job = finished_job(catalog)
+    admin = catalog.admin_token()
+    root = Path(catalog.settings.archive_root)
+    directory = root / job.archive_path.lstrip("/")
+    elsewhere = root / "elsewhere"
+    shutil.move(directory, elsewhere)
+    directory.symlink_to(elsewhere)  # erasing through it could empty another job's files
+    with pytest.raises(UnsafePath):
+        job.reset(token=admin, event_id="reset-1")
+    assert catalog.get_job(job.uuid).state == "RESET"  # the event itself was accepted
+    assert [a.name for a in catalog.audit_log(job.uuid)] == []  # and is not a refusal
+    assert len(list(elsewhere.rglob("*.csv"))) == 2  # nothing outside the job was touched
+
+    directory.unlink()
+    shutil.move(elsewhere, directory)
+    again = job.reset(token=admin, event_id="reset-1")
+    assert (again.duplicate, again.state) == (True, "RESET")
+    assert list(catalog.storage.list(job.archive_path)) == []
