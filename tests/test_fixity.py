@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import xxhash
-from s3server import create_bucket, delete_bucket, s3_client, start_moto_server, stop_moto_server
+from s3server import create_bucket, delete_bucket
 
 from catalog import fixity
 from catalog.errors import InvalidInput, UnsafePath
@@ -64,22 +64,6 @@ SIZES = {
 
 
 # --- storages -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    endpoint_url, process = start_moto_server(tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        yield endpoint_url
-    finally:
-        stop_moto_server(process)
-
-
-@pytest.fixture(scope="module")
-def s3(moto_endpoint: str) -> Iterator[Any]:
-    client = s3_client(moto_endpoint)
-    yield client
-    client.close()
 
 
 @pytest.fixture(params=["local", "s3"])
