@@ -465,3 +465,35 @@ def test_open_storage_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     relative = open_storage("archive")
     assert isinstance(relative, LocalStorage)
     assert relative.root == absolute.root
+
+
+def test_s3_delete_prefix_reports_objects_it_could_not_delete(bucket: str, s3: Any) -> None:
+    from catalog.errors import StoreError
+
+    storage = S3Storage(bucket, prefix=S3_PREFIX, client=s3)
+    storage.write("/job/a", b"1")
+    storage.write("/job/b", b"2")
+
+    class RefusingOne:
+        """moto cannot refuse a delete; everything but that goes to the real client."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(s3, name)
+
+        def delete_objects(self, **kwargs: Any) -> dict[str, Any]:
+            objects = kwargs["Delete"]["Objects"]
+            s3.delete_objects(Bucket=kwargs["Bucket"],
+                              Delete={"Objects": objects[1:], "Quiet": True})
+            return {"Errors": [{"Key": objects[0]["Key"], "Code": "AccessDenied"}]}
+
+    refusing = S3Storage(bucket, prefix=S3_PREFIX, client=RefusingOne())
+    with pytest.raises(StoreError, match="AccessDenied"):
+        refusing.delete_prefix("/job")
+    assert [info.path for info in storage.list("/job")] == ["/job/a"]
+
+
+def test_local_write_that_fails_leaves_no_partial_file(local: LocalStorage, root: Path) -> None:
+    with pytest.raises(TypeError):
+        local.write("/job/out.bin", 12345)  # type: ignore[arg-type]
+    assert [p.name for p in (root / "job").iterdir()] == []
+    assert list(local.list("/job")) == []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import stat as stat_module
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -124,12 +126,19 @@ class LocalStorage:
         real = self._resolve(path)
         os.makedirs(os.path.dirname(real), exist_ok=True)
         real = self._resolve(path)  # a directory created above may not be a symlink out
-        temporary = f"{real}.{os.getpid()}.partial"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, real)
+        # A name of its own per write (threads of one process may write one path at once),
+        # removed if the write fails, so no partial file is ever listed as archive content.
+        temporary = f"{real}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, real)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
         return self.stat(path)
 
     def delete_prefix(self, prefix: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
-from catalog.errors import ConfigurationError, UnsafePath
+from catalog.errors import ConfigurationError, StoreError, UnsafePath
 from catalog.storage.base import FileInfo, check_storage_path
 
 _DELETE_BATCH = 1000  # the most DeleteObjects takes at once
@@ -96,10 +96,16 @@ class S3Storage:
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [self._key(info.path) for info in self.list(prefix)]
+        failed: list[str] = []
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = [{"Key": key} for key in keys[start:start + _DELETE_BATCH]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch,
-                                                                   "Quiet": True})
+            response = self.client.delete_objects(Bucket=self.bucket,
+                                                  Delete={"Objects": batch, "Quiet": True})
+            # Quiet mode lists only failures; DeleteObjects answers 200 even when some fail.
+            failed += [f"{e.get('Key')} ({e.get('Code')})" for e in response.get("Errors", [])]
+        if failed:
+            raise StoreError(f"{len(failed)} object(s) under {prefix} could not be deleted: "
+                             f"{', '.join(failed[:5])}")
         return len(keys)
 
     def uri(self, path: str) -> str:
