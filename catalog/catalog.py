@@ -17,6 +17,7 @@ from catalog.errors import (
     AmbiguousPipeline,
     CatalogError,
     EntityNotFound,
+    FileNotFound,
     InvalidData,
     InvalidInput,
     JobNotFound,
@@ -41,18 +42,20 @@ from catalog.models import (
     Entity,
     Event,
     EventOutcome,
+    FileRecord,
     Job,
     Pipeline,
     format_date,
     utc_now,
 )
 from catalog.states import ADMIN_EVENTS, EVENTS, STATES, next_state
-from catalog.storage import Storage, open_storage
+from catalog.storage import Storage, check_storage_path, open_storage
 from catalog.store import JobQuery, Page, Store, open_store
 from catalog.store.base import Applied, Decide, Doc
 from catalog.tokens import Keys, create_secret_file, keys_from_env_or_file
 
 _SIDE_EFFECTS = frozenset({"reset"})
+FILE_STATUSES = ("ok", "changed", "missing", "unchecked")
 SOURCES = frozenset({"python", "cli", "api", "webhook", "reactor"})
 
 
@@ -225,6 +228,37 @@ class Catalog:
         """Link a job or an entity to ``targets`` by ``relation`` (idempotent; not an event)."""
         src = parse_uuid(src, UUIDType.pipelinejob, UUIDType.reference, UUIDType.product)
         self.store.add_links(src, relation, [parse_uuid(target) for target in targets])
+
+    # files -------------------------------------------------------------------------------
+    def get_file(self, uuid: str) -> FileRecord:
+        """A file record by UUID, with its fixity history and links."""
+        uuid = parse_uuid(uuid, UUIDType.file)
+        doc = self.store.get_file(uuid)
+        if doc is None:
+            raise FileNotFound(uuid)
+        return FileRecord.model_validate(doc)
+
+    def find_files(self, job: str | None = None, path_prefix: str | None = None,
+                   status: str | None = None, checksum: str | None = None, limit: int = 100,
+                   cursor: str | None = None) -> Page:
+        """File records by job, path prefix, fixity status or ``algorithm:digest``, in path
+        order. A checksum lookup answers every match on one page."""
+        job_uuid = parse_uuid(job, UUIDType.pipelinejob) if job is not None else None
+        if status is not None and status not in FILE_STATUSES:
+            raise InvalidInput(f"unknown status {status!r}; statuses: {', '.join(FILE_STATUSES)}")
+        if path_prefix is not None:
+            check_storage_path(path_prefix, allow_root=True)
+        if checksum is None:
+            return self.store.find_files(child_of=job_uuid, path_prefix=path_prefix,
+                                         status=status, limit=limit, cursor=cursor)
+        algorithm, _, digest = checksum.partition(":")
+        if not digest:
+            raise InvalidInput(f"checksum {checksum!r} must be algorithm:hexdigest")
+        found = [doc for doc in self.store.find_files_by_checksum(algorithm, digest.lower())
+                 if (job_uuid is None or job_uuid in doc.get("child_of", []))
+                 and (path_prefix is None or doc["path"].startswith(path_prefix))
+                 and (status is None or doc["status"] == status)]
+        return Page(found, None)
 
     # jobs --------------------------------------------------------------------------------
     def get_job(self, uuid: str, history: bool = True) -> Job:

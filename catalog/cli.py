@@ -33,9 +33,11 @@ app = typer.Typer(help="Provenance and data-catalog job manager.", no_args_is_he
 pipeline_app = typer.Typer(help="Register and list pipelines.", no_args_is_help=True)
 job_app = typer.Typer(help="Create, inspect and drive jobs.", no_args_is_help=True)
 token_app = typer.Typer(help="Show tokens.", no_args_is_help=True)
+file_app = typer.Typer(help="Look up indexed file records.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(job_app, name="job")
 app.add_typer(token_app, name="token")
+app.add_typer(file_app, name="file")
 
 
 class _State:
@@ -402,6 +404,36 @@ def job_audit(
         entries = [e.model_dump(mode="json") for e in catalog.audit_log(uuid, limit)]
     _emit({"audit": entries}, json_,
           _table(entries, ["date", "job_uuid", "name", "code", "reason"], "audit"))
+
+
+@file_app.command("list")
+def file_list(
+    job: Annotated[str | None, typer.Option(help="Only files of this job.")] = None,
+    path_prefix: Annotated[str | None, typer.Option(help="Paths starting with this.")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="ok, changed, missing or unchecked.")] = None,
+    checksum: Annotated[str | None, typer.Option(
+        help="algorithm:hexdigest, e.g. sha256:ab12...")] = None,
+    limit: Annotated[int, typer.Option(help="Page size (1-1000).")] = 100,
+    cursor: Annotated[str | None, typer.Option(help="Cursor from a previous page.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """List file records in path order."""
+    with _catalog() as catalog:
+        page = catalog.find_files(job, path_prefix, status, checksum, limit, cursor)
+    _emit({"files": page.items, "next": page.next}, json_,
+          _table(page.items, ["uuid", "path", "size", "kind", "status"], "files"))
+
+
+@file_app.command("show")
+def file_show(uuid: str, json_: JsonOption = False) -> None:
+    """Show a file record with its checksums, links and fixity history."""
+    with _catalog() as catalog:
+        record = catalog.get_file(uuid)
+    document = record.model_dump(mode="json")
+    checks = _table(document["fixity"], ["date", "outcome", "size", "changed"],
+                    f"{record.path}: {record.status}")
+    _emit(document, json_, checks)
 
 
 @token_app.command("admin")

@@ -308,6 +308,16 @@ def test_index_and_verify_on_the_command_line(catalog: Catalog, tmp_path: Path) 
     assert neither.returncode == 2
     assert json.loads(neither.stderr)["error"]["code"] == "invalid_input"
 
+    listed = json.loads(cli("--json", "file", "list", "--job", job.uuid, "--status",
+                            "missing").stdout)
+    assert [f["name"] for f in listed["files"]] == ["p.png", "summary.pdf"]
+    shown = cli("--json", "file", "show", listed["files"][0]["uuid"])
+    # verified twice above (--json, then for people): both checks are on the record
+    assert [c["outcome"] for c in json.loads(shown.stdout)["fixity"]] == [
+        "indexed", "missing", "missing"]
+    unknown = cli("file", "show", "nope")
+    assert unknown.returncode == 2 and "not a UUID" in unknown.stderr
+
 
 @pytest.mark.parametrize(("name", "media", "plot"), [
     ("table.csv", "text/csv", False),
@@ -348,3 +358,75 @@ def test_a_reset_whose_erase_fails_stands_and_a_resend_finishes_it(catalog: Cata
     again = job.reset(token=admin, event_id="reset-1")
     assert (again.duplicate, again.state) == (True, "RESET")
     assert list(catalog.storage.list(job.archive_path)) == []
+
+
+def test_file_lookups_by_job_prefix_status_and_checksum(catalog: Catalog) -> None:
+    from catalog.errors import FileNotFound, MalformedIdentifier
+
+    job = finished_job(catalog)
+    other = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    ManagedPipelineJobInstance(catalog, other.uuid).index(other.token)
+
+    mine = catalog.find_files(job=job.uuid, limit=3)
+    rest = catalog.find_files(job=job.uuid, limit=3, cursor=mine.next)
+    paths = [d["path"] for d in mine.items + rest.items]
+    assert paths == sorted(f"{job.archive_path}/{r}" for r in FILES if r != "notes.txt")
+    assert rest.next is None
+    plots = catalog.find_files(path_prefix=f"{job.archive_path}/plots/").items
+    assert [d["name"] for d in plots] == ["p.png", "summary.pdf"]
+
+    sha = digests(FILES["data/a.csv"])["sha256"]
+    both = catalog.find_files(checksum=f"sha256:{sha.upper()}").items
+    assert sorted(d["path"] for d in both) == sorted(
+        [f"{job.archive_path}/data/a.csv", f"{other.archive_path}/data/a.csv"])
+    assert [d["path"] for d in catalog.find_files(job=other.uuid,
+                                                  checksum=f"sha256:{sha}").items] == [
+        f"{other.archive_path}/data/a.csv"]
+    assert catalog.find_files(checksum="sha256:" + "0" * 64).items == []
+
+    catalog.storage.delete_prefix(f"{job.archive_path}/plots")
+    verify(catalog, job.uuid)
+    missing = catalog.find_files(status="missing").items
+    assert [d["name"] for d in missing] == ["p.png", "summary.pdf"]
+    record = catalog.get_file(missing[0]["uuid"])
+    assert [c.outcome for c in record.fixity] == ["indexed", "missing"]
+
+    for bad, error in ((dict(status="lost"), InvalidInput),
+                       (dict(checksum="sha256"), InvalidInput),
+                       (dict(checksum="sha-256:ab"), InvalidInput),
+                       (dict(path_prefix="../x"), UnsafePath),
+                       (dict(job="not-a-uuid"), MalformedIdentifier)):
+        with pytest.raises(error):
+            catalog.find_files(**bad)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFound):
+        catalog.get_file(file_uuid(catalog, "local", "/nowhere"))
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("archive_root", ["local"], indirect=True)
+def test_files_over_http(catalog: Catalog) -> None:
+    import asyncio
+
+    import httpx
+
+    from catalog.web import create_app
+
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+
+    async def get(url: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(catalog))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get(url)
+
+    listed = asyncio.run(get(f"/files?job={job.uuid}&limit=2"))
+    assert listed.status_code == 200
+    assert len(listed.json()["files"]) == 2 and listed.json()["next"]
+    uuid = listed.json()["files"][0]["uuid"]
+    shown = asyncio.run(get(f"/files/{uuid}"))
+    assert shown.status_code == 200 and shown.json()["uuid"] == uuid
+    missing = asyncio.run(get(f"/files/{file_uuid(catalog, 'local', '/nowhere')}"))
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "file_not_found")
+    bad = asyncio.run(get("/files?status=lost"))
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_input")

@@ -30,6 +30,7 @@ from catalog.models import (
     CreatedJob,
     Event,
     EventOutcome,
+    FileRecord,
     IndexOptions,
     Job,
     JobRequest,
@@ -251,6 +252,17 @@ def create_app(catalog: Catalog) -> FastAPI:
     def delete_job(request: Request, uuid: str) -> dict[str, Any]:
         catalog.delete_job(uuid, _token(request), source="api")
         return {"uuid": uuid, "deleted": True}
+
+    @app.get("/files")
+    def list_files(job: str | None = None, path_prefix: str | None = None,
+                   status: str | None = None, checksum: str | None = None,
+                   limit: Limit = 100, cursor: str | None = None) -> dict[str, Any]:
+        page = catalog.find_files(job, path_prefix, status, checksum, limit, cursor)
+        return {"files": page.items, "next": page.next}
+
+    @app.get("/files/{uuid}", response_model=FileRecord)
+    def get_file(uuid: str) -> JSONResponse:
+        return _render(catalog.get_file(uuid))
 
     @app.get("/pipelines")
     def list_pipelines(name: str | None = None, limit: Limit = 100,
