@@ -225,8 +225,9 @@ class Catalog:
         self.store.upsert_entities([entity.model_dump(mode="json") for entity in entities])
 
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:
-        """Link a job or an entity to ``targets`` by ``relation`` (idempotent; not an event)."""
-        src = parse_uuid(src, UUIDType.pipelinejob, UUIDType.reference, UUIDType.product)
+        """Link a job, file or entity to ``targets`` by ``relation`` (idempotent; not an event)."""
+        src = parse_uuid(src, UUIDType.pipelinejob, UUIDType.file, UUIDType.reference,
+                         UUIDType.product)
         self.store.add_links(src, relation, [parse_uuid(target) for target in targets])
 
     # files -------------------------------------------------------------------------------
@@ -259,6 +260,12 @@ class Catalog:
                  and (path_prefix is None or doc["path"].startswith(path_prefix))
                  and (status is None or doc["status"] == status)]
         return Page(found, None)
+
+    def lineage(self, uuid: str, direction: str = "up", depth: int = 5) -> dict[str, Any]:
+        """Where a record came from (``up``), what came from it (``down``), or ``both``."""
+        from catalog.lineage import lineage
+
+        return lineage(self, uuid, direction, depth)
 
     # jobs --------------------------------------------------------------------------------
     def get_job(self, uuid: str, history: bool = True) -> Job:

@@ -82,6 +82,9 @@ def _catalog() -> Iterator[Catalog]:
 def _emit(document: Any, json_: bool, human: Any = None) -> None:
     if json_ or _state.json:
         sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    elif isinstance(human, str):
+        # Plain text as it is: no wrapping (UUIDs stay whole) and no markup ([x] in paths).
+        Console().print(human, markup=False, highlight=False, soft_wrap=True)
     elif human is not None:
         Console().print(human)
     else:
@@ -404,6 +407,24 @@ def job_audit(
         entries = [e.model_dump(mode="json") for e in catalog.audit_log(uuid, limit)]
     _emit({"audit": entries}, json_,
           _table(entries, ["date", "job_uuid", "name", "code", "reason"], "audit"))
+
+
+@app.command("lineage")
+def lineage_command(
+    uuid: Annotated[str, typer.Argument(help="Any record's UUID, or an id like sample.lab.7.")],
+    direction: Annotated[str, typer.Option(help="up, down or both.")] = "up",
+    depth: Annotated[int, typer.Option(help="How many edges away (0-20).")] = 5,
+    format_: Annotated[str, typer.Option("--format", help="json or text.")] = "text",
+    json_: JsonOption = False,
+) -> None:
+    """Walk the lineage graph from a record: what it came from, or what came from it."""
+    from catalog.lineage import as_text
+
+    if format_ not in ("json", "text"):
+        raise InvalidInput(f"format must be json or text, not {format_!r}")
+    with _catalog() as catalog:
+        graph = catalog.lineage(uuid, direction, depth)
+    _emit(graph, json_ or format_ == "json", as_text(graph))
 
 
 @file_app.command("list")

@@ -257,6 +257,11 @@ class Store(Protocol):
         """An entity's doc with its link lists, or None."""
         ...
 
+    def edges(self, uuids: list[str], direction: str) -> list[tuple[str, str, str]]:
+        """Every stored edge (src, relation, dst) leaving ``uuids`` (direction "up": they are
+        the src) or arriving at them ("down": they are the dst), in no particular order."""
+        ...
+
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:
         """Add the edges (src, relation, target) that do not exist yet.
 

@@ -39,6 +39,7 @@ from catalog.store.base import (
     ENTITY_LINK_FIELDS,
     FILE_JOB_LINK_FIELDS,
     INDEXED_CHECKSUMS,
+    JOB_LINK_FIELDS,
     Applied,
     Decide,
     Doc,
@@ -319,6 +320,28 @@ class MongoStore:
                 ).matched_count == 1
         if not found:
             raise link_source_not_found(src)
+
+    def edges(self, uuids: list[str], direction: str) -> list[tuple[str, str, str]]:
+        # Link lists live on the documents, each field multikey-indexed: up reads the lists
+        # of the documents themselves, down finds the documents whose lists name the uuids.
+        wanted = unique(uuids)
+        found: list[tuple[str, str, str]] = []
+        for collection, fields in ((self._jobs, JOB_LINK_FIELDS),
+                                   (self._files, ENTITY_LINK_FIELDS),
+                                   (self._entities, ENTITY_LINK_FIELDS)):
+            projection: Doc = {"_id": 0, "uuid": 1, **dict.fromkeys(fields, 1)}
+            if direction == "up":
+                query: Doc = {"uuid": {"$in": wanted}}
+            else:
+                query = {"$or": [{field: {"$in": wanted}} for field in fields]}
+            with self._guard:
+                documents = list(collection.find(query, projection))
+            for doc in documents:
+                for field in fields:
+                    for target in doc.get(field, []):
+                        if direction == "up" or target in wanted:
+                            found.append((doc["uuid"], field, target))
+        return found
 
     # files -------------------------------------------------------------------------------
     def upsert_files(self, docs: list[Doc]) -> None:

@@ -545,6 +545,20 @@ class SQLiteStore:
             conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
             conn.executemany(_INSERT_LINK, [(src, relation, target) for target in new])
 
+    def edges(self, uuids: list[str], direction: str) -> list[tuple[str, str, str]]:
+        # Both directions are served by an index: the key (src, relation, dst) and
+        # links_reverse (dst, relation, src).
+        column = "src" if direction == "up" else "dst"
+        found: list[tuple[str, str, str]] = []
+        conn = self._connection()
+        for chunk in chunked(unique(uuids), _IN_CHUNK):
+            found += conn.execute(
+                f"SELECT src, relation, dst FROM links WHERE {column} IN "
+                f"({', '.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+        return found
+
     # files -------------------------------------------------------------------------------
     def upsert_files(self, docs: list[Doc]) -> None:
         latest = latest_files(docs)

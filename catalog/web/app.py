@@ -253,6 +253,11 @@ def create_app(catalog: Catalog) -> FastAPI:
         catalog.delete_job(uuid, _token(request), source="api")
         return {"uuid": uuid, "deleted": True}
 
+    @app.get("/lineage/{uuid}")
+    def get_lineage(uuid: str, direction: str = "up",
+                    depth: Annotated[int, Query(ge=0, le=20)] = 5) -> dict[str, Any]:
+        return catalog.lineage(uuid, direction, depth)
+
     @app.get("/files")
     def list_files(job: str | None = None, path_prefix: str | None = None,
                    status: str | None = None, checksum: str | None = None,
