@@ -20,7 +20,7 @@ from rich.table import Table
 
 from catalog.catalog import Catalog
 from catalog.config import load_settings
-from catalog.errors import CatalogError, InvalidData, InvalidInput
+from catalog.errors import CatalogError, InvalidInput
 from catalog.identifiers import loads_json
 from catalog.jobs import ManagedPipelineJob
 from catalog.tokens import keys_from_env_or_file
@@ -93,15 +93,6 @@ def _emit(document: Any, json_: bool, human: Any = None) -> None:
 
 def _json_arg(text: str | None, name: str) -> Any:
     return None if text is None else loads_json(text, name)
-
-
-def _json_object(text: str | None, name: str) -> dict[str, Any]:
-    value = _json_arg(text, name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidData(f"{name} must be a JSON object")
-    return value
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> Table:
@@ -324,7 +315,7 @@ def job_create(
     """Create a job, or show the existing one with the same identity (created: false)."""
     with _catalog() as catalog:
         managed = ManagedPipelineJob(
-            catalog, pipeline, _json_object(data, "data"),
+            catalog, pipeline, _json_arg(data, "data"),  # the library checks its shape
             measurement_id=measurement, sample_id=sample, experiment_id=experiment,
             observation_id=observation,
             archive_patterns=[_json_arg(p, "archive_pattern") for p in archive_pattern or []],

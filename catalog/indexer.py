@@ -22,12 +22,11 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import ValidationError
-
-from catalog.catalog import Catalog, validation_message
-from catalog.errors import CatalogError, IndexingError, InvalidInput, InvalidPattern, UnsafePath
+from catalog.catalog import Catalog
+from catalog.errors import CatalogError, IndexingError, InvalidInput, UnsafePath
 from catalog.fixity import check, hash_many, normalise_algorithms
 from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
+from catalog.jobs import parse_index_requests
 from catalog.models import (
     ArchiveIndexRequest,
     Job,
@@ -88,23 +87,6 @@ def is_plot(kind_of_media: str) -> bool:
         kind_of_media.startswith("image/") and kind_of_media not in _NOT_PLOTS)
 
 
-def parse_requests(archive: Iterable[Any], product: Iterable[Any]) -> list[Request]:
-    """Validated requests, archive ones first; a bad regular expression is InvalidPattern."""
-    parsed: list[Request] = []
-    for kind, values in ((ArchiveIndexRequest, archive), (ProductIndexRequest, product)):
-        for index, value in enumerate(values):
-            if isinstance(value, kind):
-                parsed.append(value)
-                continue
-            try:
-                parsed.append(kind.model_validate(value))
-            except ValidationError as exc:
-                pattern_error = any(e["loc"] and e["loc"][0] == "patterns" for e in exc.errors())
-                error = InvalidPattern if pattern_error else InvalidInput
-                raise error(f"index request {index}: {validation_message(exc)}") from None
-    return parsed
-
-
 def _requests_of(job: Job, requests: Iterable[Any] | None) -> list[Request]:
     if requests is None:
         return [*job.archive_patterns, *job.product_patterns]
@@ -115,7 +97,8 @@ def _requests_of(job: Job, requests: Iterable[Any] | None) -> list[Request]:
             isinstance(value, dict) and ("derived_from" in value or "derived_using" in value)
         ) else archive
         target.append(value)
-    return parse_requests(archive, product)
+    return [*parse_index_requests(ArchiveIndexRequest, archive, "archive requests"),
+            *parse_index_requests(ProductIndexRequest, product, "product requests")]
 
 
 def _claim(files: list[FileInfo], archive_path: str,

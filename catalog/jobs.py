@@ -88,7 +88,9 @@ class _JobHandle:
 _Request = TypeVar("_Request", ArchiveIndexRequest, ProductIndexRequest)
 
 
-def _requests(kind: type[_Request], values: Iterable[Any] | None, name: str) -> list[_Request]:
+def parse_index_requests(kind: type[_Request], values: Iterable[Any] | None,
+                         name: str) -> list[_Request]:
+    """Validated index requests; a bad regular expression is InvalidPattern."""
     if values is None:
         return []
     if isinstance(values, dict | str):
@@ -144,9 +146,9 @@ class ManagedPipelineJob(_JobHandle):
             child_of.extend(catalog.upstream(kind, values))
         self.child_of = sorted(set(child_of))
         self.uuid = job_uuid(self.pipeline.uuid, self.child_of, data, catalog.settings.namespace)
-        self.archive_patterns = _requests(ArchiveIndexRequest, archive_patterns,
+        self.archive_patterns = parse_index_requests(ArchiveIndexRequest, archive_patterns,
                                           "archive_patterns")
-        self.product_patterns = _requests(ProductIndexRequest, product_patterns,
+        self.product_patterns = parse_index_requests(ProductIndexRequest, product_patterns,
                                           "product_patterns")
         for field, value in (("agent", agent), ("task", task)):
             if value is not None and (not isinstance(value, str) or len(value) > 256):

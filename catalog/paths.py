@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import posixpath
 from pathlib import Path
 
 from catalog.errors import UnsafePath
+from catalog.storage.base import check_storage_path
 
 MAX_PATH_LENGTH = 1024
 
@@ -21,16 +21,8 @@ def check_archive_path(path: str, root: str | Path) -> str:
         raise UnsafePath("archive path must be a non-empty string")
     if len(path) > MAX_PATH_LENGTH:
         raise UnsafePath(f"archive path is longer than {MAX_PATH_LENGTH} characters")
-    if "\x00" in path or "\\" in path:
-        raise UnsafePath(f"archive path {path!r} contains a NUL byte or a backslash")
-    if not path.startswith("/"):
-        raise UnsafePath(f"archive path {path!r} must start with '/' (it is under the root)")
-    parts = path.split("/")
-    if ".." in parts:
-        raise UnsafePath(f"archive path {path!r} must not contain '..'")
-    normalised = posixpath.normpath(path)
-    if normalised == "/":
-        raise UnsafePath("archive path must name a directory below the archive root")
+    # The lexical rules every storage path follows, then what only a local root needs.
+    normalised = check_storage_path(path, what="archive path")
     if str(root).startswith("s3://"):
         return normalised  # object keys: no symlinks to follow, the lexical checks suffice
     real_root = os.path.realpath(root)

@@ -365,6 +365,8 @@ ERRORS: list[tuple[str, list[str], bool, int, str]] = [
      True, 2, "schema_violation"),
     ("create-nan", ["job", "create", "--pipeline", "align", "--data", '{"x": NaN}'],
      True, 2, "invalid_data"),
+    ("create-data-list", ["job", "create", "--pipeline", "align", "--data", "[1]"],
+     True, 2, "schema_violation"),
     ("unknown-job", ["job", "event", UNKNOWN_JOB, "run", "--token", "ADMIN"],
      True, 4, "job_not_found"),
     ("unknown-job-human", ["job", "show", UNKNOWN_JOB], False, 4, "no job"),

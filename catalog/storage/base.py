@@ -28,19 +28,20 @@ class FileInfo:
     etag: str | None = None
 
 
-def check_storage_path(path: str, allow_root: bool = False) -> str:
-    """Validate a storage path and return it normalised (no trailing slash)."""
+def check_storage_path(path: str, allow_root: bool = False, what: str = "storage path") -> str:
+    """Validate a storage path and return it normalised (no trailing slash); ``what`` names
+    it in errors the way the caller's user knows it (e.g. "archive path")."""
     if not isinstance(path, str) or not path.startswith("/"):
-        raise UnsafePath(f"storage path {path!r} must be absolute (start with '/')")
+        raise UnsafePath(f"{what} {path!r} must start with '/' (it is under the root)")
     if "\x00" in path or "\\" in path:
-        raise UnsafePath(f"storage path {path!r} contains a NUL byte or a backslash")
+        raise UnsafePath(f"{what} {path!r} contains a NUL byte or a backslash")
     if ".." in path.split("/"):
-        raise UnsafePath(f"storage path {path!r} must not contain '..'")
+        raise UnsafePath(f"{what} {path!r} must not contain '..'")
     normalised = posixpath.normpath(path)
     if normalised.startswith("//"):
         normalised = "/" + normalised.lstrip("/")
     if normalised == "/" and not allow_root:
-        raise UnsafePath("storage path must name something below the root")
+        raise UnsafePath(f"{what} must name something below the root")
     return normalised
 
 
