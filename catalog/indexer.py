@@ -20,12 +20,10 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from catalog.catalog import Catalog
-from catalog.errors import CatalogError, IndexingError, InvalidInput, UnsafePath
+from catalog.errors import CatalogError, IndexingError
 from catalog.fixity import check, hash_many, normalise_algorithms
-from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
 from catalog.jobs import parse_index_requests
 from catalog.models import (
     ArchiveIndexRequest,
@@ -34,7 +32,8 @@ from catalog.models import (
     format_date,
     utc_now,
 )
-from catalog.storage import FileInfo, LocalStorage, S3Storage, check_storage_path, relative_to
+from catalog.references import Resolver, file_uuid
+from catalog.storage import FileInfo, relative_to
 from catalog.store.base import Doc
 
 Progress = Callable[[str, int], None]
@@ -60,10 +59,6 @@ class IndexResult:
             "hashed": self.hashed, "unchanged": self.unchanged,
             "unmatched_requests": self.unmatched_requests,
         }
-
-
-def file_uuid(catalog: Catalog, storage_system: str, path: str) -> str:
-    return catalog.typed_uuid(UUIDType.file, f"{storage_system}:{path}")
 
 
 def media_type(name: str) -> str:
@@ -118,66 +113,6 @@ def _claim(files: list[FileInfo], archive_path: str,
     return claimed, unmatched
 
 
-class _References:
-    """Resolves derived_from / derived_using strings to UUIDs, naming what it cannot."""
-
-    def __init__(self, catalog: Catalog, job: Job, indexing: dict[str, str]) -> None:
-        self.catalog = catalog
-        self.job = job
-        self.indexing = indexing  # storage path -> file uuid of this run
-
-    def _catalogued_path(self, path: str, reference: str) -> str:
-        uuid = self.indexing.get(path)
-        if uuid is not None:
-            return uuid
-        uuid = file_uuid(self.catalog, self.job.archive_system, path)
-        if self.catalog.store.get_file(uuid) is None:
-            raise InvalidInput(f"reference {reference!r} names {path}, which is not catalogued")
-        return uuid
-
-    def _storage_path_of_uri(self, reference: str) -> str | None:
-        storage = self.catalog.storage
-        parts = urlsplit(reference)
-        if parts.scheme == "file" and isinstance(storage, LocalStorage):
-            real = unquote(parts.path)
-            if real == storage.root or real.startswith(storage.root.rstrip("/") + "/"):
-                return "/" + real[len(storage.root):].lstrip("/")
-        if parts.scheme == "s3" and isinstance(storage, S3Storage) and \
-                parts.netloc == storage.bucket:
-            key = parts.path.lstrip("/")
-            prefix = f"{storage.prefix}/" if storage.prefix else ""
-            if key.startswith(prefix):
-                return "/" + key[len(prefix):]
-        return None
-
-    def resolve(self, reference: str) -> str:
-        if not isinstance(reference, str) or not reference:
-            raise InvalidInput(f"reference {reference!r} must be a non-empty string")
-        if looks_like_uuid(reference):
-            uuid = parse_uuid(reference, UUIDType.file, UUIDType.reference, UUIDType.product)
-            known = self.catalog.store.get_file(uuid) if uuid.startswith("105") else \
-                self.catalog.store.get_entity(uuid)
-            if known is None and uuid not in self.indexing.values():
-                raise InvalidInput(f"reference {reference} is not catalogued")
-            return uuid
-        if reference.startswith("./"):
-            relative = posixpath.normpath(reference[2:])
-            if relative.startswith("..") or relative.startswith("/"):
-                raise UnsafePath(f"reference {reference!r} leaves the job's archive path")
-            return self._catalogued_path(f"{self.job.archive_path}/{relative}", reference)
-        if reference.startswith("/"):
-            return self._catalogued_path(check_storage_path(reference), reference)
-        if "://" in reference:
-            path = self._storage_path_of_uri(reference)
-            if path is None:
-                raise InvalidInput(f"reference {reference!r} is not in this catalog's archive")
-            return self._catalogued_path(check_storage_path(path), reference)
-        raise InvalidInput(
-            f"reference {reference!r} is not a typed UUID, ./relative path, absolute archive "
-            "path, file:// or s3:// URI"
-        )
-
-
 def _mtime(info: FileInfo) -> datetime:
     return datetime.fromtimestamp(info.mtime, UTC)
 
@@ -219,7 +154,7 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
                 if isinstance(value, Exception)]
     if failures:
         raise IndexingError(f"could not read {len(failures)} file(s): {'; '.join(failures[:5])}")
-    references = _References(catalog, job, uuids)
+    references = Resolver(catalog, system, archive_path, pending=uuids)
     records: list[Doc] = []
     stamp = format_date(now)
     for info, relative, request in claimed:
@@ -239,7 +174,9 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
             result.unchanged += 1
         derived_from = derived_using = []
         if isinstance(request, ProductIndexRequest):
-            derived_from = sorted({references.resolve(r) for r in request.derived_from})
+            # A product is derived from files; it may be made using reference records too.
+            derived_from = sorted({references.resolve(r, allow_references=False)
+                                   for r in request.derived_from})
             derived_using = sorted({references.resolve(r) for r in request.derived_using})
         links = {name: sorted({*(old or {}).get(name, []), job.uuid})
                  for name in ("child_of", "generated_by")}
@@ -257,6 +194,8 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
             "note": request.note, "created": (old or {}).get("created", stamp),
             "updated": stamp,
         })
+    if references.new_references:
+        catalog.add_entities(list(references.new_references.values()))
     catalog.store.upsert_files(records)
     result.files = records
     return result

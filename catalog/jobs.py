@@ -28,6 +28,7 @@ from catalog.models import (
     utc_now,
 )
 from catalog.paths import check_archive_path
+from catalog.references import discover_inputs
 from catalog.states import INITIAL_STATE
 
 if TYPE_CHECKING:
@@ -166,6 +167,9 @@ class ManagedPipelineJob(_JobHandle):
                 derive_archive_path(self.pipeline.uuid, self.child_of, data, instance),
                 catalog.archive_root,
             )
+        # Inputs and parameters naming files or references become acted_on / acted_using
+        # links; anything unresolvable is refused here, before anything is stored.
+        self.inputs = discover_inputs(catalog, data, self.archive_system, self.archive_path)
         self.created: bool | None = None
         self._job: Job | None = None
 
@@ -180,12 +184,15 @@ class ManagedPipelineJob(_JobHandle):
         job = Job(
             uuid=self.uuid, pipeline_uuid=self.pipeline.uuid, data=self.data,
             state=INITIAL_STATE, last_event="create", version=1, child_of=self.child_of,
-            generated_by=[self.pipeline.uuid], archive_system=self.archive_system,
+            generated_by=[self.pipeline.uuid], acted_on=self.inputs.acted_on,
+            acted_using=self.inputs.acted_using, archive_system=self.archive_system,
             archive_path=self.archive_path, archive_patterns=self.archive_patterns,
             product_patterns=self.product_patterns, session=self.session, agent=self.agent,
             task=self.task, status_mapping=self.status_mapping, created=now, updated=now,
             history=[first],
         )
+        if self.inputs.references:
+            self.catalog.add_entities(self.inputs.references)
         doc, self.created = self.catalog.store.insert_job(job.model_dump(mode="json"))
         self._job = Job.model_validate(doc)
         self.archive_path = self._job.archive_path
