@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
@@ -44,6 +44,7 @@ from catalog.models import (
     EventOutcome,
     FileRecord,
     Job,
+    Level,
     Pipeline,
     format_date,
     utc_now,
@@ -51,11 +52,20 @@ from catalog.models import (
 from catalog.states import ADMIN_EVENTS, EVENTS, STATES, next_state
 from catalog.storage import Storage, check_storage_path, open_storage
 from catalog.store import JobQuery, Page, Store, open_store
-from catalog.store.base import Applied, Decide, Doc
+from catalog.store.base import (
+    FILE_SORTS,
+    Applied,
+    Decide,
+    Doc,
+    check_limit,
+    check_sort,
+)
 from catalog.tokens import Keys, create_secret_file, keys_from_env_or_file
 
 _SIDE_EFFECTS = frozenset({"reset"})
 FILE_STATUSES = ("ok", "changed", "missing", "unchecked")
+FILE_KINDS = ("archive", "product", "plot")
+LEVELS: tuple[str, ...] = get_args(Level)
 SOURCES = frozenset({"python", "cli", "api", "webhook", "reactor"})
 
 
@@ -241,25 +251,56 @@ class Catalog:
 
     def find_files(self, job: str | None = None, path_prefix: str | None = None,
                    status: str | None = None, checksum: str | None = None, limit: int = 100,
-                   cursor: str | None = None) -> Page:
-        """File records by job, path prefix, fixity status or ``algorithm:digest``, in path
-        order. A checksum lookup answers every match on one page."""
+                   cursor: str | None = None, *, path_glob: str | None = None,
+                   kind: str | None = None, level: str | None = None,
+                   media_type: str | None = None, sort: str = "path") -> Page:
+        """File records by job, path (prefix or glob), fixity status, kind, level, media type
+        or ``algorithm:digest``, sorted by ``path`` or ``created`` (``-`` for descending).
+
+        A checksum lookup answers every match on one page; a glob is tested on each record
+        below its literal start (see ``catalog.queries``).
+        """
+        from catalog.queries import glob_prefix, glob_regex, scan
+
         job_uuid = parse_uuid(job, UUIDType.pipelinejob) if job is not None else None
+        check_limit(limit)
+        check_sort(sort, FILE_SORTS)
         if status is not None and status not in FILE_STATUSES:
             raise InvalidInput(f"unknown status {status!r}; statuses: {', '.join(FILE_STATUSES)}")
+        if kind is not None and kind not in FILE_KINDS:
+            raise InvalidInput(f"unknown kind {kind!r}; kinds: {', '.join(FILE_KINDS)}")
+        if level is not None and level not in LEVELS:
+            raise InvalidInput(f"unknown level {level!r}; levels: {', '.join(LEVELS)}")
         if path_prefix is not None:
             check_storage_path(path_prefix, allow_root=True)
-        if checksum is None:
-            return self.store.find_files(child_of=job_uuid, path_prefix=path_prefix,
-                                         status=status, limit=limit, cursor=cursor)
-        algorithm, _, digest = checksum.partition(":")
-        if not digest:
-            raise InvalidInput(f"checksum {checksum!r} must be algorithm:hexdigest")
-        found = [doc for doc in self.store.find_files_by_checksum(algorithm, digest.lower())
-                 if (job_uuid is None or job_uuid in doc.get("child_of", []))
-                 and (path_prefix is None or doc["path"].startswith(path_prefix))
-                 and (status is None or doc["status"] == status)]
-        return Page(found, None)
+        matcher = glob_regex(path_glob).fullmatch if path_glob is not None else None
+        filters = {"status": status, "kind": kind, "level": level, "media_type": media_type}
+        if checksum is not None:
+            algorithm, _, digest = checksum.partition(":")
+            if not digest:
+                raise InvalidInput(f"checksum {checksum!r} must be algorithm:hexdigest")
+            field, descending = sort.lstrip("-"), sort.startswith("-")
+            found = [doc for doc in self.store.find_files_by_checksum(algorithm, digest.lower())
+                     if (job_uuid is None or job_uuid in doc.get("child_of", []))
+                     and (path_prefix is None or doc["path"].startswith(path_prefix))
+                     and (matcher is None or matcher(doc["path"]))
+                     and all(v is None or doc.get(k) == v for k, v in filters.items())]
+            found.sort(key=lambda doc: (doc.get(field) or "", doc["uuid"]), reverse=descending)
+            return Page(found, None)
+        if matcher is not None:
+            literal = glob_prefix(path_glob or "")
+            if path_prefix is None or literal.startswith(path_prefix):
+                path_prefix = literal or path_prefix
+            elif not path_prefix.startswith(literal):
+                return Page([], None)  # no path starts with both
+
+        def fetch(after: str | None, size: int) -> Page:
+            return self.store.find_files(job_uuid, path_prefix, status, size, after, kind=kind,
+                                         level=level, media_type=media_type, sort=sort)
+
+        if matcher is None:
+            return fetch(cursor, limit)
+        return scan(fetch, lambda doc: matcher(doc["path"]) is not None, limit, cursor, sort)
 
     def lineage(self, uuid: str, direction: str = "up", depth: int = 5) -> dict[str, Any]:
         """Where a record came from (``up``), what came from it (``down``), or ``both``."""
@@ -277,15 +318,33 @@ class Catalog:
 
     def find_jobs(self, state: str | None = None, pipeline: str | None = None,
                   child_of: str | None = None, limit: int = 100,
-                  cursor: str | None = None) -> Page:
-        """Jobs (without history) by state, pipeline (name or UUID) and upstream entity."""
+                  cursor: str | None = None, *, agent: str | None = None,
+                  created_after: str | None = None, created_before: str | None = None,
+                  text: str | None = None, sort: str = "created") -> Page:
+        """Jobs (without history) by state, pipeline (name or UUID), upstream entity, agent,
+        creation time (``created_after`` inclusive, ``created_before`` exclusive; ISO 8601)
+        and ``text`` found in a key or string value of their data (case-insensitive, by a
+        scan: see ``catalog.queries``), sorted by ``created`` or ``-created``."""
+        from catalog.queries import check_text, data_contains, parse_date, scan
+
         if state is not None and state.upper() not in STATES:
             raise InvalidInput(f"unknown state {state!r}; states: {', '.join(STATES)}")
         pipeline_id = self.get_pipeline(pipeline).uuid if pipeline is not None else None
         upstream = self.parse_upstream(child_of) if child_of is not None else None
+        after = parse_date(created_after, "created_after") if created_after else None
+        before = parse_date(created_before, "created_before") if created_before else None
+        needle = check_text(text) if text is not None else None
         query = JobQuery(state=state.upper() if state else None, pipeline_uuid=pipeline_id,
-                         child_of=upstream, limit=limit, cursor=cursor)
-        return self.store.find_jobs(query)
+                         child_of=upstream, agent=agent, created_after=after,
+                         created_before=before, sort=sort, limit=limit, cursor=cursor)
+        if needle is None:
+            return self.store.find_jobs(query)
+
+        def fetch(position: str | None, size: int) -> Page:
+            return self.store.find_jobs(replace(query, limit=size, cursor=position))
+
+        return scan(fetch, lambda job: data_contains(job.get("data"), needle), limit, cursor,
+                    sort)
 
     def parse_upstream(self, value: str) -> str:
         """An upstream entity given as a typed UUID or an id string like ``sample.lab.7``."""

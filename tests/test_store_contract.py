@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 import math
 import random
 import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from catalog.models import (
     HistoryEntry,
     Job,
     Pipeline,
+    format_date,
     utc_now,
 )
 from catalog.store import Applied, JobQuery, Page, Store, open_store
@@ -277,10 +280,56 @@ def test_find_jobs_pages_through_each_once_by_created_then_uuid(
     assert len(pages) == max(1, math.ceil(len(keys) / limit))
 
 
+def fmt(seconds: float) -> str:
+    return format_date(at(seconds))
+
+
+@pytest.mark.parametrize(
+    ("filters", "keys"),
+    [
+        ({"agent": "actor-1"}, ["j1", "j3", "j5"]),
+        ({"agent": "nobody"}, []),
+        ({"created_after": fmt(10)}, ["j2", "j3", "j4", "j5", "j6"]),
+        ({"created_before": fmt(10)}, ["j1"]),
+        ({"created_after": fmt(10), "created_before": fmt(30)}, ["j2", "j3", "j4", "j5"]),
+        ({"created_after": fmt(10), "created_before": fmt(10)}, []),
+        ({"agent": "actor-1", "created_after": fmt(5), "state": "CREATED"}, ["j5"]),
+        ({"agent": "actor-2", "child_of": SAMPLE}, ["j2", "j6"]),
+    ],
+)
+def test_find_jobs_by_agent_and_creation_window(store: Store, filters: dict[str, Any],
+                                                keys: list[str]) -> None:
+    jobs = {key: {**make_job(key, s, state, p, c), "agent": f"actor-{1 + n % 2}"}
+            for n, (key, (s, state, p, c)) in enumerate(JOBS.items())}
+    for job in jobs.values():
+        store.insert_job(job)
+    assert store.find_jobs(JobQuery(**filters)) == Page(in_order(jobs, keys), None)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4, 6])
+def test_find_jobs_newest_first_pages_through_each_once(store: Store, limit: int) -> None:
+    jobs = insert_jobs(store)
+    pages = all_pages(
+        lambda cursor: store.find_jobs(JobQuery(sort="-created", limit=limit, cursor=cursor)),
+        limit,
+    )
+    assert [d for page in pages for d in page] == in_order(jobs, list(JOBS))[::-1]
+
+
+def test_a_cursor_belongs_to_its_sort_order(store: Store) -> None:
+    insert_jobs(store)
+    page = store.find_jobs(JobQuery(limit=2))
+    assert page.next is not None
+    with pytest.raises(InvalidInput, match="sorted by 'created', not '-created'"):
+        store.find_jobs(JobQuery(sort="-created", cursor=page.next))
+    with pytest.raises(InvalidInput, match="sort must be one of"):
+        JobQuery(sort="updated")
+
+
 def test_a_cursor_past_the_end_gives_an_empty_last_page(store: Store) -> None:
     insert_jobs(store)
     store.insert_pipeline(make_pipeline("align"))
-    assert store.find_jobs(JobQuery(cursor=encode_cursor("9999", ""))) == Page([], None)
+    assert store.find_jobs(JobQuery(cursor=encode_cursor("created", "9999", ""))) == Page([], None)
     assert store.find_pipelines(cursor=encode_cursor("zzz", "")) == Page([], None)
 
 
@@ -772,12 +821,12 @@ def test_sqlite_migrates_a_version_1_database(
         patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:1])
         old = sqlite.SQLiteStore(path)
         assert [version for version, _ in old.migrations()] == [1]
-        job = make_job("one")
-        old.insert_job(job)
         old.close()
+    job = make_job("one")
+    write_v1_job(path, job)
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4]
         assert store.get_job(job["uuid"]) == job
         store.upsert_entities([make_entity("s3://bucket/cube.fits")])
         store.add_links(PRODUCT, "generated_by", [job["uuid"]])
@@ -801,11 +850,54 @@ def test_sqlite_migrates_a_version_2_database_with_entities(
         old.close()
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4]
         assert store.get_entity(PRODUCT) == product
         record = make_file("/products/v2/a.csv")
         store.upsert_files([record])
         assert store.get_file(record["uuid"]) == record
+    finally:
+        store.close()
+
+
+def write_v1_job(path: Path, job: Doc) -> None:
+    """Insert a job as the code of schema versions 1 to 3 did (no agent column)."""
+    head = ("uuid", "pipeline_uuid", "state", "version", "last_event", "created", "updated")
+    body = {k: v for k, v in job.items() if k not in head and k != "history"}
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(f"INSERT INTO jobs ({', '.join(head)}, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (*(job[k] for k in head), json.dumps(body)))
+        conn.executemany("INSERT INTO history (job_uuid, seq, uuid, event_id, doc) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         [(job["uuid"], seq, e["uuid"], e["event_id"], json.dumps(e))
+                          for seq, e in enumerate(job["history"], start=1)])
+
+
+def test_sqlite_migration_4_fills_the_new_columns_from_existing_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from catalog.store import sqlite
+
+    path = tmp_path / "old.db"
+    job = {**make_job("agent"), "agent": "actor-7"}
+    record = {**make_file("/products/v2/p.png"), "kind": "plot", "media_type": "image/png",
+              "level": "2"}
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:3])
+        old = sqlite.SQLiteStore(path)
+        old.close()
+    write_v1_job(path, job)
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT INTO files (uuid, path, storage_system, status, doc) "
+                     "VALUES (?, ?, ?, ?, ?)", (record["uuid"], record["path"], "local", "ok",
+                                                json.dumps(record)))
+    store = sqlite.SQLiteStore(path)
+    try:
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4]
+        assert store.find_jobs(JobQuery(agent="actor-7")).items == [without_history(job)]
+        for filters in ({"kind": "plot"}, {"media_type": "image/png"}, {"level": "2"},
+                        {"sort": "-created"}):
+            assert store.find_files(**filters).items == [record]
+        assert store.find_files(kind="product").items == []
     finally:
         store.close()
 
@@ -923,8 +1015,8 @@ def test_bulk_upsert_of_1000_files_then_get_and_page_through_each_once(store: St
         )
         assert [d for page in pages for d in page] == expected
         assert len(pages) == math.ceil(1000 / limit)
-    assert store.find_files() == Page(expected[:100], encode_cursor(expected[99]["path"],
-                                                                   expected[99]["uuid"]))
+    assert store.find_files() == Page(expected[:100], encode_cursor(
+        "path", expected[99]["path"], expected[99]["uuid"]))
 
     mine = [d for d in expected if d["child_of"] == [FILE_JOB]]
     pages = all_pages(lambda cursor: store.find_files(child_of=FILE_JOB, limit=50,
@@ -933,15 +1025,49 @@ def test_bulk_upsert_of_1000_files_then_get_and_page_through_each_once(store: St
     assert len(mine) == 666
 
 
+def test_find_files_by_kind_level_and_media_type_in_every_sort_order(store: Store) -> None:
+    records = []
+    for n in range(12):
+        kind = ("archive", "product", "plot")[n % 3]
+        media = "image/png" if kind == "plot" else "text/csv"
+        records.append({
+            **make_file(f"/products/v2/{n % 5}/{n:02d}.{'png' if kind == 'plot' else 'csv'}",
+                        seconds=(n * 7) % 12),
+            "kind": kind, "media_type": media, "level": "1" if kind == "archive" else None,
+        })
+    store.upsert_files(records)
+
+    def ordered(docs: list[Doc], sort: str) -> list[Doc]:
+        field = sort.lstrip("-")
+        return sorted(docs, key=lambda d: (d[field], d["uuid"]), reverse=sort.startswith("-"))
+
+    for sort in ("path", "-path", "created", "-created"):
+        for filters, keep in (
+            ({}, lambda d: True),
+            ({"kind": "plot"}, lambda d: d["kind"] == "plot"),
+            ({"level": "1"}, lambda d: d["level"] == "1"),
+            ({"media_type": "text/csv"}, lambda d: d["media_type"] == "text/csv"),
+            ({"kind": "product", "path_prefix": "/products/v2/1/"},
+             lambda d: d["kind"] == "product" and d["path"].startswith("/products/v2/1/")),
+        ):
+            expected = ordered([d for d in records if keep(d)], sort)
+            pages = all_pages(lambda cursor, f=filters, s=sort: store.find_files(
+                limit=2, cursor=cursor, sort=s, **f), 2)
+            assert [d for page in pages for d in page] == expected, (sort, filters)
+    with pytest.raises(InvalidInput, match="sort must be one of"):
+        store.find_files(sort="size")
+
+
 def test_find_files_refuses_bad_limits_and_cursors(store: Store) -> None:
     store.upsert_files([make_file("/products/v2/a.csv")])
     for limit in (0, -1, 1001):
         with pytest.raises(InvalidInput):
             store.find_files(limit=limit)
-    for cursor in ("not a cursor!", encode_cursor("only one")):
+    for cursor in ("not a cursor!", encode_cursor("only one"), encode_cursor("/zzz", ""),
+                   encode_cursor("created", "2026", ""), encode_cursor("size", "1", "")):
         with pytest.raises(InvalidInput):
             store.find_files(cursor=cursor)
-    assert store.find_files(cursor=encode_cursor("/zzz", "")) == Page([], None)
+    assert store.find_files(cursor=encode_cursor("path", "/zzz", "")) == Page([], None)
 
 
 def test_upsert_files_replaces_a_record_and_its_checksum_lookups(store: Store) -> None:

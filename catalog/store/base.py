@@ -47,18 +47,41 @@ def check_limit(limit: int) -> None:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
 
 
+# Orders a listing can have: a field and a direction ("-" first: descending); the uuid breaks
+# ties. Only fields that never change once written, so that paging by cursor cannot skip or
+# repeat a record however the catalog changes meanwhile (state or updated would move).
+JOB_SORTS = ("created", "-created")
+FILE_SORTS = ("path", "-path", "created", "-created")
+
+
+def check_sort(sort: str, allowed: tuple[str, ...]) -> tuple[str, bool]:
+    """The field and direction (True: descending) of a sort name."""
+    if sort not in allowed:
+        raise InvalidInput(f"sort must be one of {', '.join(allowed)}, not {sort!r}")
+    return sort.lstrip("-"), sort.startswith("-")
+
+
 @dataclass(frozen=True)
 class JobQuery:
-    """Filters for listing jobs; results are ordered by (created, uuid)."""
+    """Filters for listing jobs; results are ordered by ``sort`` then uuid.
+
+    ``created_after`` is inclusive and ``created_before`` exclusive (dates in the stored
+    text form), so consecutive windows tile without overlap.
+    """
 
     state: str | None = None
     pipeline_uuid: str | None = None
     child_of: str | None = None
+    agent: str | None = None
+    created_after: str | None = None
+    created_before: str | None = None
+    sort: str = "created"
     limit: int = 100
     cursor: str | None = None
 
     def __post_init__(self) -> None:
         check_limit(self.limit)
+        check_sort(self.sort, JOB_SORTS)
 
 
 @dataclass
@@ -187,6 +210,28 @@ def page_of(rows: list[Doc], limit: int, *key_fields: str) -> Page:
     return Page(items, encode_cursor(*(str(last[f]) for f in key_fields)))
 
 
+def sorted_page(rows: list[Doc], limit: int, sort: str) -> Page:
+    """``page_of`` for a sorted listing: the cursor also names the sort it belongs to."""
+    if len(rows) <= limit:
+        return Page(rows, None)
+    return Page(rows[:limit], cursor_after(rows[limit - 1], sort))
+
+
+def cursor_after(doc: Doc, sort: str) -> str:
+    """The cursor of the position just after ``doc`` in a listing sorted by ``sort``."""
+    return encode_cursor(sort, str(doc[sort.lstrip("-")]), str(doc["uuid"]))
+
+
+def decode_sorted_cursor(cursor: str, sort: str) -> tuple[str, str]:
+    """The (sort field value, uuid) a cursor of this sort order stands after."""
+    cursor_sort, key, uuid = decode_cursor(cursor, 3)
+    if cursor_sort != sort:
+        raise InvalidInput(
+            f"cursor {cursor!r} belongs to a listing sorted by {cursor_sort!r}, not {sort!r}"
+        )
+    return key, uuid
+
+
 class Store(Protocol):
     """What the catalog needs from a database."""
 
@@ -218,7 +263,7 @@ class Store(Protocol):
     def get_job(self, uuid: str, history: bool = True) -> Doc | None: ...
 
     def find_jobs(self, query: JobQuery) -> Page:
-        """Jobs without their history, filtered and ordered by (created, uuid)."""
+        """Jobs without their history, filtered and ordered by (query.sort, uuid)."""
         ...
 
     def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
@@ -297,12 +342,15 @@ class Store(Protocol):
 
     def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
                    status: str | None = None, limit: int = 100,
-                   cursor: str | None = None) -> Page:
-        """File records ordered by (path, uuid), filtered by all the filters given.
+                   cursor: str | None = None, *, kind: str | None = None,
+                   level: str | None = None, media_type: str | None = None,
+                   sort: str = "path") -> Page:
+        """File records ordered by (sort, uuid), filtered by all the filters given.
 
         ``child_of``: files whose ``child_of`` contains that job; ``path_prefix``: files whose
-        path starts with that text, case-sensitive and with no wildcard characters; ``status``:
-        files with that status.
+        path starts with that text, case-sensitive and with no wildcard characters; ``status``,
+        ``kind``, ``level``, ``media_type``: files with that value. ``sort`` is one of
+        ``FILE_SORTS``.
         """
         ...
 

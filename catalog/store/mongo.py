@@ -38,8 +38,10 @@ from catalog.errors import ConcurrencyConflict, ConfigurationError, FileNotFound
 from catalog.store.base import (
     ENTITY_LINK_FIELDS,
     FILE_JOB_LINK_FIELDS,
+    FILE_SORTS,
     INDEXED_CHECKSUMS,
     JOB_LINK_FIELDS,
+    JOB_SORTS,
     Applied,
     Decide,
     Doc,
@@ -49,11 +51,14 @@ from catalog.store.base import (
     check_limit,
     check_link,
     check_new_job,
+    check_sort,
     decode_cursor,
+    decode_sorted_cursor,
     latest_files,
     link_source_not_found,
     page_of,
     prefix_upper_bound,
+    sorted_page,
     unique,
 )
 
@@ -86,6 +91,20 @@ def _after(first: str, second: str, cursor: str) -> Doc:
         first: {"$gte": after_first},
         "$or": [{first: {"$gt": after_first}}, {second: {"$gt": after_second}}],
     }
+
+
+def _sorted(sort: str, cursor: str | None, clauses: list[Doc]) -> list[tuple[str, int]]:
+    """Add the condition "after the cursor" for ``sort``; return the sort specification."""
+    field, descending = check_sort(sort, JOB_SORTS + FILE_SORTS)
+    beyond = "$lt" if descending else "$gt"
+    if cursor is not None:
+        key, uuid = decode_sorted_cursor(cursor, sort)
+        clauses.append({
+            field: {"$lte" if descending else "$gte": key},
+            "$or": [{field: {beyond: key}}, {"uuid": {beyond: uuid}}],
+        })
+    direction = DESCENDING if descending else ASCENDING
+    return [(field, direction), ("uuid", direction)]
 
 
 def _all_of(clauses: list[Doc]) -> Doc:
@@ -146,7 +165,7 @@ class MongoStore:
             self._pipelines.create_index([("uuid", ASCENDING)], unique=True)
             self._pipelines.create_index([("name", ASCENDING), ("uuid", ASCENDING)])
             self._jobs.create_index([("uuid", ASCENDING)], unique=True)
-            for head in (None, "state", "pipeline_uuid", "child_of"):
+            for head in (None, "state", "pipeline_uuid", "child_of", "agent"):
                 keys = [] if head is None else [(head, ASCENDING)]
                 self._jobs.create_index([*keys, ("created", ASCENDING), ("uuid", ASCENDING)])
             self._jobs.create_index([("history.event_id", ASCENDING)])
@@ -163,6 +182,7 @@ class MongoStore:
             # find_files filters then sorts by (path, uuid): these serve both at once.
             for head in ("status", "child_of"):
                 self._files.create_index([(head, ASCENDING), *_BY_PATH])
+            self._files.create_index([("created", ASCENDING), ("uuid", ASCENDING)])
             for field in ENTITY_LINK_FIELDS:
                 if field != "child_of":
                     self._files.create_index([(field, ASCENDING)])
@@ -236,19 +256,24 @@ class MongoStore:
 
     def find_jobs(self, query: JobQuery) -> Page:
         clauses: list[Doc] = []
-        for field in ("state", "pipeline_uuid", "child_of"):
+        for field in ("state", "pipeline_uuid", "child_of", "agent"):
             value = getattr(query, field)
             if value is not None:
                 clauses.append({field: value})  # child_of matches one element of the array
-        if query.cursor is not None:
-            clauses.append(_after("created", "uuid", query.cursor))
+        created: Doc = {}
+        if query.created_after is not None:
+            created["$gte"] = query.created_after
+        if query.created_before is not None:
+            created["$lt"] = query.created_before
+        if created:
+            clauses.append({"created": created})
+        order = _sorted(query.sort, query.cursor, clauses)
         with self._guard:
             rows = list(
-                self._jobs.find(_all_of(clauses), _WITHOUT_HISTORY)
-                .sort([("created", ASCENDING), ("uuid", ASCENDING)])
+                self._jobs.find(_all_of(clauses), _WITHOUT_HISTORY).sort(order)
                 .limit(query.limit + 1)
             )
-        return page_of(rows, query.limit, "created", "uuid")
+        return sorted_page(rows, query.limit, query.sort)
 
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
         projection = dict(_HEAD)
@@ -390,8 +415,11 @@ class MongoStore:
 
     def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
                    status: str | None = None, limit: int = 100,
-                   cursor: str | None = None) -> Page:
+                   cursor: str | None = None, *, kind: str | None = None,
+                   level: str | None = None, media_type: str | None = None,
+                   sort: str = "path") -> Page:
         check_limit(limit)
+        check_sort(sort, FILE_SORTS)
         clauses: list[Doc] = []
         if child_of is not None:
             clauses.append({"child_of": child_of})  # matches one element of the array
@@ -400,13 +428,14 @@ class MongoStore:
             upper = prefix_upper_bound(path_prefix)
             clauses.append({"path": {"$gte": path_prefix} if upper is None
                             else {"$gte": path_prefix, "$lt": upper}})
-        if status is not None:
-            clauses.append({"status": status})
-        if cursor is not None:
-            clauses.append(_after("path", "uuid", cursor))
+        for field, value in (("status", status), ("kind", kind), ("level", level),
+                             ("media_type", media_type)):
+            if value is not None:
+                clauses.append({field: value})
+        order = _sorted(sort, cursor, clauses)
         with self._guard:
-            rows = list(self._files.find(_all_of(clauses), _NO_ID).sort(_BY_PATH).limit(limit + 1))
-        return page_of(rows, limit, "path", "uuid")
+            rows = list(self._files.find(_all_of(clauses), _NO_ID).sort(order).limit(limit + 1))
+        return sorted_page(rows, limit, sort)
 
     def find_files_by_checksum(self, algorithm: str, digest: str) -> list[Doc]:
         field = f"checksums.{check_algorithm(algorithm)}"

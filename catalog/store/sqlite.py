@@ -29,7 +29,9 @@ from catalog.errors import (
 from catalog.store.base import (
     ENTITY_LINK_FIELDS,
     FILE_JOB_LINK_FIELDS,
+    FILE_SORTS,
     JOB_LINK_FIELDS,
+    JOB_SORTS,
     Applied,
     Decide,
     Doc,
@@ -39,12 +41,15 @@ from catalog.store.base import (
     check_limit,
     check_link,
     check_new_job,
+    check_sort,
     chunked,
     decode_cursor,
+    decode_sorted_cursor,
     latest_files,
     link_source_not_found,
     page_of,
     prefix_upper_bound,
+    sorted_page,
     unique,
 )
 
@@ -133,6 +138,23 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        4,
+        "columns to find jobs by agent, files by kind, level, media type, and sort by created",
+        """
+        ALTER TABLE jobs ADD COLUMN agent TEXT;
+        UPDATE jobs SET agent = json_extract(doc, '$.agent');
+        CREATE INDEX jobs_agent ON jobs (agent, created, uuid);
+        ALTER TABLE files ADD COLUMN kind TEXT;
+        ALTER TABLE files ADD COLUMN level TEXT;
+        ALTER TABLE files ADD COLUMN media_type TEXT;
+        ALTER TABLE files ADD COLUMN created TEXT;
+        UPDATE files SET kind = json_extract(doc, '$.kind'), level = json_extract(doc, '$.level'),
+            media_type = json_extract(doc, '$.media_type'),
+            created = json_extract(doc, '$.created');
+        CREATE INDEX files_created ON files (created, uuid);
+        """,
+    ),
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -142,12 +164,27 @@ _INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst) VALUES (?, ?, ?
 _JOB_COLUMNS = "uuid, pipeline_uuid, state, version, last_event, created, updated, doc"
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _UPSERT_FILE = (
-    "INSERT INTO files (uuid, path, storage_system, status, doc) VALUES (?, ?, ?, ?, ?) "
+    "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, created, "
+    "doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (uuid) DO UPDATE SET path = excluded.path, "
-    "storage_system = excluded.storage_system, status = excluded.status, doc = excluded.doc"
+    "storage_system = excluded.storage_system, status = excluded.status, "
+    "kind = excluded.kind, level = excluded.level, media_type = excluded.media_type, "
+    "created = excluded.created, doc = excluded.doc"
 )
 _INSERT_CHECKSUM = "INSERT OR IGNORE INTO file_checksums (algorithm, digest, uuid) VALUES (?, ?, ?)"
 _LINK_SOURCE_TABLES = {"job": "jobs", "file": "files", "entity": "entities"}
+
+
+def _keyset(sort: str, cursor: str | None, table: str, where: list[str],
+            params: list[str]) -> str:
+    """Add the condition "after the cursor" for ``sort``; return the ORDER BY clause."""
+    column, descending = check_sort(sort, JOB_SORTS + FILE_SORTS)
+    if cursor is not None:
+        key, uuid = decode_sorted_cursor(cursor, sort)
+        where.append(f"({table}.{column}, {table}.uuid) {'<' if descending else '>'} (?, ?)")
+        params += [key, uuid]
+    direction = "DESC" if descending else "ASC"
+    return f"{table}.{column} {direction}, {table}.uuid {direction}"
 
 
 def _dumps(value: Any) -> str:
@@ -318,9 +355,11 @@ class SQLiteStore:
         body = {k: v for k, v in doc.items() if k not in head and k != "history"}
         with self._write() as conn:
             cursor = conn.execute(
-                f"INSERT OR IGNORE INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO jobs ({_JOB_COLUMNS}, agent) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (doc["uuid"], doc["pipeline_uuid"], doc["state"], doc["version"],
-                 doc["last_event"], doc["created"], doc["updated"], _dumps(body)),
+                 doc["last_event"], doc["created"], doc["updated"], _dumps(body),
+                 doc.get("agent")),
             )
             if cursor.rowcount == 1:
                 conn.executemany(
@@ -361,23 +400,25 @@ class SQLiteStore:
             source = "links JOIN jobs ON jobs.uuid = links.src"
             where.append("links.dst = ? AND links.relation = 'child_of'")
             params.append(query.child_of)
-        if query.state is not None:
-            where.append("jobs.state = ?")
-            params.append(query.state)
-        if query.pipeline_uuid is not None:
-            where.append("jobs.pipeline_uuid = ?")
-            params.append(query.pipeline_uuid)
-        if query.cursor is not None:
-            created, uuid = decode_cursor(query.cursor, 2)
-            where.append("(jobs.created, jobs.uuid) > (?, ?)")
-            params += [created, uuid]
+        for column in ("state", "pipeline_uuid", "agent"):
+            value = getattr(query, column)
+            if value is not None:
+                where.append(f"jobs.{column} = ?")
+                params.append(value)
+        if query.created_after is not None:
+            where.append("jobs.created >= ?")
+            params.append(query.created_after)
+        if query.created_before is not None:
+            where.append("jobs.created < ?")
+            params.append(query.created_before)
+        order = _keyset(query.sort, query.cursor, "jobs", where, params)
         columns = ", ".join(f"jobs.{c.strip()}" for c in _JOB_COLUMNS.split(","))
         sql = f"SELECT {columns} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY jobs.created, jobs.uuid LIMIT ?"
+        sql += f" ORDER BY {order} LIMIT ?"
         rows = self._connection().execute(sql, (*params, query.limit + 1)).fetchall()
-        return page_of([self._job_from_row(r) for r in rows], query.limit, "created", "uuid")
+        return sorted_page([self._job_from_row(r) for r in rows], query.limit, query.sort)
 
     def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
         """Queue an event for the writer thread; the future resolves after its COMMIT.
@@ -589,7 +630,9 @@ class SQLiteStore:
             )
             conn.executemany(
                 _UPSERT_FILE,
-                [(doc["uuid"], doc["path"], doc["storage_system"], doc["status"], _dumps(doc))
+                [(doc["uuid"], doc["path"], doc["storage_system"], doc["status"],
+                  doc.get("kind"), doc.get("level"), doc.get("media_type"), doc.get("created"),
+                  _dumps(doc))
                  for doc in latest.values()],
             )
             conn.executemany(
@@ -623,8 +666,11 @@ class SQLiteStore:
 
     def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
                    status: str | None = None, limit: int = 100,
-                   cursor: str | None = None) -> Page:
+                   cursor: str | None = None, *, kind: str | None = None,
+                   level: str | None = None, media_type: str | None = None,
+                   sort: str = "path") -> Page:
         check_limit(limit)
+        check_sort(sort, FILE_SORTS)
         where: list[str] = []
         params: list[str] = []
         source = "files"
@@ -641,19 +687,18 @@ class SQLiteStore:
             if upper is not None:
                 where.append("files.path < ?")
                 params.append(upper)
-        if status is not None:
-            where.append("files.status = ?")
-            params.append(status)
-        if cursor is not None:
-            after_path, after_uuid = decode_cursor(cursor, 2)
-            where.append("(files.path, files.uuid) > (?, ?)")
-            params += [after_path, after_uuid]
+        for column, value in (("status", status), ("kind", kind), ("level", level),
+                              ("media_type", media_type)):
+            if value is not None:
+                where.append(f"files.{column} = ?")
+                params.append(value)
+        order = _keyset(sort, cursor, "files", where, params)
         sql = f"SELECT files.doc FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY files.path, files.uuid LIMIT ?"
+        sql += f" ORDER BY {order} LIMIT ?"
         rows = self._connection().execute(sql, (*params, limit + 1)).fetchall()
-        return page_of([json.loads(r[0]) for r in rows], limit, "path", "uuid")
+        return sorted_page([json.loads(r[0]) for r in rows], limit, sort)
 
     def find_files_by_checksum(self, algorithm: str, digest: str) -> list[Doc]:
         check_algorithm(algorithm)
