@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench schemas docs clean
+.PHONY: run test lint bench bench-lineage schemas docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/jobs.py
+
+# Lineage and checksum lookups at 10,000 and 1,000,000 files (the large load takes minutes).
+bench-lineage: $(VENV)/.run-installed
+	$(BIN)/python bench/lineage.py
 
 # Regenerate what the docs tests keep current.
 schemas: $(VENV)/.run-installed

@@ -346,13 +346,23 @@ def job_list(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
     pipeline: Annotated[str | None, typer.Option(help="Pipeline name or UUID.")] = None,
     child_of: Annotated[str | None, typer.Option(help="Upstream entity id or UUID.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only jobs run by this agent.")] = None,
+    created_after: Annotated[str | None, typer.Option(
+        help="Created at or after this ISO 8601 date or time.")] = None,
+    created_before: Annotated[str | None, typer.Option(
+        help="Created before this ISO 8601 date or time.")] = None,
+    text: Annotated[str | None, typer.Option(
+        help="Text in a key or string value of the job's data (any case).")] = None,
+    sort: Annotated[str, typer.Option(help="created (oldest first) or -created.")] = "created",
     limit: Annotated[int, typer.Option(help="Page size (1-1000).")] = 100,
     cursor: Annotated[str | None, typer.Option(help="Cursor from a previous page.")] = None,
     json_: JsonOption = False,
 ) -> None:
-    """List jobs, oldest first."""
+    """List jobs, oldest first unless sorted otherwise."""
     with _catalog() as catalog:
-        page = catalog.find_jobs(state, pipeline, child_of, limit, cursor)
+        page = catalog.find_jobs(state, pipeline, child_of, limit, cursor, agent=agent,
+                                 created_after=created_after, created_before=created_before,
+                                 text=text, sort=sort)
     _emit({"jobs": page.items, "next": page.next}, json_,
           _table(page.items, ["uuid", "state", "last_event", "created"], "jobs"))
 
@@ -405,17 +415,28 @@ def lineage_command(
     uuid: Annotated[str, typer.Argument(help="Any record's UUID, or an id like sample.lab.7.")],
     direction: Annotated[str, typer.Option(help="up, down or both.")] = "up",
     depth: Annotated[int, typer.Option(help="How many edges away (0-20).")] = 5,
-    format_: Annotated[str, typer.Option("--format", help="json or text.")] = "text",
+    format_: Annotated[str, typer.Option(
+        "--format", help="json, text, prov-json (W3C PROV-JSON) or prov-n (PROV-N).")] = "text",
     json_: JsonOption = False,
 ) -> None:
     """Walk the lineage graph from a record: what it came from, or what came from it."""
     from catalog.lineage import as_text
+    from catalog.prov import as_prov_json, as_prov_n
 
-    if format_ not in ("json", "text"):
-        raise InvalidInput(f"format must be json or text, not {format_!r}")
+    formats = ("json", "text", "prov-json", "prov-n")
+    if format_ not in formats:
+        raise InvalidInput(f"format must be one of {', '.join(formats)}, not {format_!r}")
+    if format_ == "prov-n" and (json_ or _state.json):
+        # --json promises exactly one JSON document on stdout, which PROV-N is not.
+        raise InvalidInput("--json and --format prov-n exclude each other; use prov-json")
     with _catalog() as catalog:
         graph = catalog.lineage(uuid, direction, depth)
-    _emit(graph, json_ or format_ == "json", as_text(graph))
+    if format_ == "prov-json":
+        sys.stdout.write(as_prov_json(graph) + "\n")
+    elif format_ == "prov-n":
+        sys.stdout.write(as_prov_n(graph) + "\n")
+    else:
+        _emit(graph, json_ or format_ == "json", as_text(graph))
 
 
 @file_app.command("list")
@@ -426,13 +447,23 @@ def file_list(
         help="ok, changed, missing or unchecked.")] = None,
     checksum: Annotated[str | None, typer.Option(
         help="algorithm:hexdigest, e.g. sha256:ab12...")] = None,
+    path_glob: Annotated[str | None, typer.Option(
+        help="Paths matching this glob (* ** ? [...]; no leading / matches at any depth).")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="archive, product or plot.")] = None,
+    level: Annotated[str | None, typer.Option(
+        help="0, 1, 2, 3, Reference, User or Unknown.")] = None,
+    media_type: Annotated[str | None, typer.Option(help="e.g. text/csv.")] = None,
+    sort: Annotated[str, typer.Option(help="path, -path, created or -created.")] = "path",
     limit: Annotated[int, typer.Option(help="Page size (1-1000).")] = 100,
     cursor: Annotated[str | None, typer.Option(help="Cursor from a previous page.")] = None,
     json_: JsonOption = False,
 ) -> None:
-    """List file records in path order."""
+    """List file records, in path order unless sorted otherwise."""
     with _catalog() as catalog:
-        page = catalog.find_files(job, path_prefix, status, checksum, limit, cursor)
+        page = catalog.find_files(job, path_prefix, status, checksum, limit, cursor,
+                                  path_glob=path_glob, kind=kind, level=level,
+                                  media_type=media_type, sort=sort)
     _emit({"files": page.items, "next": page.next}, json_,
           _table(page.items, ["uuid", "path", "size", "kind", "status"], "files"))
 

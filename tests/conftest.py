@@ -1,4 +1,12 @@
-"""Shared fixtures: every store backend (each opened from its URL, closed after) and S3."""
+"""Shared fixtures: every store backend (each opened from its URL, closed after), S3, and the
+hand-built lineage graph (``graph``) of test_lineage.py and test_prov.py:
+
+    M1 (measurement)   M2 (measurement)          P: the pipeline of every job
+      |        \\        /        |
+     J1          J3 (acted_on F1) J2             (jobs child_of measurements)
+      |           |               |
+     F1 <--------F3------------> F2              (F3 derived_from F1 and F2)
+"""
 
 from __future__ import annotations
 
@@ -12,8 +20,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from s3server import create_bucket, delete_bucket, s3_client, start_moto_server, stop_moto_server
 
+from catalog import Catalog, ManagedPipelineJob
+from catalog.indexer import file_uuid
+from catalog.models import FileRecord, utc_now
 from catalog.store import Store, open_store
+from catalog.tokens import Keys
 
+LINEAGE_KEYS = Keys(b"l" * 32, b"a" * 32)
 MONGODB_URI_ENV = "CATALOG_TEST_MONGODB_URI"
 STORE_BACKENDS = ["sqlite", "mongomock"] + (["mongodb"] if os.environ.get(MONGODB_URI_ENV) else [])
 
@@ -51,6 +64,40 @@ def store(store_url: str) -> Iterator[Store]:
     opened = open_store(store_url)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def graph(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+          ) -> Iterator[tuple[Catalog, dict[str, str]]]:
+    """The catalog of the lineage graph drawn above, and its records' UUIDs by name."""
+    monkeypatch.chdir(tmp_path)
+    catalog = Catalog.open(store_url, keys=LINEAGE_KEYS, sqlite_synchronous="NORMAL")
+    pipeline, _ = catalog.add_pipeline("lineage-test", "1")
+    ids = {"P": pipeline.uuid}
+    for name, upstream in (("J1", ["measurement.g.1"]), ("J2", ["measurement.g.2"]),
+                           ("J3", ["measurement.g.1", "measurement.g.2"])):
+        job = ManagedPipelineJob(catalog, pipeline.uuid, {"name": name},
+                                 measurement_id=upstream)
+        job.setup()
+        ids[name] = job.uuid
+    ids["M1"], ids["M2"] = (catalog.parse_upstream(m)
+                            for m in ("measurement.g.1", "measurement.g.2"))
+    now = utc_now()
+
+    def record(name: str, job: str, derived_from: list[str]) -> dict[str, Any]:
+        path = f"/products/{name}.csv"
+        ids[name] = file_uuid(catalog, "local", path)
+        return FileRecord(uuid=ids[name], storage_system="local", path=path, name=f"{name}.csv",
+                          size=1, mtime=now, media_type="text/csv", kind="product",
+                          child_of=[ids[job]], generated_by=[ids[job]],
+                          derived_from=derived_from, created=now, updated=now
+                          ).model_dump(mode="json")
+
+    catalog.store.upsert_files([record("F1", "J1", []), record("F2", "J2", [])])
+    catalog.store.upsert_files([record("F3", "J3", [ids["F1"], ids["F2"]])])
+    catalog.add_links(ids["J3"], "acted_on", [ids["F1"]])
+    yield catalog, ids
+    catalog.close()
 
 
 # S3 through a real moto server subprocess (boto3 speaks HTTP to it), one per session.

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog import __version__
 from catalog.catalog import Catalog, parse_body, parse_document
-from catalog.errors import BodyTooLarge, CatalogError, InvalidData
+from catalog.errors import BodyTooLarge, CatalogError, InvalidData, InvalidInput
 from catalog.jobs import create_job
 from catalog.models import (
     CreatedJob,
@@ -223,9 +223,13 @@ def create_app(catalog: Catalog) -> FastAPI:
 
     @app.get("/jobs")
     def list_jobs(state: str | None = None, pipeline: str | None = None,
-                  child_of: str | None = None, limit: Limit = 100,
+                  child_of: str | None = None, agent: str | None = None,
+                  created_after: str | None = None, created_before: str | None = None,
+                  text: str | None = None, sort: str = "created", limit: Limit = 100,
                   cursor: str | None = None) -> dict[str, Any]:
-        page = catalog.find_jobs(state, pipeline, child_of, limit, cursor)
+        page = catalog.find_jobs(state, pipeline, child_of, limit, cursor, agent=agent,
+                                 created_after=created_after, created_before=created_before,
+                                 text=text, sort=sort)
         return {"jobs": page.items, "next": page.next}
 
     @app.get("/jobs/{uuid}", response_model=Job)
@@ -253,16 +257,37 @@ def create_app(catalog: Catalog) -> FastAPI:
         catalog.delete_job(uuid, _token(request), source="api")
         return {"uuid": uuid, "deleted": True}
 
-    @app.get("/lineage/{uuid}")
+    @app.get("/lineage/{uuid}", responses={400: {}, 422: {}})
     def get_lineage(uuid: str, direction: str = "up",
-                    depth: Annotated[int, Query(ge=0, le=20)] = 5) -> dict[str, Any]:
-        return catalog.lineage(uuid, direction, depth)
+                    depth: Annotated[int, Query(ge=0, le=20)] = 5,
+                    format_: Annotated[str, Query(
+                        alias="format",
+                        description="json, prov-json (W3C PROV-JSON) or prov-n (PROV-N).")
+                    ] = "json") -> Response:
+        """The lineage graph as the catalog's JSON or as a W3C PROV document."""
+        from catalog.prov import as_prov_json, as_prov_n
+
+        formats = ("json", "prov-json", "prov-n")
+        if format_ not in formats:
+            raise InvalidInput(f"format must be one of {', '.join(formats)}, not {format_!r}")
+        graph = catalog.lineage(uuid, direction, depth)
+        if format_ == "prov-json":
+            return Response(as_prov_json(graph), media_type="application/json")
+        if format_ == "prov-n":
+            return PlainTextResponse(as_prov_n(graph),
+                                     media_type="text/provenance-notation; charset=utf-8")
+        return JSONResponse(graph)
 
     @app.get("/files")
     def list_files(job: str | None = None, path_prefix: str | None = None,
                    status: str | None = None, checksum: str | None = None,
-                   limit: Limit = 100, cursor: str | None = None) -> dict[str, Any]:
-        page = catalog.find_files(job, path_prefix, status, checksum, limit, cursor)
+                   path_glob: str | None = None, kind: str | None = None,
+                   level: str | None = None, media_type: str | None = None,
+                   sort: str = "path", limit: Limit = 100,
+                   cursor: str | None = None) -> dict[str, Any]:
+        page = catalog.find_files(job, path_prefix, status, checksum, limit, cursor,
+                                  path_glob=path_glob, kind=kind, level=level,
+                                  media_type=media_type, sort=sort)
         return {"files": page.items, "next": page.next}
 
     @app.get("/files/{uuid}", response_model=FileRecord)
