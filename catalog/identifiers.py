@@ -6,6 +6,7 @@ a type prefix, so the kind of any identifier is visible at a glance (DESIGN §3)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -68,7 +69,13 @@ def namespace_uuid(namespace: str = DEFAULT_NAMESPACE) -> _uuid.UUID:
 
 def typed_uuid(kind: UUIDType, name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     """The typed UUID5 of ``name`` for a record of ``kind``."""
-    digest = kind.prefix + _uuid.uuid5(namespace_uuid(namespace), name).hex[3:]
+    # uuid.uuid5 spelled out (SHA-1 of namespace + name, version and variant bits set): the
+    # same value without building UUID objects, as indexing derives one per file.
+    raw = bytearray(hashlib.sha1(namespace_uuid(namespace).bytes + name.encode("utf-8"),
+                                 usedforsecurity=False).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    digest = kind.prefix + raw.hex()[3:]
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
 
 

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from pathlib import PurePosixPath
 from typing import Any
 
 from catalog.catalog import Catalog
@@ -63,7 +62,12 @@ class IndexResult:
 
 def media_type(name: str) -> str:
     # Cached on the last two suffixes ("x.tar.gz" is a tar): guess_type is slow per file.
-    return _media_type_of_suffix("".join(PurePosixPath(name).suffixes[-2:]).lower())
+    # The suffixes as PurePosixPath(name).suffixes finds them, without building a path.
+    base = name.rpartition("/")[2]
+    if base.endswith("."):
+        return _media_type_of_suffix("")
+    suffixes = base.lstrip(".").split(".")[1:]
+    return _media_type_of_suffix("".join("." + s for s in suffixes[-2:]).lower())
 
 
 @lru_cache(maxsize=1024)
@@ -135,9 +139,9 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
     now = utc_now()
     to_hash: dict[tuple[str, ...], list[str]] = {}
     algorithms_of: dict[str, tuple[str, ...]] = {}
+    full = normalise_algorithms(None)
     for info, _, request in claimed:
-        wanted = normalise_algorithms(None) if (request.fixity if fixity is None else fixity) \
-            else FAST_ONLY
+        wanted = full if (request.fixity if fixity is None else fixity) else FAST_ONLY
         algorithms_of[info.path] = wanted
         old = existing.get(uuids[info.path])
         unchanged = (

@@ -561,3 +561,17 @@ def test_upstream_uuids_refuse_padded_uuids(values: Any) -> None:
 def test_upstream_uuids_refuse_non_strings(values: Any) -> None:
     with pytest.raises(InvalidInput):
         upstream_uuids(UUIDType.measurement, values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200), st.sampled_from(list(UUIDType)), st.text(min_size=1, max_size=20))
+def test_typed_uuids_are_uuid5_of_the_name_with_the_type_prefix(
+        name: str, kind: UUIDType, namespace: str) -> None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return  # lone surrogates: no UTF-8, no UUID (uuid.uuid5 refuses them too)
+    expected = uuid.uuid5(uuid.uuid5(uuid.NAMESPACE_DNS, namespace), name)
+    value = typed_uuid(kind, name, namespace)
+    assert uuid.UUID(value).hex == kind.prefix + expected.hex[3:]
+    assert uuid.UUID(value).version == 5

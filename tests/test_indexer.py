@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance
 from catalog.errors import AdminRequired, CatalogError, InvalidInput, UnsafePath
@@ -430,3 +432,15 @@ def test_files_over_http(catalog: Catalog) -> None:
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "file_not_found")
     bad = asyncio.run(get("/files?status=lost"))
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_input")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab.cZ", min_size=1, max_size=24).filter(lambda n: n not in (".", "..")))
+def test_media_type_reads_the_suffixes_as_pathlib_does(name: str) -> None:
+    from pathlib import PurePosixPath
+
+    from catalog.indexer import _media_type_of_suffix, media_type
+
+    path = f"/products/x.y/{name}"  # storage paths: normalised, a file name last
+    suffixes = PurePosixPath(path).suffixes
+    assert media_type(path) == _media_type_of_suffix("".join(suffixes[-2:]).lower())

@@ -140,7 +140,8 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
     (
         4,
-        "columns to find jobs by agent, files by kind, level, media type, and sort by created",
+        "columns to find jobs by agent, files by kind, level, media type, and sort by created; "
+        "no (storage_system, path) index: the uuid is derived from both, nothing reads it",
         """
         ALTER TABLE jobs ADD COLUMN agent TEXT;
         UPDATE jobs SET agent = json_extract(doc, '$.agent');
@@ -153,6 +154,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             media_type = json_extract(doc, '$.media_type'),
             created = json_extract(doc, '$.created');
         CREATE INDEX files_created ON files (created, uuid);
+        DROP INDEX files_storage_path;
         """,
     ),
 )
