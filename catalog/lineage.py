@@ -18,8 +18,12 @@ DIRECTIONS = ("up", "down", "both")
 MAX_DEPTH = 20
 
 
-def _describe(catalog: Catalog, uuid: str, depth: int) -> dict[str, Any]:
-    """A node: its uuid, type, distance from the root, and a few fields of its record."""
+def _describe(catalog: Catalog, uuid: str, depth: int,
+              files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A node: its uuid, type, distance from the root, and a few fields of its record.
+
+    File records (most of the nodes of a large answer) come in ``files``, read in one query.
+    """
     kind = uuid_type(uuid)
     node: dict[str, Any] = {"uuid": uuid, "type": kind.name, "depth": depth}
     store = catalog.store
@@ -29,7 +33,7 @@ def _describe(catalog: Catalog, uuid: str, depth: int) -> dict[str, Any]:
             node.update(state=job["state"], pipeline_uuid=job["pipeline_uuid"],
                         archive_path=job["archive_path"])
     elif kind is UUIDType.file:
-        record = store.get_file(uuid)
+        record = files.get(uuid)
         if record is not None:
             node.update(path=record["path"], kind=record["kind"], status=record["status"])
     elif kind is UUIDType.pipeline:
@@ -70,7 +74,9 @@ def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5) 
                     following.append(reached)
                     distance[reached] = min(distance.get(reached, level), level)
             frontier = following
-    nodes = [_describe(catalog, node, distance[node])
+    files = catalog.store.get_files(
+        [node for node in distance if node.startswith(UUIDType.file.prefix)])
+    nodes = [_describe(catalog, node, distance[node], files)
              for node in sorted(distance, key=lambda n: (distance[n], n))]
     return {
         "root": root,
