@@ -19,12 +19,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog import __version__
 from catalog.catalog import Catalog, parse_body, parse_document
-from catalog.errors import BodyTooLarge, CatalogError, InvalidData, InvalidInput
+from catalog.errors import CatalogError, InvalidInput
 from catalog.jobs import create_job
 from catalog.models import (
     CreatedJob,
@@ -39,6 +38,15 @@ from catalog.models import (
     PipelineRequest,
 )
 from catalog.openlineage import ingest
+from catalog.web.webhook import (
+    CatalogApp,
+    bearer_or_query_token,
+    declared_length,
+    error_body,
+    log_access,
+    send_json,
+    too_large,
+)
 
 log = logging.getLogger("catalog.web")
 
@@ -56,16 +64,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.limit or declared < 0:
-                    await _send_error(send, BodyTooLarge(self._message()) if declared >= 0
-                                      else InvalidData("Content-Length is not a number"))
-                    return
+        try:
+            declared_length(scope.get("headers", []), self.limit)
+        except CatalogError as exc:
+            await send_json(send, exc.status, error_body(exc))
+            return
         seen = 0
 
         async def limited() -> Message:
@@ -74,20 +77,10 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise BodyTooLarge(self._message())
+                    raise too_large(self.limit)
             return message
 
         await self.app(scope, limited, send)
-
-    def _message(self) -> str:
-        return f"request body is larger than {self.limit} bytes"
-
-
-async def _send_error(send: Send, error: CatalogError) -> None:
-    response = JSONResponse(error.to_dict(), status_code=error.status)
-    await send({"type": "http.response.start", "status": response.status_code,
-                "headers": response.raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
 
 
 class AccessLog:
@@ -112,8 +105,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, record)
         finally:
-            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status,
-                     (time.perf_counter() - started) * 1000)
+            log_access(scope["method"], scope["path"], status, started)
 
 
 def _body_schema(model: type[BaseModel] | None, required: bool = True) -> dict[str, Any]:
@@ -127,11 +119,7 @@ def _body_schema(model: type[BaseModel] | None, required: bool = True) -> dict[s
 
 
 def _token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query_params.get("token") or None
+    return bearer_or_query_token(request.headers.get("authorization"), request.query_params)
 
 
 async def _json_body(request: Request) -> Any:
@@ -144,9 +132,10 @@ def _render(model: Any, status: int = 200) -> JSONResponse:
 
 def create_app(catalog: Catalog) -> FastAPI:
     """The ASGI app serving ``catalog``."""
-    app = FastAPI(title="catalog", version=__version__,
-                  description="Provenance and data-catalog job manager.")
+    app = CatalogApp(title="catalog", version=__version__,
+                     description="Provenance and data-catalog job manager.")
     app.state.catalog = catalog
+    app.catalog = catalog  # event documents to the webhook take the hot path (web/webhook.py)
     app.add_middleware(BodyLimit, limit=catalog.settings.max_body_bytes)
     _register_errors(app)
 
@@ -163,15 +152,19 @@ def create_app(catalog: Catalog) -> FastAPI:
         app.get(path, operation_id=f"get_{name}")(endpoint)
         app.head(path, operation_id=f"head_{name}")(endpoint)
 
-    async def webhook(request: Request) -> Response:
+    @app.post("/jobs/{uuid}/events", response_model=EventOutcome,
+              responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 422: {}},
+              openapi_extra=_body_schema(Event, required=False))
+    async def job_event(request: Request, uuid: str, status: str | None = None,
+                        mapping: str | None = None) -> Response:
         """Webhook: an event document, or another system's ``?status=`` (body optional).
 
         The token comes as ``?token=`` or ``Authorization: Bearer``; an ``Idempotency-Key``
         header stands in for a missing ``event_id``. The body is handed over raw so that the
         library authenticates first and audits malformed bodies like any other refusal.
+        Event documents are answered by ``CatalogApp`` before they reach this route; status
+        callbacks, and event documents when the app is mounted elsewhere, come here.
         """
-        uuid = request.path_params["uuid"]
-        status, mapping = request.query_params.get("status"), request.query_params.get("mapping")
         token = _token(request)
         body = await request.body()
         idempotency_key = request.headers.get("idempotency-key") or None
@@ -183,19 +176,6 @@ def create_app(catalog: Catalog) -> FastAPI:
                                                        idempotency_key)
         return Response(json.dumps(outcome.model_dump(mode="json")),
                         media_type="application/json")
-
-    # The webhook is the hot path: served as a plain Starlette route, ahead of FastAPI's
-    # parameter machinery (a quarter of a request's time); the FastAPI declaration below
-    # documents it in the OpenAPI document and answers the same way should it ever be reached.
-    app.router.routes.insert(0, Route("/jobs/{uuid}/events", webhook, methods=["POST"]))
-
-    @app.post("/jobs/{uuid}/events", response_model=EventOutcome,
-              responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 422: {}},
-              openapi_extra=_body_schema(Event, required=False))
-    async def job_event(request: Request, uuid: str, status: str | None = None,
-                        mapping: str | None = None) -> Response:
-        """Webhook: an event document, or another system's ``?status=`` (body optional)."""
-        return await webhook(request)
 
     @app.post("/api/v1/lineage", response_model=LineageOutcome,
               responses={400: {}, 401: {}, 403: {}, 409: {}, 413: {}, 422: {}},
