@@ -402,8 +402,7 @@ class Catalog:
         prepared = self._prepare_event(uuid, event, token, source, idempotency_key)
         if prepared.error is None:
             try:
-                future = self.store.submit_event(*prepared.arguments())
-                applied = await asyncio.wrap_future(future)
+                applied = await self.store.apply_event_async(*prepared.arguments())
             except CatalogError as exc:
                 prepared.error = exc
             else:

@@ -270,6 +270,11 @@ class Store(Protocol):
         """``apply_event`` without waiting: the future holds its outcome (or its error)."""
         ...
 
+    async def apply_event_async(self, uuid: str, event_id: str | None,
+                                decide: Decide) -> Applied:
+        """``apply_event`` awaited on an event loop, which it never blocks for long."""
+        ...
+
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
         """Atomically apply one event to a job.
 

@@ -19,6 +19,7 @@ newer (they pass a ``sort`` it rejects), so on mongomock bulk writes become one 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import random
 import threading
@@ -205,6 +206,11 @@ class MongoStore:
                 self._executor = ThreadPoolExecutor(max_workers=8,
                                                     thread_name_prefix="catalog-mongo")
             return self._executor.submit(self.apply_event, uuid, event_id, decide)
+
+    async def apply_event_async(self, uuid: str, event_id: str | None,
+                                decide: Decide) -> Applied:
+        """``apply_event`` from an event loop, on the pool of ``submit_event``."""
+        return await asyncio.wrap_future(self.submit_event(uuid, event_id, decide))
 
     def _insert(self, collection: Collection[Doc], doc: Doc, stored: Doc) -> tuple[Doc, bool]:
         """Insert ``stored`` unless its uuid exists; the unique index decides, not a prior find."""

@@ -52,6 +52,7 @@ from catalog.store.base import (
     sorted_page,
     unique,
 )
+from catalog.store.sqlite_loop import LoopEventsRegistry
 
 # Numbered migrations; each runs once, in order, recorded in schema_migrations.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
@@ -227,6 +228,7 @@ class SQLiteStore:
         self._queue: queue.SimpleQueue[_PendingEvent | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._loop_events = LoopEventsRegistry(self, self._loop_connection)
         self.migrate()
 
     # connections and transactions -----------------------------------------------------------
@@ -243,6 +245,16 @@ class SQLiteStore:
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
+        return conn
+
+    def _loop_connection(self) -> sqlite3.Connection:
+        """A connection for an event loop's events: it never waits for the write lock."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0,
+                               check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        with self._connections_lock:
+            self._connections.append(conn)
         return conn
 
     @contextmanager
@@ -267,6 +279,7 @@ class SQLiteStore:
                 conn.execute("COMMIT")
 
     def close(self) -> None:
+        self._loop_events.close()
         with self._writer_lock:
             if self._writer is not None and self._writer.is_alive():
                 self._queue.put(None)  # after everything queued before it
@@ -438,6 +451,12 @@ class SQLiteStore:
             self._queue.put(pending)
         return pending.future
 
+    async def apply_event_async(self, uuid: str, event_id: str | None,
+                                decide: Decide) -> Applied:
+        """``apply_event`` from an event loop: applied on the loop with the other events of
+        its turn, committed off it (``catalog.store.sqlite_loop``)."""
+        return await self._loop_events.for_running_loop().submit(uuid, event_id, decide)
+
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
         """Apply in the calling thread (no hand-over to the writer: a lone caller pays no
         thread switch), committing along whatever else is queued."""
@@ -488,7 +507,7 @@ class SQLiteStore:
                 # _apply_one writes nothing unless it succeeds, so one refusal needs no
                 # savepoint to leave the rest of the batch intact.
                 try:
-                    item.result = self._apply_one(conn, item)
+                    item.result = self._apply_one(conn, item.uuid, item.event_id, item.decide)
                 except sqlite3.IntegrityError as exc:
                     item.error = StoreError(f"the catalog database refused a write: {exc}")
                 except Exception as exc:  # handed to the caller whose event it was
@@ -511,21 +530,21 @@ class SQLiteStore:
                     item.future.set_result(item.result)
 
     @staticmethod
-    def _apply_one(conn: sqlite3.Connection, item: _PendingEvent) -> Applied:
-        uuid = item.uuid
+    def _apply_one(conn: sqlite3.Connection, uuid: str, event_id: str | None,
+                   decide: Decide) -> Applied:
         # The head and any earlier entry with this event_id, in one statement.
         row = conn.execute(
             "SELECT state, version, last_event, (SELECT doc FROM history "
             "WHERE history.job_uuid = jobs.uuid AND history.event_id = ?) "
             "FROM jobs WHERE uuid = ?",
-            (item.event_id, uuid),
+            (event_id, uuid),
         ).fetchone()
         if row is None:
             raise JobNotFound(uuid)
         state, version, last_event, seen = row
         if seen is not None:
             return Applied(json.loads(seen), duplicate=True)
-        new_state, entry = item.decide(
+        new_state, entry = decide(
             {"uuid": uuid, "state": state, "version": version, "last_event": last_event}
         )
         # The history row first: if a constraint refuses it, nothing has been written.

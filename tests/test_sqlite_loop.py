@@ -1,0 +1,225 @@
+"""Events from an event loop on SQLite: applied on the loop in batches, committed off it, never
+blocking it, falling back to the writer thread when the database is busy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from catalog import Catalog, ManagedPipelineJob
+from catalog.errors import EventNotAllowed, JobNotFound
+from catalog.models import EventOutcome
+from catalog.store.sqlite import SQLiteStore
+from catalog.tokens import Keys
+
+KEYS = Keys(b"l" * 32, b"a" * 32)
+EVENTS = 200
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    opened = Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", keys=KEYS,
+                          archive_root=str(tmp_path / "archive"))
+    yield opened
+    opened.close()
+
+
+def running_job(catalog: Catalog, name: str = "loop") -> ManagedPipelineJob:
+    catalog.add_pipeline(name, "1")
+    job = ManagedPipelineJob(catalog, name, {"test": name})
+    job.setup()
+    job.run(event_id="run")
+    return job
+
+
+def update(event_id: str) -> bytes:
+    return json.dumps({"name": "update", "data": {"id": event_id}, "event_id": event_id}).encode()
+
+
+async def send_all(catalog: Catalog, uuid: str, token: str,
+                   event_ids: list[str]) -> list[EventOutcome | BaseException]:
+    return await asyncio.gather(
+        *(catalog.handle_event_async(uuid, update(e), token) for e in event_ids),
+        return_exceptions=True)
+
+
+def assert_applied_once(catalog: Catalog, uuid: str, event_ids: set[str]) -> None:
+    job = catalog.get_job(uuid)
+    updates = [e for e in job.history if e.name == "update"]
+    assert {e.event_id for e in updates} == event_ids
+    assert len(updates) == len(event_ids)
+    assert job.version == len(job.history)
+
+
+class CountingCommits:
+    """Counts the COMMITs of the loop's connection (how many batches the events took)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.commits = 0
+        original = store._loop_connection
+
+        def connect() -> sqlite3.Connection:
+            connection = original()
+            connection.set_trace_callback(self.trace)
+            return connection
+
+        store._loop_events._connect = connect
+
+    def trace(self, statement: str) -> None:
+        self.commits += statement == "COMMIT"
+
+
+@pytest.mark.anyio
+async def test_events_sent_together_commit_together_and_apply_once(catalog: Catalog) -> None:
+    assert isinstance(catalog.store, SQLiteStore)
+    counter = CountingCommits(catalog.store)
+    job = running_job(catalog)
+    ids = [f"e{i}" for i in range(EVENTS)]
+    outcomes = await send_all(catalog, job.uuid, job.token, ids + ids[:50])  # 50 resent
+    assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
+    answered = [o for o in outcomes if isinstance(o, EventOutcome)]
+    assert sum(o.duplicate for o in answered) == 50
+    assert [o.event_id for o in answered] == ids + ids[:50]
+    assert_applied_once(catalog, job.uuid, set(ids))
+    assert 1 <= counter.commits <= 3, counter.commits  # group commit, not one per event
+
+
+@pytest.mark.anyio
+async def test_a_refusal_in_a_batch_undoes_only_itself(catalog: Catalog) -> None:
+    job = running_job(catalog)
+    finished = running_job(catalog, "finished")
+    finished.finish()
+    outcomes = await asyncio.gather(
+        catalog.handle_event_async(job.uuid, update("a"), job.token),
+        catalog.handle_event_async(finished.uuid, update("late"), finished.token),
+        catalog.handle_event_async("107" + job.uuid[3:-1] + "0", update("x"), KEYS.admin_token()),
+        catalog.handle_event_async(job.uuid, update("b"), job.token),
+        return_exceptions=True)
+    assert isinstance(outcomes[0], EventOutcome) and isinstance(outcomes[3], EventOutcome)
+    assert isinstance(outcomes[1], EventNotAllowed)
+    assert isinstance(outcomes[2], JobNotFound)
+    assert_applied_once(catalog, job.uuid, {"a", "b"})
+    assert catalog.get_job(finished.uuid).state == "FINISHED"
+    assert [e.name for e in catalog.audit_log(finished.uuid)] == ["update"]
+
+
+async def ticks_while(work: asyncio.Future[list[EventOutcome | BaseException]]) -> float:
+    """The longest gap between ticks of a 5 ms ticker on the loop while ``work`` runs."""
+    longest, last = 0.0, time.perf_counter()
+    while not work.done():
+        await asyncio.sleep(0.005)
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    return longest
+
+
+@pytest.mark.anyio
+async def test_a_thread_writing_does_not_block_the_loop(catalog: Catalog) -> None:
+    """Another thread holds the store's write lock: the events wait on the writer thread."""
+    assert isinstance(catalog.store, SQLiteStore)
+    job = running_job(catalog)
+    store = catalog.store
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store._write_lock:
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(5)
+    work = asyncio.ensure_future(send_all(catalog, job.uuid, job.token, ["w1", "w2", "w3"]))
+    asyncio.get_running_loop().call_later(0.3, release.set)
+    gap = await ticks_while(work)
+    thread.join()
+    assert all(isinstance(o, EventOutcome) for o in work.result()), work.result()
+    assert gap < 0.2, gap
+    assert_applied_once(catalog, job.uuid, {"w1", "w2", "w3"})
+
+
+@pytest.mark.anyio
+async def test_another_process_writing_does_not_block_the_loop(catalog: Catalog,
+                                                               tmp_path: Path) -> None:
+    """Another connection (as another process would) holds the database's write lock."""
+    job = running_job(catalog)
+    other = sqlite3.connect(tmp_path / "catalog.db", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    work = asyncio.ensure_future(send_all(catalog, job.uuid, job.token, ["p1", "p2"]))
+    asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+    gap = await ticks_while(work)
+    other.close()
+    assert all(isinstance(o, EventOutcome) for o in work.result()), work.result()
+    assert gap < 0.2, gap
+    assert_applied_once(catalog, job.uuid, {"p1", "p2"})
+
+
+@pytest.mark.anyio
+async def test_events_keep_flowing_after_a_busy_spell(catalog: Catalog, tmp_path: Path) -> None:
+    job = running_job(catalog)
+    other = sqlite3.connect(tmp_path / "catalog.db", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    first = asyncio.ensure_future(send_all(catalog, job.uuid, job.token, ["b1"]))
+    await asyncio.sleep(0.05)
+    other.execute("COMMIT")
+    other.close()
+    await first
+    later = await send_all(catalog, job.uuid, job.token, [f"n{i}" for i in range(20)])
+    assert all(isinstance(o, EventOutcome) for o in later)
+    assert_applied_once(catalog, job.uuid, {"b1", *(f"n{i}" for i in range(20))})
+
+
+def test_closing_the_store_waits_for_a_commit_in_flight(tmp_path: Path) -> None:
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", keys=KEYS,
+                           archive_root=str(tmp_path / "archive"))
+    job = running_job(catalog)
+
+    async def send_then_close() -> None:
+        work = asyncio.ensure_future(
+            send_all(catalog, job.uuid, job.token, [f"c{i}" for i in range(30)]))
+        await asyncio.sleep(0)  # the batch is applied and its COMMIT handed off
+        await asyncio.sleep(0)
+        outcomes = await work
+        assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
+
+    asyncio.run(send_then_close())
+    catalog.close()
+    reopened = Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", keys=KEYS,
+                            archive_root=str(tmp_path / "archive"))
+    try:
+        assert_applied_once(reopened, job.uuid, {f"c{i}" for i in range(30)})
+    finally:
+        reopened.close()
+
+
+def test_each_event_loop_has_its_own_batches(catalog: Catalog) -> None:
+    """Loops in turn (and in threads) on one store: every event applied once."""
+    job = running_job(catalog)
+    errors: list[BaseException] = []
+
+    def in_a_loop(prefix: str) -> None:
+        try:
+            outcomes = asyncio.run(send_all(catalog, job.uuid, job.token,
+                                            [f"{prefix}{i}" for i in range(40)]))
+            errors.extend(o for o in outcomes if isinstance(o, BaseException))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=in_a_loop, args=(f"t{n}-",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    in_a_loop("main-")
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    expected = {f"{p}{i}" for p in ["main-", *(f"t{n}-" for n in range(4))] for i in range(40)}
+    assert_applied_once(catalog, job.uuid, expected)
