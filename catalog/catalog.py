@@ -94,7 +94,7 @@ def parse_document(model: type[_Model], document: Any, what: str) -> _Model:
 
 def parse_body(body: bytes | str) -> Any:
     """The JSON document of a request body (400 when it is empty or not JSON)."""
-    if not body.strip():
+    if not body or body.isspace():
         raise InvalidData("request body is empty: a JSON document is required")
     return loads_json(body, "body")
 

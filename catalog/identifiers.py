@@ -186,22 +186,35 @@ def canonical_json(value: Any, name: str = "data") -> str:
                       allow_nan=False)
 
 
+class _Refused(ValueError):
+    """A JSON token refused while decoding (named by ``loads_json``)."""
+
+
+def _refuse_constant(token: str) -> Any:
+    raise _Refused(f"{token} is not allowed in JSON")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise _Refused(f"{token} overflows to infinity")
+    return value
+
+
+# One decoder for every call: json.loads builds a new one whenever hooks are passed.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def loads_json(text: str | bytes, name: str = "data") -> Any:
     """Parse JSON text, refusing NaN/Infinity and duplicate-free but non-JSON constants."""
-
-    def refuse_constant(token: str) -> Any:
-        raise InvalidData(f"{name}: {token} is not allowed in JSON")
-
-    def finite_float(token: str) -> float:
-        value = float(token)
-        if not math.isfinite(value):
-            raise InvalidData(f"{name}: {token} overflows to infinity")
-        return value
-
     try:
-        return json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
-    except InvalidData:
-        raise
+        if isinstance(text, bytes | bytearray):  # as json.loads reads bytes
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        elif text.startswith("\ufeff"):
+            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+        return _DECODER.decode(text)
+    except _Refused as exc:
+        raise InvalidData(f"{name}: {exc}") from None
     except RecursionError:
         raise InvalidData(f"{name}: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -23,7 +23,7 @@ _ADMIN_KEY_LABEL = b"catalog-admin-key-from-secret"
 
 
 def _hmac_hex(key: bytes, message: bytes) -> str:
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hmac.digest(key, message, hashlib.sha256).hex()  # the one-shot C path
 
 
 @dataclass(frozen=True, repr=False)

@@ -249,6 +249,9 @@ def test_canonical_json_path_uses_given_name() -> None:
         pytest.param('{"a" 1}', id="missing-colon"),
         pytest.param("undefined", id="bare-word"),
         pytest.param(b"\xff\xfe{", id="invalid-utf8"),
+        pytest.param("\ufeff{}", id="byte-order-mark-in-text"),
+        pytest.param('{"a": 1} {"b": 2}', id="two-documents"),
+        pytest.param(bytearray(b"{"), id="bytearray-unclosed"),
     ],
 )
 def test_loads_json_refuses(text: str | bytes) -> None:
@@ -260,8 +263,11 @@ def test_loads_json_refuses(text: str | bytes) -> None:
     assert named.value.message.startswith("params: ")
 
 
-def test_loads_json_accepts_bytes() -> None:
-    assert loads_json('{"a":"Zoë"}'.encode()) == {"a": "Zoë"}
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_loads_json_reads_bytes_as_json_loads_does(encoding: str) -> None:
+    text = '{"a": "Zoë", "b": [1.5, -2]}'
+    assert loads_json(text.encode(encoding)) == json.loads(text.encode(encoding))
+    assert loads_json(bytearray(text.encode(encoding))) == {"a": "Zoë", "b": [1.5, -2]}
 
 
 json_values = st.recursive(

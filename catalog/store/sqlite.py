@@ -164,6 +164,10 @@ _MAX_BATCH = 256  # events per group commit
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
 _INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst) VALUES (?, ?, ?)"
+_UPDATE_HEAD = ("UPDATE jobs SET version = version + 1, last_event = ?, updated = ? "
+                "WHERE uuid = ? AND version = ?")
+_UPDATE_HEAD_AND_STATE = ("UPDATE jobs SET state = ?, version = version + 1, last_event = ?, "
+                          "updated = ? WHERE uuid = ? AND version = ?")
 _JOB_COLUMNS = "uuid, pipeline_uuid, state, version, last_event, created, updated, doc"
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _UPSERT_FILE = (
@@ -552,11 +556,11 @@ class SQLiteStore:
             _INSERT_HISTORY,
             (uuid, version + 1, entry["uuid"], entry["event_id"], _dumps(entry)),
         )
-        updated = conn.execute(
-            "UPDATE jobs SET state = ?, version = version + 1, last_event = ?, updated = ? "
-            "WHERE uuid = ? AND version = ?",
-            (new_state, entry["name"], entry["date"], uuid, version),
-        )
+        if new_state == state:  # most events: leave the state index alone
+            updated = conn.execute(_UPDATE_HEAD, (entry["name"], entry["date"], uuid, version))
+        else:
+            updated = conn.execute(_UPDATE_HEAD_AND_STATE,
+                                   (new_state, entry["name"], entry["date"], uuid, version))
         if updated.rowcount != 1:  # cannot happen under the write lock; never write blind
             conn.execute("DELETE FROM history WHERE job_uuid = ? AND seq = ?", (uuid, version + 1))
             raise ConcurrencyConflict(f"job {uuid} changed while an event was applied")
