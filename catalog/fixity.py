@@ -112,12 +112,30 @@ def _check_block_size(block_size: int) -> None:
 
 def _hash_stream(stream: BinaryIO, names: tuple[str, ...], block_size: int) -> HashResult:
     digests = [_CONSTRUCTORS[name]() for name in names]
+    # Most archived files are small: read them whole, with no buffer to allocate and zero,
+    # and stream only what is larger than the first read.
+    first_size = min(block_size, _FIRST_BUFFER)
+    size = 0
+    chunk = stream.read(first_size)
+    while chunk:
+        size += len(chunk)
+        for digest in digests:
+            digest.update(chunk)
+        if len(chunk) == first_size:
+            break  # a large file, likely: on with growing buffers
+        chunk = stream.read(first_size)  # a short read is not always the end: make sure
+    else:
+        return size, _hex(names, digests)
     readinto = getattr(stream, "readinto", None)
     if callable(readinto):
-        size = _hash_readinto(readinto, digests, block_size)
+        size += _hash_readinto(readinto, digests, block_size)
     else:
-        size = _hash_reads(stream.read, digests, block_size)
-    return size, {name: digest.hexdigest() for name, digest in zip(names, digests, strict=True)}
+        size += _hash_reads(stream.read, digests, block_size)
+    return size, _hex(names, digests)
+
+
+def _hex(names: tuple[str, ...], digests: list[_Digest]) -> dict[str, str]:
+    return {name: digest.hexdigest() for name, digest in zip(names, digests, strict=True)}
 
 
 def _hash_reads(read: Callable[[int], bytes], digests: list[_Digest], block_size: int) -> int:
@@ -134,7 +152,7 @@ def _hash_readinto(
     readinto: Callable[[memoryview], int | None], digests: list[_Digest], block_size: int
 ) -> int:
     size = 0
-    view = memoryview(bytearray(min(block_size, _FIRST_BUFFER)))
+    view = memoryview(bytearray(min(block_size, _FIRST_BUFFER * _GROWTH)))
     while count := readinto(view):
         size += count
         chunk = view[:count] if count < len(view) else view

@@ -96,8 +96,11 @@ class LocalStorage:
                 stat = entry.stat(follow_symlinks=False)
             else:
                 continue  # sockets, fifos, devices: not archive files
-            path = check_storage_path(storage_path)  # e.g. no backslash in a name
-            yield FileInfo(path, stat.st_size, stat.st_mtime)
+            # The directory is checked and a name from scandir has no "/" or NUL and is never
+            # "." or "..": only a backslash in it is left to refuse.
+            if "\\" in entry.name:
+                check_storage_path(storage_path)
+            yield FileInfo(storage_path, stat.st_size, stat.st_mtime)
 
     def stat(self, path: str) -> FileInfo:
         real = self._resolve_file(path)

@@ -151,12 +151,16 @@ def latest_files(docs: list[Doc]) -> dict[str, Doc]:
     The docs returned are new dicts, so a store may keep them; nested values are still shared.
     """
     latest: dict[str, Doc] = {}
+    checked: set[str] = set()
     for doc in docs:
         for algorithm in doc.get("checksums", {}):
-            check_algorithm(algorithm)
-        latest[doc["uuid"]] = {
-            **doc, **{f: unique(doc[f]) for f in ENTITY_LINK_FIELDS if f in doc}
-        }
+            if algorithm not in checked:
+                checked.add(check_algorithm(algorithm))
+        # Only lists with a repeat are rebuilt: indexing upserts many thousands of docs whose
+        # lists hold one uuid or none.
+        repeats = {field: unique(doc[field]) for field in ENTITY_LINK_FIELDS
+                   if len(doc.get(field) or ()) > 1 and len(set(doc[field])) < len(doc[field])}
+        latest[doc["uuid"]] = {**doc, **repeats}
     return latest
 
 
