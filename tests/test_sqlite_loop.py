@@ -223,3 +223,38 @@ def test_each_event_loop_has_its_own_batches(catalog: Catalog) -> None:
     assert errors == []
     expected = {f"{p}{i}" for p in ["main-", *(f"t{n}-" for n in range(4))] for i in range(40)}
     assert_applied_once(catalog, job.uuid, expected)
+
+
+class FailingCommit(sqlite3.Connection):
+    """A connection whose next COMMIT fails, as a full disk or an I/O error would make it."""
+
+    fail_next_commit = True
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and FailingCommit.fail_next_commit:
+            FailingCommit.fail_next_commit = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().execute(sql, *args)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_failed_commit_fails_its_whole_batch_and_keeps_nothing(catalog: Catalog) -> None:
+    assert isinstance(catalog.store, SQLiteStore)
+    store = catalog.store
+    job = running_job(catalog)
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(store.path, isolation_level=None, timeout=0,
+                                     check_same_thread=False, factory=FailingCommit)
+        connection.execute("PRAGMA busy_timeout = 0")
+        return connection
+
+    store._loop_events._connect = connect
+    FailingCommit.fail_next_commit = True
+    failed = await send_all(catalog, job.uuid, job.token, ["f1", "f2", "f3"])
+    assert all(type(o).__name__ == "StoreError" for o in failed), failed
+    assert all("not committed" in str(o) for o in failed)
+    assert_applied_once(catalog, job.uuid, set())  # nothing of the batch was kept
+    again = await send_all(catalog, job.uuid, job.token, ["f1", "f2", "f3"])
+    assert all(isinstance(o, EventOutcome) and not o.duplicate for o in again), again
+    assert_applied_once(catalog, job.uuid, {"f1", "f2", "f3"})

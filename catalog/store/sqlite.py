@@ -3,7 +3,9 @@
 Each thread has its own connection. Writes run in ``BEGIN IMMEDIATE`` transactions, so a job's
 head is read and rewritten under the database's write lock (the compare-and-set on ``version``
 then cannot lose); threads of one process queue on a lock of their own rather than on SQLite's
-sleeping busy handler, and other processes wait up to the busy timeout.
+sleeping busy handler, and other processes wait up to the busy timeout. Events are group
+committed: from threads through a writer thread (``submit_event``, ``apply_event``), from an
+event loop on the loop itself with only the COMMIT off it (``catalog.store.sqlite_loop``).
 """
 
 from __future__ import annotations

@@ -162,8 +162,8 @@ def create_app(catalog: Catalog) -> FastAPI:
         The token comes as ``?token=`` or ``Authorization: Bearer``; an ``Idempotency-Key``
         header stands in for a missing ``event_id``. The body is handed over raw so that the
         library authenticates first and audits malformed bodies like any other refusal.
-        Event documents are answered by ``CatalogApp`` before they reach this route; status
-        callbacks, and event documents when the app is mounted elsewhere, come here.
+        ``CatalogApp`` answers event documents before they reach this route (the hot path,
+        ``catalog.web.webhook``); status callbacks are answered here.
         """
         token = _token(request)
         body = await request.body()
