@@ -258,3 +258,15 @@ async def test_a_failed_commit_fails_its_whole_batch_and_keeps_nothing(catalog: 
     again = await send_all(catalog, job.uuid, job.token, ["f1", "f2", "f3"])
     assert all(isinstance(o, EventOutcome) and not o.duplicate for o in again), again
     assert_applied_once(catalog, job.uuid, {"f1", "f2", "f3"})
+
+
+def test_loops_that_ended_leave_no_connections_behind(catalog: Catalog) -> None:
+    """A caller running ``asyncio.run`` per event must not pile up open database files."""
+    assert isinstance(catalog.store, SQLiteStore)
+    job = running_job(catalog)
+    before = len(catalog.store._connections)
+    for n in range(30):
+        outcomes = asyncio.run(send_all(catalog, job.uuid, job.token, [f"r{n}"]))
+        assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
+    assert len(catalog.store._connections) <= before + 2
+    assert_applied_once(catalog, job.uuid, {f"r{n}" for n in range(30)})

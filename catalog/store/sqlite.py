@@ -263,6 +263,12 @@ class SQLiteStore:
             self._connections.append(conn)
         return conn
 
+    def _forget_connection(self, conn: sqlite3.Connection) -> None:
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction holding the database's write lock from its first statement."""

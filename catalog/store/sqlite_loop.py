@@ -170,7 +170,10 @@ class LoopEventsRegistry:
         if events is None:
             with self._lock:
                 for closed in [known for known in self._by_loop if known.is_closed()]:
-                    del self._by_loop[closed]
+                    gone = self._by_loop[closed]
+                    if not gone.committing:  # asyncio.run per call must not pile up files
+                        del self._by_loop[closed]
+                        self._store._forget_connection(gone.connection)
                 if self._committer is None:
                     self._committer = ThreadPoolExecutor(
                         1, thread_name_prefix=f"catalog-sqlite-commit:{self._store.path}")
