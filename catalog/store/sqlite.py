@@ -14,12 +14,12 @@ import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from catalog.errors import (
     ConcurrencyConflict,
@@ -200,6 +200,22 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+class _Batched(Protocol):
+    """An event in a group commit: what to apply, and what became of it."""
+
+    result: Applied | None
+    error: BaseException | None
+
+    @property
+    def uuid(self) -> str: ...
+
+    @property
+    def event_id(self) -> str | None: ...
+
+    @property
+    def decide(self) -> Decide: ...
+
+
 @dataclass
 class _PendingEvent:
     """An event waiting for the next group commit, and what became of it."""
@@ -241,23 +257,20 @@ class SQLiteStore:
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            conn = self._open(self._busy_timeout_ms)
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
         return conn
 
     def _loop_connection(self) -> sqlite3.Connection:
         """A connection for an event loop's events: it never waits for the write lock."""
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0,
+        return self._open(0)
+
+    def _open(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        """A new connection, closed with the store."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_ms / 1000,
                                check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         with self._connections_lock:
             self._connections.append(conn)
@@ -515,15 +528,7 @@ class SQLiteStore:
                 item.future.set_exception(error)
             return
         try:
-            for item in batch:
-                # _apply_one writes nothing unless it succeeds, so one refusal needs no
-                # savepoint to leave the rest of the batch intact.
-                try:
-                    item.result = self._apply_one(conn, item.uuid, item.event_id, item.decide)
-                except sqlite3.IntegrityError as exc:
-                    item.error = StoreError(f"the catalog database refused a write: {exc}")
-                except Exception as exc:  # handed to the caller whose event it was
-                    item.error = exc
+            self._apply_batch(conn, batch)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -540,6 +545,20 @@ class SQLiteStore:
                 else:
                     assert item.result is not None
                     item.future.set_result(item.result)
+
+    @classmethod
+    def _apply_batch(cls, conn: sqlite3.Connection, batch: Sequence[_Batched]) -> None:
+        """Apply each event of ``batch`` in the open transaction, noting its result or error.
+
+        ``_apply_one`` writes nothing unless it succeeds, so one refusal needs no savepoint to
+        leave the rest of the batch intact."""
+        for item in batch:
+            try:
+                item.result = cls._apply_one(conn, item.uuid, item.event_id, item.decide)
+            except sqlite3.IntegrityError as exc:
+                item.error = StoreError(f"the catalog database refused a write: {exc}")
+            except Exception as exc:  # handed to the caller whose event it was
+                item.error = exc
 
     @staticmethod
     def _apply_one(conn: sqlite3.Connection, uuid: str, event_id: str | None,

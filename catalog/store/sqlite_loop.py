@@ -79,15 +79,7 @@ class LoopEvents:
             self.store._write_lock.release()
             self._to_writer(batch)  # another process is writing: the writer thread waits
             return
-        for item in batch:
-            # _apply_one writes nothing unless it succeeds: one refusal leaves the rest intact.
-            try:
-                item.result = self.store._apply_one(self.connection, item.uuid, item.event_id,
-                                                     item.decide)
-            except sqlite3.IntegrityError as exc:
-                item.error = StoreError(f"the catalog database refused a write: {exc}")
-            except Exception as exc:  # handed to the caller whose event it was
-                item.error = exc
+        self.store._apply_batch(self.connection, batch)
         self.committing = True
         try:
             self.committer.submit(self._commit, batch)
