@@ -1,10 +1,13 @@
-"""Events from an event loop on SQLite: applied on the loop in batches, committed off it, never
-blocking it, falling back to the writer thread when the database is busy."""
+"""Events from an event loop on SQLite: applied and committed on the loop in batches, synced by a
+helper process once the loop is busy, never blocking it, falling back to the writer thread when
+the database is busy and to syncing on the loop when the helper is gone."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -17,6 +20,7 @@ from catalog import Catalog, ManagedPipelineJob
 from catalog.errors import EventNotAllowed, JobNotFound
 from catalog.models import EventOutcome
 from catalog.store.sqlite import SQLiteStore
+from catalog.store.sqlite_loop import LoopEvents
 from catalog.tokens import Keys
 
 KEYS = Keys(b"l" * 32, b"a" * 32)
@@ -270,3 +274,110 @@ def test_loops_that_ended_leave_no_connections_behind(catalog: Catalog) -> None:
         assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
     assert len(catalog.store._connections) <= before + 2
     assert_applied_once(catalog, job.uuid, {f"r{n}" for n in range(30)})
+
+
+# the sync helper: a loop past its first commits syncs the WAL through a child process --------
+
+
+@pytest.fixture
+def helped(catalog: Catalog) -> Catalog:
+    """A catalog whose loops start their sync helper after their first COMMIT."""
+    assert isinstance(catalog.store, SQLiteStore)
+    catalog.store._loop_events.helper_after = 1
+    return catalog
+
+
+async def loop_with_helper(catalog: Catalog, job: ManagedPipelineJob) -> LoopEvents:
+    """Send one event (the loop's one FULL commit), and the loop's events, helper started."""
+    assert isinstance(catalog.store, SQLiteStore)
+    first = await send_all(catalog, job.uuid, job.token, ["first"])
+    assert isinstance(first[0], EventOutcome), first
+    events = catalog.store._loop_events._by_loop[asyncio.get_running_loop()]
+    assert events.helper is not None and events.helper.process.poll() is None
+    return events
+
+
+def synchronous(events: LoopEvents) -> int:
+    return int(events.connection.execute("PRAGMA synchronous").fetchone()[0])
+
+
+@pytest.mark.anyio
+async def test_a_busy_loop_commits_with_normal_and_syncs_through_its_helper(
+        helped: Catalog) -> None:
+    job = running_job(helped)
+    events = await loop_with_helper(helped, job)
+    assert synchronous(events) == 1  # NORMAL: the helper syncs
+    ids = [f"h{i}" for i in range(EVENTS)]
+    outcomes = await send_all(helped, job.uuid, job.token, ids + ids[:20])
+    assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
+    assert sum(isinstance(o, EventOutcome) and o.duplicate for o in outcomes) == 20
+    assert_applied_once(helped, job.uuid, {"first", *ids})
+    helper = events.helper.process if events.helper else None
+    assert helper is not None
+    helped.close()
+    assert helper.poll() == 0  # stopped with the store, not left behind
+
+
+@pytest.mark.anyio
+async def test_no_event_is_answered_before_the_helper_synced_it(helped: Catalog) -> None:
+    job = running_job(helped)
+    events = await loop_with_helper(helped, job)
+    assert events.helper is not None
+    pid = events.helper.process.pid
+    os.kill(pid, signal.SIGSTOP)  # the disk "hangs"
+    try:
+        work = asyncio.ensure_future(send_all(helped, job.uuid, job.token, ["s1", "s2"]))
+        await asyncio.sleep(0.3)
+        assert not work.done()  # committed, perhaps, but nobody is told before the sync
+        later = asyncio.ensure_future(send_all(helped, job.uuid, job.token, ["s3"]))
+        await asyncio.sleep(0.05)
+        assert not later.done()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert all(isinstance(o, EventOutcome) for o in [*await work, *await later])
+    assert_applied_once(helped, job.uuid, {"first", "s1", "s2", "s3"})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("when", ["before the ask", "during the sync"])
+async def test_a_dead_helper_is_replaced_by_syncing_on_the_loop(helped: Catalog,
+                                                                 when: str) -> None:
+    job = running_job(helped)
+    events = await loop_with_helper(helped, job)
+    assert events.helper is not None
+    process = events.helper.process
+    if when == "before the ask":
+        process.kill()
+        process.wait()
+        outcomes = await send_all(helped, job.uuid, job.token, ["d1", "d2"])
+    else:
+        os.kill(process.pid, signal.SIGSTOP)
+        work = asyncio.ensure_future(send_all(helped, job.uuid, job.token, ["d1", "d2"]))
+        await asyncio.sleep(0.1)
+        process.kill()
+        outcomes = await work
+    assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
+    assert events.helper is None
+    assert synchronous(events) == 2  # back to FULL: each COMMIT syncs itself
+    after = await send_all(helped, job.uuid, job.token, ["d3"])
+    assert isinstance(after[0], EventOutcome)
+    assert_applied_once(helped, job.uuid, {"first", "d1", "d2", "d3"})
+
+
+def test_helpers_of_loops_that_ended_are_stopped(helped: Catalog) -> None:
+    assert isinstance(helped.store, SQLiteStore)
+    job = running_job(helped)
+    helpers = []
+    for n in range(4):
+        async def two(n: int = n) -> None:
+            for i in range(2):
+                outcomes = await send_all(helped, job.uuid, job.token, [f"r{n}-{i}"])
+                assert isinstance(outcomes[0], EventOutcome), outcomes
+            events = helped.store._loop_events._by_loop[asyncio.get_running_loop()]
+            assert events.helper is not None
+            helpers.append(events.helper.process)
+        asyncio.run(two())
+    assert all(process.poll() == 0 for process in helpers[:-1])  # forgotten with their loop
+    helped.close()
+    assert helpers[-1].poll() == 0
+    assert_applied_once(helped, job.uuid, {f"r{n}-{i}" for n in range(4) for i in range(2)})

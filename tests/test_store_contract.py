@@ -826,7 +826,7 @@ def test_sqlite_migrates_a_version_1_database(
     write_v1_job(path, job)
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5]
         assert store.get_job(job["uuid"]) == job
         store.upsert_entities([make_entity("s3://bucket/cube.fits")])
         store.add_links(PRODUCT, "generated_by", [job["uuid"]])
@@ -850,7 +850,7 @@ def test_sqlite_migrates_a_version_2_database_with_entities(
         old.close()
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5]
         assert store.get_entity(PRODUCT) == product
         record = make_file("/products/v2/a.csv")
         store.upsert_files([record])
@@ -892,12 +892,43 @@ def test_sqlite_migration_4_fills_the_new_columns_from_existing_records(
                                                 json.dumps(record)))
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5]
         assert store.find_jobs(JobQuery(agent="actor-7")).items == [without_history(job)]
         for filters in ({"kind": "plot"}, {"media_type": "image/png"}, {"level": "2"},
                         {"sort": "-created"}):
             assert store.find_files(**filters).items == [record]
         assert store.find_files(kind="product").items == []
+    finally:
+        store.close()
+
+
+
+def test_sqlite_migration_5_keeps_every_history_entry_and_still_refuses_a_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from catalog.store import sqlite
+
+    path = tmp_path / "old.db"
+    job = make_job("history")
+    job["history"] += [make_entry("update", "CREATED", at(i), event_id=f"e{i}")
+                       for i in range(1, 6)]
+    job["version"] = len(job["history"])
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:4])
+        old = sqlite.SQLiteStore(path)
+        old.close()
+    write_v1_job(path, job)
+    store = sqlite.SQLiteStore(path)
+    try:
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5]
+        assert store.get_job(job["uuid"]) == job  # every entry, in order
+        again = make_entry("update", "CREATED", at(9), event_id="e3")
+        assert store.apply_event(job["uuid"], "e3", deciding("CREATED", again)).duplicate
+        with closing(sqlite3.connect(path)) as conn:
+            indexed = {row[1] for row in conn.execute("PRAGMA index_list(history)")}
+            columns = [[row[2] for row in conn.execute(f"PRAGMA index_info('{name}')")]
+                       for name in indexed]
+        assert sorted(columns) == [["job_uuid", "event_id"], ["job_uuid", "seq"]]
     finally:
         store.close()
 

@@ -5,7 +5,7 @@ head is read and rewritten under the database's write lock (the compare-and-set 
 then cannot lose); threads of one process queue on a lock of their own rather than on SQLite's
 sleeping busy handler, and other processes wait up to the busy timeout. Events are group
 committed: from threads through a writer thread (``submit_event``, ``apply_event``), from an
-event loop on the loop itself with only the COMMIT off it (``catalog.store.sqlite_loop``).
+event loop on the loop itself, the fsync off it (``catalog.store.sqlite_loop``).
 """
 
 from __future__ import annotations
@@ -158,6 +158,27 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             created = json_extract(doc, '$.created');
         CREATE INDEX files_created ON files (created, uuid);
         DROP INDEX files_storage_path;
+        """,
+    ),
+    (
+        5,
+        "history without a unique index on the entry uuid: (job_uuid, event_id) is unique and "
+        "the uuid is derived from it; nothing looks entries up by uuid, and every event paid "
+        "for the index with a page written at random",
+        """
+        CREATE TABLE history_v5 (
+            job_uuid TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            uuid TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            PRIMARY KEY (job_uuid, seq),
+            UNIQUE (job_uuid, event_id)
+        );
+        INSERT INTO history_v5 (job_uuid, seq, uuid, event_id, doc)
+            SELECT job_uuid, seq, uuid, event_id, doc FROM history ORDER BY job_uuid, seq;
+        DROP TABLE history;
+        ALTER TABLE history_v5 RENAME TO history;
         """,
     ),
 )
@@ -479,7 +500,7 @@ class SQLiteStore:
     async def apply_event_async(self, uuid: str, event_id: str | None,
                                 decide: Decide) -> Applied:
         """``apply_event`` from an event loop: applied on the loop with the other events of
-        its turn, committed off it (``catalog.store.sqlite_loop``)."""
+        its turn, made durable off it (``catalog.store.sqlite_loop``)."""
         return await self._loop_events.for_running_loop().submit(uuid, event_id, decide)
 
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:

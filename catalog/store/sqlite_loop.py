@@ -1,13 +1,28 @@
-"""Events from an asyncio event loop, applied on the loop and committed off it.
+"""Events from an asyncio event loop: applied and committed on the loop, made durable beside it.
 
-A webhook's event is a few statements (~0.1 ms) and a durable COMMIT (an fsync, ~0.7 ms here).
-Handing each event to a writer thread cost more than the statements: a thread switch and the
-GIL passed back and forth both ways, per event. So on an event loop the statements of every
-event that arrived in one turn of the loop run on the loop thread, in one ``BEGIN IMMEDIATE``
-transaction, and only the COMMIT goes to a thread of its own (SQLite's own ``synchronous``
-durability, the GIL released while it syncs). Events that arrive meanwhile wait for the next
-batch, which starts when the COMMIT is back; every answer waits for the COMMIT of its batch,
-so nothing is acknowledged before it is durable (duplicates included).
+A webhook's event is a few statements (~0.1 ms) and a durable COMMIT: an fsync, 0.2-0.7 ms
+here, during which SQLite holds the write lock. Handing each event to a writer thread cost more
+than the statements (a thread switch and the GIL passed back and forth, per event), and
+committing on the loop with ``synchronous=FULL`` stops the loop for every fsync. Busy servers
+see one or two events per turn of the loop, so batching alone does not hide the disk.
+
+So the events that arrived in one turn of the loop are applied in one ``BEGIN IMMEDIATE``
+transaction and committed right there, on the loop. While a loop is young (its first
+``HELPER_AFTER`` commits: tests, one-off ``asyncio.run`` calls) that COMMIT is the store's own,
+durable one. After that the loop connection commits with ``synchronous=NORMAL``: the COMMIT
+writes the WAL frames and releases the write lock without waiting for the disk, and a helper
+process (``wal_sync_helper.py``) then ``fdatasync``\\ s the WAL; only when it answers are the
+batch's events answered. Events that arrive while a sync is out gather, and commit as the next
+batch when it is back: one COMMIT and one fsync for all of them, the loop never blocked. This is
+``synchronous=FULL`` (which syncs the WAL at every COMMIT) with the sync taken out of the write
+lock and off the loop; a process rather than a thread, because a thread waking from its fsync
+needs the GIL, and taking it from a busy loop cost more than the fsync saved. Nothing is
+acknowledged before it is on disk, duplicates included, and a crash before the sync loses only
+events nobody was told about: SQLite kept them (a resend is then a duplicate) or it did not.
+Should the helper fail or die, the loop syncs the WAL itself and goes back to FULL.
+
+All this applies when the store is durable (``synchronous`` FULL or EXTRA) and in WAL mode;
+otherwise the loop commits with the store's own setting and answers at once.
 
 The loop never waits on a lock: when another thread of this process is writing, or another
 process holds the database's write lock, the batch goes to the store's writer thread instead,
@@ -18,20 +33,30 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from catalog.errors import StoreError
 from catalog.store.base import Applied, Decide
+from catalog.store.wal_sync_helper import sync_path
 
 if TYPE_CHECKING:
     from catalog.store.sqlite import SQLiteStore
 
+log = logging.getLogger("catalog.store")
+
 _MAX_BATCH = 256  # events per transaction, as for the writer thread
+HELPER_AFTER = 64  # COMMITs of a loop before it starts its sync helper
+_HELPER = str(Path(__file__).with_name("wal_sync_helper.py"))
 
 
 @dataclass
@@ -44,6 +69,46 @@ class _LoopEvent:
     error: BaseException | None = None
 
 
+class SyncHelper:
+    """The helper process of one loop: a request down one pipe, the answer up another."""
+
+    def __init__(self, wal: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-S", _HELPER, wal], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
+        self._requests: IO[bytes] = self.process.stdin  # type: ignore[assignment]
+        self._answers: IO[bytes] = self.process.stdout  # type: ignore[assignment]
+        self.answers = self._answers.fileno()
+        os.set_blocking(self.answers, False)
+
+    def ask(self) -> None:
+        """Ask for one sync (raises OSError if the helper is gone)."""
+        os.write(self._requests.fileno(), b"s")
+
+    def answer(self) -> str | None:
+        """The answer (``ok`` or ``error: ...``), or None if it has not come yet."""
+        try:
+            data = os.read(self.answers, 4096)
+        except BlockingIOError:
+            return None
+        if not data:
+            raise OSError(f"the WAL sync helper exited ({self.process.poll()})")
+        return data.decode(errors="replace").strip()
+
+    def close(self) -> None:
+        """Close its stdin (it exits after the sync in hand) and reap it."""
+        for stream in (self._requests, self._answers):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 @dataclass
 class LoopEvents:
     """The events of one event loop for one store (see the module docstring)."""
@@ -51,15 +116,17 @@ class LoopEvents:
     store: SQLiteStore
     loop: asyncio.AbstractEventLoop
     connection: sqlite3.Connection
-    committer: ThreadPoolExecutor
+    helper_after: int | None  # COMMITs before the helper starts; None: never
+    helper: SyncHelper | None = None
+    commits: int = 0
     pending: list[_LoopEvent] = field(default_factory=list)
+    syncing: list[_LoopEvent] | None = None  # committed, waiting for the helper's sync
     scheduled: bool = False
-    committing: bool = False
 
     def submit(self, uuid: str, event_id: str | None, decide: Decide) -> asyncio.Future[Applied]:
         future: asyncio.Future[Applied] = self.loop.create_future()
         self.pending.append(_LoopEvent(uuid, event_id, decide, future))
-        if not (self.scheduled or self.committing):
+        if not self.scheduled:
             self.scheduled = True
             # After the other callbacks of this turn: requests read together commit together.
             self.loop.call_soon(self._flush)
@@ -67,9 +134,12 @@ class LoopEvents:
 
     def _flush(self) -> None:
         self.scheduled = False
-        if self.committing or not self.pending:
-            return
+        if not self.pending or self.syncing is not None:
+            return  # while a sync is out, events gather for the next batch
         batch, self.pending = self.pending[:_MAX_BATCH], self.pending[_MAX_BATCH:]
+        if self.pending:
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
         if not self.store._write_lock.acquire(blocking=False):
             self._to_writer(batch)  # a thread of this process is writing: never wait here
             return
@@ -79,17 +149,9 @@ class LoopEvents:
             self.store._write_lock.release()
             self._to_writer(batch)  # another process is writing: the writer thread waits
             return
-        self.store._apply_batch(self.connection, batch)
-        self.committing = True
-        try:
-            self.committer.submit(self._commit, batch)
-        except RuntimeError:  # the store is closing: commit here rather than lose the batch
-            self._commit(batch)
-
-    def _commit(self, batch: list[_LoopEvent]) -> None:
-        """On the committer thread: COMMIT (the fsync), then hand the batch back to the loop."""
         failure: BaseException | None = StoreError("the commit was interrupted")
         try:
+            self.store._apply_batch(self.connection, batch)
             self.connection.execute("COMMIT")
             failure = None
         except Exception as exc:
@@ -100,9 +162,96 @@ class LoopEvents:
                     self.connection.execute("ROLLBACK")
             finally:
                 self.store._write_lock.release()
-                self._call_on_loop(self._finish, batch, failure)
+        if failure is not None:
+            _settle_batch(batch, StoreError(f"the events were not committed: {failure}"))
+            return
+        if self.helper is None:
+            _settle_batch(batch, None)  # that COMMIT was as durable as the store is
+            self.commits += 1
+            if self.helper_after is not None and self.commits >= self.helper_after:
+                self._start_helper()
+            return
+        self._ask_for_sync(batch)
 
-    def _call_on_loop(self, callback: Callable[..., None], *args: object) -> None:
+    # the helper ---------------------------------------------------------------------------
+    def _start_helper(self) -> None:
+        self.helper_after = None  # one attempt per loop
+        try:
+            helper = SyncHelper(os.path.abspath(self.store.path) + "-wal")
+        except OSError as exc:
+            log.warning("no WAL sync helper (%s): events commit with synchronous=FULL", exc)
+            return
+        self.connection.execute("PRAGMA synchronous = NORMAL")  # the helper syncs instead
+        self.helper = helper
+        self.loop.add_reader(helper.answers, self._on_answer)
+
+    def _ask_for_sync(self, batch: list[_LoopEvent]) -> None:
+        assert self.helper is not None
+        self.syncing = batch
+        try:
+            self.helper.ask()
+        except OSError as exc:
+            self._helper_failed(exc)
+
+    def _on_answer(self) -> None:
+        if self.helper is None:
+            return
+        try:
+            answer = self.helper.answer()
+        except OSError as exc:
+            self._helper_failed(exc)
+            return
+        if answer is None:
+            return
+        batch, self.syncing = self.syncing or [], None
+        _settle_batch(batch, None if answer == "ok" else StoreError(
+            f"the events were committed but could not be made durable: {answer}"))
+        self._flush()  # what gathered meanwhile
+
+    def _helper_failed(self, exc: BaseException) -> None:
+        """Without the helper: sync what waits here, and commit with FULL from now on."""
+        log.warning("the WAL sync helper failed (%s): events commit with synchronous=FULL", exc)
+        self._stop_helper(remove_reader=True)
+        self.connection.execute(f"PRAGMA synchronous = {self.store._synchronous}")
+        self._sync_here()
+
+    def _sync_here(self) -> None:
+        """Make every committed batch durable from this thread, and answer them."""
+        batch, self.syncing = self.syncing, None
+        if batch is None:
+            return
+        error = None
+        try:
+            sync_path(os.path.abspath(self.store.path) + "-wal")
+        except OSError as exc:
+            error = StoreError(f"the events were committed but could not be made durable: {exc}")
+        self._call_on_loop(_settle_batch, batch, error)
+        self._call_on_loop(self._flush)  # what gathered meanwhile
+
+    def _stop_helper(self, remove_reader: bool) -> None:
+        helper, self.helper = self.helper, None
+        if helper is None:
+            return
+        if remove_reader:
+            self.loop.remove_reader(helper.answers)
+        helper.close()
+
+    def close(self) -> None:
+        """Stop the helper; whatever waited for a sync is synced here and answered."""
+        if self.helper is None:
+            return
+        if self.loop.is_closed():
+            self._stop_helper(remove_reader=False)
+        elif _on_loop_thread(self.loop):
+            self._stop_helper(remove_reader=True)
+        else:  # the loop's own thread removes its reader
+            helper, self.helper = self.helper, None
+            self._call_on_loop(self.loop.remove_reader, helper.answers)
+            helper.close()
+        self._sync_here()
+
+    # handing over ---------------------------------------------------------------------------
+    def _call_on_loop(self, callback: Callable[..., object], *args: object) -> None:
         try:
             self.loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop has closed: nobody is waiting for these answers
@@ -111,23 +260,25 @@ class LoopEvents:
     def _handed_back(self, future: asyncio.Future[Applied], done: Future[Applied]) -> None:
         self._call_on_loop(_copy_outcome, done, future)
 
-    def _finish(self, batch: list[_LoopEvent], failure: BaseException | None) -> None:
-        self.committing = False
-        for item in batch:
-            if failure is not None:
-                item.result = None
-                item.error = item.error or StoreError(f"the events were not committed: {failure}")
-            _settle(item.future, item.result, item.error)
-        if self.pending:
-            self._flush()
-
     def _to_writer(self, batch: list[_LoopEvent]) -> None:
         for item in batch:
             handed = self.store.submit_event(item.uuid, item.event_id, item.decide)
             handed.add_done_callback(functools.partial(self._handed_back, item.future))
-        if self.pending:
-            self.scheduled = True
-            self.loop.call_soon(self._flush)
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _settle_batch(batch: list[_LoopEvent], failure: StoreError | None) -> None:
+    for item in batch:
+        if failure is not None:
+            item.result = None
+            item.error = item.error or failure
+        _settle(item.future, item.result, item.error)
 
 
 def _settle(future: asyncio.Future[Applied], result: Applied | None,
@@ -147,14 +298,15 @@ def _copy_outcome(done: Future[Applied], future: asyncio.Future[Applied]) -> Non
 
 
 class LoopEventsRegistry:
-    """One ``LoopEvents`` per running event loop, and the one committer thread they share."""
+    """One ``LoopEvents`` per running event loop."""
 
-    def __init__(self, store: SQLiteStore, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(self, store: SQLiteStore, connect: Callable[[], sqlite3.Connection],
+                 helper_after: int = HELPER_AFTER) -> None:
         self._store = store
         self._connect = connect
+        self.helper_after = helper_after
         self._by_loop: dict[asyncio.AbstractEventLoop, LoopEvents] = {}
         self._lock = threading.Lock()
-        self._committer: ThreadPoolExecutor | None = None
 
     def for_running_loop(self) -> LoopEvents:
         loop = asyncio.get_running_loop()
@@ -162,21 +314,23 @@ class LoopEventsRegistry:
         if events is None:
             with self._lock:
                 for closed in [known for known in self._by_loop if known.is_closed()]:
-                    gone = self._by_loop[closed]
-                    if not gone.committing:  # asyncio.run per call must not pile up files
-                        del self._by_loop[closed]
-                        self._store._forget_connection(gone.connection)
-                if self._committer is None:
-                    self._committer = ThreadPoolExecutor(
-                        1, thread_name_prefix=f"catalog-sqlite-commit:{self._store.path}")
-                events = LoopEvents(self._store, loop, self._connect(), self._committer)
+                    gone = self._by_loop.pop(closed)  # nobody waits on a closed loop
+                    gone.close()
+                    self._store._forget_connection(gone.connection)  # no pile of open files
+                connection = self._connect()
+                events = LoopEvents(self._store, loop, connection, self._helper_after(connection))
                 self._by_loop[loop] = events
         return events
 
+    def _helper_after(self, connection: sqlite3.Connection) -> int | None:
+        """When this loop starts a helper: only for a durable store in WAL mode on a file."""
+        durable = self._store._synchronous in ("FULL", "EXTRA")
+        mode = str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        return self.helper_after if durable and mode == "wal" else None
+
     def close(self) -> None:
-        """Wait for COMMITs in flight; the connections are closed with the store's."""
+        """Stop the helpers (syncing what they had in hand); connections close with the store."""
         with self._lock:
-            if self._committer is not None:
-                self._committer.shutdown(wait=True)
-                self._committer = None
+            for events in self._by_loop.values():
+                events.close()
             self._by_loop.clear()
