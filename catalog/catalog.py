@@ -46,8 +46,8 @@ from catalog.models import (
     Job,
     Level,
     Pipeline,
-    format_date,
     utc_now,
+    utc_now_text,
 )
 from catalog.states import ADMIN_EVENTS, EVENTS, STATES, next_state
 from catalog.storage import Storage, check_storage_path, open_storage
@@ -511,7 +511,7 @@ class Catalog:
             # Every part is already validated (the event by its model, the rest made here), so
             # the entry is built in its serialised form directly: this is the hot path.
             entry: Doc = {
-                "uuid": entry_uuid, "name": event.name, "date": format_date(utc_now()),
+                "uuid": entry_uuid, "name": event.name, "date": utc_now_text(),
                 "data": event.data, "source": source, "event_id": event.event_id or entry_uuid,
                 "state": state,
             }

@@ -19,6 +19,7 @@ import pytest
 from catalog import Catalog, ManagedPipelineJob
 from catalog.errors import EventNotAllowed, JobNotFound
 from catalog.models import EventOutcome
+from catalog.store import sqlite_loop
 from catalog.store.sqlite import SQLiteStore
 from catalog.store.sqlite_loop import LoopEvents
 from catalog.tokens import Keys
@@ -381,3 +382,19 @@ def test_helpers_of_loops_that_ended_are_stopped(helped: Catalog) -> None:
     helped.close()
     assert helpers[-1].poll() == 0
     assert_applied_once(helped, job.uuid, {f"r{n}-{i}" for n in range(4) for i in range(2)})
+
+
+@pytest.mark.anyio
+async def test_the_helper_checkpoints_so_the_wal_starts_over(
+        helped: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop connection does not checkpoint; the helper does, between syncs, while the loop
+    waits, so the whole WAL is copied and SQLite reuses it instead of growing it."""
+    monkeypatch.setattr(sqlite_loop, "CHECKPOINT_EVERY", 5)
+    job = running_job(helped)
+    events = await loop_with_helper(helped, job)
+    assert events.connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(300):  # one at a time: 300 batches, ~5 pages each, 1.5 MB of frames
+        outcome = await helped.handle_event_async(job.uuid, update(f"w{i}"), job.token)
+        assert not outcome.duplicate
+    assert (tmp_path / "catalog.db-wal").stat().st_size < 512 * 1024
+    assert_applied_once(helped, job.uuid, {"first", *(f"w{i}" for i in range(300))})

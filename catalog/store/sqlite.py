@@ -217,8 +217,8 @@ def _keyset(sort: str, cursor: str | None, table: str, where: list[str],
     return f"{table}.{column} {direction}, {table}.uuid {direction}"
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+# One encoder for every call: json.dumps builds a new one whenever an option is passed.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class _Batched(Protocol):

@@ -56,6 +56,7 @@ log = logging.getLogger("catalog.store")
 
 _MAX_BATCH = 256  # events per transaction, as for the writer thread
 HELPER_AFTER = 64  # COMMITs of a loop before it starts its sync helper
+CHECKPOINT_EVERY = 200  # the helper's syncs between checkpoints (~1000 WAL pages, as SQLite's)
 _HELPER = str(Path(__file__).with_name("wal_sync_helper.py"))
 
 
@@ -81,9 +82,9 @@ class SyncHelper:
         self.answers = self._answers.fileno()
         os.set_blocking(self.answers, False)
 
-    def ask(self) -> None:
-        """Ask for one sync (raises OSError if the helper is gone)."""
-        os.write(self._requests.fileno(), b"s")
+    def ask(self, checkpoint: bool = False) -> None:
+        """Ask for one sync, and a checkpoint after it (raises OSError if the helper is gone)."""
+        os.write(self._requests.fileno(), b"c" if checkpoint else b"s")
 
     def answer(self) -> str | None:
         """The answer (``ok`` or ``error: ...``), or None if it has not come yet."""
@@ -118,7 +119,7 @@ class LoopEvents:
     connection: sqlite3.Connection
     helper_after: int | None  # COMMITs before the helper starts; None: never
     helper: SyncHelper | None = None
-    commits: int = 0
+    commits: int = 0  # of the loop before the helper; then syncs since its last checkpoint
     pending: list[_LoopEvent] = field(default_factory=list)
     syncing: list[_LoopEvent] | None = None  # committed, waiting for the helper's sync
     scheduled: bool = False
@@ -182,14 +183,20 @@ class LoopEvents:
             log.warning("no WAL sync helper (%s): events commit with synchronous=FULL", exc)
             return
         self.connection.execute("PRAGMA synchronous = NORMAL")  # the helper syncs instead
+        self.connection.execute("PRAGMA wal_autocheckpoint = 0")  # and checkpoints
+        self.commits = 0
         self.helper = helper
         self.loop.add_reader(helper.answers, self._on_answer)
 
     def _ask_for_sync(self, batch: list[_LoopEvent]) -> None:
         assert self.helper is not None
         self.syncing = batch
+        self.commits += 1
+        checkpoint = self.commits >= CHECKPOINT_EVERY
+        if checkpoint:
+            self.commits = 0
         try:
-            self.helper.ask()
+            self.helper.ask(checkpoint)
         except OSError as exc:
             self._helper_failed(exc)
 
@@ -213,6 +220,7 @@ class LoopEvents:
         log.warning("the WAL sync helper failed (%s): events commit with synchronous=FULL", exc)
         self._stop_helper(remove_reader=True)
         self.connection.execute(f"PRAGMA synchronous = {self.store._synchronous}")
+        self.connection.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default
         self._sync_here()
 
     def _sync_here(self) -> None:

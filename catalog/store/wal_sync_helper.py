@@ -1,17 +1,23 @@
 """The WAL sync helper: a child process that ``fdatasync``\\ s one SQLite WAL file on request.
 
 Run by ``catalog.store.sqlite_loop`` as ``python -I -S wal_sync_helper.py <wal path>``, by path,
-so that it imports nothing but the standard library. Each read from stdin is a request; the
-answer, one line on stdout, comes after one ``fdatasync`` of the WAL begun after the request
-arrived: ``ok`` or ``error: <why>``. It exits when stdin closes (its parent is done or gone)
-and ignores SIGINT, which a terminal sends to the whole process group: the parent decides when
-it stops.
+so that it imports nothing but the standard library. Each read from stdin is a request, ``s``
+(sync) or ``c`` (sync, then checkpoint); the answer, one line on stdout, comes after one
+``fdatasync`` of the WAL begun after the request arrived: ``ok`` or ``error: <why>``. It exits
+when stdin closes (its parent is done or gone) and ignores SIGINT, which a terminal sends to the
+whole process group: the parent decides when it stops.
+
+The checkpoint is the parent's: its loop connection does not checkpoint at COMMIT (that would
+put two more fsyncs on its loop). The parent asks for one while it is not writing (it waits for
+this answer), so the checkpoint can copy the whole WAL into the database, and SQLite then starts
+the WAL over instead of growing it. A checkpoint that cannot finish is left for the next one.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import sys
 
 
@@ -52,10 +58,32 @@ def sync_path(path: str, data_only: bool = True) -> None:
         os.close(fd)
 
 
-def serve(wal: WalFile, requests: int, answers: int) -> None:
-    while os.read(requests, 4096):
+class Checkpointer:
+    """Passive checkpoints of the database, on a connection opened at the first."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.connection: sqlite3.Connection | None = None
+
+    def checkpoint(self) -> None:
+        try:
+            if self.connection is None:
+                self.connection = sqlite3.connect(self.database, isolation_level=None, timeout=0)
+            self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass  # housekeeping: the next one will do
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+
+def serve(wal: WalFile, checkpointer: Checkpointer, requests: int, answers: int) -> None:
+    while request := os.read(requests, 4096):
         try:
             wal.datasync()
+            if b"c" in request:
+                checkpointer.checkpoint()  # before the answer: the parent writes nothing
             answer = b"ok\n"
         except OSError as exc:
             answer = f"error: {exc}\n".encode(errors="replace")
@@ -68,11 +96,13 @@ def main(argv: list[str]) -> int:
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wal = WalFile(argv[1])
+    checkpointer = Checkpointer(argv[1][: -len("-wal")])
     try:
-        serve(wal, sys.stdin.fileno(), sys.stdout.fileno())
+        serve(wal, checkpointer, sys.stdin.fileno(), sys.stdout.fileno())
     except BrokenPipeError:
         pass  # the parent went away while we answered
     finally:
+        checkpointer.close()
         wal.close()
     return 0
 

@@ -7,7 +7,6 @@ are never logged: the access log written here drops query strings.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Annotated, Any
@@ -174,8 +173,7 @@ def create_app(catalog: Catalog) -> FastAPI:
         else:
             outcome = await catalog.handle_event_async(uuid, body, token, "webhook",
                                                        idempotency_key)
-        return Response(json.dumps(outcome.model_dump(mode="json")),
-                        media_type="application/json")
+        return Response(outcome.model_dump_json(), media_type="application/json")
 
     @app.post("/api/v1/lineage", response_model=LineageOutcome,
               responses={400: {}, 401: {}, 403: {}, 409: {}, 413: {}, 422: {}},

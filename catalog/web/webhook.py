@@ -63,8 +63,12 @@ async def send_json(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# Starlette's JSONResponse rendering (the FastAPI routes' errors), with one encoder for all.
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def error_body(error: CatalogError) -> bytes:
-    return json.dumps(error.to_dict()).encode()
+    return _encode(error.to_dict()).encode()
 
 
 class CatalogApp(FastAPI):
@@ -125,12 +129,12 @@ class CatalogApp(FastAPI):
                 status = exc.status
                 await send_json(send, status, error_body(exc))
                 return
-            await send_json(send, 200, json.dumps(outcome.model_dump(mode="json")).encode())
+            await send_json(send, 200, outcome.model_dump_json().encode())
         except Exception:
             log.exception("POST %s: unexpected error", scope["path"])
             status = 500
-            await send_json(send, 500, b'{"error": {"code": "internal_error", '
-                                       b'"message": "internal error"}}')
+            await send_json(send, 500, b'{"error":{"code":"internal_error",'
+                                       b'"message":"internal error"}}')
         finally:
             log_access("POST", scope["path"], status, started)
 
