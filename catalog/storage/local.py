@@ -45,6 +45,14 @@ class LocalStorage:
     def _resolve_file(self, path: str) -> str:
         """``_resolve`` for a file, with its parent directory's resolution cached for a second
         (no longer than the check-then-open window any path check has)."""
+        candidate = self._in_parent(path)
+        if os.path.islink(candidate):
+            return self._inside(os.path.realpath(candidate), path)
+        return candidate
+
+    def _in_parent(self, path: str) -> str:
+        """The file's name in its parent directory, resolved (and cached) as ``_resolve_file``
+        says; the name itself may still be a symlink."""
         normalised = check_storage_path(path)
         parent, name = normalised.rsplit("/", 1)
         now = time.monotonic()
@@ -57,10 +65,7 @@ class LocalStorage:
             self._parents[parent] = (now, real_parent)
         else:
             real_parent = cached[1]
-        candidate = os.path.join(real_parent, name)
-        if os.path.islink(candidate):
-            return self._inside(os.path.realpath(candidate), path)
-        return candidate
+        return os.path.join(real_parent, name)
 
     def _storage_path(self, real: str) -> str:
         return "/" + os.path.relpath(real, self.root).replace(os.sep, "/")
@@ -110,16 +115,18 @@ class LocalStorage:
         return FileInfo(check_storage_path(path), stat.st_size, stat.st_mtime)
 
     def open(self, path: str) -> BinaryIO:
-        real = self._resolve_file(path)
+        candidate = self._in_parent(path)
         try:
-            # O_NOFOLLOW: the resolved name cannot have become a symlink since the check.
-            descriptor = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
-        except (FileNotFoundError, NotADirectoryError):
-            raise FileNotFoundError(path) from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            # O_NOFOLLOW: a name that is a symlink fails (ELOOP) rather than being followed;
+            # only then is it resolved, and followed only to a file inside the root. No lstat
+            # first: indexing opens tens of thousands of plain files.
+            descriptor = _open_no_follow(candidate, path)
+        except _SymlinkName:
+            real = self._inside(os.path.realpath(candidate), path)
+            try:
+                descriptor = _open_no_follow(real, path)
+            except _SymlinkName:  # it changed since it was resolved
                 raise UnsafePath(f"{path} changed into a symlink while being opened") from None
-            raise
         if not stat_module.S_ISREG(os.fstat(descriptor).st_mode):
             os.close(descriptor)
             raise FileNotFoundError(path)
@@ -161,3 +168,18 @@ class LocalStorage:
 
     def uri(self, path: str) -> str:
         return Path(self._resolve(path)).as_uri()
+
+
+class _SymlinkName(Exception):
+    """The last component of a name opened with O_NOFOLLOW is a symlink."""
+
+
+def _open_no_follow(real: str, path: str) -> int:
+    try:
+        return os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _SymlinkName(path) from None
+        raise

@@ -148,7 +148,8 @@ def check_algorithm(algorithm: str) -> str:
 def latest_files(docs: list[Doc]) -> dict[str, Doc]:
     """One doc per uuid (the last of each), checksum names checked, link lists without repeats.
 
-    The docs returned are new dicts, so a store may keep them; nested values are still shared.
+    A doc with a repeat in a link list is returned as a new dict; the others are the docs
+    given, not copies (a store that keeps or changes them copies them itself).
     """
     latest: dict[str, Doc] = {}
     checked: set[str] = set()
@@ -160,7 +161,7 @@ def latest_files(docs: list[Doc]) -> dict[str, Doc]:
         # lists hold one uuid or none.
         repeats = {field: unique(doc[field]) for field in ENTITY_LINK_FIELDS
                    if len(doc.get(field) or ()) > 1 and len(set(doc[field])) < len(doc[field])}
-        latest[doc["uuid"]] = {**doc, **repeats}
+        latest[doc["uuid"]] = {**doc, **repeats} if repeats else doc
     return latest
 
 
