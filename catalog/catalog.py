@@ -38,6 +38,7 @@ from catalog.identifiers import (
 )
 from catalog.mappings import get_mapping
 from catalog.models import (
+    JSON_CHECKED,
     AuditEntry,
     Entity,
     Event,
@@ -87,7 +88,7 @@ def parse_document(model: type[_Model], document: Any, what: str) -> _Model:
         raise SchemaViolation(f"{what} must be a JSON object")
     check_json(document, what.replace(" ", "_"))
     try:
-        return model.model_validate(document)
+        return model.model_validate(document, context=JSON_CHECKED)
     except ValidationError as exc:
         raise SchemaViolation(f"invalid {what}: {validation_message(exc)}") from None
 

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -71,8 +72,12 @@ EntityUUID = Annotated[str, _typed(UUIDType.reference, UUIDType.product)]
 EventId = Annotated[str, Field(min_length=1, max_length=256)]
 
 
-def _plain_json(value: Any) -> Any:
-    check_json(value)
+JSON_CHECKED = {"json_checked": True}  # validation context: the whole document was checked
+
+
+def _plain_json(value: Any, info: ValidationInfo) -> Any:
+    if info.context is not JSON_CHECKED:  # e.g. parse_document has checked it already
+        check_json(value)
     return value
 
 

@@ -14,6 +14,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from catalog.catalog import parse_event
 from catalog.errors import InvalidData, InvalidInput, MalformedIdentifier, WrongIdentifierType
 from catalog.identifiers import (
     UUIDType,
@@ -29,6 +30,7 @@ from catalog.identifiers import (
     upstream_uuids,
     uuid_type,
 )
+from catalog.models import Event
 
 # The prefixes of DESIGN §3, written out so that a changed prefix fails here.
 PREFIXES = {
@@ -581,3 +583,15 @@ def test_typed_uuids_are_uuid5_of_the_name_with_the_type_prefix(
     value = typed_uuid(kind, name, namespace)
     assert uuid.UUID(value).hex == kind.prefix + expected.hex[3:]
     assert uuid.UUID(value).version == 5
+
+
+@pytest.mark.parametrize("data", [{"x": float("nan")}, {"a": ["\ud800"]}, {"s": {1, 2}}])
+def test_models_refuse_non_json_data_unless_the_whole_document_was_checked(data: Any) -> None:
+    """``Event.data`` checks itself; only ``parse_document``, which checked the whole document
+    first, skips that second walk (by passing the one ``JSON_CHECKED`` context object)."""
+    with pytest.raises(InvalidData):
+        Event.model_validate({"name": "update", "data": data})
+    with pytest.raises(InvalidData):  # an equal context from elsewhere does not skip it
+        Event.model_validate({"name": "update", "data": data}, context={"json_checked": True})
+    with pytest.raises(InvalidData):
+        parse_event({"name": "update", "data": data})

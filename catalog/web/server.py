@@ -15,8 +15,10 @@ def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
     """Serve until interrupted. uvicorn's own access log is off: it would log ``?token=``."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
-    # Fields this format never shows, not gathered for every line (the logging HOWTO's advice).
+    # Fields this format never shows, not gathered for every line (the logging HOWTO's
+    # "Optimization" section: thread and process data, and where each call was made from).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     config = uvicorn.Config(create_app(catalog), host=host, port=port, access_log=False,
                             log_level=log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
