@@ -357,7 +357,7 @@ def compare(
 
 
 def check(
-    date: datetime,
+    date: datetime | str,
     outcome: FixityOutcome,
     size: int | None,
     checksums: dict[str, str],
@@ -366,6 +366,8 @@ def check(
     """One fixity check as stored on a file record (a ``FixityCheck`` in JSON form).
 
     Built as the JSON form directly: it runs once per file when indexing thousands of them,
-    and every part is made here (tests hold it to the ``FixityCheck`` schema)."""
-    return {"date": format_date(date), "outcome": outcome, "size": size,
+    and every part is made here (tests hold it to the ``FixityCheck`` schema). ``date`` may be
+    given already formatted (``format_date``), as indexing does for all its files at once."""
+    return {"date": date if isinstance(date, str) else format_date(date),
+            "outcome": outcome, "size": size,
             "checksums": dict(checksums), "changed": list(changed or [])}

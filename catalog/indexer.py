@@ -179,7 +179,7 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
             size, checksums = found
             record["checksums"] = checksums
             record["fixity"] = [*(old or {}).get("fixity", []),
-                                check(now, "indexed", size, checksums, [])]
+                                check(stamp, "indexed", size, checksums, [])]
             result.hashed += 1
         else:
             assert old is not None
