@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -398,3 +400,50 @@ async def test_the_helper_checkpoints_so_the_wal_starts_over(
         assert not outcome.duplicate
     assert (tmp_path / "catalog.db-wal").stat().st_size < 512 * 1024
     assert_applied_once(helped, job.uuid, {"first", *(f"w{i}" for i in range(300))})
+
+
+def helper(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-I", "-S", sqlite_loop._HELPER, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def ask(process: subprocess.Popen[bytes], request: bytes) -> bytes:
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(request)
+    process.stdin.flush()
+    return process.stdout.readline()
+
+
+def test_the_helper_syncs_checkpoints_and_answers_each_request(tmp_path: Path) -> None:
+    database = tmp_path / "raw.db"
+    writer = sqlite3.connect(database, isolation_level=None)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("INSERT INTO t VALUES (randomblob(100000))")
+    size_before = database.stat().st_size
+    try:
+        with helper(f"{database}-wal") as process:
+            assert ask(process, b"s") == b"ok\n"
+            assert database.stat().st_size == size_before  # a sync copies nothing
+            assert ask(process, b"c") == b"ok\n"
+            assert database.stat().st_size > size_before + 90000  # the checkpoint copied it
+            assert process.stdin is not None
+            process.stdin.close()  # its way to stop
+            assert process.wait(5) == 0
+    finally:
+        writer.close()
+
+
+def test_the_helper_answers_an_error_it_cannot_sync_and_refuses_bad_arguments(
+        tmp_path: Path) -> None:
+    with helper(str(tmp_path / "gone" / "x.db-wal")) as process:
+        assert ask(process, b"s").startswith(b"error: ")
+        assert ask(process, b"s").startswith(b"error: ")  # and goes on answering
+        assert process.stdin is not None
+        process.stdin.close()
+        assert process.wait(5) == 0
+    with helper("raw.db") as wrong:
+        _, err = wrong.communicate(timeout=5)
+    assert wrong.returncode == 2 and b"usage" in err
