@@ -140,11 +140,18 @@ class Catalog:
 
     @classmethod
     def init(cls, url: str | None = None, **overrides: Any) -> tuple[Catalog, bool]:
-        """Create the secret (if absent), the database schema and the archive root."""
+        """Create the database schema, the secret (if absent) and the archive root.
+
+        The database first: a URL it refuses leaves no secret or archive root behind."""
         settings = load_settings(db=url, **overrides)
-        created = create_secret_file(Path(settings.secret_file))
-        Path(settings.archive_root).mkdir(parents=True, exist_ok=True)
-        return cls.open(settings=settings), created
+        catalog = cls.open(settings=settings)
+        try:
+            created = create_secret_file(Path(settings.secret_file))
+            Path(settings.archive_root).mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            catalog.close()
+            raise
+        return catalog, created
 
     def close(self) -> None:
         self.store.close()

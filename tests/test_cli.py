@@ -165,6 +165,16 @@ def test_init(shared: Setup) -> None:
     assert (cli.cwd / "archive").is_dir() and (cli.cwd / "c.db").is_file()
 
 
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "nonsense:///x.db", "sqlite://"])
+def test_init_with_a_database_url_it_refuses_creates_nothing(url: str, tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    cli.env["CATALOG_DB"] = url
+    result = cli("--json", "init")
+    assert result.code != 0
+    assert result.error()["code"] == "configuration_error"
+    assert list(tmp_path.iterdir()) == []  # no secret, no archive root, no database
+
 def test_pipeline_add_and_list(shared: Setup) -> None:
     cli = shared.cli
     args = ("pipeline", "add", "--name", "call", "--version", "2.1",

@@ -222,3 +222,15 @@ def test_nothing_is_read_at_import_time(tmp_path: Path) -> None:
                 patch.setenv(name, value)
         with pytest.raises(ConfigurationError):
             load_settings()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite:///file::memory:?cache=shared"])
+def test_an_in_memory_sqlite_database_is_refused(url: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each thread's connection would open its own empty database: refused, not half-working."""
+    from catalog.store import open_store
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="is not a file"):
+        open_store(url)
+    assert list(tmp_path.iterdir()) == []  # nothing created

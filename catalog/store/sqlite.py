@@ -260,8 +260,13 @@ class SQLiteStore:
         if synchronous not in _SYNCHRONOUS:
             raise ConfigurationError(f"sqlite synchronous must be one of {sorted(_SYNCHRONOUS)}")
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            # Every thread (and the event loop, and the writer) has its own connection: each
+            # would open its own empty in-memory database, and nothing would be kept.
+            raise ConfigurationError(
+                f"SQLite database {self.path!r} is not a file: the catalog keeps one database "
+                "file shared by its connections; name a file (a temporary one for tests)")
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
