@@ -20,6 +20,9 @@ import signal
 import sqlite3
 import sys
 
+# fdatasync is enough on Linux (the data and the size that finds it); macOS has only fsync.
+_datasync = getattr(os, "fdatasync", os.fsync)
+
 
 class WalFile:
     """The WAL, opened once and reopened if SQLite ever replaced the file."""
@@ -42,7 +45,7 @@ class WalFile:
             self.fd = os.open(self.path, os.O_RDONLY)
             self.inode = os.fstat(self.fd).st_ino
             sync_path(os.path.dirname(os.path.abspath(self.path)), data_only=False)  # its name
-        os.fdatasync(self.fd)
+        _datasync(self.fd)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -53,7 +56,7 @@ class WalFile:
 def sync_path(path: str, data_only: bool = True) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        (os.fdatasync if data_only else os.fsync)(fd)
+        (_datasync if data_only else os.fsync)(fd)
     finally:
         os.close(fd)
 
