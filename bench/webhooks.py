@@ -1,8 +1,11 @@
 """Webhook events/s and latency of ``catalog serve`` against a no-op FastAPI app, in one run.
 
 Prints one JSON document. Both servers run side by side on 127.0.0.1 under the same uvicorn
-settings (one worker, no access log, log level info): the catalog on a fresh temp catalog with
-the default durable SQLite (WAL, synchronous=FULL), the baseline from ``bench/noop_app.py``.
+settings (one worker, uvicorn's access log off, log level info; the catalog still writes its own
+access line per request, the baseline none): the catalog on a fresh temp catalog with
+the default durable SQLite (WAL, synchronous=FULL; once the server's loop is busy its commits
+are synced by the WAL sync helper before they are answered, see ``catalog/store/sqlite_loop.py``),
+the baseline from ``bench/noop_app.py``.
 Each gets 50 warm-up requests, then, in alternating rounds (baseline first), 4 client threads,
 each on one keep-alive ``http.client`` connection, send N events; for the catalog they are
 ``update`` events with unique event_ids, all to one RUNNING job (the harder case: every event
@@ -242,7 +245,9 @@ def main() -> None:
               "events": args.rounds * args.threads * args.events, "warmup": WARMUP},
         "setup": {"client": "http.client, one keep-alive connection per thread",
                   "catalog_jobs": "all threads on one RUNNING job",
-                  "catalog_store": "sqlite, WAL, synchronous=FULL (default)",
+                  "catalog_store": "sqlite, WAL, durable (default synchronous=FULL; a busy "
+                                   "loop's commits fdatasync'd by the WAL sync helper "
+                                   "before each answer)",
                   "uvicorn": "1 worker, access_log=False, log_level=info"},
         "catalog": cat,
         "baseline": base,
