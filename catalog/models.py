@@ -76,7 +76,7 @@ JSON_CHECKED = {"json_checked": True}  # validation context: the whole document 
 
 
 def _plain_json(value: Any, info: ValidationInfo) -> Any:
-    if info.context is not JSON_CHECKED:  # e.g. parse_document has checked it already
+    if info.context is not JSON_CHECKED:  # parse_document checked the whole document
         check_json(value)
     return value
 
