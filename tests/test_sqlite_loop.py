@@ -447,3 +447,19 @@ def test_the_helper_answers_an_error_it_cannot_sync_and_refuses_bad_arguments(
     with helper("raw.db") as wrong:
         _, err = wrong.communicate(timeout=5)
     assert wrong.returncode == 2 and b"usage" in err
+
+
+@pytest.mark.anyio
+async def test_an_event_after_the_store_closed_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'closing.db'}", keys=KEYS,
+                           archive_root=str(tmp_path / "archive"))
+    job = running_job(catalog)
+    before = await send_all(catalog, job.uuid, job.token, ["before"])
+    assert isinstance(before[0], EventOutcome)
+    assert isinstance(catalog.store, SQLiteStore)
+    loop_events = catalog.store._loop_events._by_loop[asyncio.get_running_loop()]
+    catalog.close()
+    catalog.store._loop_events._by_loop[asyncio.get_running_loop()] = loop_events  # as if
+    # a request were still in flight on this loop when the store closed under it
+    after = await asyncio.wait_for(send_all(catalog, job.uuid, job.token, ["after"]), 5)
+    assert type(after[0]).__name__ == "StoreError" and "closed" in str(after[0]), after

@@ -150,6 +150,10 @@ class LoopEvents:
             self.store._write_lock.release()
             self._to_writer(batch)  # another process is writing: the writer thread waits
             return
+        except sqlite3.ProgrammingError as exc:  # the store was closed under this loop
+            self.store._write_lock.release()
+            _settle_batch(batch, StoreError(f"the catalog is closed: {exc}"))
+            return
         failure: BaseException | None = StoreError("the commit was interrupted")
         try:
             self.store._apply_batch(self.connection, batch)
