@@ -28,8 +28,11 @@ test: $(VENV)/.test-installed
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# The quick benchmarks, each a JSON document with its ratio to a baseline of the same run.
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/webhooks.py --rounds 3
+	$(BIN)/python bench/fixity.py
 
 # Lineage and checksum lookups at 10,000 and 1,000,000 files (the large load takes minutes).
 bench-lineage: $(VENV)/.run-installed

@@ -24,6 +24,10 @@ from catalog.store.sqlite import MIGRATIONS
 from catalog.tokens import Keys
 
 KEYS = Keys(b"bench-secret", b"bench-admin")
+# Columns named: migrations add columns (jobs.agent in 4), and a positional INSERT breaks.
+_JOB_COLUMNS = "uuid, pipeline_uuid, state, version, last_event, created, updated, doc"
+_INSERT_HISTORY_ROW = ("INSERT INTO history (job_uuid, seq, uuid, event_id, doc) "
+                       "VALUES (?, ?, ?, ?, ?)")
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -68,14 +72,14 @@ def bench_raw_sqlite(path: Path, jobs: int, events: int) -> dict[str, float]:
     for _ in range(jobs):
         job = str(uuid.uuid4())
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO jobs VALUES (?, 'p', 'CREATED', 1, 'create', ?, ?, ?)",
-                     (job, now, now, body))
-        conn.execute("INSERT INTO history VALUES (?, 1, ?, ?, ?)",
-                     (job, str(uuid.uuid4()), "create", json.dumps({"name": "create"})))
+        conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, 'p', 'CREATED', 1, 'create', "
+                     "?, ?, ?)", (job, now, now, body))
+        conn.execute(_INSERT_HISTORY_ROW,
+                     (job, 1, str(uuid.uuid4()), "create", json.dumps({"name": "create"})))
         conn.execute("COMMIT")
     created = time.perf_counter() - start
     job = "target"
-    conn.execute("INSERT INTO jobs VALUES (?, 'p', 'RUNNING', 1, 'run', ?, ?, ?)",
+    conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, 'p', 'RUNNING', 1, 'run', ?, ?, ?)",
                  (job, now, now, body))
     start = time.perf_counter()
     for i in range(events):
@@ -83,7 +87,7 @@ def bench_raw_sqlite(path: Path, jobs: int, events: int) -> dict[str, float]:
         conn.execute("UPDATE jobs SET state = 'RUNNING', version = version + 1, "
                      "last_event = 'update', updated = ? WHERE uuid = ? AND version = ?",
                      (now, job, i + 1))
-        conn.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?)",
+        conn.execute(_INSERT_HISTORY_ROW,
                      (job, i + 2, str(uuid.uuid4()), f"e{i}",
                       json.dumps({"name": "update", "data": {"i": i}})))
         conn.execute("COMMIT")

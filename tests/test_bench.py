@@ -1,0 +1,47 @@
+"""Every benchmark still runs end to end and prints its JSON document (at toy sizes).
+
+The figures at these sizes mean nothing; what is checked is that a benchmark has not rotted
+(bench/jobs.py once broke silently when a migration added a column to jobs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run(script: str, *args: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "args", "ratios"),
+    [
+        pytest.param("jobs.py", ("--jobs", "10", "--events", "10"), "ratio", id="jobs"),
+        pytest.param("webhooks.py", ("--events", "5", "--rounds", "1"), "ratio", id="webhooks"),
+        pytest.param("fixity.py", ("--size-mib", "2", "--files", "40", "--rounds", "1"), "ratio",
+                     id="fixity"),
+        pytest.param("lineage.py", ("--sizes", "400,800", "--queries", "3"), "ratios",
+                     id="lineage"),
+    ],
+)
+def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str, ...],
+                                                     ratios: str) -> None:
+    document = run(script, *args)
+    assert document["benchmark"] == script.removesuffix(".py")
+    assert document[ratios] and all(isinstance(value, float | int | dict)
+                                    for value in document[ratios].values())
+    if script == "webhooks.py":  # every acknowledged event is in the history exactly once
+        assert document["catalog"]["history_ok"] is True
+        assert document["catalog"]["errors"] == document["baseline"]["errors"] == 0
