@@ -463,3 +463,39 @@ async def test_an_event_after_the_store_closed_is_an_error_not_a_hang(tmp_path: 
     # a request were still in flight on this loop when the store closed under it
     after = await asyncio.wait_for(send_all(catalog, job.uuid, job.token, ["after"]), 5)
     assert type(after[0]).__name__ == "StoreError" and "closed" in str(after[0]), after
+
+
+@pytest.mark.anyio
+async def test_no_helper_to_start_leaves_the_loop_committing_with_full(
+        helped: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_loop.sys, "executable", "/nonexistent/python")
+    job = running_job(helped)
+    outcomes = await send_all(helped, job.uuid, job.token, ["n1", "n2"])
+    outcomes += await send_all(helped, job.uuid, job.token, ["n3"])
+    assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
+    assert isinstance(helped.store, SQLiteStore)
+    events = helped.store._loop_events._by_loop[asyncio.get_running_loop()]
+    assert events.helper is None and events.helper_after is None  # tried once, not again
+    assert synchronous(events) == 2  # FULL: each COMMIT syncs itself
+    assert_applied_once(helped, job.uuid, {"n1", "n2", "n3"})
+
+
+@pytest.mark.anyio
+async def test_a_sync_the_helper_could_not_do_fails_its_events(
+        helped: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper answers ``error: ...`` (here: it was given a WAL that does not exist): the
+    events were committed but are not known to be on disk, so nobody is told they are."""
+    wrong = sqlite_loop.SyncHelper
+
+    class Misdirected(wrong):  # type: ignore[misc, valid-type]
+        def __init__(self, wal: str) -> None:
+            super().__init__(str(tmp_path / "missing" / "x.db-wal"))
+
+    monkeypatch.setattr(sqlite_loop, "SyncHelper", Misdirected)
+    job = running_job(helped)
+    await loop_with_helper(helped, job)
+    failed = await send_all(helped, job.uuid, job.token, ["u1"])
+    assert type(failed[0]).__name__ == "StoreError", failed
+    assert "could not be made durable" in str(failed[0])
+    again = await send_all(helped, job.uuid, job.token, ["u1"])  # the resend: committed before
+    assert type(again[0]).__name__ == "StoreError"  # still not known to be durable
