@@ -1,12 +1,23 @@
-"""The MongoDB store: one document per job with its history embedded, compare-and-set on version.
+"""The MongoDB store: a document per job (its head) and one per history entry, compare-and-set.
 
-Five collections, ``pipelines``, ``jobs``, ``entities``, ``files`` and ``audit``, with unique
-indexes on ``uuid`` and an index for every query path, created (idempotently) when the store is
-opened.
+Six collections, ``pipelines``, ``jobs``, ``history``, ``entities``, ``files`` and ``audit``,
+with unique indexes on ``uuid`` and an index for every query path, created (idempotently) when
+the store is opened.
 Links live only in their source document's list fields (``$addToSet``); multikey indexes on
-those fields serve the reverse direction. An event is applied
-by reading the job's head, deciding, and updating only if ``version`` is still the one read;
-a lost race is retried with a short jittered backoff, each time deciding again on the new head.
+those fields serve the reverse direction.
+
+A job's history is not embedded in its document: a job that takes events for months would pass
+MongoDB's 16 MB document limit (and every event would rewrite the whole document). Each entry is
+a document of ``history``, keyed by (job_uuid, job_created, seq) and by (job_uuid, job_created,
+event_id), both unique: the job's ``created`` is there so that entries of a deleted job can
+never be taken for those of a new one with the same UUID. An event is applied in two writes:
+insert the entry at ``seq = version + 1`` (the unique key lets one writer win that place, and
+refuses an ``event_id`` seen before), then move the head to ``version + 1`` compare-and-set on
+``version``. An entry past the head (its writer stopped between the two writes) is rolled
+forward by the next writer before it decides anything, so the head never skips or loses an
+entry; readers see the history up to the head's version. A lost race is retried with a short
+jittered backoff, each time deciding again on the new head. Jobs written by earlier versions,
+with their history embedded, are moved to this layout when the store is opened.
 
 ``mongomock://name`` opens database ``name`` on one in-process mongomock client shared by every
 store of the process (so two stores opened on one URL see the same data, as with a SQLite file).
@@ -66,7 +77,11 @@ from catalog.store.base import (
 DEFAULT_DATABASE = "catalog"
 _NO_ID: Doc = {"_id": 0}
 _WITHOUT_HISTORY: Doc = {"_id": 0, "history": 0}
-_HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1}
+_HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1, "created": 1}
+# What a history document adds to the entry it stores.
+_ENTRY_KEYS = ("job_uuid", "job_created", "seq")
+_ENTRY: Doc = {"_id": 0, **dict.fromkeys(_ENTRY_KEYS, 0)}
+_LEGACY_HISTORY_INDEX = "history.event_id_1"  # earlier versions looked event_ids up in jobs
 _DUPLICATE_KEY = 11000
 _BY_PATH = [("path", ASCENDING), ("uuid", ASCENDING)]
 
@@ -137,10 +152,12 @@ class MongoStore:
         self._guard: AbstractContextManager[object] = guard if guard is not None else nullcontext()
         self._pipelines: Collection[Doc] = database["pipelines"]
         self._jobs: Collection[Doc] = database["jobs"]
+        self._history: Collection[Doc] = database["history"]
         self._entities: Collection[Doc] = database["entities"]
         self._files: Collection[Doc] = database["files"]
         self._audit: Collection[Doc] = database["audit"]
         self._create_indexes()
+        self._move_embedded_histories()
 
     @classmethod
     def from_url(cls, url: str, retries: int = 64) -> MongoStore:
@@ -169,7 +186,10 @@ class MongoStore:
             for head in (None, "state", "pipeline_uuid", "child_of", "agent"):
                 keys = [] if head is None else [(head, ASCENDING)]
                 self._jobs.create_index([*keys, ("created", ASCENDING), ("uuid", ASCENDING)])
-            self._jobs.create_index([("history.event_id", ASCENDING)])
+            for key in ("seq", "event_id"):
+                self._history.create_index(
+                    [("job_uuid", ASCENDING), ("job_created", ASCENDING), (key, ASCENDING)],
+                    unique=True)
             # Reverse lookups of the links kept in list fields (which jobs read this reference,
             # what a job generated): child_of is covered by the query index above.
             for field in ("acted_on", "acted_using"):
@@ -191,6 +211,37 @@ class MongoStore:
                 self._files.create_index([(f"checksums.{algorithm}", ASCENDING)])
             # find_audit sorts by _id: ObjectIds grow with insertion order within a process.
             self._audit.create_index([("job_uuid", ASCENDING), ("_id", DESCENDING)])
+
+    def _move_embedded_histories(self) -> None:
+        """Jobs stored by earlier versions carry their history: move it to ``history``."""
+        with self._guard:
+            legacy = list(self._jobs.find({"history": {"$exists": True}},
+                                          {"_id": 0, "uuid": 1, "created": 1, "history": 1}))
+        for job in legacy:
+            self._insert_entries(job["uuid"], job["created"], job["history"], first_seq=1)
+            with self._guard:
+                self._jobs.update_one({"uuid": job["uuid"]}, {"$unset": {"history": ""}})
+        with self._guard:
+            if _LEGACY_HISTORY_INDEX in self._jobs.index_information():
+                self._jobs.drop_index(_LEGACY_HISTORY_INDEX)
+
+    def _insert_entries(self, uuid: str, created: str, entries: list[Doc],
+                        first_seq: int) -> None:
+        """Store entries from ``first_seq`` on; those already stored are left as they are."""
+        for seq, entry in enumerate(entries, start=first_seq):
+            try:
+                with self._guard:
+                    self._history.insert_one(
+                        {**entry, "job_uuid": uuid, "job_created": created, "seq": seq})
+            except DuplicateKeyError:
+                pass
+
+    def _entries(self, head: Doc) -> list[Doc]:
+        """The job's entries up to its head's version, in order."""
+        with self._guard:
+            return list(self._history.find(
+                {"job_uuid": head["uuid"], "job_created": head["created"],
+                 "seq": {"$lte": head["version"]}}, _ENTRY).sort("seq"))
 
     def close(self) -> None:
         if self._executor is not None:
@@ -254,11 +305,22 @@ class MongoStore:
     # jobs --------------------------------------------------------------------------------
     def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
         check_new_job(doc)
-        return self._insert(self._jobs, doc, {**doc, "history": list(doc.get("history", []))})
+        entries = list(doc.get("history", []))
+        # The entries first: if the job exists they are refused as duplicates and its own stay;
+        # if not, the job is never seen without them.
+        self._insert_entries(doc["uuid"], doc["created"], entries, first_seq=1)
+        stored = {key: value for key, value in doc.items() if key != "history"}
+        found, created = self._insert(self._jobs, doc, stored)
+        if created:
+            return found, True
+        return ({**found, "history": self._entries(found)} if "history" in doc else found), False
 
     def get_job(self, uuid: str, history: bool = True) -> Doc | None:
         with self._guard:
-            return self._jobs.find_one({"uuid": uuid}, _NO_ID if history else _WITHOUT_HISTORY)
+            doc = self._jobs.find_one({"uuid": uuid}, _WITHOUT_HISTORY)
+        if doc is None or not history:
+            return doc
+        return {**doc, "history": self._entries(doc)}
 
     def find_jobs(self, query: JobQuery) -> Page:
         clauses: list[Doc] = []
@@ -282,41 +344,68 @@ class MongoStore:
         return sorted_page(rows, query.limit, query.sort)
 
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
-        projection = dict(_HEAD)
-        if event_id is not None:  # the head, plus the history entry of this event if any
-            projection["history"] = {"$elemMatch": {"event_id": event_id}}
         for attempt in range(self._retries):
+            if attempt:
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**(attempt - 1))))
             with self._guard:
-                found = self._jobs.find_one({"uuid": uuid}, projection)
-            if found is None:
+                head = self._jobs.find_one({"uuid": uuid}, _HEAD)
+            if head is None:
                 raise JobNotFound(uuid)
-            seen: list[Doc] = found.get("history", [])
-            if seen:
-                return Applied(seen[0], duplicate=True)
-            version = found["version"]
-            new_state, entry = decide({"uuid": uuid, "state": found["state"], "version": version,
-                                       "last_event": found["last_event"]})
+            version = head["version"]
+            # An entry past the head (its writer stopped before moving the head), and this
+            # event's entry if it was stored before, in one query.
+            wanted: list[Doc] = [{"seq": version + 1}]
+            if event_id is not None:
+                wanted.append({"event_id": event_id})
             with self._guard:
-                result = self._jobs.update_one(
-                    {"uuid": uuid, "version": version},
-                    {
-                        "$set": {"state": new_state, "last_event": entry["name"],
-                                 "updated": entry["date"]},
-                        "$inc": {"version": 1},
-                        "$push": {"history": entry},
-                    },
-                )
-            if result.matched_count == 1:
-                return Applied(entry, duplicate=False)
-            if attempt + 1 < self._retries:
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                found = list(self._history.find(
+                    {"job_uuid": uuid, "job_created": head["created"], "$or": wanted}))
+            ahead = next((entry for entry in found if entry["seq"] > version), None)
+            if ahead is not None:
+                self._move_head(head, ahead)
+                continue  # and decide on the head it made
+            if found:
+                return Applied(_entry(found[0]), duplicate=True)
+            new_state, entry = decide({"uuid": uuid, "state": head["state"], "version": version,
+                                       "last_event": head["last_event"]})
+            try:
+                with self._guard:
+                    self._history.insert_one({**entry, "job_uuid": uuid,
+                                              "job_created": head["created"],
+                                              "seq": version + 1})
+            except DuplicateKeyError:
+                continue  # another event took this place, or this event_id came meanwhile
+            # The entry is stored: the event is applied once the head moves onto it, here or,
+            # should this write fail or this process stop, by the next writer of this job.
+            self._move_head(head, {**entry, "seq": version + 1})
+            return Applied(entry, duplicate=False)
         raise ConcurrencyConflict(
             f"job {uuid} kept changing while an event was applied ({self._retries} attempts)"
         )
 
+    def _move_head(self, head: Doc, entry: Doc) -> None:
+        """Put the head on ``entry``, the one after it (a no-op if another writer did)."""
+        with self._guard:
+            self._jobs.update_one(
+                {"uuid": head["uuid"], "created": head["created"],
+                 "version": entry["seq"] - 1},
+                {"$set": {"state": entry["state"], "last_event": entry["name"],
+                          "updated": entry["date"]},
+                 "$inc": {"version": 1}},
+            )
+
     def delete_job(self, uuid: str) -> bool:
         with self._guard:
-            return self._jobs.delete_one({"uuid": uuid}).deleted_count == 1
+            head = self._jobs.find_one({"uuid": uuid}, _HEAD)
+        if head is None:
+            return False
+        with self._guard:
+            deleted = self._jobs.delete_one({"uuid": uuid, "created": head["created"]})
+        # Entries are tagged with the job's created: any left behind (a writer racing the
+        # delete) can never belong to a job made again with this UUID, which is created later.
+        with self._guard:
+            self._history.delete_many({"job_uuid": uuid, "job_created": head["created"]})
+        return deleted.deleted_count == 1
 
     # entities and links ------------------------------------------------------------------
     def upsert_entities(self, docs: list[Doc]) -> None:
@@ -476,3 +565,9 @@ class MongoStore:
         query: Doc = {} if job_uuid is None else {"job_uuid": job_uuid}
         with self._guard:
             return list(self._audit.find(query, _NO_ID).sort("_id", DESCENDING).limit(limit))
+
+
+def _entry(stored: Doc) -> Doc:
+    """A history entry as stored, without what the ``history`` document adds to it."""
+    return {key: value for key, value in stored.items()
+            if key != "_id" and key not in _ENTRY_KEYS}
