@@ -330,6 +330,10 @@ class LineageOutcome(EventOutcome):
     """What an OpenLineage run event did to the job of its run."""
 
     pipeline_uuid: PipelineUUID
+    applied: bool = Field(
+        True, description="False for an OTHER event after its run ended: its datasets were "
+        "linked and it was recorded in the audit log, but the job's state and history, which "
+        "take no update then, are unchanged (state and last_event are the job's own).")
 
 
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (

@@ -16,6 +16,12 @@ Senders authenticate with ``Authorization: Bearer <key>``: the ``openlineage_key
 admin token. A refusal before the run is known (no or wrong key, malformed event) writes nothing,
 not even to the audit log, which an anonymous sender must not be able to fill; a refused event
 (a START after COMPLETE: 409) is audited like every other event.
+
+OTHER is the exception: the specification lets a producer send one at any time, after the run
+ended too, to add metadata. When the job's state no longer takes an ``update``, such an event is
+still accepted: its datasets are linked, it is written to the audit log (with its data, like any
+event the state machine did not apply), and the answer is the job as it stands with
+``applied: false``, rather than a 409 the producer could only log.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from catalog.catalog import Catalog, parse_document
-from catalog.errors import TokenInvalid, TokenRequired
+from catalog.errors import EventNotAllowed, TokenInvalid, TokenRequired
 from catalog.identifiers import UUIDType, canonical_json
 from catalog.jobs import ManagedPipelineJob
 from catalog.models import Entity, LineageOutcome, utc_now
@@ -188,8 +194,20 @@ def ingest(catalog: Catalog, event: Any, token: str | None, source: str = "api")
     if kind in _IMPLY_START and job.state == INITIAL_STATE:
         implied = {"eventType": "START", "impliedBy": kind, "eventTime": parsed.eventTime}
         managed.run(implied, event_id=event_id(run_id, f"START/{kind}", parsed.eventTime))
-    outcome = managed.handle({"name": EVENTS[kind], "data": _event_data(parsed, kind),
-                              "event_id": event_id(run_id, kind, parsed.eventTime)})
+    identifier = event_id(run_id, kind, parsed.eventTime)
+    try:
+        outcome = managed.handle({"name": EVENTS[kind], "data": _event_data(parsed, kind),
+                                  "event_id": identifier})
+    except EventNotAllowed:
+        if kind != "OTHER":
+            raise
+        # Metadata after the run ended (the refusal is in the audit log): lineage all the same.
+        _link_datasets(catalog, job.uuid, parsed)
+        now = catalog.get_job(job.uuid, history=False)
+        return LineageOutcome(
+            uuid=now.uuid, state=now.state, last_event=now.last_event, event_id=identifier,
+            duplicate=False, pipeline_uuid=pipeline.uuid, applied=False,
+        ).model_dump(mode="json")
     _link_datasets(catalog, job.uuid, parsed)
     return LineageOutcome(**outcome.model_dump(), pipeline_uuid=pipeline.uuid).model_dump(
         mode="json")

@@ -169,7 +169,7 @@ async def test_each_event_type_maps_to_its_event(
     assert replies[-1] == {
         "uuid": the_job(), "state": state, "last_event": events[-1],
         "event_id": event_id(RUN, last_type, at(len(event_types) - 1)), "duplicate": False,
-        "pipeline_uuid": the_pipeline(),
+        "pipeline_uuid": the_pipeline(), "applied": True,
     }
     assert job.history[-1].data == {"eventType": last_type, "eventTime": at(len(event_types) - 1),
                                     "producer": PRODUCER}
@@ -287,12 +287,41 @@ async def test_a_start_after_complete_is_refused_audited_and_links_nothing(
 
 
 @pytest.mark.anyio
-async def test_other_after_complete_is_refused_as_update_is(
+async def test_other_after_complete_links_its_datasets_and_leaves_the_job_as_it_is(
     client: httpx.AsyncClient, catalog: Catalog
 ) -> None:
-    """OpenLineage allows OTHER after a run ended; the state machine takes no update then."""
+    """OpenLineage lets OTHER add metadata after a run ended; the state machine takes no update
+    then, so the job stays as it is, the event goes to the audit log and its datasets are
+    linked, and the producer is answered 200 (applied: false), the same for a resend."""
     await send(client, run_event("COMPLETE"))
-    reply = await send(client, run_event("OTHER", 1))
+    before = catalog.get_job(the_job())
+    late = run_event("OTHER", 1, inputs=[dataset("s3://raw", "late.fits")],
+                     outputs=[dataset("s3://products", "late.cube")])
+
+    replies = [await send(client, late) for _ in range(2)]
+
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        assert reply.json() == {
+            "uuid": the_job(), "state": "FINISHED", "last_event": "finish",
+            "event_id": event_id(RUN, "OTHER", at(1)), "duplicate": False,
+            "pipeline_uuid": the_pipeline(), "applied": False}
+    after = catalog.get_job(the_job())
+    assert (after.state, after.version, after.history) == (
+        before.state, before.version, before.history)
+    assert after.acted_on == [reference("s3://raw/late.fits")]
+    assert catalog.get_entity(product("s3://products/late.cube")).generated_by == [the_job()]
+    refusals = catalog.audit_log(the_job())
+    assert [(r.name, r.code, r.data["eventType"]) for r in refusals] == [
+        ("update", "event_not_allowed", "OTHER")] * 2
+
+
+@pytest.mark.anyio
+async def test_running_after_complete_is_still_refused(
+    client: httpx.AsyncClient, catalog: Catalog
+) -> None:
+    await send(client, run_event("COMPLETE"))
+    reply = await send(client, run_event("RUNNING", 1))
     assert (reply.status_code, reply.json()["error"]["code"]) == (409, "event_not_allowed")
 
 
