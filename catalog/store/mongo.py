@@ -353,13 +353,14 @@ class MongoStore:
                 raise JobNotFound(uuid)
             version = head["version"]
             # An entry past the head (its writer stopped before moving the head), and this
-            # event's entry if it was stored before, in one query.
-            wanted: list[Doc] = [{"seq": version + 1}]
+            # event's entry if it was stored before, in one query: each clause whole, so that
+            # each is served by its own unique index.
+            job = {"job_uuid": uuid, "job_created": head["created"]}
+            wanted: list[Doc] = [{**job, "seq": version + 1}]
             if event_id is not None:
-                wanted.append({"event_id": event_id})
+                wanted.append({**job, "event_id": event_id})
             with self._guard:
-                found = list(self._history.find(
-                    {"job_uuid": uuid, "job_created": head["created"], "$or": wanted}))
+                found = list(self._history.find({"$or": wanted}))
             ahead = next((entry for entry in found if entry["seq"] > version), None)
             if ahead is not None:
                 self._move_head(head, ahead)
