@@ -212,6 +212,26 @@ def test_verify_reports_ok_changed_missing_and_uncatalogued(catalog: Catalog) ->
     assert stored["plots/p.png"]["status"] == "missing"
 
 
+def test_a_verify_during_an_index_keeps_its_checks(catalog: Catalog) -> None:
+    """The indexer builds records from what it read before hashing; checks a verify records
+    meanwhile are kept by the upsert, not overwritten."""
+    from catalog.indexer import index_job
+
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    verified: list[int] = []
+
+    def verify_once(path: str, size: int) -> None:  # called as each file is hashed
+        if not verified:
+            verified.append(verify(catalog, job.uuid).counts()["ok"])
+
+    result = index_job(catalog, job.uuid, job.token, rehash=True, progress=verify_once)
+    assert (result.hashed, verified) == (4, [4])
+    for relative, doc in records(catalog, job).items():
+        assert [c["outcome"] for c in doc["fixity"]] == ["indexed", "ok", "indexed"], relative
+        assert doc["status"] == "ok"
+
+
 def test_reset_empties_the_archive_path_and_unlinks_records(catalog: Catalog) -> None:
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)

@@ -1111,16 +1111,18 @@ def test_upsert_files_replaces_a_record_and_its_checksum_lookups(store: Store) -
     second = make_file(path, "second", seconds=60, child_of=(OTHER_JOB,),
                        derived_using=(reference,))
     store.upsert_files([second])
+    # Replaced whole, but for the fixity log, which only grows.
+    second_stored = {**second, "fixity": first["fixity"]}
 
-    assert store.get_file(second["uuid"]) == second
-    assert store.find_files() == Page([other, second], None)  # by path: other < out
+    assert store.get_file(second["uuid"]) == second_stored
+    assert store.find_files() == Page([other, second_stored], None)  # by path: other < out
     old, new = digests("first", ("xxh3_128", "sha256", "md5")), digests("second")
     for algorithm in ("xxh3_128", "sha256"):
         assert store.find_files_by_checksum(algorithm, old[algorithm]) == [other]
-        assert store.find_files_by_checksum(algorithm, new[algorithm]) == [second]
+        assert store.find_files_by_checksum(algorithm, new[algorithm]) == [second_stored]
     assert store.find_files_by_checksum("md5", old["md5"]) == []  # the new doc has no md5
     assert store.find_files(child_of=FILE_JOB).items == [other]
-    assert store.find_files(child_of=OTHER_JOB).items == [second]
+    assert store.find_files(child_of=OTHER_JOB).items == [second_stored]
     assert edges_from(store, second["uuid"]) == {
         ("child_of", OTHER_JOB), ("generated_by", OTHER_JOB), ("derived_using", reference),
     }
@@ -1128,8 +1130,29 @@ def test_upsert_files_replaces_a_record_and_its_checksum_lookups(store: Store) -
     assert sources_of(store, "child_of", FILE_JOB) == {other["uuid"]}
 
     store.upsert_files([second])  # the same doc again changes nothing
-    assert store.find_files() == Page([other, second], None)
-    assert store.find_files_by_checksum("sha256", new["sha256"]) == [second]
+    assert store.find_files() == Page([other, second_stored], None)
+    assert store.find_files_by_checksum("sha256", new["sha256"]) == [second_stored]
+
+
+def test_upsert_files_never_loses_a_fixity_check(store: Store) -> None:
+    indexed, verified, reindexed = (make_check(0, "indexed"), make_check(30, "ok"),
+                                    make_check(60, "indexed"))
+    record = make_file("/products/v2/out.csv", fixity=(indexed,))
+    store.upsert_files([record])
+    # A verify records its check while an indexer works from the record as it read it before.
+    store.record_fixity(record["uuid"], verified, "ok")
+    store.upsert_files([{**record, "fixity": [indexed, reindexed]}])
+    assert store.get_file(record["uuid"])["fixity"] == [indexed, verified, reindexed]
+    # Sending the log again (whole, a part of it, or none of it) adds nothing and loses nothing.
+    for fixity in ([indexed, verified, reindexed], [indexed], [], [reindexed, indexed]):
+        store.upsert_files([{**record, "fixity": fixity}])
+        assert store.get_file(record["uuid"])["fixity"] == [indexed, verified, reindexed]
+    # A check with a "$" in a value is data, not an expression (MongoDB update pipelines).
+    odd = {**make_check(90, "changed", changed=("sha256",)), "note": "$fixity"}
+    store.upsert_files([{**record, "note": "$path", "fixity": [odd]}])
+    stored = store.get_file(record["uuid"])
+    assert stored["fixity"] == [indexed, verified, reindexed, odd]
+    assert stored["note"] == "$path"
 
 
 def test_within_one_upsert_the_last_doc_of_a_uuid_wins(store: Store) -> None:
@@ -1428,13 +1451,13 @@ def test_file_records_neither_carry_the_database_id_nor_share_the_callers_docs(
 def test_mongo_bulk_upsert_runs_one_unordered_bulk_write_and_retries_lost_races() -> None:
     """On a real server upserts go in one bulk_write; mongomock cannot run it, so emulate one."""
     import mongomock
-    from pymongo import ReplaceOne
+    from pymongo import UpdateOne
     from pymongo.errors import BulkWriteError
 
     from catalog.store.mongo import MongoStore
 
     class OneRaceLost:
-        """A collection whose bulk_write applies ReplaceOne upserts, first losing one race."""
+        """A collection whose bulk_write applies UpdateOne upserts, first losing one race."""
 
         def __init__(self, collection: Any) -> None:
             self.collection = collection
@@ -1443,15 +1466,15 @@ def test_mongo_bulk_upsert_runs_one_unordered_bulk_write_and_retries_lost_races(
         def __getattr__(self, name: str) -> Any:
             return getattr(self.collection, name)
 
-        def bulk_write(self, requests: list[ReplaceOne[Doc]], ordered: bool = True) -> None:
+        def bulk_write(self, requests: list[UpdateOne[Doc]], ordered: bool = True) -> None:
             self.calls.append(([op._filter["uuid"] for op in requests], ordered))
             errors = []
             for index, op in enumerate(requests):
-                assert isinstance(op, ReplaceOne) and op._upsert
+                assert isinstance(op, UpdateOne) and op._upsert
                 if len(self.calls) == 1 and index == 1:
                     errors.append({"index": index, "code": 11000, "errmsg": "E11000"})
                     continue
-                self.collection.replace_one(op._filter, op._doc, upsert=True)
+                self.collection.update_one(op._filter, op._doc, upsert=True)
             if errors:
                 raise BulkWriteError({"writeErrors": errors, "writeConcernErrors": []})
 

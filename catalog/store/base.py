@@ -165,6 +165,26 @@ def latest_files(docs: list[Doc]) -> dict[str, Doc]:
     return latest
 
 
+def merge_fixity(stored: list[Doc], given: list[Doc]) -> list[Doc]:
+    """A record's fixity log after an upsert: every check stored, then those ``given`` that are
+    not stored yet, in their order.
+
+    The log only grows. An indexer builds its record from a reading taken before it hashed, so
+    a check recorded meanwhile (``record_fixity`` from a verify) is missing from ``given``;
+    it is kept. Usually ``given`` extends ``stored`` or repeats it, answered without comparing
+    checks one by one."""
+    if given[:len(stored)] == stored:
+        return given
+    if stored[:len(given)] == given:
+        return stored
+    seen = {_check_key(check) for check in stored}
+    return [*stored, *(check for check in given if _check_key(check) not in seen)]
+
+
+def _check_key(check: Doc) -> str:
+    return json.dumps(check, sort_keys=True, separators=(",", ":"))
+
+
 def prefix_upper_bound(prefix: str) -> str | None:
     """The least string above every string that starts with ``prefix`` (None: no bound).
 
@@ -334,8 +354,11 @@ class Store(Protocol):
     def upsert_files(self, docs: list[Doc]) -> None:
         """Insert or replace file records (``FileRecord`` dumps) by ``uuid``, all together.
 
-        A replaced record is replaced whole: its checksum lookups and its edges of the
-        relations in ``ENTITY_LINK_FIELDS`` become those of the new doc. Link lists are stored
+        A replaced record is replaced whole, but for its ``fixity`` log, which only grows: the
+        stored checks stay, and the doc's checks not stored yet are added (``merge_fixity``),
+        so a check recorded while the doc was being made is never lost. Its checksum lookups
+        and its edges of the relations in ``ENTITY_LINK_FIELDS`` become those of the new doc.
+        Link lists are stored
         without repeats (first-seen order); within ``docs`` the last doc of a uuid wins.
         Raises InvalidInput, writing nothing, when a ``checksums`` key is not a valid algorithm
         name (see ``find_files_by_checksum``).

@@ -24,8 +24,9 @@ store of the process (so two stores opened on one URL see the same data, as with
 mongomock applies an update in place, step by step, with no lock held between matching and
 writing, so its calls are serialized here by one process-wide lock: that restores the per-document
 atomicity a real server provides, and nothing more (the compare-and-set still does the work).
-mongomock 4.3 also cannot run ``bulk_write`` with the ``ReplaceOne`` objects of pymongo 4.11 and
-newer (they pass a ``sort`` it rejects), so on mongomock bulk writes become one call per document.
+mongomock 4.3 also cannot run ``bulk_write`` with the ``ReplaceOne`` / ``UpdateOne`` objects of
+pymongo 4.11 and newer (they pass a ``sort`` it rejects), so on mongomock bulk writes become one
+call per document.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from contextlib import AbstractContextManager, nullcontext
 from urllib.parse import urlsplit
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, ReplaceOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -473,14 +474,14 @@ class MongoStore:
         if self._mock:
             with self._guard:
                 for uuid, doc in latest.items():
-                    self._files.replace_one({"uuid": uuid}, doc, upsert=True)
+                    self._files.update_one({"uuid": uuid}, _file_upsert(doc), upsert=True)
             return
         pending = list(latest)
         for _ in range(self._retries):
             try:
                 with self._guard:
                     self._files.bulk_write(
-                        [ReplaceOne({"uuid": uuid}, latest[uuid], upsert=True)
+                        [UpdateOne({"uuid": uuid}, _file_upsert(latest[uuid]), upsert=True)
                          for uuid in pending],
                         ordered=False,
                     )
@@ -566,6 +567,20 @@ class MongoStore:
         query: Doc = {} if job_uuid is None else {"job_uuid": job_uuid}
         with self._guard:
             return list(self._audit.find(query, _NO_ID).sort("_id", DESCENDING).limit(limit))
+
+
+def _file_upsert(doc: Doc) -> list[Doc]:
+    """The update pipeline that upserts a file record: ``doc`` whole (``$literal``: no value of
+    it is read as an expression), but for its fixity log, which keeps every stored check and
+    adds the doc's checks not stored yet (``merge_fixity``), in one atomic write."""
+    stored: Doc = {"$ifNull": ["$fixity", []]}
+    added = {"$filter": {"input": {"$literal": doc.get("fixity") or []}, "as": "check",
+                         # not $not: mongomock 4.3 evaluates it wrongly in expressions
+                         "cond": {"$eq": [{"$in": ["$$check", stored]}, False]}}}
+    root: Doc = {"_id": "$_id"}
+    root.update((key, {"$literal": value}) for key, value in doc.items() if key != "fixity")
+    root["fixity"] = {"$concatArrays": [stored, added]}
+    return [{"$replaceRoot": {"newRoot": root}}]
 
 
 def _entry(stored: Doc) -> Doc:

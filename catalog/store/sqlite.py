@@ -49,6 +49,7 @@ from catalog.store.base import (
     decode_sorted_cursor,
     latest_files,
     link_source_not_found,
+    merge_fixity,
     page_of,
     prefix_upper_bound,
     sorted_page,
@@ -686,18 +687,23 @@ class SQLiteStore:
         with self._write() as conn:
             # A replaced record's checksum rows are found through its old doc (the table's key
             # starts with the algorithm), and its edges through the links key (src, relation).
+            # Its fixity log is read under the write lock, to be kept (merge_fixity).
             stale_checksums: list[tuple[str, str, str]] = []
             replaced: list[str] = []
             for chunk in chunked(list(latest), _IN_CHUNK):
                 rows = conn.execute(
-                    "SELECT uuid, json_extract(doc, '$.checksums') FROM files "
-                    f"WHERE uuid IN ({', '.join('?' * len(chunk))})",
+                    "SELECT uuid, json_extract(doc, '$.checksums'), json_extract(doc, '$.fixity') "
+                    f"FROM files WHERE uuid IN ({', '.join('?' * len(chunk))})",
                     chunk,
                 )
-                for uuid, checksums in rows:
+                for uuid, checksums, fixity in rows:
                     replaced.append(uuid)
                     stale_checksums += [(algorithm, digest, uuid) for algorithm, digest
                                         in json.loads(checksums or "{}").items()]
+                    stored = json.loads(fixity or "[]")
+                    given = latest[uuid].get("fixity") or []
+                    if stored and (merged := merge_fixity(stored, given)) is not given:
+                        latest[uuid] = {**latest[uuid], "fixity": merged}
             conn.executemany(
                 "DELETE FROM file_checksums WHERE algorithm = ? AND digest = ? AND uuid = ?",
                 stale_checksums,
