@@ -16,7 +16,9 @@ from catalog.fixity import check, compare, hash_many
 from catalog.identifiers import UUIDType, parse_uuid
 from catalog.indexer import Progress
 from catalog.models import utc_now
-from catalog.store.base import Doc
+from catalog.store.base import Doc, FixityUpdate
+
+RECORD_CHUNK = 1000  # fixity checks per store write
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ def verify(catalog: Catalog, job_uuid: str | None = None,
         found.update(hash_many(catalog.storage, paths, algorithms, on_done=progress))
     report = VerifyReport()
     now = utc_now()
+    checks: list[FixityUpdate] = []
     for record in records:
         value = found.get(record["path"])
         if isinstance(value, FileNotFoundError) or value is None:
@@ -91,9 +94,13 @@ def verify(catalog: Catalog, job_uuid: str | None = None,
         else:
             size, digests = value
         outcome, changed = compare(record["checksums"], record["size"], size, digests)
-        catalog.store.record_fixity(record["uuid"],
-                                    check(now, outcome, size, digests or {}, changed), outcome)
+        checks.append((record["uuid"], check(now, outcome, size, digests or {}, changed),
+                       outcome))
         report.files.append(FileVerdict(record["uuid"], record["path"], outcome, changed))
+    # Recorded in writes of RECORD_CHUNK checks: not one commit per file, and not one write
+    # lock held (webhooks waiting) for the whole catalog.
+    for start in range(0, len(checks), RECORD_CHUNK):
+        catalog.store.record_fixity(checks[start:start + RECORD_CHUNK])
     catalogued = {record["path"] for record in records}
     for prefix in sorted(prefixes):
         report.uncatalogued += [info.path for info in catalog.storage.list(prefix)

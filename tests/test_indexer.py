@@ -232,6 +232,27 @@ def test_a_verify_during_an_index_keeps_its_checks(catalog: Catalog) -> None:
         assert doc["status"] == "ok"
 
 
+def test_verify_records_its_checks_in_writes_of_a_few(catalog: Catalog,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import catalog.verify as verify_module
+
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    writes: list[int] = []
+    record_fixity = catalog.store.record_fixity
+
+    def counted(checks: list[Any]) -> None:
+        writes.append(len(checks))
+        record_fixity(checks)
+
+    monkeypatch.setattr(verify_module, "RECORD_CHUNK", 3)
+    monkeypatch.setattr(catalog.store, "record_fixity", counted)
+    assert verify(catalog, job.uuid).counts()["ok"] == 4
+    assert writes == [3, 1]
+    for doc in records(catalog, job).values():
+        assert [c["outcome"] for c in doc["fixity"]] == ["indexed", "ok"]
+
+
 def test_reset_empties_the_archive_path_and_unlinks_records(catalog: Catalog) -> None:
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)

@@ -1140,7 +1140,7 @@ def test_upsert_files_never_loses_a_fixity_check(store: Store) -> None:
     record = make_file("/products/v2/out.csv", fixity=(indexed,))
     store.upsert_files([record])
     # A verify records its check while an indexer works from the record as it read it before.
-    store.record_fixity(record["uuid"], verified, "ok")
+    store.record_fixity([(record["uuid"], verified, "ok")])
     store.upsert_files([{**record, "fixity": [indexed, reindexed]}])
     assert store.get_file(record["uuid"])["fixity"] == [indexed, verified, reindexed]
     # Sending the log again (whole, a part of it, or none of it) adds nothing and loses nothing.
@@ -1270,8 +1270,8 @@ def test_find_files_filters_combine(store: Store) -> None:
     ]
     a, b, c, d, e = docs
     store.upsert_files(docs)
-    store.record_fixity(b["uuid"], make_check(10, "missing"), "missing")
-    store.record_fixity(c["uuid"], make_check(10, "missing"), "missing")
+    store.record_fixity([(b["uuid"], make_check(10, "missing"), "missing"),
+                         (c["uuid"], make_check(10, "missing"), "missing")])
     b_now, c_now = store.get_file(b["uuid"]), store.get_file(c["uuid"])
     assert b_now is not None and c_now is not None
 
@@ -1297,8 +1297,9 @@ def test_record_fixity_appends_checks_in_order(store: Store) -> None:
     checks = [(make_check(10, "ok"), "ok"),
               (make_check(20, "changed", "y", changed=("xxh3_128", "sha256")), "changed"),
               (make_check(30, "missing"), "missing")]
-    for check, status in checks:
-        store.record_fixity(record["uuid"], check, status)
+    store.record_fixity([(record["uuid"], *checks[0])])
+    store.record_fixity([(record["uuid"], check, status) for check, status in checks[1:]])
+    store.record_fixity([])
 
     expected = {**record, "fixity": [indexed, *(c for c, _ in checks)], "status": "missing",
                 "updated": at(30).strftime("%Y-%m-%dT%H:%M:%S.123Z")}
@@ -1312,13 +1313,16 @@ def test_record_fixity_appends_checks_in_order(store: Store) -> None:
 
 
 def test_record_fixity_on_an_unknown_file_raises_file_not_found(store: Store) -> None:
-    store.upsert_files([make_file("/products/v2/out.csv")])
+    known = make_file("/products/v2/out.csv")
+    store.upsert_files([known])
     with pytest.raises(FileNotFound) as raised:
-        store.record_fixity(UNKNOWN_FILE, make_check(10), "ok")
+        store.record_fixity([(known["uuid"], make_check(10), "ok"),
+                             (UNKNOWN_FILE, make_check(10), "ok")])
     assert isinstance(raised.value, NotFound)
     assert raised.value.details == {"uuid": UNKNOWN_FILE}
     assert (raised.value.code, raised.value.status) == ("file_not_found", 404)
     assert store.get_file(UNKNOWN_FILE) is None
+    assert store.get_file(known["uuid"]) == known  # nothing of the call was written
 
 
 def test_unlink_job_files_keeps_the_records_and_their_fixity(store: Store) -> None:
@@ -1331,7 +1335,7 @@ def test_unlink_job_files_keeps_the_records_and_their_fixity(store: Store) -> No
     store.upsert_files([only_ours, shared, theirs, generated])
     store.upsert_entities([product])
     check = make_check(10)
-    store.record_fixity(only_ours["uuid"], check, "ok")
+    store.record_fixity([(only_ours["uuid"], check, "ok")])
 
     assert store.unlink_job_files(FILE_JOB) == 3
 
@@ -1423,7 +1427,7 @@ def test_file_records_neither_carry_the_database_id_nor_share_the_callers_docs(
     check = make_check(10)
     originals = copy.deepcopy([record, check])
     store.upsert_files([record])
-    store.record_fixity(record["uuid"], check, "ok")
+    store.record_fixity([(record["uuid"], check, "ok")])
     assert [record, check] == originals
 
     expected = {**originals[0], "fixity": [*originals[0]["fixity"], originals[1]],

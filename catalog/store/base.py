@@ -165,6 +165,10 @@ def latest_files(docs: list[Doc]) -> dict[str, Doc]:
     return latest
 
 
+# (file uuid, FixityCheck dump, status): one check for ``Store.record_fixity``.
+FixityUpdate = tuple[str, Doc, str]
+
+
 def merge_fixity(stored: list[Doc], given: list[Doc]) -> list[Doc]:
     """A record's fixity log after an upsert: every check stored, then those ``given`` that are
     not stored yet, in their order.
@@ -395,11 +399,13 @@ class Store(Protocol):
         """
         ...
 
-    def record_fixity(self, uuid: str, check: Doc, status: str) -> None:
-        """Append ``check`` (a ``FixityCheck`` dump) to the record's ``fixity`` list.
+    def record_fixity(self, checks: list[FixityUpdate]) -> None:
+        """For each ``(uuid, check, status)``, in order: append ``check`` (a ``FixityCheck``
+        dump) to the record's ``fixity`` list, set its ``status``, and its ``updated`` to
+        ``check["date"]``; the record's ``checksums`` stay the reference they were.
 
-        Also sets the record's ``status`` and its ``updated`` to ``check["date"]``; the
-        record's ``checksums`` stay the reference they were. Raises FileNotFound.
+        All in one write (a verify of thousands of files is not thousands of commits). Raises
+        FileNotFound, writing nothing, when a uuid names no record.
         """
         ...
 

@@ -37,6 +37,7 @@ from catalog.store.base import (
     Applied,
     Decide,
     Doc,
+    FixityUpdate,
     JobQuery,
     Page,
     check_algorithm,
@@ -796,16 +797,26 @@ class SQLiteStore:
         )
         return [json.loads(r[0]) for r in rows]
 
-    def record_fixity(self, uuid: str, check: Doc, status: str) -> None:
+    def record_fixity(self, checks: list[FixityUpdate]) -> None:
+        if not checks:
+            return
         with self._write() as conn:
-            row = conn.execute("SELECT doc FROM files WHERE uuid = ?", (uuid,)).fetchone()
-            if row is None:
-                raise FileNotFound(uuid)
-            doc = json.loads(row[0])
-            doc.update(fixity=[*doc.get("fixity", []), check], status=status,
-                       updated=check["date"])
-            conn.execute(
-                "UPDATE files SET status = ?, doc = ? WHERE uuid = ?", (status, _dumps(doc), uuid)
+            docs: dict[str, Doc] = {}
+            for chunk in chunked(unique([uuid for uuid, _, _ in checks]), _IN_CHUNK):
+                rows = conn.execute(
+                    f"SELECT uuid, doc FROM files WHERE uuid IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+                docs.update((uuid, json.loads(body)) for uuid, body in rows)
+            for uuid, check, status in checks:
+                doc = docs.get(uuid)
+                if doc is None:
+                    raise FileNotFound(uuid)  # the transaction is rolled back: nothing written
+                doc.update(fixity=[*doc.get("fixity", []), check], status=status,
+                           updated=check["date"])
+            conn.executemany(
+                "UPDATE files SET status = ?, doc = ? WHERE uuid = ?",
+                [(doc["status"], _dumps(doc), uuid) for uuid, doc in sorted(docs.items())],
             )
 
     def unlink_job_files(self, job_uuid: str) -> int:
