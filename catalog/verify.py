@@ -13,6 +13,7 @@ from typing import Any
 
 from catalog.catalog import Catalog
 from catalog.fixity import check, compare, hash_many
+from catalog.gcpause import gc_paused
 from catalog.identifiers import UUIDType, parse_uuid
 from catalog.indexer import Progress
 from catalog.models import utc_now
@@ -64,6 +65,11 @@ def _records(catalog: Catalog, job_uuid: str | None) -> Iterator[Doc]:
 def verify(catalog: Catalog, job_uuid: str | None = None,
            progress: Progress | None = None) -> VerifyReport:
     """Verify the files of one job, or of the whole catalog when ``job_uuid`` is None."""
+    with gc_paused():  # thousands of records, all kept to the end (catalog.gcpause)
+        return _verify(catalog, job_uuid, progress)
+
+
+def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -> VerifyReport:
     prefixes: set[str] = set()
     if job_uuid is not None:
         job_uuid = parse_uuid(job_uuid, UUIDType.pipelinejob)

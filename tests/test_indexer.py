@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import uuid as uuid_module
@@ -220,13 +221,17 @@ def test_a_verify_during_an_index_keeps_its_checks(catalog: Catalog) -> None:
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     verified: list[int] = []
+    collecting: list[bool] = []
 
     def verify_once(path: str, size: int) -> None:  # called as each file is hashed
+        collecting.append(gc.isenabled())
         if not verified:
             verified.append(verify(catalog, job.uuid).counts()["ok"])
 
     result = index_job(catalog, job.uuid, job.token, rehash=True, progress=verify_once)
     assert (result.hashed, verified) == (4, [4])
+    # The collector is paused while the records are built (catalog.gcpause), and only then.
+    assert collecting == [False] * 4 and gc.isenabled()
     for relative, doc in records(catalog, job).items():
         assert [c["outcome"] for c in doc["fixity"]] == ["indexed", "ok", "indexed"], relative
         assert doc["status"] == "ok"
