@@ -19,7 +19,7 @@ from catalog.indexer import Progress
 from catalog.models import utc_now
 from catalog.store.base import Doc, FixityUpdate
 
-RECORD_CHUNK = 1000  # fixity checks per store write
+PAGE = 1000  # records read, re-hashed and recorded at a time
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,12 @@ class VerifyReport:
         }
 
 
-def _records(catalog: Catalog, job_uuid: str | None) -> Iterator[Doc]:
+def _pages(catalog: Catalog, job_uuid: str | None) -> Iterator[list[Doc]]:
     cursor = None
     while True:
-        page = catalog.store.find_files(child_of=job_uuid, limit=1000, cursor=cursor)
-        yield from page.items
+        page = catalog.store.find_files(child_of=job_uuid, limit=PAGE, cursor=cursor)
+        if page.items:
+            yield page.items
         if page.next is None:
             return
         cursor = page.next
@@ -64,8 +65,13 @@ def _records(catalog: Catalog, job_uuid: str | None) -> Iterator[Doc]:
 
 def verify(catalog: Catalog, job_uuid: str | None = None,
            progress: Progress | None = None) -> VerifyReport:
-    """Verify the files of one job, or of the whole catalog when ``job_uuid`` is None."""
-    with gc_paused():  # thousands of records, all kept to the end (catalog.gcpause)
+    """Verify the files of one job, or of the whole catalog when ``job_uuid`` is None.
+
+    Records are taken PAGE at a time (by path): read, compared and recorded before the next
+    page is read. So memory stays bounded however large the catalog, and an interrupted verify
+    keeps the checks of every page it finished (one write each, not one per file).
+    """
+    with gc_paused():  # thousands of verdicts, all kept to the end (catalog.gcpause)
         return _verify(catalog, job_uuid, progress)
 
 
@@ -74,23 +80,37 @@ def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -
     if job_uuid is not None:
         job_uuid = parse_uuid(job_uuid, UUIDType.pipelinejob)
         prefixes.add(catalog.get_job(job_uuid, history=False).archive_path)
-    records = list(_records(catalog, job_uuid))
-    if job_uuid is None:
-        jobs = {uuid for record in records for uuid in record.get("child_of", [])
-                if uuid.startswith(UUIDType.pipelinejob.prefix)}
-        for uuid in sorted(jobs):
-            job = catalog.store.get_job(uuid, history=False)
-            if job is not None:
-                prefixes.add(job["archive_path"])
+    report = VerifyReport()
+    catalogued: set[str] = set()
+    jobs: set[str] = set()
+    for records in _pages(catalog, job_uuid):
+        report.files += _verify_page(catalog, records, progress)
+        catalogued.update(record["path"] for record in records)
+        if job_uuid is None:
+            jobs.update(uuid for record in records for uuid in record.get("child_of", [])
+                        if uuid.startswith(UUIDType.pipelinejob.prefix))
+    for uuid in sorted(jobs):
+        job = catalog.store.get_job(uuid, history=False)
+        if job is not None:
+            prefixes.add(job["archive_path"])
+    for prefix in sorted(prefixes):
+        report.uncatalogued += [info.path for info in catalog.storage.list(prefix)
+                                if info.path not in catalogued]
+    return report
+
+
+def _verify_page(catalog: Catalog, records: list[Doc],
+                 progress: Progress | None) -> list[FileVerdict]:
+    """Re-read the files of ``records``, record one check on each (one write), say how each is."""
     by_algorithms: dict[tuple[str, ...], list[str]] = {}
     for record in records:
         by_algorithms.setdefault(tuple(sorted(record["checksums"])), []).append(record["path"])
     found: dict[str, Any] = {}
     for algorithms, paths in by_algorithms.items():
         found.update(hash_many(catalog.storage, paths, algorithms, on_done=progress))
-    report = VerifyReport()
     now = utc_now()
     checks: list[FixityUpdate] = []
+    verdicts: list[FileVerdict] = []
     for record in records:
         value = found.get(record["path"])
         if isinstance(value, FileNotFoundError) or value is None:
@@ -102,13 +122,6 @@ def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -
         outcome, changed = compare(record["checksums"], record["size"], size, digests)
         checks.append((record["uuid"], check(now, outcome, size, digests or {}, changed),
                        outcome))
-        report.files.append(FileVerdict(record["uuid"], record["path"], outcome, changed))
-    # Recorded in writes of RECORD_CHUNK checks: not one commit per file, and not one write
-    # lock held (webhooks waiting) for the whole catalog.
-    for start in range(0, len(checks), RECORD_CHUNK):
-        catalog.store.record_fixity(checks[start:start + RECORD_CHUNK])
-    catalogued = {record["path"] for record in records}
-    for prefix in sorted(prefixes):
-        report.uncatalogued += [info.path for info in catalog.storage.list(prefix)
-                                if info.path not in catalogued]
-    return report
+        verdicts.append(FileVerdict(record["uuid"], record["path"], outcome, changed))
+    catalog.store.record_fixity(checks)
+    return verdicts

@@ -237,8 +237,8 @@ def test_a_verify_during_an_index_keeps_its_checks(catalog: Catalog) -> None:
         assert doc["status"] == "ok"
 
 
-def test_verify_records_its_checks_in_writes_of_a_few(catalog: Catalog,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verify_takes_records_a_page_at_a_time(catalog: Catalog,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import catalog.verify as verify_module
 
     job = finished_job(catalog)
@@ -250,12 +250,25 @@ def test_verify_records_its_checks_in_writes_of_a_few(catalog: Catalog,
         writes.append(len(checks))
         record_fixity(checks)
 
-    monkeypatch.setattr(verify_module, "RECORD_CHUNK", 3)
+    monkeypatch.setattr(verify_module, "PAGE", 3)
     monkeypatch.setattr(catalog.store, "record_fixity", counted)
     assert verify(catalog, job.uuid).counts()["ok"] == 4
     assert writes == [3, 1]
     for doc in records(catalog, job).values():
         assert [c["outcome"] for c in doc["fixity"]] == ["indexed", "ok"]
+
+    # Interrupted in its second page, a verify keeps what it recorded of the first.
+    hashed: list[str] = []
+
+    def interrupt_at_the_fourth(path: str, size: int) -> None:
+        hashed.append(path)
+        if len(hashed) == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        verify(catalog, job.uuid, progress=interrupt_at_the_fourth)
+    outcomes = sorted(len(doc["fixity"]) for doc in records(catalog, job).values())
+    assert (outcomes, writes) == ([2, 3, 3, 3], [3, 1, 3])
 
 
 def test_reset_empties_the_archive_path_and_unlinks_records(catalog: Catalog) -> None:
