@@ -251,8 +251,12 @@ def verify(
     lines = [f"{v.outcome:8} {v.path}" + (f" ({', '.join(v.changed)})" if v.changed else "")
              for v in report.files if v.outcome != "ok"]
     lines += [f"{'new':8} {path} (not catalogued)" for path in report.uncatalogued]
+    lines += [f"{'skipped':8} {path} (another storage system: not read here)"
+              for path in report.other_storage]
     counts = report.counts()
-    lines.append(", ".join(f"{n} {k}" for k, n in counts.items()))
+    skipped = counts.pop("other_storage")
+    lines.append(", ".join(f"{n} {k}" for k, n in counts.items())
+                 + (f", {skipped} skipped (another storage system)" if skipped else ""))
     _emit(report.to_dict(), json_, "\n".join(lines))
     if not report.ok:
         raise SystemExit(1)

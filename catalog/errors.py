@@ -128,6 +128,14 @@ class IndexingError(CatalogError):
     code = "indexing_failed"
 
 
+class OtherStorageSystem(CatalogError):
+    """A job archives to a storage system this catalog does not read (setting
+    ``archive_system``): its files cannot be indexed or verified here."""
+
+    status = 409
+    code = "other_storage_system"
+
+
 class UnknownEvent(CatalogError):
     status = 422
     code = "unknown_event"

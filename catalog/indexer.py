@@ -22,9 +22,10 @@ from functools import lru_cache
 from typing import Any
 
 from catalog.catalog import Catalog
-from catalog.errors import CatalogError, IndexingError
+from catalog.errors import CatalogError, IndexingError, OtherStorageSystem
 from catalog.fixity import check, hash_many, normalise_algorithms
 from catalog.gcpause import gc_paused
+from catalog.identifiers import UUIDType, parse_uuid
 from catalog.jobs import parse_index_requests
 from catalog.models import (
     ArchiveIndexRequest,
@@ -133,9 +134,9 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
 
 def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
                  fixity: bool | None, rehash: bool, progress: Progress | None) -> IndexResult:
+    archive_path = check_storage_system(catalog, job)
     chosen = _requests_of(job, requests)
     storage = catalog.storage
-    archive_path = job.archive_path
     listed = list(storage.list(archive_path))
     claimed, unmatched = _claim(listed, archive_path, chosen)
     result = IndexResult(job.uuid, job.state, unmatched_requests=unmatched)
@@ -233,11 +234,29 @@ def _record(info: FileInfo, relative: str, request: Request, uuid: str, old: Doc
     }
 
 
+def check_storage_system(catalog: Catalog, job: Job) -> str:
+    """The job's archive path, if its files are on this catalog's storage system; else raise
+    OtherStorageSystem (its files would be looked for in the wrong place)."""
+    if job.archive_system != catalog.settings.archive_system:
+        raise OtherStorageSystem(
+            f"job {job.uuid} archives to storage system {job.archive_system!r}, and this "
+            f"catalog reads {catalog.settings.archive_system!r} (setting archive_system): its "
+            "files are indexed and verified by a catalog on that system", uuid=job.uuid,
+            archive_system=job.archive_system)
+    return job.archive_path
+
+
 def index_job(catalog: Catalog, uuid: str, token: str | None,
               requests: Iterable[Any] | None = None, fixity: bool | None = None,
               rehash: bool = False, fail_on_error: bool = False, source: str = "python",
               progress: Progress | None = None) -> IndexResult:
     """Send ``index``, index the job's files, send ``indexed``; see the module docstring."""
+    try:
+        catalog.keys.check_job(parse_uuid(uuid, UUIDType.pipelinejob), token)
+    except CatalogError:
+        pass  # handle_event refuses it below, and writes the refusal to the audit log
+    else:  # refused before the job changes state
+        check_storage_system(catalog, catalog.get_job(uuid, history=False))
     catalog.handle_event(uuid, {"name": "index", "data": {"rehash": rehash}}, token, source)
     job = catalog.get_job(uuid, history=False)
     try:

@@ -15,7 +15,7 @@ from catalog.catalog import Catalog
 from catalog.fixity import check, compare, hash_many
 from catalog.gcpause import gc_paused
 from catalog.identifiers import UUIDType, parse_uuid
-from catalog.indexer import Progress
+from catalog.indexer import Progress, check_storage_system
 from catalog.models import utc_now
 from catalog.store.base import Doc, FixityUpdate
 
@@ -34,6 +34,8 @@ class FileVerdict:
 class VerifyReport:
     files: list[FileVerdict] = field(default_factory=list)
     uncatalogued: list[str] = field(default_factory=list)
+    # "system:path" of records on another storage system than this catalog's: not read here
+    other_storage: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -43,12 +45,14 @@ class VerifyReport:
         counts = {"ok": 0, "changed": 0, "missing": 0}
         for verdict in self.files:
             counts[verdict.outcome] = counts.get(verdict.outcome, 0) + 1
-        return {**counts, "uncatalogued": len(self.uncatalogued)}
+        return {**counts, "uncatalogued": len(self.uncatalogued),
+                "other_storage": len(self.other_storage)}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "counts": self.counts(),
             "files": [vars(f) for f in self.files], "uncatalogued": self.uncatalogued,
+            "other_storage": self.other_storage,
         }
 
 
@@ -70,28 +74,38 @@ def verify(catalog: Catalog, job_uuid: str | None = None,
     Records are taken PAGE at a time (by path): read, compared and recorded before the next
     page is read. So memory stays bounded however large the catalog, and an interrupted verify
     keeps the checks of every page it finished (one write each, not one per file).
+
+    Only files of this catalog's storage system (setting ``archive_system``) are read: a job of
+    another is refused (OtherStorageSystem), and with the whole catalog, records of another are
+    listed in ``other_storage`` with nothing recorded on them (reading them from this storage
+    would record them missing).
     """
     with gc_paused():  # thousands of verdicts, all kept to the end (catalog.gcpause)
         return _verify(catalog, job_uuid, progress)
 
 
 def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -> VerifyReport:
+    system = catalog.settings.archive_system
     prefixes: set[str] = set()
     if job_uuid is not None:
         job_uuid = parse_uuid(job_uuid, UUIDType.pipelinejob)
-        prefixes.add(catalog.get_job(job_uuid, history=False).archive_path)
+        prefixes.add(check_storage_system(catalog, catalog.get_job(job_uuid, history=False)))
     report = VerifyReport()
     catalogued: set[str] = set()
     jobs: set[str] = set()
-    for records in _pages(catalog, job_uuid):
-        report.files += _verify_page(catalog, records, progress)
+    for page in _pages(catalog, job_uuid):
+        records = [record for record in page if record["storage_system"] == system]
+        report.other_storage += [f"{record['storage_system']}:{record['path']}"
+                                 for record in page if record["storage_system"] != system]
+        if records:
+            report.files += _verify_page(catalog, records, progress)
         catalogued.update(record["path"] for record in records)
         if job_uuid is None:
             jobs.update(uuid for record in records for uuid in record.get("child_of", [])
                         if uuid.startswith(UUIDType.pipelinejob.prefix))
     for uuid in sorted(jobs):
         job = catalog.store.get_job(uuid, history=False)
-        if job is not None:
+        if job is not None and job.get("archive_system", system) == system:
             prefixes.add(job["archive_path"])
     for prefix in sorted(prefixes):
         report.uncatalogued += [info.path for info in catalog.storage.list(prefix)

@@ -16,7 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance
-from catalog.errors import AdminRequired, CatalogError, InvalidInput, UnsafePath
+from catalog.errors import (
+    AdminRequired,
+    CatalogError,
+    InvalidInput,
+    OtherStorageSystem,
+    TokenInvalid,
+    UnsafePath,
+)
 from catalog.indexer import file_uuid
 from catalog.models import FileRecord
 from catalog.tokens import Keys
@@ -189,7 +196,8 @@ def test_verify_reports_ok_changed_missing_and_uncatalogued(catalog: Catalog) ->
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     report = verify(catalog, job.uuid)
-    assert report.counts() == {"ok": 4, "changed": 0, "missing": 0, "uncatalogued": 1}
+    assert report.counts() == {"ok": 4, "changed": 0, "missing": 0, "uncatalogued": 1,
+                               "other_storage": 0}
     assert not report.ok  # notes.txt is there but not catalogued
     assert report.uncatalogued == [f"{job.archive_path}/notes.txt"]
 
@@ -269,6 +277,36 @@ def test_verify_takes_records_a_page_at_a_time(catalog: Catalog,
         verify(catalog, job.uuid, progress=interrupt_at_the_fourth)
     outcomes = sorted(len(doc["fixity"]) for doc in records(catalog, job).values())
     assert (outcomes, writes) == ([2, 3, 3, 3], [3, 1, 3])
+
+
+def test_a_job_of_another_storage_system_is_neither_indexed_nor_verified_here(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    ours = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, ours.uuid).index(ours.token)
+    theirs = finished_job(catalog)
+    # The same catalog database, seen from a catalog whose archive is another system.
+    other = Catalog.open(catalog.settings.db, keys=KEYS, archive_root=str(tmp_path / "hpc"),
+                         archive_system="hpc")
+    try:
+        with pytest.raises(OtherStorageSystem, match="storage system 'local'") as refused:
+            ManagedPipelineJobInstance(other, theirs.uuid).index(theirs.token)
+        assert (refused.value.status, refused.value.code) == (409, "other_storage_system")
+        assert other.get_job(theirs.uuid).state == "FINISHED"  # refused before any event
+        with pytest.raises(TokenInvalid):  # a wrong token is refused as such first
+            ManagedPipelineJobInstance(other, theirs.uuid).index("not-the-token")
+        with pytest.raises(OtherStorageSystem):
+            verify(other, ours.uuid)
+        everything = verify(other, None)  # nothing read here, nothing recorded
+        assert everything.files == [] and everything.uncatalogued == []
+        assert sorted(everything.other_storage) == sorted(
+            f"local:{doc['path']}" for doc in records(catalog, ours).values())
+        assert everything.ok
+    finally:
+        other.close()
+    for doc in records(catalog, ours).values():
+        assert [c["outcome"] for c in doc["fixity"]] == ["indexed"]
+    assert ManagedPipelineJobInstance(catalog, theirs.uuid).index(theirs.token).hashed == 4
 
 
 def test_reset_empties_the_archive_path_and_unlinks_records(catalog: Catalog) -> None:
@@ -362,7 +400,8 @@ def test_index_and_verify_on_the_command_line(catalog: Catalog, tmp_path: Path) 
     checked = cli("verify", job.uuid, "--json")
     assert checked.returncode == 1
     report = json.loads(checked.stdout)
-    assert report["counts"] == {"ok": 2, "changed": 0, "missing": 2, "uncatalogued": 0}
+    assert report["counts"] == {"ok": 2, "changed": 0, "missing": 2, "uncatalogued": 0,
+                                "other_storage": 0}
     human = cli("verify", job.uuid)
     assert human.returncode == 1 and "missing" in human.stdout
     neither = cli("--json", "verify")
