@@ -203,6 +203,11 @@ _UPSERT_FILE = (
     "kind = excluded.kind, level = excluded.level, media_type = excluded.media_type, "
     "created = excluded.created, doc = excluded.doc"
 )
+# A check appended to a record's fixity list (made first if the doc has none), with its status.
+_APPEND_CHECK = (
+    "UPDATE files SET status = ?, doc = json_set(json_insert(doc, '$.fixity', json('[]')), "
+    "'$.fixity[#]', json(?), '$.status', ?, '$.updated', ?) WHERE uuid = ?"
+)
 _INSERT_CHECKSUM = "INSERT OR IGNORE INTO file_checksums (algorithm, digest, uuid) VALUES (?, ?, ?)"
 _LINK_SOURCE_TABLES = {"job": "jobs", "file": "files", "entity": "entities"}
 
@@ -801,23 +806,21 @@ class SQLiteStore:
         if not checks:
             return
         with self._write() as conn:
-            docs: dict[str, Doc] = {}
-            for chunk in chunked(unique([uuid for uuid, _, _ in checks]), _IN_CHUNK):
-                rows = conn.execute(
-                    f"SELECT uuid, doc FROM files WHERE uuid IN ({', '.join('?' * len(chunk))})",
-                    chunk,
-                )
-                docs.update((uuid, json.loads(body)) for uuid, body in rows)
-            for uuid, check, status in checks:
-                doc = docs.get(uuid)
-                if doc is None:
-                    raise FileNotFound(uuid)  # the transaction is rolled back: nothing written
-                doc.update(fixity=[*doc.get("fixity", []), check], status=status,
-                           updated=check["date"])
-            conn.executemany(
-                "UPDATE files SET status = ?, doc = ? WHERE uuid = ?",
-                [(doc["status"], _dumps(doc), uuid) for uuid, doc in sorted(docs.items())],
-            )
+            # Appended by SQLite's JSON functions: no record is parsed and rewritten in Python.
+            appended = conn.executemany(
+                _APPEND_CHECK,
+                [(status, _dumps(check), status, check["date"], uuid)
+                 for uuid, check, status in checks],
+            ).rowcount
+            if appended != len(checks):
+                wanted = unique([uuid for uuid, _, _ in checks])
+                found: set[str] = set()
+                for chunk in chunked(wanted, _IN_CHUNK):
+                    found.update(uuid for (uuid,) in conn.execute(
+                        f"SELECT uuid FROM files WHERE uuid IN ({', '.join('?' * len(chunk))})",
+                        chunk))
+                # Raised inside the transaction: it is rolled back, nothing is written.
+                raise FileNotFound(next(uuid for uuid in wanted if uuid not in found))
 
     def unlink_job_files(self, job_uuid: str) -> int:
         relations = ", ".join(f"'{relation}'" for relation in FILE_JOB_LINK_FIELDS)
