@@ -41,7 +41,7 @@ from catalog.models import (
     utc_now,
 )
 from catalog.store import Applied, JobQuery, Page, Store, open_store
-from catalog.store.base import Decide, Doc, encode_cursor, prefix_upper_bound
+from catalog.store.base import Decide, Doc, cursor_after, encode_cursor, prefix_upper_bound
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, 123000, tzinfo=UTC)
 PIPELINE_A = pipeline_uuid("align", "1.0")
@@ -826,7 +826,7 @@ def test_sqlite_migrates_a_version_1_database(
     write_v1_job(path, job)
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
         assert store.get_job(job["uuid"]) == job
         store.upsert_entities([make_entity("s3://bucket/cube.fits")])
         store.add_links(PRODUCT, "generated_by", [job["uuid"]])
@@ -845,16 +845,82 @@ def test_sqlite_migrates_a_version_2_database_with_entities(
     product = make_entity("s3://bucket/cube.fits")
     with monkeypatch.context() as patched:
         patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:2])
-        old = sqlite.SQLiteStore(path)
-        old.upsert_entities([product])
-        old.close()
+        sqlite.SQLiteStore(path).close()
+    with closing(sqlite3.connect(path)) as conn, conn:  # as the code of version 2 wrote it
+        conn.execute("INSERT INTO entities (uuid, kind, created, doc) VALUES (?, ?, ?, ?)",
+                     (product["uuid"], product["kind"], product["created"], json.dumps(product)))
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
         assert store.get_entity(PRODUCT) == product
         record = make_file("/products/v2/a.csv")
         store.upsert_files([record])
         assert store.get_file(record["uuid"]) == record
+    finally:
+        store.close()
+
+
+def test_sqlite_migrates_a_version_5_database_with_file_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from catalog.store import sqlite
+
+    path = tmp_path / "old.db"
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:5])
+        sqlite.SQLiteStore(path).close()
+    docs = [make_file(f"/products/v2/{name}.csv") for name in "dbca"]
+    product = make_entity("s3://bucket/cube.fits", generated_by=[FILE_JOB])
+    with closing(sqlite3.connect(path)) as conn, conn:  # as the code of version 5 wrote them
+        conn.executemany(
+            "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, "
+            "created, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(d["uuid"], d["path"], d["storage_system"], d["status"], d["kind"], d["level"],
+              d["media_type"], d["created"], json.dumps(d)) for d in docs])
+        conn.executemany("INSERT INTO links (src, relation, dst) VALUES (?, ?, ?)",
+                         [(d["uuid"], relation, FILE_JOB) for d in docs
+                          for relation in ("child_of", "generated_by")])
+    store = sqlite.SQLiteStore(path)
+    try:
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
+        pages = all_pages(lambda cursor: store.find_files(child_of=FILE_JOB, limit=3,
+                                                          cursor=cursor), 3)
+        assert [d for page in pages for d in page] == by_path(docs)
+        store.upsert_entities([product])
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("SELECT src FROM links WHERE src_path IS NULL").fetchall() == [
+                (PRODUCT,)]  # only the entity's link has no path
+        assert sources_of(store, "generated_by", FILE_JOB) == {
+            *(d["uuid"] for d in docs), PRODUCT}
+    finally:
+        store.close()
+
+
+def test_sqlite_pages_a_jobs_files_without_sorting_them_all(tmp_path: Path) -> None:
+    from catalog.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "plan.db")
+    try:
+        docs = [make_file(f"/products/v2/{n:03d}.csv") for n in range(30)]
+        store.upsert_files(docs)
+        other = make_file("/products/v1/linked.csv", child_of=(OTHER_JOB,))
+        store.upsert_files([other])
+        store.add_links(other["uuid"], "child_of", [FILE_JOB])  # a link added later
+        expected = by_path([*docs, {**other, "child_of": [OTHER_JOB, FILE_JOB]}])
+        for sort, order in (("path", expected), ("-path", expected[::-1])):
+            pages = all_pages(lambda cursor, s=sort: store.find_files(
+                child_of=FILE_JOB, limit=7, cursor=cursor, sort=s), 7)
+            assert [d for page in pages for d in page] == order, sort
+        statements: list[str] = []
+        connection = store._connection()
+        connection.set_trace_callback(statements.append)
+        try:
+            store.find_files(child_of=FILE_JOB, limit=7, cursor=cursor_after(docs[9], "path"))
+        finally:
+            connection.set_trace_callback(None)
+        plan = " ".join(str(row) for row in connection.execute(
+            f"EXPLAIN QUERY PLAN {statements[-1]}"))
+        assert "links_reverse" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
 
@@ -892,7 +958,7 @@ def test_sqlite_migration_4_fills_the_new_columns_from_existing_records(
                                                 json.dumps(record)))
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
         assert store.find_jobs(JobQuery(agent="actor-7")).items == [without_history(job)]
         for filters in ({"kind": "plot"}, {"media_type": "image/png"}, {"level": "2"},
                         {"sort": "-created"}):
@@ -920,7 +986,7 @@ def test_sqlite_migration_5_keeps_every_history_entry_and_still_refuses_a_duplic
     write_v1_job(path, job)
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5]
+        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
         assert store.get_job(job["uuid"]) == job  # every entry, in order
         again = make_entry("update", "CREATED", at(9), event_id="e3")
         assert store.apply_event(job["uuid"], "e3", deciding("CREATED", again)).duplicate

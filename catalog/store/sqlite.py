@@ -183,12 +183,25 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE history_v5 RENAME TO history;
         """,
     ),
+    (
+        6,
+        "links of a file carry its path, and links_reverse orders a job's files by path: paging "
+        "a job's files (file list --job, verify) read and sorted all of them for every page",
+        """
+        ALTER TABLE links ADD COLUMN src_path TEXT;
+        UPDATE links SET src_path = (SELECT path FROM files WHERE files.uuid = links.src)
+            WHERE src IN (SELECT uuid FROM files);
+        DROP INDEX links_reverse;
+        CREATE INDEX links_reverse ON links (dst, relation, src_path, src);
+        """,
+    ),
 )
 
 _MAX_BATCH = 256  # events per group commit
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
-_INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst) VALUES (?, ?, ?)"
+# src_path: the path of a file source (None for the others), see find_files.
+_INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst, src_path) VALUES (?, ?, ?, ?)"
 _UPDATE_HEAD = ("UPDATE jobs SET version = version + 1, last_event = ?, updated = ? "
                 "WHERE uuid = ? AND version = ?")
 _UPDATE_HEAD_AND_STATE = ("UPDATE jobs SET state = ?, version = version + 1, last_event = ?, "
@@ -214,14 +227,18 @@ _LINK_SOURCE_TABLES = {"job": "jobs", "file": "files", "entity": "entities"}
 
 def _keyset(sort: str, cursor: str | None, table: str, where: list[str],
             params: list[str]) -> str:
-    """Add the condition "after the cursor" for ``sort``; return the ORDER BY clause."""
+    """Add the condition "after the cursor" for ``sort``; return the ORDER BY clause.
+
+    ``table`` "links" keys a file's path and uuid by its link row (src_path, src)."""
     column, descending = check_sort(sort, JOB_SORTS + FILE_SORTS)
+    key_column, uuid_column = (f"{table}.{column}", f"{table}.uuid") if table != "links" else (
+        "links.src_path", "links.src")
     if cursor is not None:
         key, uuid = decode_sorted_cursor(cursor, sort)
-        where.append(f"({table}.{column}, {table}.uuid) {'<' if descending else '>'} (?, ?)")
+        where.append(f"({key_column}, {uuid_column}) {'<' if descending else '>'} (?, ?)")
         params += [key, uuid]
     direction = "DESC" if descending else "ASC"
-    return f"{table}.{column} {direction}, {table}.uuid {direction}"
+    return f"{key_column} {direction}, {uuid_column} {direction}"
 
 
 # One encoder for every call: json.dumps builds a new one whenever an option is passed.
@@ -442,7 +459,7 @@ class SQLiteStore:
                 )
                 conn.executemany(
                     _INSERT_LINK,
-                    [(doc["uuid"], relation, target)
+                    [(doc["uuid"], relation, target, None)
                      for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])],
                 )
                 return doc, True
@@ -644,7 +661,8 @@ class SQLiteStore:
                 if inserted:
                     conn.executemany(
                         _INSERT_LINK,
-                        [(doc["uuid"], relation, target) for relation in ENTITY_LINK_FIELDS
+                        [(doc["uuid"], relation, target, None)
+                         for relation in ENTITY_LINK_FIELDS
                          for target in unique(doc.get(relation, []))],
                     )
 
@@ -669,11 +687,12 @@ class SQLiteStore:
                 return
             doc[relation] = [*present, *new]
             conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
-            conn.executemany(_INSERT_LINK, [(src, relation, target) for target in new])
+            path = doc["path"] if table == "files" else None
+            conn.executemany(_INSERT_LINK, [(src, relation, target, path) for target in new])
 
     def edges(self, uuids: list[str], direction: str) -> list[tuple[str, str, str]]:
         # Both directions are served by an index: the key (src, relation, dst) and
-        # links_reverse (dst, relation, src).
+        # links_reverse (dst, relation, src_path, src).
         column = "src" if direction == "up" else "dst"
         found: list[tuple[str, str, str]] = []
         conn = self._connection()
@@ -734,7 +753,7 @@ class SQLiteStore:
             )
             conn.executemany(
                 _INSERT_LINK,
-                sorted((doc["uuid"], relation, target) for doc in latest.values()
+                sorted((doc["uuid"], relation, target, doc["path"]) for doc in latest.values()
                        for relation in ENTITY_LINK_FIELDS for target in doc.get(relation, [])),
             )
 
@@ -765,11 +784,15 @@ class SQLiteStore:
         check_sort(sort, FILE_SORTS)
         where: list[str] = []
         params: list[str] = []
-        source = "files"
+        source, keyed = "files", "files"
         if child_of is not None:
             source = "links JOIN files ON files.uuid = links.src"
             where.append("links.dst = ? AND links.relation = 'child_of'")
             params.append(child_of)
+            if sort.lstrip("-") == "path":
+                # links_reverse (dst, relation, src_path, src) holds the job's files in the
+                # page's order: each page is a range of it, not all the job's files sorted.
+                keyed = "links"
         if path_prefix:
             # A range, not LIKE: LIKE ignores ASCII case in SQLite, so it would need escaping
             # and would still match /Products for /products (and could not use the index).
@@ -784,7 +807,7 @@ class SQLiteStore:
             if value is not None:
                 where.append(f"files.{column} = ?")
                 params.append(value)
-        order = _keyset(sort, cursor, "files", where, params)
+        order = _keyset(sort, cursor, keyed, where, params)
         sql = f"SELECT files.doc FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)
