@@ -158,7 +158,7 @@ def bench_bagit_tree(tree_dir: Path, files: int) -> float:
 
 def bench_index_tree(tree_dir: Path, files: int) -> float:
     """The whole `catalog index` path: events, listing, hashing (xxh3_128 + sha256), file
-    records and their bulk upsert into a fresh SQLite catalog at default durability."""
+    records and their bulk upserts into a fresh SQLite catalog at default durability."""
     from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance
     from catalog.tokens import Keys
 
@@ -211,7 +211,8 @@ def bench_tree(root: Path, files: int, rounds: int) -> dict[str, Any]:
         "bagit": "make_bag(checksums=['sha256'], processes=2) on a fresh copy of the tree",
         "index_files_s": round(files / best["index"], 1),
         "index": "catalog index end to end (ManagedPipelineJobInstance.index) on a fresh "
-                 "SQLite catalog: events, listing, hashing, records, one bulk upsert",
+                 "SQLite catalog: events, listing, hashing, records, bulk upserts "
+                 "of 5,000",
     }
 
 

@@ -4,9 +4,9 @@
 path with its index requests (regular expressions searched in the path relative to the archive
 path; the first request that matches a file claims it, archive requests before product
 requests), hashes what is new or changed in one pass per file, resolves ``derived_from`` /
-``derived_using`` references, upserts every record in one bulk write, and sends ``indexed``
-(back to FINISHED). A failure is written to the job's history as an ``update`` carrying the
-error, and sends ``fail`` only when asked; the job then stays INDEXING.
+``derived_using`` references, upserts the records in bulk writes of thousands, and sends
+``indexed`` (back to FINISHED). A failure is written to the job's history as an ``update``
+carrying the error, and sends ``fail`` only when asked; the job then stays INDEXING.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from catalog.store.base import Doc
 Progress = Callable[[str, int], None]
 Request = ArchiveIndexRequest | ProductIndexRequest
 FAST_ONLY = ("xxh3_128",)
+UPSERT_CHUNK = 5000  # file records per store write (about 0.3 s of SQLite's write lock)
 
 
 @dataclass
@@ -195,7 +196,11 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
             result.unchanged += 1
     if references.new_references:
         catalog.add_entities(list(references.new_references.values()))
-    catalog.store.upsert_files(records)
+    # Bulk writes of UPSERT_CHUNK records: each holds the database's write lock a fraction of
+    # a second, however large the tree, so webhooks' events wait that long at most. Should one
+    # fail, the job stays INDEXING and indexing again completes it.
+    for start in range(0, len(records), UPSERT_CHUNK):
+        catalog.store.upsert_files(records[start:start + UPSERT_CHUNK])
     result.files = records
     return result
 

@@ -153,6 +153,27 @@ def test_reindex_reads_only_what_changed(catalog: Catalog) -> None:
     assert (rehashed.hashed, rehashed.unchanged) == (4, 0)
 
 
+def test_records_are_upserted_in_chunks(catalog: Catalog,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import catalog.indexer as indexer_module
+
+    job = finished_job(catalog)
+    writes: list[list[str]] = []
+    upsert_files = catalog.store.upsert_files
+
+    def counted(docs: list[dict[str, Any]]) -> None:
+        writes.append(sorted(doc["path"].rpartition("/")[2] for doc in docs))
+        upsert_files(docs)
+
+    monkeypatch.setattr(indexer_module, "UPSERT_CHUNK", 3)
+    monkeypatch.setattr(catalog.store, "upsert_files", counted)
+    result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    assert [len(chunk) for chunk in writes] == [3, 1]
+    assert sorted(name for chunk in writes for name in chunk) == [
+        "a.csv", "b.csv", "p.png", "summary.pdf"]
+    assert len(result.files) == len(records(catalog, job)) == 4
+
+
 def test_pattern_matching_nothing_indexes_nothing_and_says_so(catalog: Catalog) -> None:
     job = finished_job(catalog)
     result = ManagedPipelineJobInstance(catalog, job.uuid).index(
