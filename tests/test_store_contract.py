@@ -871,7 +871,13 @@ def test_sqlite_migrates_a_version_5_database_with_file_links(
         sqlite.SQLiteStore(path).close()
     docs = [make_file(f"/products/v2/{name}.csv") for name in "dbca"]
     product = make_entity("s3://bucket/cube.fits", generated_by=[FILE_JOB])
+    children = [make_job(key, seconds, child_of=(EXPERIMENT,))
+                for key, seconds in (("c1", 30), ("c2", 10), ("c3", 20))]
+    for child in children:
+        write_v1_job(path, child)
     with closing(sqlite3.connect(path)) as conn, conn:  # as the code of version 5 wrote them
+        conn.executemany("INSERT INTO links (src, relation, dst) VALUES (?, 'child_of', ?)",
+                         [(child["uuid"], EXPERIMENT) for child in children])
         conn.executemany(
             "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, "
             "created, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -886,10 +892,14 @@ def test_sqlite_migrates_a_version_5_database_with_file_links(
         pages = all_pages(lambda cursor: store.find_files(child_of=FILE_JOB, limit=3,
                                                           cursor=cursor), 3)
         assert [d for page in pages for d in page] == by_path(docs)
+        pages = all_pages(lambda cursor: store.find_jobs(JobQuery(
+            child_of=EXPERIMENT, limit=2, cursor=cursor)), 2)
+        assert [j["uuid"] for page in pages for j in page] == [
+            children[i]["uuid"] for i in (1, 2, 0)]  # by created
         store.upsert_entities([product])
         with closing(sqlite3.connect(path)) as conn:
-            assert conn.execute("SELECT src FROM links WHERE src_path IS NULL").fetchall() == [
-                (PRODUCT,)]  # only the entity's link has no path
+            assert conn.execute("SELECT src FROM links WHERE src_key IS NULL").fetchall() == [
+                (PRODUCT,)]  # only the entity's link has no key
         assert sources_of(store, "generated_by", FILE_JOB) == {
             *(d["uuid"] for d in docs), PRODUCT}
     finally:
@@ -916,6 +926,40 @@ def test_sqlite_pages_a_jobs_files_without_sorting_them_all(tmp_path: Path) -> N
         connection.set_trace_callback(statements.append)
         try:
             store.find_files(child_of=FILE_JOB, limit=7, cursor=cursor_after(docs[9], "path"))
+        finally:
+            connection.set_trace_callback(None)
+        plan = " ".join(str(row) for row in connection.execute(
+            f"EXPLAIN QUERY PLAN {statements[-1]}"))
+        assert "links_reverse" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        store.close()
+
+
+def test_sqlite_pages_a_jobs_children_without_sorting_them_all(tmp_path: Path) -> None:
+    from catalog.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "plan.db")
+    try:
+        children = [make_job(f"child-{n}", seconds=(n * 7) % 20, child_of=(EXPERIMENT,))
+                    for n in range(20)]
+        for child in children:
+            store.insert_job(child)
+        adopted = make_job("adopted", seconds=5)
+        store.insert_job(adopted)
+        store.add_links(adopted["uuid"], "child_of", [EXPERIMENT])  # a link added later
+        everyone = [*children, {**adopted, "child_of": [EXPERIMENT]}]
+        by_created = sorted(everyone, key=lambda job: (job["created"], job["uuid"]))
+        for sort, order in (("created", by_created), ("-created", by_created[::-1])):
+            pages = all_pages(lambda cursor, s=sort: store.find_jobs(JobQuery(
+                child_of=EXPERIMENT, limit=6, cursor=cursor, sort=s)), 6)
+            assert [j["uuid"] for page in pages for j in page] == [
+                j["uuid"] for j in order], sort
+        statements: list[str] = []
+        connection = store._connection()
+        connection.set_trace_callback(statements.append)
+        try:
+            store.find_jobs(JobQuery(child_of=EXPERIMENT, limit=6,
+                                     cursor=cursor_after(by_created[3], "created")))
         finally:
             connection.set_trace_callback(None)
         plan = " ".join(str(row) for row in connection.execute(

@@ -185,14 +185,17 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
     (
         6,
-        "links of a file carry its path, and links_reverse orders a job's files by path: paging "
-        "a job's files (file list --job, verify) read and sorted all of them for every page",
+        "links carry the key their source is paged by (a file's path, a job's created), and "
+        "links_reverse orders a job's files and children by it: paging them (file list --job, "
+        "verify, job list --child-of) read and sorted all of them for every page",
         """
-        ALTER TABLE links ADD COLUMN src_path TEXT;
-        UPDATE links SET src_path = (SELECT path FROM files WHERE files.uuid = links.src)
+        ALTER TABLE links ADD COLUMN src_key TEXT;
+        UPDATE links SET src_key = (SELECT path FROM files WHERE files.uuid = links.src)
             WHERE src IN (SELECT uuid FROM files);
+        UPDATE links SET src_key = (SELECT created FROM jobs WHERE jobs.uuid = links.src)
+            WHERE src IN (SELECT uuid FROM jobs);
         DROP INDEX links_reverse;
-        CREATE INDEX links_reverse ON links (dst, relation, src_path, src);
+        CREATE INDEX links_reverse ON links (dst, relation, src_key, src);
         """,
     ),
 )
@@ -200,8 +203,9 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 _MAX_BATCH = 256  # events per group commit
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
-# src_path: the path of a file source (None for the others), see find_files.
-_INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst, src_path) VALUES (?, ?, ?, ?)"
+# src_key: what its source is paged by, a file's path or a job's created (None for entities).
+_INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst, src_key) VALUES (?, ?, ?, ?)"
+_LINK_KEY_COLUMNS = {"jobs": "created", "files": "path", "entities": "NULL"}
 _UPDATE_HEAD = ("UPDATE jobs SET version = version + 1, last_event = ?, updated = ? "
                 "WHERE uuid = ? AND version = ?")
 _UPDATE_HEAD_AND_STATE = ("UPDATE jobs SET state = ?, version = version + 1, last_event = ?, "
@@ -229,10 +233,10 @@ def _keyset(sort: str, cursor: str | None, table: str, where: list[str],
             params: list[str]) -> str:
     """Add the condition "after the cursor" for ``sort``; return the ORDER BY clause.
 
-    ``table`` "links" keys a file's path and uuid by its link row (src_path, src)."""
+    ``table`` "links" keys a source's sort value and uuid by its link row (src_key, src)."""
     column, descending = check_sort(sort, JOB_SORTS + FILE_SORTS)
     key_column, uuid_column = (f"{table}.{column}", f"{table}.uuid") if table != "links" else (
-        "links.src_path", "links.src")
+        "links.src_key", "links.src")
     if cursor is not None:
         key, uuid = decode_sorted_cursor(cursor, sort)
         where.append(f"({key_column}, {uuid_column}) {'<' if descending else '>'} (?, ?)")
@@ -459,7 +463,7 @@ class SQLiteStore:
                 )
                 conn.executemany(
                     _INSERT_LINK,
-                    [(doc["uuid"], relation, target, None)
+                    [(doc["uuid"], relation, target, doc["created"])
                      for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])],
                 )
                 return doc, True
@@ -485,9 +489,10 @@ class SQLiteStore:
 
     def find_jobs(self, query: JobQuery) -> Page:
         where, params = [], []
-        source = "jobs"
+        source, keyed = "jobs", "jobs"
         if query.child_of is not None:
-            source = "links JOIN jobs ON jobs.uuid = links.src"
+            # A page of the children is a range of links_reverse (src_key is their created).
+            source, keyed = "links JOIN jobs ON jobs.uuid = links.src", "links"
             where.append("links.dst = ? AND links.relation = 'child_of'")
             params.append(query.child_of)
         for column in ("state", "pipeline_uuid", "agent"):
@@ -501,7 +506,7 @@ class SQLiteStore:
         if query.created_before is not None:
             where.append("jobs.created < ?")
             params.append(query.created_before)
-        order = _keyset(query.sort, query.cursor, "jobs", where, params)
+        order = _keyset(query.sort, query.cursor, keyed, where, params)
         columns = ", ".join(f"jobs.{c.strip()}" for c in _JOB_COLUMNS.split(","))
         sql = f"SELECT {columns} FROM {source}"
         if where:
@@ -677,22 +682,22 @@ class SQLiteStore:
         with self._write() as conn:
             # The list field lives in the doc's JSON: read, extend and rewrite it under the
             # write lock, leaving the head (state, version, updated) alone.
-            row = conn.execute(f"SELECT doc FROM {table} WHERE uuid = ?", (src,)).fetchone()
+            row = conn.execute(f"SELECT doc, {_LINK_KEY_COLUMNS[table]} FROM {table} "
+                               "WHERE uuid = ?", (src,)).fetchone()
             if row is None:
                 raise link_source_not_found(src)
-            doc = json.loads(row[0])
+            doc, key = json.loads(row[0]), row[1]
             present = doc.get(relation, [])
             new = [target for target in unique(targets) if target not in present]
             if not new:
                 return
             doc[relation] = [*present, *new]
             conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
-            path = doc["path"] if table == "files" else None
-            conn.executemany(_INSERT_LINK, [(src, relation, target, path) for target in new])
+            conn.executemany(_INSERT_LINK, [(src, relation, target, key) for target in new])
 
     def edges(self, uuids: list[str], direction: str) -> list[tuple[str, str, str]]:
         # Both directions are served by an index: the key (src, relation, dst) and
-        # links_reverse (dst, relation, src_path, src).
+        # links_reverse (dst, relation, src_key, src).
         column = "src" if direction == "up" else "dst"
         found: list[tuple[str, str, str]] = []
         conn = self._connection()
@@ -790,7 +795,7 @@ class SQLiteStore:
             where.append("links.dst = ? AND links.relation = 'child_of'")
             params.append(child_of)
             if sort.lstrip("-") == "path":
-                # links_reverse (dst, relation, src_path, src) holds the job's files in the
+                # links_reverse (dst, relation, src_key, src) holds the job's files in the
                 # page's order: each page is a range of it, not all the job's files sorted.
                 keyed = "links"
         if path_prefix:
