@@ -241,7 +241,7 @@ def verify(
     all_: Annotated[bool, typer.Option("--all", help="Every catalogued file.")] = False,
     json_: JsonOption = False,
 ) -> None:
-    """Re-read files and report ok / changed / missing / uncatalogued; exit 1 if any is not ok."""
+    """Re-read files: ok, changed, missing, unreadable, uncatalogued; exit 1 unless all ok."""
     from catalog.verify import verify as run_verify
 
     if (uuid is None) == (not all_):
@@ -250,6 +250,7 @@ def verify(
         report = run_verify(catalog, uuid, progress)
     lines = [f"{v.outcome:8} {v.path}" + (f" ({', '.join(v.changed)})" if v.changed else "")
              for v in report.files if v.outcome != "ok"]
+    lines += [f"{'error':8} {entry}" for entry in report.unreadable]
     lines += [f"{'new':8} {path} (not catalogued)" for path in report.uncatalogued]
     lines += [f"{'skipped':8} {path} (another storage system: not read here)"
               for path in report.other_storage]

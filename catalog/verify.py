@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from catalog.catalog import Catalog
+from catalog.errors import CatalogError
 from catalog.fixity import check, compare, hash_many
 from catalog.gcpause import gc_paused
 from catalog.identifiers import UUIDType, parse_uuid
@@ -36,23 +37,26 @@ class VerifyReport:
     uncatalogued: list[str] = field(default_factory=list)
     # "system:path" of records on another storage system than this catalog's: not read here
     other_storage: list[str] = field(default_factory=list)
+    # "path: error" of files that could not be read (nothing is recorded on their records)
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.uncatalogued and all(f.outcome == "ok" for f in self.files)
+        return not self.uncatalogued and not self.unreadable and all(
+            f.outcome == "ok" for f in self.files)
 
     def counts(self) -> dict[str, int]:
         counts = {"ok": 0, "changed": 0, "missing": 0}
         for verdict in self.files:
             counts[verdict.outcome] = counts.get(verdict.outcome, 0) + 1
-        return {**counts, "uncatalogued": len(self.uncatalogued),
-                "other_storage": len(self.other_storage)}
+        return {**counts, "unreadable": len(self.unreadable),
+                "uncatalogued": len(self.uncatalogued), "other_storage": len(self.other_storage)}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "counts": self.counts(),
             "files": [vars(f) for f in self.files], "uncatalogued": self.uncatalogued,
-            "other_storage": self.other_storage,
+            "other_storage": self.other_storage, "unreadable": self.unreadable,
         }
 
 
@@ -98,7 +102,7 @@ def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -
         report.other_storage += [f"{record['storage_system']}:{record['path']}"
                                  for record in page if record["storage_system"] != system]
         if records:
-            report.files += _verify_page(catalog, records, progress)
+            _verify_page(catalog, records, progress, report)
         catalogued.update(record["path"] for record in records)
         if job_uuid is None:
             jobs.update(uuid for record in records for uuid in record.get("child_of", [])
@@ -108,14 +112,20 @@ def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -
         if job is not None and job.get("archive_system", system) == system:
             prefixes.add(job["archive_path"])
     for prefix in sorted(prefixes):
-        report.uncatalogued += [info.path for info in catalog.storage.list(prefix)
-                                if info.path not in catalogued]
+        try:
+            for info in catalog.storage.list(prefix):
+                if info.path not in catalogued:
+                    report.uncatalogued.append(info.path)
+        except CatalogError as exc:  # an unsafe entry (a symlink out of the root) stops a listing
+            report.unreadable.append(f"{prefix}: listing stopped: {exc.message}")
     return report
 
 
-def _verify_page(catalog: Catalog, records: list[Doc],
-                 progress: Progress | None) -> list[FileVerdict]:
-    """Re-read the files of ``records``, record one check on each (one write), say how each is."""
+def _verify_page(catalog: Catalog, records: list[Doc], progress: Progress | None,
+                 report: VerifyReport) -> None:
+    """Re-read the files of ``records`` and record a check on each (one write), adding their
+    verdicts to ``report``. A file that cannot be read (other than gone: refused as unsafe, a
+    permission or S3 error) is reported unreadable, with nothing recorded: nothing was read."""
     by_algorithms: dict[tuple[str, ...], list[str]] = {}
     for record in records:
         by_algorithms.setdefault(tuple(sorted(record["checksums"])), []).append(record["path"])
@@ -124,18 +134,20 @@ def _verify_page(catalog: Catalog, records: list[Doc],
         found.update(hash_many(catalog.storage, paths, algorithms, on_done=progress))
     now = utc_now()
     checks: list[FixityUpdate] = []
-    verdicts: list[FileVerdict] = []
     for record in records:
         value = found.get(record["path"])
         if isinstance(value, FileNotFoundError) or value is None:
             size, digests = None, None
+        elif isinstance(value, CatalogError):
+            report.unreadable.append(f"{record['path']}: {value.message}")
+            continue
         elif isinstance(value, Exception):
-            raise value
+            report.unreadable.append(f"{record['path']}: {type(value).__name__}: {value}")
+            continue
         else:
             size, digests = value
         outcome, changed = compare(record["checksums"], record["size"], size, digests)
         checks.append((record["uuid"], check(now, outcome, size, digests or {}, changed),
                        outcome))
-        verdicts.append(FileVerdict(record["uuid"], record["path"], outcome, changed))
+        report.files.append(FileVerdict(record["uuid"], record["path"], outcome, changed))
     catalog.store.record_fixity(checks)
-    return verdicts

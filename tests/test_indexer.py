@@ -217,8 +217,8 @@ def test_verify_reports_ok_changed_missing_and_uncatalogued(catalog: Catalog) ->
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     report = verify(catalog, job.uuid)
-    assert report.counts() == {"ok": 4, "changed": 0, "missing": 0, "uncatalogued": 1,
-                               "other_storage": 0}
+    assert report.counts() == {"ok": 4, "changed": 0, "missing": 0, "unreadable": 0,
+                               "uncatalogued": 1, "other_storage": 0}
     assert not report.ok  # notes.txt is there but not catalogued
     assert report.uncatalogued == [f"{job.archive_path}/notes.txt"]
 
@@ -330,6 +330,50 @@ def test_a_job_of_another_storage_system_is_neither_indexed_nor_verified_here(
     assert ManagedPipelineJobInstance(catalog, theirs.uuid).index(theirs.token).hashed == 4
 
 
+def test_a_file_that_cannot_be_read_is_reported_and_the_verify_goes_on(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    storage = type(catalog.storage)
+    broken = f"{job.archive_path}/data/b.csv"
+    real_open = storage.open
+
+    def refuse_one(self: Any, path: str) -> Any:
+        if path == broken:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(self, path)
+
+    monkeypatch.setattr(storage, "open", refuse_one)
+    report = verify(catalog, job.uuid)
+    assert report.unreadable == [f"{broken}: PermissionError: [Errno 13] Permission denied: "
+                                 f"'{broken}'"]
+    assert report.counts()["ok"] == 3 and report.counts()["unreadable"] == 1
+    assert not report.ok
+    found = records(catalog, job)
+    assert [c["outcome"] for c in found["data/b.csv"]["fixity"]] == ["indexed"]  # nothing read
+    assert [c["outcome"] for c in found["data/a.csv"]["fixity"]] == ["indexed", "ok"]
+
+
+@pytest.mark.parametrize("archive_root", ["local"], indirect=True)
+def test_a_catalogued_file_turned_into_a_symlink_out_of_the_root_is_reported(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    outside = tmp_path / "secret.csv"
+    outside.write_bytes(b"not the archive's")
+    file = Path(catalog.settings.archive_root) / job.archive_path.lstrip("/") / "data" / "a.csv"
+    file.unlink()
+    file.symlink_to(outside)
+    report = verify(catalog, job.uuid)  # neither read nor followed, and the verify goes on
+    assert [entry.split(": ", 1)[0] for entry in report.unreadable] == [
+        f"{job.archive_path}/data/a.csv", job.archive_path]  # the file, then the listing
+    assert "outside the archive root" in report.unreadable[0]
+    assert "listing stopped" in report.unreadable[1]
+    assert report.counts()["ok"] == 3 and not report.ok
+
+
 def test_reset_empties_the_archive_path_and_unlinks_records(catalog: Catalog) -> None:
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
@@ -421,8 +465,8 @@ def test_index_and_verify_on_the_command_line(catalog: Catalog, tmp_path: Path) 
     checked = cli("verify", job.uuid, "--json")
     assert checked.returncode == 1
     report = json.loads(checked.stdout)
-    assert report["counts"] == {"ok": 2, "changed": 0, "missing": 2, "uncatalogued": 0,
-                                "other_storage": 0}
+    assert report["counts"] == {"ok": 2, "changed": 0, "missing": 2, "unreadable": 0,
+                                "uncatalogued": 0, "other_storage": 0}
     human = cli("verify", job.uuid)
     assert human.returncode == 1 and "missing" in human.stdout
     neither = cli("--json", "verify")
