@@ -906,6 +906,19 @@ def test_sqlite_migrates_a_version_5_database_with_file_links(
         store.close()
 
 
+def plan_of_last_query(store: Any, call: Callable[[], object]) -> str:
+    """SQLite's query plan of the last statement ``call`` runs on this thread's connection."""
+    statements: list[str] = []
+    connection = store._connection()
+    connection.set_trace_callback(statements.append)
+    try:
+        call()
+    finally:
+        connection.set_trace_callback(None)
+    return " ".join(str(row) for row in connection.execute(
+        f"EXPLAIN QUERY PLAN {statements[-1]}"))
+
+
 def test_sqlite_pages_a_jobs_files_without_sorting_them_all(tmp_path: Path) -> None:
     from catalog.store.sqlite import SQLiteStore
 
@@ -921,15 +934,8 @@ def test_sqlite_pages_a_jobs_files_without_sorting_them_all(tmp_path: Path) -> N
             pages = all_pages(lambda cursor, s=sort: store.find_files(
                 child_of=FILE_JOB, limit=7, cursor=cursor, sort=s), 7)
             assert [d for page in pages for d in page] == order, sort
-        statements: list[str] = []
-        connection = store._connection()
-        connection.set_trace_callback(statements.append)
-        try:
-            store.find_files(child_of=FILE_JOB, limit=7, cursor=cursor_after(docs[9], "path"))
-        finally:
-            connection.set_trace_callback(None)
-        plan = " ".join(str(row) for row in connection.execute(
-            f"EXPLAIN QUERY PLAN {statements[-1]}"))
+        plan = plan_of_last_query(store, lambda: store.find_files(
+            child_of=FILE_JOB, limit=7, cursor=cursor_after(docs[9], "path")))
         assert "links_reverse" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
@@ -954,16 +960,8 @@ def test_sqlite_pages_a_jobs_children_without_sorting_them_all(tmp_path: Path) -
                 child_of=EXPERIMENT, limit=6, cursor=cursor, sort=s)), 6)
             assert [j["uuid"] for page in pages for j in page] == [
                 j["uuid"] for j in order], sort
-        statements: list[str] = []
-        connection = store._connection()
-        connection.set_trace_callback(statements.append)
-        try:
-            store.find_jobs(JobQuery(child_of=EXPERIMENT, limit=6,
-                                     cursor=cursor_after(by_created[3], "created")))
-        finally:
-            connection.set_trace_callback(None)
-        plan = " ".join(str(row) for row in connection.execute(
-            f"EXPLAIN QUERY PLAN {statements[-1]}"))
+        plan = plan_of_last_query(store, lambda: store.find_jobs(JobQuery(
+            child_of=EXPERIMENT, limit=6, cursor=cursor_after(by_created[3], "created"))))
         assert "links_reverse" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
@@ -1010,7 +1008,6 @@ def test_sqlite_migration_4_fills_the_new_columns_from_existing_records(
         assert store.find_files(kind="product").items == []
     finally:
         store.close()
-
 
 
 def test_sqlite_migration_5_keeps_every_history_entry_and_still_refuses_a_duplicate(
