@@ -362,8 +362,8 @@ class Store(Protocol):
         stored checks stay, and the doc's checks not stored yet are added (``merge_fixity``),
         so a check recorded while the doc was being made is never lost. Its checksum lookups
         and its edges of the relations in ``ENTITY_LINK_FIELDS`` become those of the new doc.
-        Link lists are stored
-        without repeats (first-seen order); within ``docs`` the last doc of a uuid wins.
+        Link lists are stored without repeats (first-seen order); within ``docs`` the last doc
+        of a uuid wins.
         Raises InvalidInput, writing nothing, when a ``checksums`` key is not a valid algorithm
         name (see ``find_files_by_checksum``).
         """

@@ -589,9 +589,11 @@ def _file_upsert(doc: Doc) -> list[Doc]:
     added = {"$filter": {"input": {"$literal": doc.get("fixity") or []}, "as": "check",
                          # not $not: mongomock 4.3 evaluates it wrongly in expressions
                          "cond": {"$eq": [{"$in": ["$$check", stored]}, False]}}}
-    root: Doc = {"_id": "$_id"}
-    root.update((key, {"$literal": value}) for key, value in doc.items() if key != "fixity")
-    root["fixity"] = {"$concatArrays": [stored, added]}
+    fixity = {"$concatArrays": [stored, added]}
+    root: Doc = {"_id": "$_id"}  # the fields in the doc's order, the fixity log in its place
+    root.update((key, fixity if key == "fixity" else {"$literal": value})
+                for key, value in doc.items())
+    root.setdefault("fixity", fixity)
     return [{"$replaceRoot": {"newRoot": root}}]
 
 
