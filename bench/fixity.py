@@ -4,8 +4,10 @@ Prints one JSON document. (a) One large file: MiB/s of ``catalog.fixity.hash_fil
 ``LocalStorage`` with xxh3_128 alone and with xxh3_128 + sha256, each against a bare loop
 (``while chunk := f.read(BLOCK): h.update(chunk)``) with the same algorithms and block size;
 the two run alternately, best of the rounds each. (b) A tree of small files: files/s of
-``catalog.fixity.hash_many`` (sha256 + xxh3_128), alone and after listing the tree, against
-``bagit.make_bag(checksums=["sha256"], processes=2)`` on a copy of the same tree.
+``catalog.fixity.hash_many`` (sha256 + xxh3_128), alone and after listing the tree, and of
+``catalog index`` end to end, against ``bagit.make_bag(checksums=["sha256"], processes=2)`` on
+a copy of the same tree; and ``catalog verify`` of the indexed tree against bagit validating
+its bag (``validate(processes=2)``).
 
 Dropping the page cache needs root, so all data is synced and read once before it is timed:
 every figure is from a warm cache (reading from memory, not the disk, is what is measured).
@@ -23,7 +25,8 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -156,10 +159,11 @@ def bench_bagit_tree(tree_dir: Path, files: int) -> float:
     return seconds
 
 
-def bench_index_tree(tree_dir: Path, files: int) -> float:
-    """The whole `catalog index` path: events, listing, hashing (xxh3_128 + sha256), file
-    records and their bulk upserts into a fresh SQLite catalog at default durability."""
-    from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance
+@contextmanager
+def _tree_job(tree_dir: Path) -> Iterator[tuple[Any, Any]]:
+    """A fresh SQLite catalog (default durability) on the tree's root, and a FINISHED job whose
+    archive path is the tree; the catalog and its database are removed afterwards."""
+    from catalog import Catalog, ManagedPipelineJob
     from catalog.tokens import Keys
 
     database = tree_dir.with_name("index-bench.db")
@@ -173,14 +177,54 @@ def bench_index_tree(tree_dir: Path, files: int) -> float:
         job.setup()
         job.run()
         job.finish()
-        start = time.perf_counter()
-        result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
-        seconds = time.perf_counter() - start
-        assert (len(result.files), result.hashed, result.state) == (files, files, "FINISHED")
+        yield catalog, job
     finally:
         catalog.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+
+def bench_index_tree(tree_dir: Path, files: int) -> float:
+    """The whole `catalog index` path: events, listing, hashing (xxh3_128 + sha256), file
+    records and their bulk upserts into a fresh SQLite catalog at default durability."""
+    from catalog import ManagedPipelineJobInstance
+
+    with _tree_job(tree_dir) as (catalog, job):
+        start = time.perf_counter()
+        result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+        seconds = time.perf_counter() - start
+        assert (len(result.files), result.hashed, result.state) == (files, files, "FINISHED")
+    return seconds
+
+
+def bench_verify_tree(tree_dir: Path, files: int) -> float:
+    """`catalog verify` of the indexed tree (indexing it is not timed): every file re-read
+    with its recorded digests, a check recorded on each record, the tree listed for files
+    not catalogued."""
+    from catalog import ManagedPipelineJobInstance
+    from catalog.verify import verify
+
+    with _tree_job(tree_dir) as (catalog, job):
+        ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+        start = time.perf_counter()
+        report = verify(catalog, job.uuid)
+        seconds = time.perf_counter() - start
+        assert report.ok and report.counts()["ok"] == files, report.counts()
+    return seconds
+
+
+def bench_bagit_validate_tree(tree_dir: Path, files: int) -> float:
+    """bagit validating a bag of a copy of the tree (copying and bagging are not timed)."""
+    copy_dir = tree_dir.with_name(tree_dir.name + "-bag")
+    shutil.copytree(tree_dir, copy_dir)
+    try:
+        bag = bagit.make_bag(str(copy_dir), checksums=["sha256"], processes=2)
+        _settle(copy_dir)
+        start = time.perf_counter()
+        bag.validate(processes=2)
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(copy_dir)
     return seconds
 
 
@@ -189,6 +233,8 @@ TREE_CONTENDERS: dict[str, Callable[[Path, int], float]] = {
     "list_and_hash_many": bench_list_and_hash_many_tree,
     "index": bench_index_tree,
     "bagit": bench_bagit_tree,
+    "verify": bench_verify_tree,
+    "bagit_validate": bench_bagit_validate_tree,
 }
 
 
@@ -213,6 +259,10 @@ def bench_tree(root: Path, files: int, rounds: int) -> dict[str, Any]:
         "index": "catalog index end to end (ManagedPipelineJobInstance.index) on a fresh "
                  "SQLite catalog: events, listing, hashing, records, bulk upserts "
                  "of 5,000",
+        "verify_files_s": round(files / best["verify"], 1),
+        "bagit_validate_files_s": round(files / best["bagit_validate"], 1),
+        "verify": "catalog verify of the indexed tree (xxh3_128 + sha256, a check recorded "
+                  "on every record) against bag.validate(processes=2) of a bag of a copy",
     }
 
 
@@ -259,6 +309,8 @@ def main() -> None:
             "big_file_xxh3_128+sha256": big_file["xxh3_128+sha256"]["ratio"],
             # the issue's measure: `catalog index` end to end against bagit
             "tree_vs_bagit": round(tree["index_files_s"] / tree["bagit_files_s"], 3),
+            "verify_vs_bagit_validate": round(
+                tree["verify_files_s"] / tree["bagit_validate_files_s"], 3),
             "hash_many_vs_bagit": round(tree["hash_many_files_s"] / tree["bagit_files_s"], 3),
             "list_and_hash_many_vs_bagit": round(
                 tree["list_and_hash_many_files_s"] / tree["bagit_files_s"], 3),
