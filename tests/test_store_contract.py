@@ -816,12 +816,7 @@ def test_sqlite_migrates_a_version_1_database(
 ) -> None:
     from catalog.store import sqlite
 
-    path = tmp_path / "old.db"
-    with monkeypatch.context() as patched:
-        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:1])
-        old = sqlite.SQLiteStore(path)
-        assert [version for version, _ in old.migrations()] == [1]
-        old.close()
+    path = database_at_version(tmp_path / "old.db", 1, monkeypatch)
     job = make_job("one")
     write_v1_job(path, job)
     store = sqlite.SQLiteStore(path)
@@ -841,11 +836,8 @@ def test_sqlite_migrates_a_version_2_database_with_entities(
 ) -> None:
     from catalog.store import sqlite
 
-    path = tmp_path / "old.db"
+    path = database_at_version(tmp_path / "old.db", 2, monkeypatch)
     product = make_entity("s3://bucket/cube.fits")
-    with monkeypatch.context() as patched:
-        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:2])
-        sqlite.SQLiteStore(path).close()
     with closing(sqlite3.connect(path)) as conn, conn:  # as the code of version 2 wrote it
         conn.execute("INSERT INTO entities (uuid, kind, created, doc) VALUES (?, ?, ?, ?)",
                      (product["uuid"], product["kind"], product["created"], json.dumps(product)))
@@ -865,10 +857,7 @@ def test_sqlite_migrates_a_version_5_database_with_file_links(
 ) -> None:
     from catalog.store import sqlite
 
-    path = tmp_path / "old.db"
-    with monkeypatch.context() as patched:
-        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:5])
-        sqlite.SQLiteStore(path).close()
+    path = database_at_version(tmp_path / "old.db", 5, monkeypatch)
     docs = [make_file(f"/products/v2/{name}.csv") for name in "dbca"]
     product = make_entity("s3://bucket/cube.fits", generated_by=[FILE_JOB])
     children = [make_job(key, seconds, child_of=(EXPERIMENT,))
@@ -967,6 +956,18 @@ def test_sqlite_pages_a_jobs_children_without_sorting_them_all(tmp_path: Path) -
         store.close()
 
 
+def database_at_version(path: Path, version: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty SQLite catalog at ``path`` made by the first ``version`` migrations only."""
+    from catalog.store import sqlite
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:version])
+        old = sqlite.SQLiteStore(path)
+        assert [number for number, _ in old.migrations()] == list(range(1, version + 1))
+        old.close()
+    return path
+
+
 def write_v1_job(path: Path, job: Doc) -> None:
     """Insert a job as the code of schema versions 1 to 3 did (no agent column)."""
     head = ("uuid", "pipeline_uuid", "state", "version", "last_event", "created", "updated")
@@ -989,10 +990,7 @@ def test_sqlite_migration_4_fills_the_new_columns_from_existing_records(
     job = {**make_job("agent"), "agent": "actor-7"}
     record = {**make_file("/products/v2/p.png"), "kind": "plot", "media_type": "image/png",
               "level": "2"}
-    with monkeypatch.context() as patched:
-        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:3])
-        old = sqlite.SQLiteStore(path)
-        old.close()
+    database_at_version(path, 3, monkeypatch)
     write_v1_job(path, job)
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("INSERT INTO files (uuid, path, storage_system, status, doc) "
@@ -1020,10 +1018,7 @@ def test_sqlite_migration_5_keeps_every_history_entry_and_still_refuses_a_duplic
     job["history"] += [make_entry("update", "CREATED", at(i), event_id=f"e{i}")
                        for i in range(1, 6)]
     job["version"] = len(job["history"])
-    with monkeypatch.context() as patched:
-        patched.setattr(sqlite, "MIGRATIONS", sqlite.MIGRATIONS[:4])
-        old = sqlite.SQLiteStore(path)
-        old.close()
+    database_at_version(path, 4, monkeypatch)
     write_v1_job(path, job)
     store = sqlite.SQLiteStore(path)
     try:
