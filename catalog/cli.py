@@ -219,20 +219,33 @@ def index(
     json_: JsonOption = False,
 ) -> None:
     """Index a finished job's files with fixity checksums (index -> indexed)."""
-    from catalog.indexer import index_job
+    from catalog.indexer import RecordSpool, index_job
 
-    with _catalog() as catalog, _progress("indexing", not (json_ or _state.json)) as progress:
+    as_json = json_ or _state.json
+    # The records go to a spool (JSON, on disk past a few MiB) or nowhere, not into memory:
+    # a tree of a million files is printed without holding a million records.
+    with _catalog() as catalog, _progress("indexing", not as_json) as progress, \
+            RecordSpool() as spool:
         result = index_job(catalog, uuid, token, None, fixity, rehash, fail_on_error, "cli",
-                           progress)
-    document = {"uuid": result.uuid, "state": result.state,
-                "files": result.files,
-                "hashed": result.hashed, "unchanged": result.unchanged,
-                "unmatched_requests": result.unmatched_requests}
-    summary = (f"{result.uuid}: {len(result.files)} file(s) indexed ({result.hashed} hashed, "
+                           progress, sink=spool if as_json else _discard)
+        if as_json:
+            _, chunks = spool.document(result)
+            sys.stdout.flush()
+            out = sys.stdout.buffer
+            for chunk in chunks:
+                out.write(chunk)
+            out.write(b"\n")
+            out.flush()
+            return
+    summary = (f"{result.uuid}: {result.indexed} file(s) indexed ({result.hashed} hashed, "
                f"{result.unchanged} unchanged) -> {result.state}")
     if result.unmatched_requests:
         summary += "\nmatched nothing: " + "; ".join(result.unmatched_requests)
-    _emit(document, json_, summary)
+    _emit(None, False, summary)
+
+
+def _discard(records: list[Any]) -> None:
+    """An index sink for when only the counts are shown."""
 
 
 @app.command()

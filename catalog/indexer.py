@@ -3,18 +3,24 @@
 ``index_job`` sends ``index`` (the job goes INDEXING), selects files under the job's archive
 path with its index requests (regular expressions searched in the path relative to the archive
 path; the first request that matches a file claims it, archive requests before product
-requests), hashes what is new or changed in one pass per file, resolves ``derived_from`` /
-``derived_using`` references, upserts the records in bulk writes of thousands, and sends
-``indexed`` (back to FINISHED). A failure is written to the job's history as an ``update``
-carrying the error, and sends ``fail`` only when asked; the job then stays INDEXING.
+requests), resolves each request's ``derived_from`` / ``derived_using`` references once, then
+goes through the files in chunks of thousands: hashes what is new or changed in one pass per
+file, upserts the records that differ from the stored ones in one bulk write, and hands the
+chunk to a sink (the CLI's and the API's JSON spool) or keeps it, and sends ``indexed`` (back
+to FINISHED). Memory stays that of a chunk, not of the tree. A file that cannot be read is
+left out and the others are indexed; the run then fails naming it. A failure is written to the
+job's history as an ``update`` carrying the error, and sends ``fail`` only when asked; the job
+then stays INDEXING, and indexing again reads only what is not indexed yet.
 """
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import posixpath
 import re
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +48,11 @@ Progress = Callable[[str, int], None]
 Request = ArchiveIndexRequest | ProductIndexRequest
 FAST_ONLY = ("xxh3_128",)
 UPSERT_CHUNK = 5000  # file records per store write (about 0.3 s of SQLite's write lock)
+SPOOL_MEMORY = 32 * 1024 * 1024  # a RecordSpool's bytes kept in memory before going to disk
+_SPOOL_BLOCK = 1024 * 1024
+
+
+Sink = Callable[[list[Doc]], None]
 
 
 @dataclass
@@ -50,18 +61,73 @@ class IndexResult:
 
     uuid: str
     state: str
-    files: list[Doc] = field(default_factory=list)  # FileRecord documents (JSON form)
+    files: list[Doc] = field(default_factory=list)  # the records, when no sink took them
     hashed: int = 0
     unchanged: int = 0
     unmatched_requests: list[str] = field(default_factory=list)
+    indexed: int = 0  # records indexed: hashed + unchanged
 
     def to_dict(self) -> dict[str, Any]:
+        """The run's JSON document: ``{"uuid", "state", "files", "hashed", "unchanged",
+        "unmatched_requests"}`` (``RecordSpool.document`` renders it from a spool)."""
         return {
             "uuid": self.uuid, "state": self.state,
             "files": self.files,
             "hashed": self.hashed, "unchanged": self.unchanged,
             "unmatched_requests": self.unmatched_requests,
         }
+
+
+class RecordSpool:
+    """A sink for ``index_files`` that keeps the records as JSON text, in memory up to
+    ``SPOOL_MEMORY`` bytes and in an unnamed temporary file beyond, to render the run's
+    document afterwards without holding a million records as objects. ``separators`` are
+    ``json.dumps``' own (the CLI's default ones, or compact ones for HTTP)."""
+
+    def __init__(self, separators: tuple[str, str] = (", ", ": ")) -> None:
+        self._encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                                        separators=separators).encode
+        self._item = separators[0]
+        self._key = separators[1]
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+        self.count = 0
+
+    def __call__(self, records: list[Doc]) -> None:
+        if not records:
+            return
+        text = self._item.join(map(self._encode, records))
+        self._file.write(((self._item if self.count else "") + text).encode())
+        self.count += len(records)
+
+    def document(self, result: IndexResult) -> tuple[int, Iterator[bytes]]:
+        """The length in bytes and the chunks of ``result.to_dict()`` with these records as
+        its ``files``, exactly as ``json.dumps`` with the same separators would write it."""
+        if result.files:
+            raise ValueError("the result kept its records: render it with to_dict()")
+        head = (self._encode({"uuid": result.uuid, "state": result.state})[:-1]
+                + f'{self._item}"files"{self._key}[').encode()
+        tail = ("]" + self._item + self._encode({
+            "hashed": result.hashed, "unchanged": result.unchanged,
+            "unmatched_requests": result.unmatched_requests})[1:]).encode()
+        size = self._file.tell()
+
+        def chunks() -> Iterator[bytes]:
+            yield head
+            self._file.seek(0)
+            while block := self._file.read(_SPOOL_BLOCK):
+                yield block
+            yield tail
+
+        return len(head) + size + len(tail), chunks()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RecordSpool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def media_type(name: str) -> str:
@@ -104,21 +170,43 @@ def _requests_of(job: Job, requests: Iterable[Any] | None) -> list[Request]:
             *parse_index_requests(ProductIndexRequest, product, "product requests")]
 
 
-def _claim(files: list[FileInfo], archive_path: str,
-           requests: list[Request]) -> tuple[list[tuple[FileInfo, str, Request]], list[str]]:
-    """Each file to the first request with a pattern found in its relative path."""
+def _claim(files: Iterable[FileInfo], archive_path: str, requests: list[Request]
+           ) -> tuple[list[tuple[FileInfo, str, int]], list[str]]:
+    """Each file to the first request with a pattern found in its relative path: (file, its
+    relative path, the request's number), and the requests that claimed nothing."""
     compiled = [[re.compile(p) for p in request.patterns] for request in requests]
     claimed, used = [], [False] * len(requests)
     for info in files:
         relative = relative_to(info.path, archive_path)
         for number, patterns in enumerate(compiled):
             if any(p.search(relative) for p in patterns):
-                claimed.append((info, relative, requests[number]))
+                claimed.append((info, relative, number))
                 used[number] = True
                 break
     unmatched = [f"{type(r).__name__} {r.patterns}" for r, hit in zip(requests, used, strict=True)
                  if not hit]
     return claimed, unmatched
+
+
+Links = tuple[list[str], list[str]]  # a request's derived_from and derived_using, resolved
+_NO_LINKS: Links = ([], [])
+
+
+def _resolve_links(references: Resolver, requests: list[Request],
+                   claimed: list[tuple[FileInfo, str, int]]) -> list[Links]:
+    """Each request's references, resolved once for all the files it claimed (an unresolvable
+    one raises, naming it, before anything is read or written)."""
+    numbers = {number for _, _, number in claimed}
+    links: list[Links] = []
+    for number, request in enumerate(requests):
+        if number not in numbers or not isinstance(request, ProductIndexRequest):
+            links.append(_NO_LINKS)
+            continue
+        # A product is derived from files; it may be made using reference records too.
+        links.append((sorted({references.resolve(r, allow_references=False)
+                              for r in request.derived_from}),
+                      sorted({references.resolve(r) for r in request.derived_using})))
+    return links
 
 
 def _mtime(info: FileInfo) -> datetime:
@@ -127,86 +215,134 @@ def _mtime(info: FileInfo) -> datetime:
 
 def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = None,
                 fixity: bool | None = None, rehash: bool = False,
-                progress: Progress | None = None) -> IndexResult:
-    """Index the files of ``job`` (no events): the part of ``index_job`` that touches data."""
-    with gc_paused():  # thousands of records, all kept to the end (catalog.gcpause)
-        return _index_files(catalog, job, requests, fixity, rehash, progress)
+                progress: Progress | None = None, sink: Sink | None = None) -> IndexResult:
+    """Index the files of ``job`` (no events): the part of ``index_job`` that touches data.
+
+    The claimed files go through in chunks of ``UPSERT_CHUNK``: each is hashed, written, then
+    handed to ``sink`` (which sees every written record once) or, without one, kept in
+    ``IndexResult.files``. With a sink, memory does not grow with the tree.
+    A file that cannot be read is left out and the others go on; the run then raises
+    IndexingError naming the unreadable files, with every readable one written."""
+    with gc_paused():  # thousands of records per chunk (catalog.gcpause)
+        return _index_files(catalog, job, requests, fixity, rehash, progress, sink)
 
 
 def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
-                 fixity: bool | None, rehash: bool, progress: Progress | None) -> IndexResult:
+                 fixity: bool | None, rehash: bool, progress: Progress | None,
+                 sink: Sink | None) -> IndexResult:
     archive_path = check_storage_system(catalog, job)
     chosen = _requests_of(job, requests)
-    storage = catalog.storage
-    listed = list(storage.list(archive_path))
-    claimed, unmatched = _claim(listed, archive_path, chosen)
+    claimed, unmatched = _claim(catalog.storage.list(archive_path), archive_path, chosen)
     result = IndexResult(job.uuid, job.state, unmatched_requests=unmatched)
     if not claimed:
         return result
-    system = job.archive_system
-    uuids = {info.path: file_uuid(catalog, system, info.path) for info, _, _ in claimed}
-    existing = catalog.store.get_files(list(uuids.values()))
-    now = utc_now()
-    stamp = format_date(now)
-    to_hash: dict[tuple[str, ...], list[str]] = {}
-    full = normalise_algorithms(None)
-    for info, _, request in claimed:
-        wanted = full if (request.fixity if fixity is None else fixity) else FAST_ONLY
-        old = existing.get(uuids[info.path])
-        unchanged = (
-            old is not None and not rehash and old["size"] == info.size
-            and old["mtime"] == format_date(_mtime(info)) and old.get("etag") == info.etag
-            and all(a in old.get("checksums", {}) for a in wanted)
-        )
-        if not unchanged:
-            to_hash.setdefault(wanted, []).append(info.path)
-    # Hashing (threads reading files, the digests without the GIL) runs beside the building of
-    # the records' other parts here: on a tree of small files each is a third of the time.
-    with ThreadPoolExecutor(1, thread_name_prefix="index-hash") as background:
-        hashing = [background.submit(hash_many, storage, paths, wanted, on_done=progress)
-                   for wanted, paths in to_hash.items()]
-        try:
-            references = Resolver(catalog, system, archive_path, pending=uuids)
-            records = [_record(info, relative, request, uuids[info.path],
-                               existing.get(uuids[info.path]), job, references, stamp)
-                       for info, relative, request in claimed]
-        except BaseException:
-            for future in hashing:
-                future.cancel()  # those not started; leaving waits for the one running
-            raise
-        digests: dict[str, tuple[int, dict[str, str]] | Exception] = {}
-        for future in hashing:
-            digests.update(future.result())
-    failures = [f"{path}: {value}" for path, value in digests.items()
-                if isinstance(value, Exception)]
-    if failures:
-        raise IndexingError(f"could not read {len(failures)} file(s): {'; '.join(failures[:5])}")
-    for record in records:
-        found = digests.get(record["path"])
-        old = existing.get(record["uuid"])
-        if isinstance(found, tuple):
-            size, checksums = found
-            record["checksums"] = checksums
-            record["fixity"] = [*(old or {}).get("fixity", []),
-                                check(stamp, "indexed", size, checksums, [])]
-            result.hashed += 1
-        else:
-            assert old is not None
-            record["checksums"], record["fixity"] = old["checksums"], old.get("fixity", [])
-            result.unchanged += 1
-    if references.new_references:
+    uuids = {info.path: file_uuid(catalog, job.archive_system, info.path)
+             for info, _, _ in claimed}
+    references = Resolver(catalog, job.archive_system, archive_path, pending=uuids)
+    run = _Run(catalog, job, chosen, _resolve_links(references, chosen, claimed), uuids,
+               fixity, rehash, progress, format_date(utc_now()))
+    if references.new_references:  # before any record names them
         catalog.add_entities(list(references.new_references.values()))
-    # Bulk writes of UPSERT_CHUNK records: each holds the database's write lock a fraction of
-    # a second, however large the tree, so webhooks' events wait that long at most. Should one
-    # fail, the job stays INDEXING and indexing again completes it.
-    for start in range(0, len(records), UPSERT_CHUNK):
-        catalog.store.upsert_files(records[start:start + UPSERT_CHUNK])
-    result.files = records
+    unreadable: list[str] = []
+    # Chunks of UPSERT_CHUNK records: each write holds the database's write lock a fraction
+    # of a second, however large the tree, so webhooks' events wait that long at most. Should
+    # the run stop, the job stays INDEXING, and indexing again reads only what was not written.
+    for start in range(0, len(claimed), UPSERT_CHUNK):
+        records, changed = run.chunk(claimed[start:start + UPSERT_CHUNK], result, unreadable)
+        if changed:
+            catalog.store.upsert_files(changed)
+        result.indexed += len(records)
+        if sink is None:
+            result.files += records
+        else:
+            sink(records)
+    if unreadable:
+        raise IndexingError(
+            f"could not read {len(unreadable)} file(s), which were not indexed (the other "
+            f"{result.indexed} were): {'; '.join(unreadable[:5])}"
+            + ("; ..." if len(unreadable) > 5 else ""))
     return result
 
 
-def _record(info: FileInfo, relative: str, request: Request, uuid: str, old: Doc | None,
-            job: Job, references: Resolver, stamp: str) -> Doc:
+@dataclass
+class _Run:
+    """What every chunk of one indexing run shares."""
+
+    catalog: Catalog
+    job: Job
+    requests: list[Request]
+    links: list[Links]  # per request
+    uuids: dict[str, str]  # storage path -> file uuid, of every claimed file
+    fixity: bool | None
+    rehash: bool
+    progress: Progress | None
+    stamp: str  # the run's date, formatted once
+
+    def chunk(self, claimed: list[tuple[FileInfo, str, int]], result: IndexResult,
+              unreadable: list[str]) -> tuple[list[Doc], list[Doc]]:
+        """The records of ``claimed``, hashed where new or changed (a file that could not be
+        read is added to ``unreadable`` instead), and those of them to write: the others are
+        stored exactly so already."""
+        uuids, storage = self.uuids, self.catalog.storage
+        existing = self.catalog.store.get_files([uuids[info.path] for info, _, _ in claimed])
+        to_hash: dict[tuple[str, ...], list[str]] = {}
+        full = normalise_algorithms(None)
+        for info, _, number in claimed:
+            request = self.requests[number]
+            wanted = full if (request.fixity if self.fixity is None else self.fixity) \
+                else FAST_ONLY
+            old = existing.get(uuids[info.path])
+            unchanged = (
+                old is not None and not self.rehash and old["size"] == info.size
+                and old["mtime"] == format_date(_mtime(info)) and old.get("etag") == info.etag
+                and all(a in old.get("checksums", {}) for a in wanted)
+            )
+            if not unchanged:
+                to_hash.setdefault(wanted, []).append(info.path)
+        # Hashing (threads reading files, the digests without the GIL) runs beside the
+        # building of the records' other parts here: on small files each is a third of the time.
+        with ThreadPoolExecutor(1, thread_name_prefix="index-hash") as background:
+            hashing = [background.submit(hash_many, storage, paths, wanted,
+                                         on_done=self.progress)
+                       for wanted, paths in to_hash.items()]
+            try:
+                records = [
+                    _record(info, relative, self.requests[number], self.links[number],
+                            uuids[info.path], existing.get(uuids[info.path]), self.job,
+                            self.stamp)
+                    for info, relative, number in claimed]
+            except BaseException:
+                for future in hashing:
+                    future.cancel()  # those not started; leaving waits for the one running
+                raise
+            digests: dict[str, tuple[int, dict[str, str]] | Exception] = {}
+            for future in hashing:
+                digests.update(future.result())
+        indexed: list[Doc] = []
+        changed: list[Doc] = []
+        for record in records:
+            found = digests.get(record["path"])
+            old = existing.get(record["uuid"])
+            if isinstance(found, Exception):
+                unreadable.append(f"{record['path']}: {found}")
+                continue
+            if found is not None:
+                size, checksums = found
+                record["checksums"] = checksums
+                record["fixity"] = [*(old or {}).get("fixity", []),
+                                    check(self.stamp, "indexed", size, checksums, [])]
+                result.hashed += 1
+            else:
+                assert old is not None
+                record["checksums"], record["fixity"] = old["checksums"], old.get("fixity", [])
+                result.unchanged += 1
+            indexed.append(record)
+            changed.append(record)
+        return indexed, changed
+
+
+def _record(info: FileInfo, relative: str, request: Request, links: Links, uuid: str,
+            old: Doc | None, job: Job, stamp: str) -> Doc:
     """A file's FileRecord in its JSON form, all but its checksums and fixity log.
 
     Built directly, not through the model: this runs once per file of trees of many thousands
@@ -214,12 +350,6 @@ def _record(info: FileInfo, relative: str, request: Request, uuid: str, old: Doc
     kind_of_media = media_type(info.path)
     kind = "plot" if is_plot(kind_of_media) else (
         "archive" if isinstance(request, ArchiveIndexRequest) else "product")
-    derived_from = derived_using = []
-    if isinstance(request, ProductIndexRequest):
-        # A product is derived from files; it may be made using reference records too.
-        derived_from = sorted({references.resolve(r, allow_references=False)
-                               for r in request.derived_from})
-        derived_using = sorted({references.resolve(r) for r in request.derived_using})
     if old is None:
         child_of, generated_by = [job.uuid], [job.uuid]
     else:
@@ -233,7 +363,7 @@ def _record(info: FileInfo, relative: str, request: Request, uuid: str, old: Doc
         "level": request.level if isinstance(request, ArchiveIndexRequest) else None,
         "checksums": {}, "status": "ok", "fixity": [],
         "child_of": child_of, "generated_by": generated_by,
-        "derived_from": derived_from, "derived_using": derived_using,
+        "derived_from": list(links[0]), "derived_using": list(links[1]),
         "note": request.note, "created": (old or {}).get("created", stamp),
         "updated": stamp,
     }
@@ -254,8 +384,9 @@ def check_storage_system(catalog: Catalog, job: Job) -> str:
 def index_job(catalog: Catalog, uuid: str, token: str | None,
               requests: Iterable[Any] | None = None, fixity: bool | None = None,
               rehash: bool = False, fail_on_error: bool = False, source: str = "python",
-              progress: Progress | None = None) -> IndexResult:
-    """Send ``index``, index the job's files, send ``indexed``; see the module docstring."""
+              progress: Progress | None = None, sink: Sink | None = None) -> IndexResult:
+    """Send ``index``, index the job's files, send ``indexed``; see the module docstring.
+    ``sink`` receives the written records chunk by chunk (``index_files``)."""
     try:
         catalog.keys.check_job(parse_uuid(uuid, UUIDType.pipelinejob), token)
     except CatalogError:
@@ -265,7 +396,7 @@ def index_job(catalog: Catalog, uuid: str, token: str | None,
     catalog.handle_event(uuid, {"name": "index", "data": {"rehash": rehash}}, token, source)
     job = catalog.get_job(uuid, history=False)
     try:
-        result = index_files(catalog, job, requests, fixity, rehash, progress)
+        result = index_files(catalog, job, requests, fixity, rehash, progress, sink)
     except (CatalogError, OSError) as exc:
         message = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
         catalog.handle_event(uuid, {"name": "update", "data": {"error": message[:2000]}},
@@ -277,7 +408,7 @@ def index_job(catalog: Catalog, uuid: str, token: str | None,
             raise
         raise IndexingError(message) from exc
     outcome = catalog.handle_event(
-        uuid, {"name": "indexed", "data": {"files": len(result.files), "hashed": result.hashed,
+        uuid, {"name": "indexed", "data": {"files": result.indexed, "hashed": result.hashed,
                                            "unchanged": result.unchanged}}, token, source)
     result.state = outcome.state
     return result

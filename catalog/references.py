@@ -21,6 +21,7 @@ import posixpath
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -87,10 +88,14 @@ class Resolver:
             "path or URI (file://, s3://, https://, ...)"
         )
 
+    @cached_property
+    def _pending_uuids(self) -> frozenset[str]:
+        return frozenset(self.pending.values())
+
     def _known(self, reference: str) -> str:
         uuid = parse_uuid(reference, *_LINKABLE)
         store = self.catalog.store
-        if uuid in self.pending.values() or uuid in self.new_references:
+        if uuid in self._pending_uuids or uuid in self.new_references:
             return uuid
         known = store.get_file(uuid) if uuid.startswith(UUIDType.file.prefix) \
             else store.get_entity(uuid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import uuid as uuid_module
 from collections.abc import Iterator
@@ -15,16 +16,18 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance
+from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance, indexer
 from catalog.errors import (
     AdminRequired,
     CatalogError,
+    IndexingError,
     InvalidInput,
     OtherStorageSystem,
     TokenInvalid,
     UnsafePath,
 )
-from catalog.indexer import file_uuid
+from catalog.identifiers import UUIDType
+from catalog.indexer import RecordSpool, file_uuid
 from catalog.models import FileRecord
 from catalog.tokens import Keys
 from catalog.verify import verify
@@ -430,7 +433,14 @@ def test_index_over_http(catalog: Catalog) -> None:
 
     response = asyncio.run(call(job.token, b'{"fixity": false}'))
     assert response.status_code == 200
+    # streamed from the index's spool, with its length given and JSONResponse's compact form
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.headers["content-type"] == "application/json"
     document = response.json()
+    assert list(document) == ["uuid", "state", "files", "hashed", "unchanged",
+                              "unmatched_requests"]
+    assert response.content == json.dumps(document, ensure_ascii=False,
+                                          separators=(",", ":")).encode()
     assert (document["uuid"], document["state"]) == (job.uuid, "FINISHED")
     assert sorted(f["name"] for f in document["files"]) == ["a.csv", "b.csv", "p.png",
                                                             "summary.pdf"]
@@ -607,3 +617,116 @@ def test_media_type_reads_the_suffixes_as_pathlib_does(name: str) -> None:
     path = f"/products/x.y/{name}"  # storage paths: normalised, a file name last
     suffixes = PurePosixPath(path).suffixes
     assert media_type(path) == _media_type_of_suffix("".join(suffixes[-2:]).lower())
+
+
+@pytest.mark.parametrize("archive_root", ["local"], indirect=True)
+def test_a_request_references_are_resolved_once_for_all_its_files(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, upstream.uuid).index(upstream.token)
+    a_csv = file_uuid(catalog, catalog.settings.archive_system,
+                      f"{upstream.archive_path}/data/a.csv")
+    plots = {f"plots/p{i:03d}.png": b"png %d" % i for i in range(60)}
+    job = finished_job(catalog, plots, archive=[], product=[
+        {"patterns": [r"^plots/"], "derived_from": [a_csv],
+         "derived_using": ["s3://elsewhere/calibration.h5"]}])
+    looked_up: list[str] = []
+    real_get_file = type(catalog.store).get_file
+
+    def counting(self: Any, uuid: str) -> Any:
+        looked_up.append(uuid)
+        return real_get_file(self, uuid)
+
+    monkeypatch.setattr(type(catalog.store), "get_file", counting)
+    result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    assert result.indexed == len(result.files) == 60
+    # once for the request, not once per file (which made a large index quadratic)
+    assert looked_up.count(a_csv) == 1
+    reference = catalog.typed_uuid(UUIDType.reference, "s3://elsewhere/calibration.h5")
+    assert {(tuple(f["derived_from"]), tuple(f["derived_using"])) for f in result.files} == {
+        ((a_csv,), (reference,))}
+    assert catalog.store.get_entity(reference) is not None
+
+
+def test_index_in_chunks_hands_each_record_to_the_sink_once(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(indexer, "UPSERT_CHUNK", 3)
+    many = {f"data/t{i:02d}.csv": b"%d\n" % i for i in range(10)}
+    job = finished_job(catalog, many)
+    chunks: list[list[dict[str, Any]]] = []
+    result = indexer.index_job(catalog, job.uuid, job.token, sink=chunks.append)
+    assert [len(chunk) for chunk in chunks] == [3, 3, 3, 1]
+    assert result.files == [] and (result.indexed, result.hashed) == (10, 10)
+    streamed = [record for chunk in chunks for record in chunk]
+    assert [r["path"] for r in streamed] == sorted(f"{job.archive_path}/{p}" for p in many)
+    assert {r["uuid"]: r for r in streamed} == {r["uuid"]: r for r in records(catalog,
+                                                                              job).values()}
+    assert catalog.get_job(job.uuid).history[-1].data == {
+        "files": 10, "hashed": 10, "unchanged": 0}
+    again = indexer.index_job(catalog, job.uuid, job.token)  # no sink: the records kept
+    assert (len(again.files), again.indexed, again.unchanged) == (10, 10, 10)
+
+
+def test_a_file_that_cannot_be_read_is_named_and_the_others_are_indexed(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(indexer, "UPSERT_CHUNK", 2)
+    job = finished_job(catalog)
+    storage = type(catalog.storage)
+    broken = f"{job.archive_path}/data/b.csv"
+    real_open = storage.open
+
+    def refuse_one(self: Any, path: str) -> Any:
+        if path == broken:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(self, path)
+
+    monkeypatch.setattr(storage, "open", refuse_one)
+    with pytest.raises(IndexingError) as caught:
+        ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    assert caught.value.message.startswith(
+        "could not read 1 file(s), which were not indexed (the other 3 were): "
+        f"{broken}: [Errno 13] Permission denied")
+    stored = catalog.get_job(job.uuid)
+    assert stored.state == "INDEXING"
+    assert "could not read 1 file(s)" in stored.history[-1].data["error"]
+    assert sorted(records(catalog, job)) == ["data/a.csv", "plots/p.png", "plots/summary.pdf"]
+
+    monkeypatch.setattr(storage, "open", real_open)  # readable again: only it is read now
+    result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    assert (result.hashed, result.unchanged, result.state) == (1, 3, "FINISHED")
+    assert records(catalog, job)["data/b.csv"]["checksums"] == digests(FILES["data/b.csv"])
+
+
+RECORD_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+RECORDS = st.lists(st.dictionaries(RECORD_TEXT, st.one_of(
+    st.none(), st.booleans(), st.integers(), RECORD_TEXT, st.lists(RECORD_TEXT, max_size=3)),
+    max_size=4), max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(chunks=st.lists(RECORDS, max_size=4), compact=st.booleans(),
+       memory=st.sampled_from([16, 1 << 20]))
+def test_a_spool_renders_the_document_json_dumps_would(
+    chunks: list[list[dict[str, Any]]], compact: bool, memory: int
+) -> None:
+    separators = (",", ":") if compact else (", ", ": ")
+    kept = [record for chunk in chunks for record in chunk]
+    result = indexer.IndexResult("job-é", "FINISHED", hashed=len(kept), unchanged=1,
+                                 unmatched_requests=["ArchiveIndexRequest ['\\.x$']"])
+    expected = json.dumps({**result.to_dict(), "files": kept}, ensure_ascii=False,
+                          separators=separators).encode()
+    original = indexer.SPOOL_MEMORY
+    indexer.SPOOL_MEMORY = memory  # 16 bytes: the spool goes to its temporary file at once
+    try:
+        with RecordSpool(separators) as spool:
+            for chunk in chunks:
+                spool(chunk)
+            length, rendered = spool.document(result)
+            assert b"".join(rendered) == expected and length == len(expected)
+            assert spool.count == len(kept)
+    finally:
+        indexer.SPOOL_MEMORY = original
+

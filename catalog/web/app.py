@@ -14,9 +14,10 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -187,17 +188,27 @@ def create_app(catalog: Catalog) -> FastAPI:
     @app.post("/jobs/{uuid}/index", responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {},
                                                 422: {}},
               openapi_extra=_body_schema(IndexOptions, required=False))
-    async def index_job_files(request: Request, uuid: str) -> JSONResponse:
+    async def index_job_files(request: Request, uuid: str) -> Response:
         """Index the job's files (job token); answers ``{"uuid", "state", "files": [...]}``."""
-        from catalog.indexer import index_job
+        from catalog.indexer import RecordSpool, index_job
 
         body = await request.body()
         options = parse_document(IndexOptions, parse_body(body), "index options") \
             if body.strip() else IndexOptions()
-        result = await run_in_threadpool(index_job, catalog, uuid, _token(request),
-                                         options.requests, options.fixity, options.rehash,
-                                         options.fail_on_error, "api")
-        return JSONResponse(result.to_dict())
+        # The records wait in a spool (on disk past a few MiB) and are streamed from it, so a
+        # tree of a million files is answered without a million records held in memory.
+        spool = RecordSpool(separators=(",", ":"))  # JSONResponse's rendering
+        try:
+            result = await run_in_threadpool(index_job, catalog, uuid, _token(request),
+                                             options.requests, options.fixity, options.rehash,
+                                             options.fail_on_error, "api", None, spool)
+            length, chunks = spool.document(result)
+        except BaseException:
+            spool.close()
+            raise
+        return StreamingResponse(chunks, media_type="application/json",
+                                 headers={"content-length": str(length)},
+                                 background=BackgroundTask(spool.close))
 
     @app.get("/jobs")
     def list_jobs(state: str | None = None, pipeline: str | None = None,
