@@ -336,6 +336,10 @@ class _Run:
                 assert old is not None
                 record["checksums"], record["fixity"] = old["checksums"], old.get("fixity", [])
                 result.unchanged += 1
+                if record == {**old, "updated": record["updated"]}:
+                    # Nothing to write: the stored record says it all, its date included.
+                    indexed.append(old)
+                    continue
             indexed.append(record)
             changed.append(record)
         return indexed, changed

@@ -730,3 +730,30 @@ def test_a_spool_renders_the_document_json_dumps_would(
     finally:
         indexer.SPOOL_MEMORY = original
 
+
+def test_reindexing_an_unchanged_job_writes_nothing(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = finished_job(catalog)
+    instance = ManagedPipelineJobInstance(catalog, job.uuid)
+    instance.index(job.token)
+    stored = records(catalog, job)
+    written: list[str] = []
+    upsert_files = catalog.store.upsert_files
+
+    def counted(docs: list[dict[str, Any]]) -> None:
+        written.extend(doc["name"] for doc in docs)
+        upsert_files(docs)
+
+    monkeypatch.setattr(catalog.store, "upsert_files", counted)
+    again = instance.index(job.token)
+    assert (again.unchanged, written) == (4, [])
+    assert records(catalog, job) == stored  # their dates too: nothing about them changed
+    assert sorted(again.files, key=lambda f: f["path"]) == sorted(
+        stored.values(), key=lambda f: f["path"])
+
+    # A request that says something new about the files rewrites them, still unread.
+    noted = instance.index(job.token, requests=[{**ARCHIVE[0], "note": "new note"}, *PRODUCT])
+    assert (noted.hashed, sorted(written)) == (0, ["a.csv", "b.csv"])
+    assert records(catalog, job)["data/a.csv"]["note"] == "new note"
+    assert records(catalog, job)["data/a.csv"]["fixity"] == stored["data/a.csv"]["fixity"]
