@@ -23,6 +23,7 @@ from catalog.config import load_settings
 from catalog.errors import CatalogError, InvalidInput
 from catalog.identifiers import loads_json
 from catalog.jobs import ManagedPipelineJob
+from catalog.spool import JSONSpool
 from catalog.tokens import keys_from_env_or_file
 
 # Exit codes by HTTP status class of the error; documented in the README.
@@ -219,23 +220,17 @@ def index(
     json_: JsonOption = False,
 ) -> None:
     """Index a finished job's files with fixity checksums (index -> indexed)."""
-    from catalog.indexer import RecordSpool, index_job
+    from catalog.indexer import index_job
 
     as_json = json_ or _state.json
     # The records go to a spool (JSON, on disk past a few MiB) or nowhere, not into memory:
     # a tree of a million files is printed without holding a million records.
     with _catalog() as catalog, _progress("indexing", not as_json) as progress, \
-            RecordSpool() as spool:
+            JSONSpool() as spool:
         result = index_job(catalog, uuid, token, None, fixity, rehash, fail_on_error, "cli",
                            progress, sink=spool if as_json else _discard)
         if as_json:
-            _, chunks = spool.document(result)
-            sys.stdout.flush()
-            out = sys.stdout.buffer
-            for chunk in chunks:
-                out.write(chunk)
-            out.write(b"\n")
-            out.flush()
+            _write_spooled(spool, result.to_dict(), "files")
             return
     summary = (f"{result.uuid}: {result.indexed} file(s) indexed ({result.hashed} hashed, "
                f"{result.unchanged} unchanged) -> {result.state}")
@@ -248,6 +243,17 @@ def _discard(records: list[Any]) -> None:
     """An index sink for when only the counts are shown."""
 
 
+def _write_spooled(spool: JSONSpool, document: dict[str, Any], key: str) -> None:
+    """``_emit``'s JSON line, with the spooled items as ``document[key]``."""
+    _, chunks = spool.document(document, key)
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    for chunk in chunks:
+        out.write(chunk)
+    out.write(b"\n")
+    out.flush()
+
+
 @app.command()
 def verify(
     uuid: Annotated[str | None, typer.Argument(help="Job UUID (or --all).")] = None,
@@ -255,23 +261,37 @@ def verify(
     json_: JsonOption = False,
 ) -> None:
     """Re-read files: ok, changed, missing, unreadable, uncatalogued; exit 1 unless all ok."""
+    from catalog.verify import FileVerdict
     from catalog.verify import verify as run_verify
 
     if (uuid is None) == (not all_):
         raise InvalidInput("give a job UUID or --all (not both)")
-    with _catalog() as catalog, _progress("verifying", not (json_ or _state.json)) as progress:
-        report = run_verify(catalog, uuid, progress)
-    lines = [f"{v.outcome:8} {v.path}" + (f" ({', '.join(v.changed)})" if v.changed else "")
-             for v in report.files if v.outcome != "ok"]
-    lines += [f"{'error':8} {entry}" for entry in report.unreadable]
-    lines += [f"{'new':8} {path} (not catalogued)" for path in report.uncatalogued]
-    lines += [f"{'skipped':8} {path} (another storage system: not read here)"
-              for path in report.other_storage]
-    counts = report.counts()
-    skipped = counts.pop("other_storage")
-    lines.append(", ".join(f"{n} {k}" for k, n in counts.items())
-                 + (f", {skipped} skipped (another storage system)" if skipped else ""))
-    _emit(report.to_dict(), json_, "\n".join(lines))
+    as_json = json_ or _state.json
+    problems: list[FileVerdict] = []  # for people, only what is wrong is listed
+
+    def keep_problems(verdicts: list[FileVerdict]) -> None:
+        problems.extend(v for v in verdicts if v.outcome != "ok")
+
+    # Verdicts go to a spool (JSON, on disk past a few MiB) or only the wrong ones are kept.
+    with _catalog() as catalog, _progress("verifying", not as_json) as progress, \
+            JSONSpool() as spool:
+        report = run_verify(catalog, uuid, progress,
+                            (lambda verdicts: spool(map(vars, verdicts))) if as_json
+                            else keep_problems)
+        if as_json:
+            _write_spooled(spool, report.to_dict(), "files")
+    if not as_json:
+        lines = [f"{v.outcome:8} {v.path}" + (f" ({', '.join(v.changed)})" if v.changed else "")
+                 for v in problems]
+        lines += [f"{'error':8} {entry}" for entry in report.unreadable]
+        lines += [f"{'new':8} {path} (not catalogued)" for path in report.uncatalogued]
+        lines += [f"{'skipped':8} {path} (another storage system: not read here)"
+                  for path in report.other_storage]
+        counts = report.counts()
+        skipped = counts.pop("other_storage")
+        lines.append(", ".join(f"{n} {k}" for k, n in counts.items())
+                     + (f", {skipped} skipped (another storage system)" if skipped else ""))
+        _emit(None, False, "\n".join(lines))
     if not report.ok:
         raise SystemExit(1)
 

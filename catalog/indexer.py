@@ -6,7 +6,7 @@ path; the first request that matches a file claims it, archive requests before p
 requests), resolves each request's ``derived_from`` / ``derived_using`` references once, then
 goes through the files in chunks of thousands: hashes what is new or changed in one pass per
 file, upserts the records that differ from the stored ones in one bulk write, and hands the
-chunk to a sink (the CLI's and the API's JSON spool) or keeps it, and sends ``indexed`` (back
+chunk to a sink (the CLI's and the API's ``JSONSpool``) or keeps it, and sends ``indexed`` (back
 to FINISHED). Memory stays that of a chunk, not of the tree. A file that cannot be read is
 left out and the others are indexed; the run then fails naming it. A failure is written to the
 job's history as an ``update`` carrying the error, and sends ``fail`` only when asked; the job
@@ -15,12 +15,10 @@ then stays INDEXING, and indexing again reads only what is not indexed yet.
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import posixpath
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,8 +46,6 @@ Progress = Callable[[str, int], None]
 Request = ArchiveIndexRequest | ProductIndexRequest
 FAST_ONLY = ("xxh3_128",)
 UPSERT_CHUNK = 5000  # file records per store write (about 0.3 s of SQLite's write lock)
-SPOOL_MEMORY = 32 * 1024 * 1024  # a RecordSpool's bytes kept in memory before going to disk
-_SPOOL_BLOCK = 1024 * 1024
 
 
 Sink = Callable[[list[Doc]], None]
@@ -69,65 +65,13 @@ class IndexResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The run's JSON document: ``{"uuid", "state", "files", "hashed", "unchanged",
-        "unmatched_requests"}`` (``RecordSpool.document`` renders it from a spool)."""
+        "unmatched_requests"}`` (with a ``JSONSpool`` as the sink, its ``document``)."""
         return {
             "uuid": self.uuid, "state": self.state,
             "files": self.files,
             "hashed": self.hashed, "unchanged": self.unchanged,
             "unmatched_requests": self.unmatched_requests,
         }
-
-
-class RecordSpool:
-    """A sink for ``index_files`` that keeps the records as JSON text, in memory up to
-    ``SPOOL_MEMORY`` bytes and in an unnamed temporary file beyond, to render the run's
-    document afterwards without holding a million records as objects. ``separators`` are
-    ``json.dumps``' own (the CLI's default ones, or compact ones for HTTP)."""
-
-    def __init__(self, separators: tuple[str, str] = (", ", ": ")) -> None:
-        self._encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
-                                        separators=separators).encode
-        self._item = separators[0]
-        self._key = separators[1]
-        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
-        self.count = 0
-
-    def __call__(self, records: list[Doc]) -> None:
-        if not records:
-            return
-        text = self._item.join(map(self._encode, records))
-        self._file.write(((self._item if self.count else "") + text).encode())
-        self.count += len(records)
-
-    def document(self, result: IndexResult) -> tuple[int, Iterator[bytes]]:
-        """The length in bytes and the chunks of ``result.to_dict()`` with these records as
-        its ``files``, exactly as ``json.dumps`` with the same separators would write it."""
-        if result.files:
-            raise ValueError("the result kept its records: render it with to_dict()")
-        head = (self._encode({"uuid": result.uuid, "state": result.state})[:-1]
-                + f'{self._item}"files"{self._key}[').encode()
-        tail = ("]" + self._item + self._encode({
-            "hashed": result.hashed, "unchanged": result.unchanged,
-            "unmatched_requests": result.unmatched_requests})[1:]).encode()
-        size = self._file.tell()
-
-        def chunks() -> Iterator[bytes]:
-            yield head
-            self._file.seek(0)
-            while block := self._file.read(_SPOOL_BLOCK):
-                yield block
-            yield tail
-
-        return len(head) + size + len(tail), chunks()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> RecordSpool:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 def media_type(name: str) -> str:

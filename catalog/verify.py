@@ -7,7 +7,7 @@ record names are reported as uncatalogued.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,28 +31,33 @@ class FileVerdict:
     changed: list[str]
 
 
+VerdictSink = Callable[[list[FileVerdict]], None]
+
+
 @dataclass
 class VerifyReport:
-    files: list[FileVerdict] = field(default_factory=list)
+    files: list[FileVerdict] = field(default_factory=list)  # the verdicts, when no sink took them
     uncatalogued: list[str] = field(default_factory=list)
     # "system:path" of records on another storage system than this catalog's: not read here
     other_storage: list[str] = field(default_factory=list)
     # "path: error" of files that could not be read (nothing is recorded on their records)
     unreadable: list[str] = field(default_factory=list)
+    # verdicts by outcome, however many were kept
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("ok", "changed", "missing"), 0))
 
     @property
     def ok(self) -> bool:
         return not self.uncatalogued and not self.unreadable and all(
-            f.outcome == "ok" for f in self.files)
+            count == 0 for outcome, count in self.outcomes.items() if outcome != "ok")
 
     def counts(self) -> dict[str, int]:
-        counts = {"ok": 0, "changed": 0, "missing": 0}
-        for verdict in self.files:
-            counts[verdict.outcome] = counts.get(verdict.outcome, 0) + 1
-        return {**counts, "unreadable": len(self.unreadable),
+        return {**self.outcomes, "unreadable": len(self.unreadable),
                 "uncatalogued": len(self.uncatalogued), "other_storage": len(self.other_storage)}
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document (with a ``JSONSpool`` as the sink of its verdicts, its
+        ``document``)."""
         return {
             "ok": self.ok, "counts": self.counts(),
             "files": [vars(f) for f in self.files], "uncatalogued": self.uncatalogued,
@@ -72,7 +77,7 @@ def _pages(catalog: Catalog, job_uuid: str | None) -> Iterator[list[Doc]]:
 
 
 def verify(catalog: Catalog, job_uuid: str | None = None,
-           progress: Progress | None = None) -> VerifyReport:
+           progress: Progress | None = None, sink: VerdictSink | None = None) -> VerifyReport:
     """Verify the files of one job, or of the whole catalog when ``job_uuid`` is None.
 
     Records are taken PAGE at a time (by path): read, compared and recorded before the next
@@ -83,12 +88,16 @@ def verify(catalog: Catalog, job_uuid: str | None = None,
     another is refused (OtherStorageSystem), and with the whole catalog, records of another are
     listed in ``other_storage`` with nothing recorded on them (reading them from this storage
     would record them missing).
+
+    Each page's verdicts go to ``sink`` if one is given (the CLI's ``JSONSpool``, say), else
+    they are kept in ``VerifyReport.files``; ``VerifyReport.outcomes`` counts them either way.
     """
-    with gc_paused():  # thousands of verdicts, all kept to the end (catalog.gcpause)
-        return _verify(catalog, job_uuid, progress)
+    with gc_paused():  # thousands of records a page (catalog.gcpause)
+        return _verify(catalog, job_uuid, progress, sink)
 
 
-def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -> VerifyReport:
+def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None,
+            sink: VerdictSink | None) -> VerifyReport:
     system = catalog.settings.archive_system
     prefixes: set[str] = set()
     if job_uuid is not None:
@@ -102,7 +111,13 @@ def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -
         report.other_storage += [f"{record['storage_system']}:{record['path']}"
                                  for record in page if record["storage_system"] != system]
         if records:
-            _verify_page(catalog, records, progress, report)
+            verdicts = _verify_page(catalog, records, progress, report)
+            for verdict in verdicts:
+                report.outcomes[verdict.outcome] += 1
+            if sink is None:
+                report.files += verdicts
+            else:
+                sink(verdicts)
         catalogued.update(record["path"] for record in records)
         if job_uuid is None:
             jobs.update(uuid for record in records for uuid in record.get("child_of", [])
@@ -122,9 +137,9 @@ def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None) -
 
 
 def _verify_page(catalog: Catalog, records: list[Doc], progress: Progress | None,
-                 report: VerifyReport) -> None:
-    """Re-read the files of ``records`` and record a check on each (one write), adding their
-    verdicts to ``report``. A file that cannot be read (other than gone: refused as unsafe, a
+                 report: VerifyReport) -> list[FileVerdict]:
+    """Re-read the files of ``records`` and record a check on each (one write); their
+    verdicts. A file that cannot be read (other than gone: refused as unsafe, a
     permission or S3 error) is reported unreadable, with nothing recorded: nothing was read."""
     by_algorithms: dict[tuple[str, ...], list[str]] = {}
     for record in records:
@@ -134,6 +149,7 @@ def _verify_page(catalog: Catalog, records: list[Doc], progress: Progress | None
         found.update(hash_many(catalog.storage, paths, algorithms, on_done=progress))
     now = utc_now()
     checks: list[FixityUpdate] = []
+    verdicts: list[FileVerdict] = []
     for record in records:
         value = found.get(record["path"])
         if isinstance(value, FileNotFoundError) or value is None:
@@ -149,5 +165,6 @@ def _verify_page(catalog: Catalog, records: list[Doc], progress: Progress | None
         outcome, changed = compare(record["checksums"], record["size"], size, digests)
         checks.append((record["uuid"], check(now, outcome, size, digests or {}, changed),
                        outcome))
-        report.files.append(FileVerdict(record["uuid"], record["path"], outcome, changed))
+        verdicts.append(FileVerdict(record["uuid"], record["path"], outcome, changed))
     catalog.store.record_fixity(checks)
+    return verdicts

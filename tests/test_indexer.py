@@ -27,7 +27,7 @@ from catalog.errors import (
     UnsafePath,
 )
 from catalog.identifiers import UUIDType
-from catalog.indexer import RecordSpool, file_uuid
+from catalog.indexer import file_uuid
 from catalog.models import FileRecord
 from catalog.tokens import Keys
 from catalog.verify import verify
@@ -289,6 +289,20 @@ def test_verify_takes_records_a_page_at_a_time(catalog: Catalog,
     for doc in records(catalog, job).values():
         assert [c["outcome"] for c in doc["fixity"]] == ["indexed", "ok"]
 
+    # With a sink, each page's verdicts go to it once its checks are recorded, none are kept.
+    catalog.storage.delete_prefix(f"{job.archive_path}/plots")
+    pages: list[list[tuple[str, int]]] = []
+    report = verify(catalog, job.uuid, sink=lambda verdicts: pages.append(
+        [(v.outcome, len(writes)) for v in verdicts]))
+    assert pages == [[("ok", 3)] * 2 + [("missing", 3)], [("missing", 4)]]
+    assert report.files == [] and not report.ok
+    assert report.counts() == {"ok": 2, "changed": 0, "missing": 2, "unreadable": 0,
+                               "uncatalogued": 1, "other_storage": 0}
+    assert report.to_dict()["files"] == []
+    for relative in ("plots/p.png", "plots/summary.pdf"):  # back for what follows
+        catalog.storage.write(f"{job.archive_path}/{relative}", FILES[relative])
+    writes.clear()
+
     # Interrupted in its second page, a verify keeps what it recorded of the first.
     hashed: list[str] = []
 
@@ -300,7 +314,7 @@ def test_verify_takes_records_a_page_at_a_time(catalog: Catalog,
     with pytest.raises(KeyboardInterrupt):
         verify(catalog, job.uuid, progress=interrupt_at_the_fourth)
     outcomes = sorted(len(doc["fixity"]) for doc in records(catalog, job).values())
-    assert (outcomes, writes) == ([2, 3, 3, 3], [3, 1, 3])
+    assert (outcomes, writes) == ([3, 4, 4, 4], [3])
 
 
 def test_a_job_of_another_storage_system_is_neither_indexed_nor_verified_here(
@@ -698,37 +712,6 @@ def test_a_file_that_cannot_be_read_is_named_and_the_others_are_indexed(
     result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     assert (result.hashed, result.unchanged, result.state) == (1, 3, "FINISHED")
     assert records(catalog, job)["data/b.csv"]["checksums"] == digests(FILES["data/b.csv"])
-
-
-RECORD_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
-RECORDS = st.lists(st.dictionaries(RECORD_TEXT, st.one_of(
-    st.none(), st.booleans(), st.integers(), RECORD_TEXT, st.lists(RECORD_TEXT, max_size=3)),
-    max_size=4), max_size=12)
-
-
-@settings(max_examples=60, deadline=None)
-@given(chunks=st.lists(RECORDS, max_size=4), compact=st.booleans(),
-       memory=st.sampled_from([16, 1 << 20]))
-def test_a_spool_renders_the_document_json_dumps_would(
-    chunks: list[list[dict[str, Any]]], compact: bool, memory: int
-) -> None:
-    separators = (",", ":") if compact else (", ", ": ")
-    kept = [record for chunk in chunks for record in chunk]
-    result = indexer.IndexResult("job-é", "FINISHED", hashed=len(kept), unchanged=1,
-                                 unmatched_requests=["ArchiveIndexRequest ['\\.x$']"])
-    expected = json.dumps({**result.to_dict(), "files": kept}, ensure_ascii=False,
-                          separators=separators).encode()
-    original = indexer.SPOOL_MEMORY
-    indexer.SPOOL_MEMORY = memory  # 16 bytes: the spool goes to its temporary file at once
-    try:
-        with RecordSpool(separators) as spool:
-            for chunk in chunks:
-                spool(chunk)
-            length, rendered = spool.document(result)
-            assert b"".join(rendered) == expected and length == len(expected)
-            assert spool.count == len(kept)
-    finally:
-        indexer.SPOOL_MEMORY = original
 
 
 def test_reindexing_an_unchanged_job_writes_nothing(

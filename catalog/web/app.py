@@ -190,19 +190,20 @@ def create_app(catalog: Catalog) -> FastAPI:
               openapi_extra=_body_schema(IndexOptions, required=False))
     async def index_job_files(request: Request, uuid: str) -> Response:
         """Index the job's files (job token); answers ``{"uuid", "state", "files": [...]}``."""
-        from catalog.indexer import RecordSpool, index_job
+        from catalog.indexer import index_job
+        from catalog.spool import JSONSpool
 
         body = await request.body()
         options = parse_document(IndexOptions, parse_body(body), "index options") \
             if body.strip() else IndexOptions()
         # The records wait in a spool (on disk past a few MiB) and are streamed from it, so a
         # tree of a million files is answered without a million records held in memory.
-        spool = RecordSpool(separators=(",", ":"))  # JSONResponse's rendering
+        spool = JSONSpool(separators=(",", ":"))  # JSONResponse's rendering
         try:
             result = await run_in_threadpool(index_job, catalog, uuid, _token(request),
                                              options.requests, options.fixity, options.rehash,
                                              options.fail_on_error, "api", None, spool)
-            length, chunks = spool.document(result)
+            length, chunks = spool.document(result.to_dict(), "files")
         except BaseException:
             spool.close()
             raise
