@@ -18,7 +18,7 @@ from __future__ import annotations
 import mimetypes
 import posixpath
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -114,17 +114,20 @@ def _requests_of(job: Job, requests: Iterable[Any] | None) -> list[Request]:
             *parse_index_requests(ProductIndexRequest, product, "product requests")]
 
 
+Claimed = list[tuple[FileInfo, int]]  # files, each with the number of its request
+
+
 def _claim(files: Iterable[FileInfo], archive_path: str, requests: list[Request]
-           ) -> tuple[list[tuple[FileInfo, str, int]], list[str]]:
-    """Each file to the first request with a pattern found in its relative path: (file, its
-    relative path, the request's number), and the requests that claimed nothing."""
+           ) -> tuple[Claimed, list[str]]:
+    """Each file to the first request with a pattern found in its relative path, and the
+    requests that claimed nothing."""
     compiled = [[re.compile(p) for p in request.patterns] for request in requests]
     claimed, used = [], [False] * len(requests)
     for info in files:
         relative = relative_to(info.path, archive_path)
         for number, patterns in enumerate(compiled):
             if any(p.search(relative) for p in patterns):
-                claimed.append((info, relative, number))
+                claimed.append((info, number))
                 used[number] = True
                 break
     unmatched = [f"{type(r).__name__} {r.patterns}" for r, hit in zip(requests, used, strict=True)
@@ -137,10 +140,10 @@ _NO_LINKS: Links = ([], [])
 
 
 def _resolve_links(references: Resolver, requests: list[Request],
-                   claimed: list[tuple[FileInfo, str, int]]) -> list[Links]:
+                   claimed: Claimed) -> list[Links]:
     """Each request's references, resolved once for all the files it claimed (an unresolvable
     one raises, naming it, before anything is read or written)."""
-    numbers = {number for _, _, number in claimed}
+    numbers = {number for _, number in claimed}
     links: list[Links] = []
     for number, request in enumerate(requests):
         if number not in numbers or not isinstance(request, ProductIndexRequest):
@@ -180,11 +183,12 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
     result = IndexResult(job.uuid, job.state, unmatched_requests=unmatched)
     if not claimed:
         return result
-    uuids = {info.path: file_uuid(catalog, job.archive_system, info.path)
-             for info, _, _ in claimed}
-    references = Resolver(catalog, job.archive_system, archive_path, pending=uuids)
-    run = _Run(catalog, job, chosen, _resolve_links(references, chosen, claimed), uuids,
-               fixity, rehash, progress, format_date(utc_now()))
+    # References to files of this very run resolve to them (each file's uuid made on demand:
+    # a million of them need not be held for the few references there are).
+    references = Resolver(catalog, job.archive_system, archive_path,
+                          pending=_ClaimedFiles(catalog, job.archive_system, claimed))
+    run = _Run(catalog, job, chosen, _resolve_links(references, chosen, claimed), fixity,
+               rehash, progress, format_date(utc_now()))
     if references.new_references:  # before any record names them
         catalog.add_entities(list(references.new_references.values()))
     unreadable: list[str] = []
@@ -208,6 +212,25 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
     return result
 
 
+class _ClaimedFiles(Mapping[str, str]):
+    """Storage path -> file uuid of the files an index run claimed, each uuid made on demand."""
+
+    def __init__(self, catalog: Catalog, system: str, claimed: Claimed) -> None:
+        self._catalog, self._system = catalog, system
+        self._paths = {info.path for info, _ in claimed}
+
+    def __getitem__(self, path: str) -> str:
+        if path not in self._paths:
+            raise KeyError(path)
+        return file_uuid(self._catalog, self._system, path)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
 @dataclass
 class _Run:
     """What every chunk of one indexing run shares."""
@@ -216,22 +239,22 @@ class _Run:
     job: Job
     requests: list[Request]
     links: list[Links]  # per request
-    uuids: dict[str, str]  # storage path -> file uuid, of every claimed file
     fixity: bool | None
     rehash: bool
     progress: Progress | None
     stamp: str  # the run's date, formatted once
 
-    def chunk(self, claimed: list[tuple[FileInfo, str, int]], result: IndexResult,
+    def chunk(self, claimed: Claimed, result: IndexResult,
               unreadable: list[str]) -> tuple[list[Doc], list[Doc]]:
         """The records of ``claimed``, hashed where new or changed (a file that could not be
         read is added to ``unreadable`` instead), and those of them to write: the others are
         stored exactly so already."""
-        uuids, storage = self.uuids, self.catalog.storage
-        existing = self.catalog.store.get_files([uuids[info.path] for info, _, _ in claimed])
+        storage, system = self.catalog.storage, self.job.archive_system
+        uuids = {info.path: file_uuid(self.catalog, system, info.path) for info, _ in claimed}
+        existing = self.catalog.store.get_files(list(uuids.values()))
         to_hash: dict[tuple[str, ...], list[str]] = {}
         full = normalise_algorithms(None)
-        for info, _, number in claimed:
+        for info, number in claimed:
             request = self.requests[number]
             wanted = full if (request.fixity if self.fixity is None else self.fixity) \
                 else FAST_ONLY
@@ -251,10 +274,9 @@ class _Run:
                        for wanted, paths in to_hash.items()]
             try:
                 records = [
-                    _record(info, relative, self.requests[number], self.links[number],
-                            uuids[info.path], existing.get(uuids[info.path]), self.job,
-                            self.stamp)
-                    for info, relative, number in claimed]
+                    _record(info, self.requests[number], self.links[number], uuids[info.path],
+                            existing.get(uuids[info.path]), self.job, self.stamp)
+                    for info, number in claimed]
             except BaseException:
                 for future in hashing:
                     future.cancel()  # those not started; leaving waits for the one running
@@ -289,8 +311,8 @@ class _Run:
         return indexed, changed
 
 
-def _record(info: FileInfo, relative: str, request: Request, links: Links, uuid: str,
-            old: Doc | None, job: Job, stamp: str) -> Doc:
+def _record(info: FileInfo, request: Request, links: Links, uuid: str, old: Doc | None,
+            job: Job, stamp: str) -> Doc:
     """A file's FileRecord in its JSON form, all but its checksums and fixity log.
 
     Built directly, not through the model: this runs once per file of trees of many thousands
@@ -305,7 +327,7 @@ def _record(info: FileInfo, relative: str, request: Request, links: Links, uuid:
                                   for name in ("child_of", "generated_by"))
     return {
         "uuid": uuid, "storage_system": job.archive_system, "path": info.path,
-        "name": posixpath.basename(relative), "size": info.size,
+        "name": posixpath.basename(info.path), "size": info.size,
         "mtime": format_date(_mtime(info)), "etag": info.etag,
         "media_type": kind_of_media, "kind": kind,
         "level": request.level if isinstance(request, ArchiveIndexRequest) else None,

@@ -740,3 +740,24 @@ def test_reindexing_an_unchanged_job_writes_nothing(
     assert (noted.hashed, sorted(written)) == (0, ["a.csv", "b.csv"])
     assert records(catalog, job)["data/a.csv"]["note"] == "new note"
     assert records(catalog, job)["data/a.csv"]["fixity"] == stored["data/a.csv"]["fixity"]
+
+
+def test_a_product_may_name_a_file_of_the_same_run_by_path_or_uuid(catalog: Catalog) -> None:
+    probe = finished_job(catalog, {})  # only for its archive path's shape
+    files = {"data/raw.h5": b"raw", "plots/a.png": b"a", "plots/b.png": b"b"}
+    job = finished_job(catalog, files, product=[])
+    raw = file_uuid(catalog, catalog.settings.archive_system, f"{job.archive_path}/data/raw.h5")
+    assert catalog.store.get_file(raw) is None  # not catalogued before this run
+    requests = [{"patterns": [r"\.h5$"], "level": "0"},
+                {"patterns": [r"^plots/a"], "derived_from": ["./data/raw.h5"]},
+                {"patterns": [r"^plots/b"], "derived_from": [raw]}]
+    result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token, requests=requests)
+    derived = {f["name"]: f["derived_from"] for f in result.files}
+    assert derived == {"raw.h5": [], "a.png": [raw], "b.png": [raw]}
+    # a uuid of no file of this run (nor of the catalog) is refused, naming it
+    elsewhere = file_uuid(catalog, catalog.settings.archive_system,
+                          f"{probe.archive_path}/data/raw.h5")
+    with pytest.raises(InvalidInput, match=f"reference {elsewhere} is not catalogued"):
+        ManagedPipelineJobInstance(catalog, job.uuid).index(
+            job.token, requests=[*requests[:2], {"patterns": [r"^plots/b"],
+                                                 "derived_from": [elsewhere]}])
