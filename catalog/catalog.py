@@ -310,11 +310,13 @@ class Catalog:
             return fetch(cursor, limit)
         return scan(fetch, lambda doc: matcher(doc["path"]) is not None, limit, cursor, sort)
 
-    def lineage(self, uuid: str, direction: str = "up", depth: int = 5) -> dict[str, Any]:
-        """Where a record came from (``up``), what came from it (``down``), or ``both``."""
-        from catalog.lineage import lineage
+    def lineage(self, uuid: str, direction: str = "up", depth: int = 5,
+                limit: int | None = None) -> dict[str, Any]:
+        """Where a record came from (``up``), what came from it (``down``), or ``both``; at
+        most ``limit`` edges (``catalog.lineage.DEFAULT_LIMIT`` if None), else truncated."""
+        from catalog.lineage import DEFAULT_LIMIT, lineage
 
-        return lineage(self, uuid, direction, depth)
+        return lineage(self, uuid, direction, depth, DEFAULT_LIMIT if limit is None else limit)
 
     # jobs --------------------------------------------------------------------------------
     def get_job(self, uuid: str, history: bool = True) -> Job:

@@ -23,6 +23,7 @@ from catalog.config import load_settings
 from catalog.errors import CatalogError, InvalidInput
 from catalog.identifiers import loads_json
 from catalog.jobs import ManagedPipelineJob
+from catalog.lineage import DEFAULT_LIMIT, MAX_LIMIT
 from catalog.spool import JSONSpool
 from catalog.tokens import keys_from_env_or_file
 
@@ -453,6 +454,9 @@ def lineage_command(
     uuid: Annotated[str, typer.Argument(help="Any record's UUID, or an id like sample.lab.7.")],
     direction: Annotated[str, typer.Option(help="up, down or both.")] = "up",
     depth: Annotated[int, typer.Option(help="How many edges away (0-20).")] = 5,
+    limit: Annotated[int, typer.Option(
+        help=f"At most this many edges (1-{MAX_LIMIT}); a larger graph is cut to them.")
+    ] = DEFAULT_LIMIT,
     format_: Annotated[str, typer.Option(
         "--format", help="json, text, prov-json (W3C PROV-JSON) or prov-n (PROV-N).")] = "text",
     json_: JsonOption = False,
@@ -468,7 +472,14 @@ def lineage_command(
         # --json promises exactly one JSON document on stdout, which PROV-N is not.
         raise InvalidInput("--json and --format prov-n exclude each other; use prov-json")
     with _catalog() as catalog:
-        graph = catalog.lineage(uuid, direction, depth)
+        graph = catalog.lineage(uuid, direction, depth, limit)
+    catalog_json = format_ == "json" or (format_ == "text" and (json_ or _state.json))
+    if graph["truncated"] and not catalog_json:
+        # The catalog's JSON says so itself; text and PROV do not, so stderr does.
+        Console(stderr=True).print(
+            f"warning: more than {limit} edges within depth {depth}: the graph is cut to "
+            f"{limit} (use --limit, a lower --depth, or walk from one of its nodes)",
+            markup=False, highlight=False, soft_wrap=True)
     if format_ == "prov-json":
         sys.stdout.write(as_prov_json(graph) + "\n")
     elif format_ == "prov-n":

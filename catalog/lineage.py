@@ -13,16 +13,22 @@ from typing import Any
 from catalog.catalog import Catalog
 from catalog.errors import InvalidInput, MalformedIdentifier
 from catalog.identifiers import UUIDType, parse_uuid, uuid_type
+from catalog.store.base import chunked
 
 DIRECTIONS = ("up", "down", "both")
 MAX_DEPTH = 20
+DEFAULT_LIMIT = 10_000  # edges in an answer, unless asked for more
+MAX_LIMIT = 50_000  # ~125 MB for the JSON answer, ~300 MB for PROV (200,000-file job)
+_BATCH = 1000  # file records read at a time
+_FILE_FIELDS = ("path", "kind", "status")  # what a file's node shows
 
 
 def _describe(catalog: Catalog, uuid: str, depth: int,
               files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A node: its uuid, type, distance from the root, and a few fields of its record.
 
-    File records (most of the nodes of a large answer) come in ``files``, read in one query.
+    File records (most of the nodes of a large answer) come in ``files``: their shown fields,
+    read in batches.
     """
     kind = uuid_type(uuid)
     node: dict[str, Any] = {"uuid": uuid, "type": kind.name, "depth": depth}
@@ -33,9 +39,7 @@ def _describe(catalog: Catalog, uuid: str, depth: int,
             node.update(state=job["state"], pipeline_uuid=job["pipeline_uuid"],
                         archive_path=job["archive_path"])
     elif kind is UUIDType.file:
-        record = files.get(uuid)
-        if record is not None:
-            node.update(path=record["path"], kind=record["kind"], status=record["status"])
+        node.update(files.get(uuid, {}))
     elif kind is UUIDType.pipeline:
         pipeline = store.get_pipeline(uuid)
         if pipeline is not None:
@@ -47,41 +51,66 @@ def _describe(catalog: Catalog, uuid: str, depth: int,
     return node
 
 
-def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5) -> dict[str, Any]:
-    """``{"root", "nodes": [...], "edges": [{"from", "relation", "to"}]}`` within ``depth``."""
+def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5,
+            limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
+    """``{"root", "direction", "depth", "limit", "truncated", "nodes": [...], "edges": [{"from",
+    "relation", "to"}]}`` within ``depth``, with at most ``limit`` edges (and so at most
+    ``limit`` + 1 nodes).
+
+    A graph with more edges within ``depth`` comes back cut to ``limit`` of them (the store's
+    choice of which) and ``truncated`` true: a lower depth, or a walk from one of its nodes,
+    sees the rest. Without a bound, what came from a job of a million files would be read,
+    held and sent whole for anyone who asked.
+    """
     if direction not in DIRECTIONS:
         raise InvalidInput(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
     if not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH:
         raise InvalidInput(f"depth must be between 0 and {MAX_DEPTH}, got {depth!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}")
     try:
         root = parse_uuid(uuid)
     except MalformedIdentifier:
         # An upstream entity by its id string (measurement.lab.42) is a fine root too.
         root = catalog.parse_upstream(uuid)
     distance = {root: 0}
-    edges: set[tuple[str, str, str]] = set()
+    edges: dict[tuple[str, str, str], None] = {}  # in the order found
+    truncated = False
     for way in ("up", "down") if direction == "both" else (direction,):
         frontier, seen = [root], {root}
         for level in range(1, depth + 1):
-            if not frontier:
+            if not frontier or truncated:
                 break
+            room = limit - len(edges)
+            # One edge more than there is room for tells whether the graph goes on.
+            found = catalog.store.edges(frontier, way, limit=room + 1)
+            fresh = [edge for edge in dict.fromkeys(found) if edge not in edges]
+            # Edges found again (both ways) take no room, but may have kept others out.
+            if len(fresh) > room or (len(found) > room and len(fresh) < len(found)):
+                truncated = True
             following = []
-            for src, relation, dst in catalog.store.edges(frontier, way):
-                edges.add((src, relation, dst))
+            for src, relation, dst in fresh[:room]:
+                edges[(src, relation, dst)] = None
                 reached = dst if way == "up" else src
                 if reached not in seen:
                     seen.add(reached)
                     following.append(reached)
                     distance[reached] = min(distance.get(reached, level), level)
             frontier = following
-    files = catalog.store.get_files(
-        [node for node in distance if node.startswith(UUIDType.file.prefix)])
+    # File records (most of a large answer) are read a batch at a time, and only what a node
+    # shows of them is kept: whole records of a large answer would take gigabytes.
+    files: dict[str, dict[str, Any]] = {}
+    for batch in chunked([n for n in distance if n.startswith(UUIDType.file.prefix)], _BATCH):
+        files.update({uuid: {key: record[key] for key in _FILE_FIELDS}
+                      for uuid, record in catalog.store.get_files(batch).items()})
     nodes = [_describe(catalog, node, distance[node], files)
              for node in sorted(distance, key=lambda n: (distance[n], n))]
     return {
         "root": root,
         "direction": direction,
         "depth": depth,
+        "limit": limit,
+        "truncated": truncated,
         "nodes": nodes,
         "edges": [{"from": src, "relation": relation, "to": dst}
                   for src, relation, dst in sorted(edges)],

@@ -93,6 +93,44 @@ def test_bad_arguments(graph: tuple[Catalog, dict[str, str]], arguments: tuple[s
         catalog.lineage(ids["F3"], *arguments)
 
 
+def test_a_graph_larger_than_the_limit_comes_back_cut_and_marked(
+    graph: tuple[Catalog, dict[str, str]]
+) -> None:
+    catalog, ids = graph
+    whole = catalog.lineage(ids["F3"], "up", 2)
+    assert (whole["limit"], whole["truncated"], len(whole["edges"])) == (10_000, False, 12)
+    assert catalog.lineage(ids["F3"], "up", 2, limit=12)["truncated"] is False  # exactly fits
+    for limit in (1, 4, 5, 11):
+        cut = catalog.lineage(ids["F3"], "up", 2, limit=limit)
+        nodes, edges = named(cut, ids)
+        assert (cut["limit"], cut["truncated"], len(edges)) == (limit, True, limit)
+        assert edges <= F3_UP_2
+        # every node is the root or an end of a kept edge, and every kept edge's ends are nodes
+        ends = {name for edge in edges for name in edge.split(" ")[::2]}
+        assert set(nodes) == ends | {"F3"}
+        assert len(nodes) <= limit + 1
+    both = catalog.lineage(ids["J3"], "both", 3, limit=7)
+    assert (both["truncated"], len(both["edges"])) == (True, 7)
+
+
+def test_store_edges_stop_at_their_limit(graph: tuple[Catalog, dict[str, str]]) -> None:
+    catalog, ids = graph
+    for way, frontier, count in (("up", [ids["F3"], ids["J3"]], 8),
+                                 ("down", [ids["J1"], ids["J2"], ids["J3"], ids["F1"]], 8)):
+        every = set(catalog.store.edges(frontier, way))
+        assert len(every) == count
+        for limit in (1, 3, count, count + 5):
+            some = catalog.store.edges(frontier, way, limit=limit)
+            assert len(some) == min(limit, count) and set(some) <= every
+
+
+@pytest.mark.parametrize("limit", [0, -1, 50_001, True, 2.5])
+def test_a_bad_limit_is_refused(graph: tuple[Catalog, dict[str, str]], limit: Any) -> None:
+    catalog, ids = graph
+    with pytest.raises(InvalidInput, match="limit must be between 1 and 50000"):
+        catalog.lineage(ids["F3"], "up", 1, limit=limit)
+
+
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_lineage_over_http(graph: tuple[Catalog, dict[str, str]]) -> None:
     import asyncio
@@ -111,6 +149,15 @@ def test_lineage_over_http(graph: tuple[Catalog, dict[str, str]]) -> None:
     response = asyncio.run(get(f"/lineage/{ids['F3']}?direction=up&depth=1"))
     assert response.status_code == 200
     assert named(response.json(), ids) == ({"F3": 0, "J3": 1, "F1": 1, "F2": 1}, F3_UP_1)
+    assert response.headers["catalog-lineage-truncated"] == "false"
+    cut = asyncio.run(get(f"/lineage/{ids['F3']}?direction=up&depth=2&limit=3"))
+    assert (cut.status_code, cut.json()["truncated"], len(cut.json()["edges"])) == (200, True, 3)
+    assert cut.headers["catalog-lineage-truncated"] == "true"
+    prov = asyncio.run(get(f"/lineage/{ids['F3']}?depth=2&limit=3&format=prov-n"))
+    assert prov.status_code == 200 and prov.headers["catalog-lineage-truncated"] == "true"
+    for limit in ("0", "50001", "many"):
+        wrong = asyncio.run(get(f"/lineage/{ids['F3']}?limit={limit}"))
+        assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "schema_violation")
     refused = asyncio.run(get(f"/lineage/{ids['F3']}?depth=99"))
     assert (refused.status_code, refused.json()["error"]["code"]) == (422, "schema_violation")
     bad = asyncio.run(get("/lineage/not-an-id"))
@@ -142,5 +189,15 @@ def test_lineage_on_the_command_line(graph: tuple[Catalog, dict[str, str]],
     as_text = cli("measurement.g.1", "--direction", "down", "--depth", "1")
     assert as_text.returncode == 0
     assert f"{ids['J1']} --child_of--> {ids['M1']}" in as_text.stdout
+    assert as_text.stderr == ""
+    cut_json = cli(ids["F3"], "--depth", "2", "--limit", "3", "--json")
+    cut_graph = json.loads(cut_json.stdout)
+    assert (cut_graph["truncated"], len(cut_graph["edges"]), cut_json.stderr) == (True, 3, "")
+    cut = cli(ids["F3"], "--depth", "2", "--limit", "3")
+    assert cut.returncode == 0  # a line per node and per edge, and a warning
+    assert len(cut.stdout.splitlines()) == len(cut_graph["nodes"]) + 3
+    assert "warning: more than 3 edges within depth 2: the graph is cut to 3" in cut.stderr
     refused = cli(ids["F3"], "--format", "prov-xml")
     assert refused.returncode == 2 and "format" in refused.stderr
+    too_many = cli(ids["F3"], "--limit", "0")
+    assert too_many.returncode == 2 and "limit must be between 1 and 50000" in too_many.stderr

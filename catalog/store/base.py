@@ -336,9 +336,11 @@ class Store(Protocol):
         """An entity's doc with its link lists, or None."""
         ...
 
-    def edges(self, uuids: list[str], direction: str) -> list[tuple[str, str, str]]:
+    def edges(self, uuids: list[str], direction: str,
+              limit: int | None = None) -> list[tuple[str, str, str]]:
         """Every stored edge (src, relation, dst) leaving ``uuids`` (direction "up": they are
-        the src) or arriving at them ("down": they are the dst), in no particular order."""
+        the src) or arriving at them ("down": they are the dst), in no particular order; at
+        most ``limit`` of them (which ones is then the store's choice), read no further."""
         ...
 
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:

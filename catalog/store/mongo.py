@@ -444,27 +444,37 @@ class MongoStore:
         if not found:
             raise link_source_not_found(src)
 
-    def edges(self, uuids: list[str], direction: str) -> list[tuple[str, str, str]]:
+    def edges(self, uuids: list[str], direction: str,
+              limit: int | None = None) -> list[tuple[str, str, str]]:
         # Link lists live on the documents, each field multikey-indexed: up reads the lists
         # of the documents themselves, down finds the documents whose lists name the uuids.
+        # Down, each document found gives one edge or more, so with a limit no more documents
+        # than edges still wanted are read. Up, the documents are the uuids' own (a few may
+        # have no edges): all are read, and the edges cut to the limit.
         wanted = unique(uuids)
+        named = set(wanted)
         found: list[tuple[str, str, str]] = []
         for collection, fields in ((self._jobs, JOB_LINK_FIELDS),
                                    (self._files, ENTITY_LINK_FIELDS),
                                    (self._entities, ENTITY_LINK_FIELDS)):
+            if limit is not None and len(found) >= limit:
+                break
             projection: Doc = {"_id": 0, "uuid": 1, **dict.fromkeys(fields, 1)}
             if direction == "up":
                 query: Doc = {"uuid": {"$in": wanted}}
             else:
                 query = {"$or": [{field: {"$in": wanted}} for field in fields]}
             with self._guard:
-                documents = list(collection.find(query, projection))
+                cursor = collection.find(query, projection)
+                if limit is not None and direction == "down":
+                    cursor = cursor.limit(limit - len(found))
+                documents = list(cursor)
             for doc in documents:
                 for field in fields:
                     for target in doc.get(field, []):
-                        if direction == "up" or target in wanted:
+                        if direction == "up" or target in named:
                             found.append((doc["uuid"], field, target))
-        return found
+        return found if limit is None else found[:limit]
 
     # files -------------------------------------------------------------------------------
     def upsert_files(self, docs: list[Doc]) -> None:

@@ -695,17 +695,21 @@ class SQLiteStore:
             conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
             conn.executemany(_INSERT_LINK, [(src, relation, target, key) for target in new])
 
-    def edges(self, uuids: list[str], direction: str) -> list[tuple[str, str, str]]:
+    def edges(self, uuids: list[str], direction: str,
+              limit: int | None = None) -> list[tuple[str, str, str]]:
         # Both directions are served by an index: the key (src, relation, dst) and
         # links_reverse (dst, relation, src_key, src).
         column = "src" if direction == "up" else "dst"
         found: list[tuple[str, str, str]] = []
         conn = self._connection()
         for chunk in chunked(unique(uuids), _IN_CHUNK):
+            room = -1 if limit is None else limit - len(found)  # LIMIT -1: no limit
+            if room == 0:
+                break
             found += conn.execute(
                 f"SELECT src, relation, dst FROM links WHERE {column} IN "
-                f"({', '.join('?' * len(chunk))})",
-                chunk,
+                f"({', '.join('?' * len(chunk))}) LIMIT ?",
+                [*chunk, room],
             ).fetchall()
         return found
 

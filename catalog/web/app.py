@@ -25,6 +25,7 @@ from catalog import __version__
 from catalog.catalog import Catalog, parse_body, parse_document
 from catalog.errors import CatalogError, InvalidInput
 from catalog.jobs import create_job
+from catalog.lineage import DEFAULT_LIMIT, MAX_LIMIT
 from catalog.models import (
     CreatedJob,
     Event,
@@ -250,6 +251,9 @@ def create_app(catalog: Catalog) -> FastAPI:
     @app.get("/lineage/{uuid}", responses={400: {}, 422: {}})
     def get_lineage(uuid: str, direction: str = "up",
                     depth: Annotated[int, Query(ge=0, le=20)] = 5,
+                    limit: Annotated[int, Query(
+                        ge=1, le=MAX_LIMIT, description="At most this many edges; a larger "
+                        "graph comes back cut to them, marked truncated.")] = DEFAULT_LIMIT,
                     format_: Annotated[str, Query(
                         alias="format",
                         description="json, prov-json (W3C PROV-JSON) or prov-n (PROV-N).")
@@ -260,13 +264,15 @@ def create_app(catalog: Catalog) -> FastAPI:
         formats = ("json", "prov-json", "prov-n")
         if format_ not in formats:
             raise InvalidInput(f"format must be one of {', '.join(formats)}, not {format_!r}")
-        graph = catalog.lineage(uuid, direction, depth)
+        graph = catalog.lineage(uuid, direction, depth, limit)
+        # A PROV document has no place to say it was cut short: a header says it for all three.
+        headers = {"catalog-lineage-truncated": "true" if graph["truncated"] else "false"}
         if format_ == "prov-json":
-            return Response(as_prov_json(graph), media_type="application/json")
+            return Response(as_prov_json(graph), media_type="application/json", headers=headers)
         if format_ == "prov-n":
-            return PlainTextResponse(as_prov_n(graph),
+            return PlainTextResponse(as_prov_n(graph), headers=headers,
                                      media_type="text/provenance-notation; charset=utf-8")
-        return JSONResponse(graph)
+        return JSONResponse(graph, headers=headers)
 
     @app.get("/files")
     def list_files(job: str | None = None, path_prefix: str | None = None,
