@@ -140,12 +140,19 @@ def upstream_uuids(
 
 
 MAX_JSON_DEPTH = 100  # deeper documents are refused, not left to exhaust the stack
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _check_json(value: Any, where: str, depth: int = 0) -> None:
     if depth > MAX_JSON_DEPTH:
         raise InvalidData(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        # MongoDB keeps integers in 64 bits and refuses others; so do all stores, alike.
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidData(f"{where}: integer out of the 64-bit range "
+                              "(-9223372036854775808 to 9223372036854775807)")
         return
     if isinstance(value, str):
         try:

@@ -353,6 +353,13 @@ BAD_BODIES = {
     "blank-body": (b" \n", "request body is empty: a JSON document is required"),
     "nan": (b'{"name": "run", "data": {"x": NaN}}', "body: NaN is not allowed in JSON"),
     "infinity": (b'{"name": "run", "data": {"x": 1e999}}', "body: 1e999 overflows to infinity"),
+    # MongoDB keeps 64-bit integers: one past them was a 500 there, and is refused everywhere
+    "int64-over": (b'{"name": "run", "data": {"n": [9223372036854775808]}}',
+                   "event.data.n[0]: integer out of the 64-bit range (-9223372036854775808 to "
+                   "9223372036854775807)"),
+    "int64-under": (b'{"name": "run", "data": {"n": -9223372036854775809}}',
+                    "event.data.n: integer out of the 64-bit range (-9223372036854775808 to "
+                    "9223372036854775807)"),
 }
 
 
@@ -372,7 +379,7 @@ async def test_bad_json_is_400_and_changes_nothing(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("case", ["malformed-json", "empty-body", "nan"])
+@pytest.mark.parametrize("case", ["malformed-json", "empty-body", "nan", "int64-over"])
 async def test_bad_json_on_the_webhook_is_audited(
     catalog: Catalog, client: httpx.AsyncClient, job: ManagedPipelineJob, case: str
 ) -> None:
