@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -64,6 +65,7 @@ from catalog.store.base import (
 from catalog.tokens import Keys, create_secret_file, keys_from_env_or_file
 
 _SIDE_EFFECTS = frozenset({"reset"})
+HISTORY_PAGE = 1000  # history entries read at a time when a job's history is streamed
 FILE_STATUSES = ("ok", "changed", "missing", "unchecked")
 FILE_KINDS = ("archive", "product", "plot")
 LEVELS: tuple[str, ...] = get_args(Level)
@@ -325,6 +327,31 @@ class Catalog:
         if doc is None:
             raise JobNotFound(uuid)
         return Job.model_validate(doc)
+
+    def job_and_history_pages(self, uuid: str, page: int | None = None
+                              ) -> tuple[Job, Iterator[list[Doc]]]:
+        """The job without its history, and its history (as far as that job's version) read
+        ``page`` (default ``HISTORY_PAGE``) entries at a time as the iterator is consumed: a
+        job of a million events is answered without holding them all."""
+        if page is None:
+            page = HISTORY_PAGE
+        check_limit(page)
+        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        head = self.store.get_job(uuid, history=False)
+        if head is None:
+            raise JobNotFound(uuid)
+
+        def pages() -> Iterator[list[Doc]]:
+            after = 0
+            while True:
+                entries = self.store.history_page(head, after, page)
+                if entries:
+                    yield entries
+                if len(entries) < page:
+                    return
+                after += len(entries)
+
+        return Job.model_validate(head), pages()
 
     def find_jobs(self, state: str | None = None, pipeline: str | None = None,
                   child_of: str | None = None, limit: int = 100,

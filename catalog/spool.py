@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 MEMORY = 32 * 1024 * 1024  # bytes of JSON kept in memory before the spool goes to disk
@@ -42,26 +42,17 @@ class JSONSpool:
     def document(self, document: dict[str, Any], key: str) -> tuple[int, Iterator[bytes]]:
         """The length in bytes and the chunks of ``document`` with the spooled items as the
         value of ``key`` (which must hold an empty list: the items went here instead)."""
-        if document.get(key) != []:
-            raise ValueError(f"{key!r} of the document must be an empty list, not the items")
-        keys = list(document)
-        at = keys.index(key)
-        before = {k: document[k] for k in keys[:at]}
-        after = {k: document[k] for k in keys[at + 1:]}
-        head = self._encode(before)[:-1] + (self._item if before else "")
-        head += f"{self._encode(key)}{self._key}["
-        tail = "]" + (self._item + self._encode(after)[1:] if after else "}")
-        encoded_head, encoded_tail = head.encode(), tail.encode()
+        head, tail = _around(document, key, self._encode, self._item, self._key)
         size = self._file.tell()
 
         def chunks() -> Iterator[bytes]:
-            yield encoded_head
+            yield head
             self._file.seek(0)
             while block := self._file.read(_BLOCK):
                 yield block
-            yield encoded_tail
+            yield tail
 
-        return len(encoded_head) + size + len(encoded_tail), chunks()
+        return len(head) + size + len(tail), chunks()
 
     def close(self) -> None:
         self._file.close()
@@ -71,3 +62,35 @@ class JSONSpool:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def stream_document(document: dict[str, Any], key: str, pages: Iterable[Iterable[Any]],
+                    separators: tuple[str, str] = (", ", ": ")) -> Iterator[bytes]:
+    """The chunks of ``document`` with the items of ``pages``, read one page at a time, as
+    the value of ``key`` (an empty list in ``document``); ``json.dumps``' bytes, as above."""
+    encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                              separators=separators).encode
+    item = separators[0]
+    head, tail = _around(document, key, encode, item, separators[1])
+    yield head
+    first = True
+    for page in pages:
+        encoded = [encode(value) for value in page]
+        if encoded:
+            yield ((item if not first else "") + item.join(encoded)).encode()
+            first = False
+    yield tail
+
+
+def _around(document: dict[str, Any], key: str, encode: Callable[[Any], str], item: str,
+            colon: str) -> tuple[bytes, bytes]:
+    """The bytes of ``document`` before and after the items of its (empty) list ``key``."""
+    if document.get(key) != []:
+        raise ValueError(f"{key!r} of the document must be an empty list, not the items")
+    keys = list(document)
+    at = keys.index(key)
+    before = {k: document[k] for k in keys[:at]}
+    after = {k: document[k] for k in keys[at + 1:]}
+    head = encode(before)[:-1] + (item if before else "") + f"{encode(key)}{colon}["
+    tail = "]" + (item + encode(after)[1:] if after else "}")
+    return head.encode(), tail.encode()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalog.spool import JSONSpool
+from catalog.spool import JSONSpool, stream_document
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
 ITEMS = st.lists(st.dictionaries(TEXT, st.one_of(
@@ -39,6 +39,34 @@ def test_a_spool_renders_what_json_dumps_would(
         length, chunks = spool.document({**before, key: [], **after}, key)
         assert b"".join(chunks) == expected and length == len(expected)
         assert spool.count == len(items)
+
+
+@settings(max_examples=80, deadline=None)
+@given(pages=st.lists(ITEMS, max_size=4), before=DOCUMENTS, after=DOCUMENTS,
+       compact=st.booleans())
+def test_a_streamed_document_is_what_json_dumps_would_write(
+    pages: list[list[dict[str, Any]]], before: dict[str, Any], after: dict[str, Any],
+    compact: bool,
+) -> None:
+    separators = (",", ":") if compact else (", ", ": ")
+    after = {k: v for k, v in after.items() if k not in before and k != "history"}
+    before = {k: v for k, v in before.items() if k != "history"}
+    items = [item for page in pages for item in page]
+    expected = json.dumps({**before, "history": items, **after}, ensure_ascii=False,
+                          separators=separators).encode()
+    read: list[int] = []
+
+    def lazily() -> Any:
+        for number, page in enumerate(pages):
+            read.append(number)
+            yield page
+
+    chunks = stream_document({**before, "history": [], **after}, "history", lazily(),
+                             separators)
+    head = next(chunks)
+    assert read == []  # the head comes before any page is read
+    assert head + b"".join(chunks) == expected
+    assert read == list(range(len(pages)))
 
 
 def test_the_document_must_leave_the_items_to_the_spool() -> None:

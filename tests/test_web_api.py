@@ -1049,3 +1049,60 @@ def test_tokens_are_compared_in_constant_time() -> None:
     assert "self.is_admin" in calls(checks["check_admin"])
     assert {name: equality_tests(node) for name, node in checks.items()} == {
         "is_admin": [], "check_job": [], "check_admin": []}
+
+
+# -- a job's history, streamed a page at a time ------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_job_and_its_history_are_streamed_page_by_page_as_they_were_rendered(
+    catalog: Catalog, client: httpx.AsyncClient, job: ManagedPipelineJob,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.responses import JSONResponse
+
+    import catalog.catalog as catalog_module
+
+    datas = [{"é": "ünï ✓", "nested": {"list": [1, 2.5, None, True]}}, {}, {"n": -3e-7},
+             {"big": 2**63 - 1, "small": -(2**63)}, {"text": "line\nbreak \"quoted\" \\ \u2028"}]
+    for number, data in enumerate(datas):
+        catalog.handle_event(job.uuid, {"name": "update", "data": data,
+                                        "event_id": f"h-{number}"}, job.token)
+    job_doc = catalog.get_job(job.uuid)
+    assert len(job_doc.history) == 6  # create and the updates
+    whole = JSONResponse(job_doc.model_dump(mode="json")).body
+    history = JSONResponse({"uuid": job.uuid, "state": "CREATED",
+                            "history": job_doc.model_dump(mode="json")["history"]}).body
+    read: list[int] = []
+    history_page = type(catalog.store).history_page
+
+    def counted(store: Any, head: Any, after: int = 0, limit: int = 1000) -> Any:
+        read.append(after)
+        return history_page(store, head, after, limit)
+
+    monkeypatch.setattr(type(catalog.store), "history_page", counted)
+    for page in (1000, 4, 3, 1):  # one page, pages with a short last one, exact pages, ones
+        monkeypatch.setattr(catalog_module, "HISTORY_PAGE", page)
+        read.clear()
+        shown = await client.get(f"/jobs/{job.uuid}")
+        assert (shown.status_code, shown.headers["content-type"]) == (200, "application/json")
+        assert shown.content == whole  # byte for byte what the whole model rendered
+        assert read == list(range(0, 6 + (6 % page == 0) * page, page))
+        listed = await client.get(f"/jobs/{job.uuid}/history")
+        assert listed.status_code == 200 and listed.content == history
+    missing = await client.get(f"/jobs/{job.uuid[:-4]}0000/history")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
+    wrong = await client.get("/jobs/not-a-uuid")
+    assert wrong.status_code == 400
+
+
+def test_history_pages_stop_at_the_version_the_job_was_read_at(
+    catalog: Catalog, job: ManagedPipelineJob
+) -> None:
+    read, pages = catalog.job_and_history_pages(job.uuid, page=1)
+    first = next(pages)
+    catalog.handle_event(job.uuid, {"name": "run"}, job.token)  # after the job was read
+    assert (read.state, read.version, [e["name"] for e in first]) == ("CREATED", 1, ["create"])
+    assert list(pages) == []  # the run is not in this reading: its head said version 1
+    _, again = catalog.job_and_history_pages(job.uuid, page=1)
+    assert [[e["name"] for e in page] for page in again] == [["create"], ["run"]]

@@ -291,6 +291,13 @@ class Store(Protocol):
 
     def get_job(self, uuid: str, history: bool = True) -> Doc | None: ...
 
+    def history_page(self, head: Doc, after: int = 0, limit: int = 1000) -> list[Doc]:
+        """The entries of the job ``head`` (a ``get_job`` document) after its ``after``-th, up
+        to its version (what the head has seen, even while events come), in order, at most
+        ``limit``: the history a page at a time, for jobs of very many events. The n-th entry
+        is the one after n - 1, so a page of n entries moves ``after`` on by n."""
+        ...
+
     def find_jobs(self, query: JobQuery) -> Page:
         """Jobs without their history, filtered and ordered by (query.sort, uuid)."""
         ...

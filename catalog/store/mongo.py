@@ -324,6 +324,13 @@ class MongoStore:
             return doc
         return {**doc, "history": self._entries(doc)}
 
+    def history_page(self, head: Doc, after: int = 0, limit: int = 1000) -> list[Doc]:
+        with self._guard:
+            return list(self._history.find(
+                {"job_uuid": head["uuid"], "job_created": head["created"],
+                 "seq": {"$gt": after, "$lte": head["version"]}}, _ENTRY)
+                .sort("seq").limit(limit))
+
     def find_jobs(self, query: JobQuery) -> Page:
         clauses: list[Doc] = []
         for field in ("state", "pipeline_uuid", "child_of", "agent"):

@@ -487,6 +487,13 @@ class SQLiteStore:
             ]
         return doc
 
+    def history_page(self, head: Doc, after: int = 0, limit: int = 1000) -> list[Doc]:
+        # seq is the version the event made, 1, 2, ...: a page is a range of the key.
+        rows = self._connection().execute(
+            "SELECT doc FROM history WHERE job_uuid = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?", (head["uuid"], after, head["version"], limit))
+        return [json.loads(doc) for doc, in rows]
+
     def find_jobs(self, query: JobQuery) -> Page:
         where, params = [], []
         source, keyed = "jobs", "jobs"

@@ -39,6 +39,7 @@ from catalog.models import (
     PipelineRequest,
 )
 from catalog.openlineage import ingest
+from catalog.spool import stream_document
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -223,15 +224,20 @@ def create_app(catalog: Catalog) -> FastAPI:
                                  text=text, sort=sort)
         return {"jobs": page.items, "next": page.next}
 
+    # A job's history is streamed a page at a time (catalog.spool.stream_document): a job of
+    # a million events is answered without holding them, in JSONResponse's rendering.
     @app.get("/jobs/{uuid}", response_model=Job)
-    def get_job(uuid: str) -> JSONResponse:
-        return _render(catalog.get_job(uuid))
+    def get_job(uuid: str) -> StreamingResponse:
+        job, pages = catalog.job_and_history_pages(uuid)
+        return StreamingResponse(stream_document(job.model_dump(mode="json"), "history", pages,
+                                                 (",", ":")), media_type="application/json")
 
     @app.get("/jobs/{uuid}/history")
-    def get_history(uuid: str) -> dict[str, Any]:
-        job = catalog.get_job(uuid)
-        return {"uuid": job.uuid, "state": job.state,
-                "history": [entry.model_dump(mode="json") for entry in job.history]}
+    def get_history(uuid: str) -> StreamingResponse:
+        job, pages = catalog.job_and_history_pages(uuid)
+        return StreamingResponse(stream_document({"uuid": job.uuid, "state": job.state,
+                                                  "history": []}, "history", pages, (",", ":")),
+                                 media_type="application/json")
 
     @app.post("/jobs", response_model=CreatedJob, status_code=201,
               openapi_extra=_body_schema(JobRequest))
