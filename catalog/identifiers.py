@@ -176,6 +176,8 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
                 key.encode("utf-8")
             except UnicodeEncodeError:
                 raise InvalidData(f"{where}: key {key!r} is not valid UTF-8") from None
+            if "\x00" in key:  # MongoDB's keys end at a NUL; every store refuses them alike
+                raise InvalidData(f"{where}: key {key!r} contains a NUL character")
             _check_json(item, f"{where}.{key}", depth + 1)
         return
     raise InvalidData(f"{where}: {type(value).__name__} is not a JSON type")

@@ -357,6 +357,8 @@ BAD_BODIES = {
     "int64-over": (b'{"name": "run", "data": {"n": [9223372036854775808]}}',
                    "event.data.n[0]: integer out of the 64-bit range (-9223372036854775808 to "
                    "9223372036854775807)"),
+    "nul-in-key": (b'{"name": "run", "data": {"a": {"b\\u0000c": 1}}}',
+                   "event.data.a: key 'b\\x00c' contains a NUL character"),
     "int64-under": (b'{"name": "run", "data": {"n": -9223372036854775809}}',
                     "event.data.n: integer out of the 64-bit range (-9223372036854775808 to "
                     "9223372036854775807)"),
