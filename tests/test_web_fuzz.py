@@ -98,13 +98,17 @@ def with_request_bodies(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-@pytest.fixture
-def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+# Both stores: what one keeps, the other may refuse (MongoDB: 64-bit integers, no NUL in keys).
+@pytest.fixture(params=["sqlite", "mongomock"])
+def service(request: pytest.FixtureRequest, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     for name in list(os.environ):
         if name.startswith("CATALOG_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    catalog = Catalog.open(f"sqlite:///{tmp_path}/c.db", keys=Keys(b"x" * 32, b"y" * 32))
+    url = (f"sqlite:///{tmp_path}/c.db" if request.param == "sqlite"
+           else f"mongomock://fuzz-{tmp_path.name}")
+    catalog = Catalog.open(url, keys=Keys(b"x" * 32, b"y" * 32))
     pipeline, _ = catalog.add_pipeline("align", "1.0", [{"image": "align:1.0"}])
     job = ManagedPipelineJob(catalog, "align", {"n": 1}, measurement_id="measurement.lab.1")
     job.setup()
