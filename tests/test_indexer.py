@@ -99,6 +99,19 @@ def records(catalog: Catalog, job: ManagedPipelineJob) -> dict[str, dict[str, An
     return {doc["path"][len(prefix):]: doc for doc in page.items}
 
 
+def refuse_to_open(catalog: Catalog, broken: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the storage refuse to open ``broken`` (a permission error), and only it."""
+    storage = type(catalog.storage)
+    real_open = storage.open
+
+    def refuse_one(self: Any, path: str) -> Any:
+        if path == broken:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(self, path)
+
+    monkeypatch.setattr(storage, "open", refuse_one)
+
+
 def test_index_creates_records_with_fixity_and_links(catalog: Catalog) -> None:
     job = finished_job(catalog)
     result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
@@ -352,16 +365,8 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_verify_goes_on(
 ) -> None:
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
-    storage = type(catalog.storage)
     broken = f"{job.archive_path}/data/b.csv"
-    real_open = storage.open
-
-    def refuse_one(self: Any, path: str) -> Any:
-        if path == broken:
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(self, path)
-
-    monkeypatch.setattr(storage, "open", refuse_one)
+    refuse_to_open(catalog, broken, monkeypatch)
     report = verify(catalog, job.uuid)
     assert report.unreadable == [f"{broken}: PermissionError: [Errno 13] Permission denied: "
                                  f"'{broken}'"]
@@ -688,16 +693,8 @@ def test_a_file_that_cannot_be_read_is_named_and_the_others_are_indexed(
 ) -> None:
     monkeypatch.setattr(indexer, "UPSERT_CHUNK", 2)
     job = finished_job(catalog)
-    storage = type(catalog.storage)
     broken = f"{job.archive_path}/data/b.csv"
-    real_open = storage.open
-
-    def refuse_one(self: Any, path: str) -> Any:
-        if path == broken:
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(self, path)
-
-    monkeypatch.setattr(storage, "open", refuse_one)
+    refuse_to_open(catalog, broken, monkeypatch)
     with pytest.raises(IndexingError) as caught:
         ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     assert caught.value.message.startswith(
@@ -708,7 +705,7 @@ def test_a_file_that_cannot_be_read_is_named_and_the_others_are_indexed(
     assert "could not read 1 file(s)" in stored.history[-1].data["error"]
     assert sorted(records(catalog, job)) == ["data/a.csv", "plots/p.png", "plots/summary.pdf"]
 
-    monkeypatch.setattr(storage, "open", real_open)  # readable again: only it is read now
+    monkeypatch.undo()  # readable again (and chunks of 5,000): only it is read now
     result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     assert (result.hashed, result.unchanged, result.state) == (1, 3, "FINISHED")
     assert records(catalog, job)["data/b.csv"]["checksums"] == digests(FILES["data/b.csv"])
