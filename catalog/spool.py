@@ -33,11 +33,9 @@ class JSONSpool:
         self.count = 0
 
     def __call__(self, items: Iterable[Any]) -> None:
-        encoded = [self._encode(item) for item in items]
-        if not encoded:
-            return
-        self._file.write(((self._item if self.count else "") + self._item.join(encoded)).encode())
-        self.count += len(encoded)
+        count, text = _joined(items, self._encode, self._item, first=not self.count)
+        self._file.write(text)
+        self.count += count
 
     def document(self, document: dict[str, Any], key: str) -> tuple[int, Iterator[bytes]]:
         """The length in bytes and the chunks of ``document`` with the spooled items as the
@@ -75,11 +73,21 @@ def stream_document(document: dict[str, Any], key: str, pages: Iterable[Iterable
     yield head
     first = True
     for page in pages:
-        encoded = [encode(value) for value in page]
-        if encoded:
-            yield ((item if not first else "") + item.join(encoded)).encode()
+        count, text = _joined(page, encode, item, first)
+        if count:
+            yield text
             first = False
     yield tail
+
+
+def _joined(items: Iterable[Any], encode: Callable[[Any], str], item: str,
+            first: bool) -> tuple[int, bytes]:
+    """How many ``items`` there are, and their JSON as the array's next elements (led by the
+    separator unless they are its first)."""
+    encoded = [encode(value) for value in items]
+    if not encoded:
+        return 0, b""
+    return len(encoded), (("" if first else item) + item.join(encoded)).encode()
 
 
 def _around(document: dict[str, Any], key: str, encode: Callable[[Any], str], item: str,
