@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from hypothesis import strategies as st
 from s3server import create_bucket, delete_bucket, s3_client, start_moto_server, stop_moto_server
 
 from catalog import Catalog, ManagedPipelineJob
@@ -29,6 +30,20 @@ from catalog.tokens import Keys
 LINEAGE_KEYS = Keys(b"l" * 32, b"a" * 32)
 MONGODB_URI_ENV = "CATALOG_TEST_MONGODB_URI"
 STORE_BACKENDS = ["sqlite", "mongomock"] + (["mongodb"] if os.environ.get(MONGODB_URI_ENV) else [])
+
+# Any JSON value the catalog accepts in data (catalog.identifiers.check_json).
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)  # what the stores keep; beyond: test_int64_bounds
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=5)
+    # keys without NUL (what the stores keep: test_a_key_with_a_nul_is_refused)
+    | st.dictionaries(st.text(st.characters(codec="utf-8", exclude_characters="\x00"),
+                              max_size=8), children, max_size=5),
+    max_leaves=25,
+)
 
 
 def _with_database(uri: str, name: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import xxhash
+from conftest import json_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -284,20 +285,6 @@ def test_loads_json_reads_bytes_as_json_loads_does(encoding: str) -> None:
     text = '{"a": "Zoë", "b": [1.5, -2]}'
     assert loads_json(text.encode(encoding)) == json.loads(text.encode(encoding))
     assert loads_json(bytearray(text.encode(encoding))) == {"a": "Zoë", "b": [1.5, -2]}
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)  # what the stores keep; beyond: test_int64_bounds
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    # keys without NUL (what the stores keep: test_a_key_with_a_nul_is_refused)
-    | st.dictionaries(st.text(st.characters(codec="utf-8", exclude_characters="\x00"),
-                              max_size=8), children, max_size=5),
-    max_leaves=25,
-)
 
 
 def reordered(value: Any, rng: random.Random) -> Any:

@@ -10,6 +10,7 @@ import math
 import random
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 import xxhash
+from conftest import json_values
+from hypothesis import HealthCheck, given, settings
 
 from catalog.errors import (
     EntityNotFound,
@@ -202,6 +205,22 @@ def test_insert_and_get_job(store: Store) -> None:
     assert store.get_job(job["uuid"], history=False) == without_history(job)
     assert store.get_job(UNKNOWN_JOB) is None
     assert store.get_job(UNKNOWN_JOB, history=False) is None
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=json_values)
+def test_any_accepted_json_comes_back_exactly(store: Store, value: Any) -> None:
+    """A job's data and its history's come back as given, to the type and the order: 1 stays
+    an int and 1.0 a float, -0.0 keeps its sign, text every character, keys their order."""
+    job = make_job(f"json {uuid.uuid4()}")
+    job["data"] = {"value": value}
+    job["history"][0]["data"] = {"value": [value]}
+    store.insert_job(job)
+    stored = store.get_job(job["uuid"])
+    assert stored is not None
+    assert json.dumps(stored["data"]) == json.dumps(job["data"])
+    assert json.dumps(stored["history"][0]["data"]) == json.dumps(job["history"][0]["data"])
 
 
 def test_insert_job_twice_returns_the_existing_one_unchanged(store: Store) -> None:

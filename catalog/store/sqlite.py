@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from catalog.errors import (
     ConcurrencyConflict,
     ConfigurationError,
@@ -245,8 +247,12 @@ def _keyset(sort: str, cursor: str | None, table: str, where: list[str],
     return f"{key_column} {direction}, {uuid_column} {direction}"
 
 
-# One encoder for every call: json.dumps builds a new one whenever an option is passed.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _dumps(doc: Any) -> str:
+    """A document's stored text: compact JSON, UTF-8 as is. orjson takes a tenth of
+    json.dumps's time, which was a quarter of indexing's writes. (Reading stays json.loads:
+    orjson reads an integer beyond 64 bits as a float, and rows written before such integers
+    were refused may hold one.)"""
+    return orjson.dumps(doc).decode()
 
 
 class _Batched(Protocol):
