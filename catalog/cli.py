@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from catalog.catalog import Catalog
 from catalog.config import load_settings
@@ -68,7 +69,10 @@ def _fail(code: str, message: str, exit_code: int) -> NoReturn:
     if _state.json:
         sys.stderr.write(json.dumps({"error": {"code": code, "message": message}}) + "\n")
     else:
-        Console(stderr=True).print(f"[bold red]error[/]: {message}", highlight=False)
+        # The message names what the user gave ("[draft]/x.csv", "[/x]"): never markup, and
+        # one line however long, as the JSON's message is.
+        Console(stderr=True).print(Text.assemble(("error", "bold red"), ": ", message),
+                                   highlight=False, soft_wrap=True)
     raise SystemExit(exit_code)
 
 
@@ -98,11 +102,13 @@ def _json_arg(text: str | None, name: str) -> Any:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> Table:
-    table = Table(title=title)
+    """A table of ``rows``; its cells and title are text as is (a path "[draft]/x.csv", an
+    event named "[/x]"), never Rich markup."""
+    table = Table(title=Text(title))
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in columns))
+        table.add_row(*(Text(str(row.get(c, ""))) for c in columns))
     return table
 
 
@@ -147,7 +153,7 @@ def serve(
     Console(stderr=True).print(
         f"catalog serving {catalog.settings.db} on http://{host}:{port} "
         f"(admin token: `catalog token admin`; secret in {catalog.settings.secret_file})",
-        highlight=False)
+        markup=False, highlight=False, soft_wrap=True)
     try:
         run_server(catalog, host, port, log_level)
     finally:
@@ -195,7 +201,8 @@ def _progress(description: str, enabled: bool) -> Iterator[Any]:
         TransferSpeedColumn,
     )
 
-    columns = (SpinnerColumn(), TextColumn(description), TextColumn("{task.fields[files]} files"),
+    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False),
+               TextColumn("{task.fields[files]} files"),
                DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=None, files=0)

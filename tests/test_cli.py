@@ -475,3 +475,32 @@ def test_event_refused_for_its_data_is_audited(
     audit = frozen_catalog.audit_log(frozen.job["uuid"])
     assert len(audit) == audited + 1
     assert (audit[0].name, audit[0].code, audit[0].source) == ("update", "schema_violation", "cli")
+
+
+@pytest.mark.parametrize("given", ["[/x]", "[red]nope[/red]", "[bold]" + "n" * 50])
+def test_what_the_user_gave_is_printed_as_is_never_as_markup(frozen: Setup, given: str) -> None:
+    """Square brackets are Rich markup: an error, a table cell, a title must print them as
+    text (a closing tag "[/x]" nobody opened made `job audit` crash with a traceback), and an
+    error is one line however long, as its JSON message is."""
+    cli, uuid = frozen.cli, frozen.job["uuid"]
+    shown = cli("job", "show", given)
+    assert (shown.code, shown.stdout, shown.stderr) == (2, "", f"error: {given!r} is not a UUID\n")
+    sent = cli("job", "event", uuid, given, "--token", frozen.job["token"])
+    assert sent.code == 2 and sent.stderr.startswith(f"error: unknown event {given!r}; known")
+    assert sent.stderr.count("\n") == 1
+    audit = cli("job", "audit", uuid)  # the refused event is audited under its name
+    assert audit.code == 0 and audit.stderr == ""
+    assert given[:10] in audit.stdout
+
+
+def test_tables_print_cells_and_titles_as_text() -> None:
+    from rich.console import Console
+
+    from catalog.cli import _table
+
+    console = Console(record=True, width=200)
+    console.print(_table([{"path": "/a/[draft]/x.csv"}, {"path": "/b/[/x]"},
+                          {"path": "/c/[bold]c[/bold]"}], ["path"], "files in [/x]"))
+    text = console.export_text()
+    assert all(part in text for part in ("/a/[draft]/x.csv", "/b/[/x]", "/c/[bold]c[/bold]",
+                                         "files in [/x]"))
