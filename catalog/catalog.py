@@ -310,7 +310,7 @@ class Catalog:
 
         if matcher is None:
             return fetch(cursor, limit)
-        return scan(fetch, lambda doc: matcher(doc["path"]) is not None, limit, cursor, sort)
+        return scan(fetch, lambda doc: matcher(doc["path"]), limit, cursor, sort)
 
     def lineage(self, uuid: str, direction: str = "up", depth: int = 5,
                 limit: int | None = None) -> dict[str, Any]:

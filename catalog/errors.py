@@ -12,6 +12,7 @@ and a non-zero exit code on the command line)::
     │   │   └── SchemaViolation        422 schema_violation  (JSON of the wrong shape)
     │   ├── UnsafePath                 400 unsafe_path       (escapes the archive root)
     │   └── InvalidPattern             400 invalid_pattern
+    │       └── PatternTooCostly       400 pattern_too_costly (backtracks without end)
     ├── BodyTooLarge                   413 body_too_large
     ├── UnknownEvent                   422 unknown_event
     ├── IndexingError                  422 indexing_failed   (files could not be read)
@@ -52,6 +53,7 @@ __all__ = [
     "JobNotFound",
     "MalformedIdentifier",
     "NotFound",
+    "PatternTooCostly",
     "PipelineNotFound",
     "SchemaViolation",
     "StoreError",
@@ -116,6 +118,12 @@ class UnsafePath(InvalidInput):
 
 class InvalidPattern(InvalidInput):
     code = "invalid_pattern"
+
+
+class PatternTooCostly(InvalidPattern):
+    """A pattern took longer than ``catalog.patterns.MATCH_TIMEOUT_S`` on one path."""
+
+    code = "pattern_too_costly"
 
 
 class BodyTooLarge(CatalogError):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from catalog.models import (
     format_date,
     utc_now,
 )
+from catalog.patterns import Pattern
 from catalog.references import Resolver, file_uuid
 from catalog.storage import FileInfo, relative_to
 from catalog.store.base import Doc
@@ -121,12 +121,12 @@ def _claim(files: Iterable[FileInfo], archive_path: str, requests: list[Request]
            ) -> tuple[Claimed, list[str]]:
     """Each file to the first request with a pattern found in its relative path, and the
     requests that claimed nothing."""
-    compiled = [[re.compile(p) for p in request.patterns] for request in requests]
+    compiled = [[Pattern(p) for p in request.patterns] for request in requests]
     claimed, used = [], [False] * len(requests)
     for info in files:
         relative = relative_to(info.path, archive_path)
         for number, patterns in enumerate(compiled):
-            if any(p.search(relative) for p in patterns):
+            if any(p.search(relative) for p in patterns):  # or PatternTooCostly
                 claimed.append((info, number))
                 used[number] = True
                 break
@@ -361,8 +361,11 @@ def index_job(catalog: Catalog, uuid: str, token: str | None,
         catalog.keys.check_job(parse_uuid(uuid, UUIDType.pipelinejob), token)
     except CatalogError:
         pass  # handle_event refuses it below, and writes the refusal to the audit log
-    else:  # refused before the job changes state
-        check_storage_system(catalog, catalog.get_job(uuid, history=False))
+    else:  # refused before the job changes state, as requests that are no index requests
+        job = catalog.get_job(uuid, history=False)
+        check_storage_system(catalog, job)
+        if requests is not None:
+            requests = _requests_of(job, requests)
     catalog.handle_event(uuid, {"name": "index", "data": {"rehash": rehash}}, token, source)
     job = catalog.get_job(uuid, history=False)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +18,9 @@ from pydantic import (
     model_validator,
 )
 
+from catalog.errors import InvalidPattern
 from catalog.identifiers import UUIDType, check_json, parse_uuid
+from catalog.patterns import check_pattern
 
 
 def utc_now() -> datetime:
@@ -91,10 +92,9 @@ def _check_patterns(patterns: list[str]) -> list[str]:
         raise ValueError("at least one pattern is required")
     for pattern in patterns:
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            message = f"pattern {pattern!r} is not a valid regular expression: {exc}"
-            raise ValueError(message) from None
+            check_pattern(pattern)  # the dialect indexing matches them in
+        except InvalidPattern as exc:
+            raise ValueError(exc.message) from None
     return patterns
 
 

@@ -15,8 +15,11 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import regex
+
 from catalog.errors import InvalidInput
 from catalog.models import format_date
+from catalog.patterns import Pattern
 from catalog.store.base import MAX_LIMIT, Doc, Page, cursor_after
 
 SCAN_BUDGET = 20_000
@@ -25,8 +28,8 @@ _MAX_GLOB = 1024
 _WILDCARDS = "*?["
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """The regular expression of a path glob.
+def glob_regex(pattern: str) -> Pattern:
+    """The regular expression of a path glob (matched in bounded time, ``catalog.patterns``).
 
     ``*`` matches within one path segment, ``**`` across segments (``**/`` also matches no
     directory at all), ``?`` one character other than ``/``, ``[abc]`` / ``[!abc]`` a
@@ -59,7 +62,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out), re.DOTALL)
+    return Pattern(pattern, "".join(out), regex.DOTALL)
 
 
 def _character_class(pattern: str, start: int, out: list[str]) -> int:

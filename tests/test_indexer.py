@@ -23,6 +23,7 @@ from catalog.errors import (
     IndexingError,
     InvalidInput,
     OtherStorageSystem,
+    PatternTooCostly,
     TokenInvalid,
     UnsafePath,
 )
@@ -214,6 +215,35 @@ def test_unresolvable_reference_is_named_and_leaves_the_job_indexing(catalog: Ca
     with pytest.raises(InvalidInput):
         ManagedPipelineJobInstance(catalog, job.uuid).index(job.token, fail_on_error=True)
     assert catalog.get_job(job.uuid).state == "FAILED"
+
+
+def test_a_pattern_that_backtracks_without_end_is_refused_before_anything_is_read(
+        catalog: Catalog) -> None:
+    """Under re this index never ended, holding a CPU and the GIL (catalog.patterns)."""
+    import asyncio
+
+    import httpx
+
+    from catalog.web import create_app
+
+    job = finished_job(catalog, {**FILES, "a" * 60 + "b": b"z"})
+    costly = [{"patterns": [r"\.csv$", r"(?:a|aa)+$"]}]
+    with pytest.raises(PatternTooCostly, match=r"'\(\?:a\|aa\)\+\$' took more than"):
+        ManagedPipelineJobInstance(catalog, job.uuid).index(job.token, requests=costly)
+    stored = catalog.get_job(job.uuid)
+    assert (stored.state, stored.history[-1].name) == ("INDEXING", "update")
+    assert "took more than" in stored.history[-1].data["error"]
+    assert records(catalog, job) == {}
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(catalog))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post(f"/jobs/{job.uuid}/index", json={"requests": costly},
+                                     headers={"Authorization": f"Bearer {job.token}"})
+
+    answer = asyncio.run(post())
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "pattern_too_costly")
+    assert records(catalog, job) == {}
 
 
 def test_index_needs_the_job_token_and_a_finished_job(catalog: Catalog) -> None:
@@ -448,7 +478,16 @@ def test_index_over_http(catalog: Catalog) -> None:
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "token_invalid"
     bad = asyncio.run(call(job.token, b'{"rehash": "often"}'))
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "schema_violation"
-    assert catalog.get_job(job.uuid).state == "FINISHED"
+    before = catalog.get_job(job.uuid)
+    # Requests that are no index requests are refused before the job moves: bad input
+    # changes nothing (the job once went INDEXING with the error in its history).
+    for body, code in ((b'{"requests": [{"patterns": ["(unclosed"]}]}', "invalid_pattern"),
+                       (b'{"requests": [{"patterns": []}]}', "invalid_pattern"),
+                       (b'{"requests": [{"patterns": ["x"], "level": "9"}]}', "invalid_input")):
+        refused_requests = asyncio.run(call(job.token, body))
+        assert (refused_requests.status_code, refused_requests.json()["error"]["code"]) == (
+            400, code), body
+    assert catalog.get_job(job.uuid) == before
 
     response = asyncio.run(call(job.token, b'{"fixity": false}'))
     assert response.status_code == 200
@@ -624,6 +663,9 @@ def test_files_over_http(catalog: Catalog) -> None:
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "file_not_found")
     bad = asyncio.run(get("/files?status=lost"))
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_input")
+    # The glob that kept the service at 100% CPU under re (tests/test_patterns.py).
+    froze = asyncio.run(get("/files?path_glob=" + "**a" * 12 + "**b"))
+    assert (froze.status_code, froze.json()["files"]) == (200, [])
 
 
 @settings(max_examples=300, deadline=None)
