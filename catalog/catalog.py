@@ -267,8 +267,9 @@ class Catalog:
         """File records by job, path (prefix or glob), fixity status, kind, level, media type
         or ``algorithm:digest``, sorted by ``path`` or ``created`` (``-`` for descending).
 
-        A checksum lookup answers every match on one page; a glob is tested on each record
-        below its literal start (see ``catalog.queries``).
+        Every filter is paged alike (a digest may be shared by thousands: every empty file has
+        the same); a glob is tested on each record below its literal start
+        (``catalog.queries``).
         """
         from catalog.queries import glob_prefix, glob_regex, scan
 
@@ -284,19 +285,12 @@ class Catalog:
         if path_prefix is not None:
             check_storage_path(path_prefix, allow_root=True)
         matcher = glob_regex(path_glob).fullmatch if path_glob is not None else None
-        filters = {"status": status, "kind": kind, "level": level, "media_type": media_type}
+        by_checksum: tuple[str, str] | None = None
         if checksum is not None:
             algorithm, _, digest = checksum.partition(":")
             if not digest:
                 raise InvalidInput(f"checksum {checksum!r} must be algorithm:hexdigest")
-            field, descending = sort.lstrip("-"), sort.startswith("-")
-            found = [doc for doc in self.store.find_files_by_checksum(algorithm, digest.lower())
-                     if (job_uuid is None or job_uuid in doc.get("child_of", []))
-                     and (path_prefix is None or doc["path"].startswith(path_prefix))
-                     and (matcher is None or matcher(doc["path"]))
-                     and all(v is None or doc.get(k) == v for k, v in filters.items())]
-            found.sort(key=lambda doc: (doc.get(field) or "", doc["uuid"]), reverse=descending)
-            return Page(found, None)
+            by_checksum = (algorithm, digest.lower())
         if matcher is not None:
             literal = glob_prefix(path_glob or "")
             if path_prefix is None or literal.startswith(path_prefix):
@@ -306,7 +300,8 @@ class Catalog:
 
         def fetch(after: str | None, size: int) -> Page:
             return self.store.find_files(job_uuid, path_prefix, status, size, after, kind=kind,
-                                         level=level, media_type=media_type, sort=sort)
+                                         level=level, media_type=media_type, sort=sort,
+                                         checksum=by_checksum)
 
         if matcher is None:
             return fetch(cursor, limit)

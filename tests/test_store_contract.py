@@ -1103,6 +1103,13 @@ def by_path(docs: list[Doc]) -> list[Doc]:
     return sorted(docs, key=lambda d: (d["path"], d["uuid"]))
 
 
+def with_checksum(store: Store, algorithm: str, digest: str) -> list[Doc]:
+    """Every file with that digest (one page of at most 1000 here)."""
+    page = store.find_files(checksum=(algorithm, digest), limit=1000)
+    assert page.next is None
+    return page.items
+
+
 def backend_of(request: pytest.FixtureRequest) -> str:
     return str(request.node.callspec.params["store_url"])
 
@@ -1239,9 +1246,9 @@ def test_upsert_files_replaces_a_record_and_its_checksum_lookups(store: Store) -
     assert store.find_files() == Page([other, second_stored], None)  # by path: other < out
     old, new = digests("first", ("xxh3_128", "sha256", "md5")), digests("second")
     for algorithm in ("xxh3_128", "sha256"):
-        assert store.find_files_by_checksum(algorithm, old[algorithm]) == [other]
-        assert store.find_files_by_checksum(algorithm, new[algorithm]) == [second_stored]
-    assert store.find_files_by_checksum("md5", old["md5"]) == []  # the new doc has no md5
+        assert with_checksum(store, algorithm, old[algorithm]) == [other]
+        assert with_checksum(store, algorithm, new[algorithm]) == [second_stored]
+    assert with_checksum(store, "md5", old["md5"]) == []  # the new doc has no md5
     assert store.find_files(child_of=FILE_JOB).items == [other]
     assert store.find_files(child_of=OTHER_JOB).items == [second_stored]
     assert edges_from(store, second["uuid"]) == {
@@ -1252,7 +1259,7 @@ def test_upsert_files_replaces_a_record_and_its_checksum_lookups(store: Store) -
 
     store.upsert_files([second])  # the same doc again changes nothing
     assert store.find_files() == Page([other, second_stored], None)
-    assert store.find_files_by_checksum("sha256", new["sha256"]) == [second_stored]
+    assert with_checksum(store, "sha256", new["sha256"]) == [second_stored]
 
 
 def test_upsert_files_never_loses_a_fixity_check(store: Store) -> None:
@@ -1286,8 +1293,8 @@ def test_within_one_upsert_the_last_doc_of_a_uuid_wins(store: Store) -> None:
                 "child_of": [FILE_JOB, OTHER_JOB], "generated_by": [FILE_JOB, OTHER_JOB]}
     assert store.get_file(last["uuid"]) == expected
     assert store.find_files().items == [expected]
-    assert store.find_files_by_checksum("sha256", digests("first")["sha256"]) == []
-    assert store.find_files_by_checksum("sha256", digests("last")["sha256"]) == [expected]
+    assert with_checksum(store, "sha256", digests("first")["sha256"]) == []
+    assert with_checksum(store, "sha256", digests("last")["sha256"]) == [expected]
     store.upsert_files([])
     assert store.find_files().items == [expected]
 
@@ -1301,15 +1308,43 @@ def test_find_files_by_checksum_per_algorithm(store: Store, algorithm: str) -> N
     single = make_file("/products/v2/single.csv", "single", algorithms=every)
     store.upsert_files([*twins, single])
 
-    assert store.find_files_by_checksum(algorithm, digests("same", every)[algorithm]) == by_path(
+    assert with_checksum(store, algorithm, digests("same", every)[algorithm]) == by_path(
         twins)
-    assert store.find_files_by_checksum(algorithm, digests("single", every)[algorithm]) == [
+    assert with_checksum(store, algorithm, digests("single", every)[algorithm]) == [
         single]
-    assert store.find_files_by_checksum(algorithm, digests("absent", every)[algorithm]) == []
+    assert with_checksum(store, algorithm, digests("absent", every)[algorithm]) == []
     # A digest is found only under its own algorithm.
     for other in every:
         if other != algorithm:
-            assert store.find_files_by_checksum(other, digests("same", every)[algorithm]) == []
+            assert with_checksum(store, other, digests("same", every)[algorithm]) == []
+
+
+@pytest.mark.parametrize("sort", ["path", "-path", "created", "-created"])
+@pytest.mark.parametrize("limit", [1, 2, 3, 7])
+def test_files_sharing_a_digest_are_paged_like_any_others(store: Store, sort: str,
+                                                          limit: int) -> None:
+    """Every empty file has the same digests: a lookup by one must page, not answer them all."""
+    other_job = typed_uuid(UUIDType.pipelinejob, "other files")
+    empty = [make_file(f"/products/v2/{name}/empty.txt", "", seconds=seconds,
+                       child_of=(FILE_JOB if seconds % 2 else other_job,))
+             for seconds, name in enumerate("gcafedb")]
+    store.upsert_files([*empty, make_file("/products/v2/a/full.txt", "full")])
+    descending, field = sort.startswith("-"), sort.lstrip("-")
+    expected = sorted(empty, key=lambda d: (d[field], d["uuid"]), reverse=descending)
+    sha256 = digests("")["sha256"]
+
+    pages = all_pages(lambda cursor: store.find_files(checksum=("sha256", sha256), limit=limit,
+                                                      cursor=cursor, sort=sort), limit)
+    assert [doc for page in pages for doc in page] == expected
+    assert all(len(page) <= limit for page in pages)
+    # with the other filters, in the same order
+    mine = all_pages(lambda cursor: store.find_files(FILE_JOB, checksum=("sha256", sha256),
+                                                     limit=limit, cursor=cursor, sort=sort),
+                     limit)
+    assert [doc for page in mine for doc in page] == [
+        doc for doc in expected if FILE_JOB in doc["child_of"]]
+    prefixed = store.find_files(path_prefix="/products/v2/a/", checksum=("sha256", sha256))
+    assert [doc["path"] for doc in prefixed.items] == ["/products/v2/a/empty.txt"]
 
 
 @pytest.mark.parametrize(
@@ -1319,12 +1354,12 @@ def test_find_files_by_checksum_per_algorithm(store: Store, algorithm: str) -> N
 def test_checksum_algorithm_names_are_checked(store: Store, algorithm: str) -> None:
     valid = make_file("/products/v2/valid.csv")
     with pytest.raises(InvalidInput):
-        store.find_files_by_checksum(algorithm, "00")
+        with_checksum(store, algorithm, "00")
     bad = {**make_file("/products/v2/bad.csv"), "checksums": {algorithm: "00"}}
     with pytest.raises(InvalidInput):
         store.upsert_files([valid, bad])
     assert store.get_files([valid["uuid"], bad["uuid"]]) == {}  # nothing of the batch written
-    assert store.find_files_by_checksum("x" * 32, "00") == []
+    assert with_checksum(store, "x" * 32, "00") == []
 
 
 PREFIX_PATHS = {
@@ -1429,8 +1464,8 @@ def test_record_fixity_appends_checks_in_order(store: Store) -> None:
     assert store.find_files(status="missing").items == [expected]
     assert store.find_files(status="unchecked").items == [neighbour]
     # The record's checksums stay the reference a check is compared with.
-    assert store.find_files_by_checksum("sha256", record["checksums"]["sha256"]) == [expected]
-    assert store.find_files_by_checksum("sha256", digests("y")["sha256"]) == []
+    assert with_checksum(store, "sha256", record["checksums"]["sha256"]) == [expected]
+    assert with_checksum(store, "sha256", digests("y")["sha256"]) == []
 
 
 def test_record_fixity_on_an_unknown_file_raises_file_not_found(store: Store) -> None:
@@ -1557,7 +1592,7 @@ def test_file_records_neither_carry_the_database_id_nor_share_the_callers_docs(
         store.get_file(record["uuid"]), store.get_files([record["uuid"]]),
         store.find_files().items, store.find_files(child_of=FILE_JOB).items,
         store.find_files(path_prefix="/products").items, store.find_files(status="ok").items,
-        store.find_files_by_checksum("sha256", record["checksums"]["sha256"]),
+        with_checksum(store, "sha256", record["checksums"]["sha256"]),
     ]
     assert "_id" not in keys_anywhere(returned)
     assert returned[0] == expected

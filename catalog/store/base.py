@@ -374,7 +374,7 @@ class Store(Protocol):
         Link lists are stored without repeats (first-seen order); within ``docs`` the last doc
         of a uuid wins.
         Raises InvalidInput, writing nothing, when a ``checksums`` key is not a valid algorithm
-        name (see ``find_files_by_checksum``).
+        name (see ``find_files``' ``checksum``).
         """
         ...
 
@@ -390,21 +390,17 @@ class Store(Protocol):
                    status: str | None = None, limit: int = 100,
                    cursor: str | None = None, *, kind: str | None = None,
                    level: str | None = None, media_type: str | None = None,
-                   sort: str = "path") -> Page:
+                   sort: str = "path", checksum: tuple[str, str] | None = None) -> Page:
         """File records ordered by (sort, uuid), filtered by all the filters given.
 
         ``child_of``: files whose ``child_of`` contains that job; ``path_prefix``: files whose
         path starts with that text, case-sensitive and with no wildcard characters; ``status``,
-        ``kind``, ``level``, ``media_type``: files with that value. ``sort`` is one of
+        ``kind``, ``level``, ``media_type``: files with that value; ``checksum``
+        ``(algorithm, digest)``: files whose ``checksums[algorithm]`` is ``digest``, compared
+        exactly as given (lower-case hex from the fixity module; InvalidInput when
+        ``algorithm`` does not match ``[a-z0-9_]{1,32}``). Paged like every other filter:
+        thousands of files may share a digest (every empty file does). ``sort`` is one of
         ``FILE_SORTS``.
-        """
-        ...
-
-    def find_files_by_checksum(self, algorithm: str, digest: str) -> list[Doc]:
-        """Every file record whose ``checksums[algorithm]`` is ``digest``, by (path, uuid).
-
-        Digests are compared exactly as given (lower-case hex from the fixity module). Raises
-        InvalidInput when ``algorithm`` does not match ``[a-z0-9_]{1,32}``.
         """
         ...
 

@@ -532,10 +532,12 @@ class MongoStore:
                    status: str | None = None, limit: int = 100,
                    cursor: str | None = None, *, kind: str | None = None,
                    level: str | None = None, media_type: str | None = None,
-                   sort: str = "path") -> Page:
+                   sort: str = "path", checksum: tuple[str, str] | None = None) -> Page:
         check_limit(limit)
         check_sort(sort, FILE_SORTS)
         clauses: list[Doc] = []
+        if checksum is not None:
+            clauses.append({f"checksums.{check_algorithm(checksum[0])}": checksum[1]})
         if child_of is not None:
             clauses.append({"child_of": child_of})  # matches one element of the array
         if path_prefix:
@@ -551,11 +553,6 @@ class MongoStore:
         with self._guard:
             rows = list(self._files.find(_all_of(clauses), _NO_ID).sort(order).limit(limit + 1))
         return sorted_page(rows, limit, sort)
-
-    def find_files_by_checksum(self, algorithm: str, digest: str) -> list[Doc]:
-        field = f"checksums.{check_algorithm(algorithm)}"
-        with self._guard:
-            return list(self._files.find({field: digest}, _NO_ID).sort(_BY_PATH))
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
         if not checks:

@@ -801,14 +801,23 @@ class SQLiteStore:
                    status: str | None = None, limit: int = 100,
                    cursor: str | None = None, *, kind: str | None = None,
                    level: str | None = None, media_type: str | None = None,
-                   sort: str = "path") -> Page:
+                   sort: str = "path", checksum: tuple[str, str] | None = None) -> Page:
         check_limit(limit)
         check_sort(sort, FILE_SORTS)
         where: list[str] = []
         params: list[str] = []
         source, keyed = "files", "files"
+        if checksum is not None:
+            # Driven by file_checksums' key (algorithm, digest, uuid): the matches of a digest,
+            # sorted for the page (a sorter that keeps a page, however many files share it).
+            source = "file_checksums JOIN files ON files.uuid = file_checksums.uuid"
+            where.append("file_checksums.algorithm = ? AND file_checksums.digest = ?")
+            params += [check_algorithm(checksum[0]), checksum[1]]
         if child_of is not None:
-            source = "links JOIN files ON files.uuid = links.src"
+            if checksum is None:
+                source = "links JOIN files ON files.uuid = links.src"
+            else:
+                source += " JOIN links ON links.src = files.uuid"
             where.append("links.dst = ? AND links.relation = 'child_of'")
             params.append(child_of)
             if sort.lstrip("-") == "path":
@@ -836,16 +845,6 @@ class SQLiteStore:
         sql += f" ORDER BY {order} LIMIT ?"
         rows = self._connection().execute(sql, (*params, limit + 1)).fetchall()
         return sorted_page([json.loads(r[0]) for r in rows], limit, sort)
-
-    def find_files_by_checksum(self, algorithm: str, digest: str) -> list[Doc]:
-        check_algorithm(algorithm)
-        rows = self._connection().execute(
-            "SELECT files.doc FROM file_checksums JOIN files ON files.uuid = file_checksums.uuid "
-            "WHERE file_checksums.algorithm = ? AND file_checksums.digest = ? "
-            "ORDER BY files.path, files.uuid",
-            (algorithm, digest),
-        )
-        return [json.loads(r[0]) for r in rows]
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
         if not checks:
