@@ -29,10 +29,11 @@ class Pattern:
 
     def __init__(self, text: str, expression: str | None = None, flags: int = 0) -> None:
         self.text = text
+        # Refused: what regex cannot compile, and "(?V1)" (another dialect: a ValueError).
         try:
             self._compiled = regex.compile(text if expression is None else expression,
                                            flags | regex.VERSION0)
-        except (regex.error, OverflowError, RecursionError) as exc:
+        except (regex.error, ValueError, OverflowError, RecursionError) as exc:
             raise InvalidPattern(
                 f"pattern {text!r} is not a valid regular expression: {exc}") from None
 

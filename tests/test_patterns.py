@@ -50,7 +50,8 @@ def test_patterns_match_as_re_does(pattern: str, text: str) -> None:
     assert Pattern(pattern).fullmatch(text) is (re.fullmatch(pattern, text) is not None)
 
 
-@pytest.mark.parametrize("pattern", ["(unclosed", "a{2,1}", "[z-a]", "*"])
+@pytest.mark.parametrize("pattern", ["(unclosed", "a{2,1}", "[z-a]", "*", "a{4294967295}",
+                                     "(" * 5000 + ")" * 5000, "(?V1)[[a-z]--[aeiou]]"])
 def test_an_invalid_pattern_is_refused_naming_it(pattern: str) -> None:
     with pytest.raises(InvalidPattern, match=re.escape(repr(pattern))):
         check_pattern(pattern)
