@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 from catalog.catalog import Catalog
-from catalog.errors import CatalogError, IndexingError, OtherStorageSystem
+from catalog.errors import CatalogError, IndexingError, OtherStorageSystem, UnsafePath
 from catalog.fixity import check, hash_many, normalise_algorithms
 from catalog.gcpause import gc_paused
 from catalog.identifiers import UUIDType, parse_uuid
@@ -254,7 +254,12 @@ class _Run:
         existing = self.catalog.store.get_files(list(uuids.values()))
         to_hash: dict[tuple[str, ...], list[str]] = {}
         full = normalise_algorithms(None)
+        # A request matched an entry that must not be read: reported with the unreadable.
+        refused: dict[str, Exception] = {info.path: UnsafePath(info.refused)
+                                         for info, _ in claimed if info.refused is not None}
         for info, number in claimed:
+            if info.refused is not None:
+                continue
             request = self.requests[number]
             wanted = full if (request.fixity if self.fixity is None else self.fixity) \
                 else FAST_ONLY
@@ -281,7 +286,7 @@ class _Run:
                 for future in hashing:
                     future.cancel()  # those not started; leaving waits for the one running
                 raise
-            digests: dict[str, tuple[int, dict[str, str]] | Exception] = {}
+            digests: dict[str, tuple[int, dict[str, str]] | Exception] = dict(refused)
             for future in hashing:
                 digests.update(future.result())
         indexed: list[Doc] = []

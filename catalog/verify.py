@@ -129,9 +129,13 @@ def _verify(catalog: Catalog, job_uuid: str | None, progress: Progress | None,
     for prefix in sorted(prefixes):
         try:
             for info in catalog.storage.list(prefix):
-                if info.path not in catalogued:
+                if info.path in catalogued:
+                    continue  # verified above (a catalogued file become unsafe is reported)
+                if info.refused is not None:  # a symlink out of the root: not read, reported
+                    report.unreadable.append(f"{info.path}: {info.refused}")
+                else:
                     report.uncatalogued.append(info.path)
-        except CatalogError as exc:  # an unsafe entry (a symlink out of the root) stops a listing
+        except CatalogError as exc:  # the archive path itself unsafe (through a symlink out)
             report.unreadable.append(f"{prefix}: listing stopped: {exc.message}")
     return report
 

@@ -420,9 +420,9 @@ def test_a_catalogued_file_turned_into_a_symlink_out_of_the_root_is_reported(
     file.symlink_to(outside)
     report = verify(catalog, job.uuid)  # neither read nor followed, and the verify goes on
     assert [entry.split(": ", 1)[0] for entry in report.unreadable] == [
-        f"{job.archive_path}/data/a.csv", job.archive_path]  # the file, then the listing
+        f"{job.archive_path}/data/a.csv"]  # once: the listing goes on past it
     assert "outside the archive root" in report.unreadable[0]
-    assert "listing stopped" in report.unreadable[1]
+    assert report.uncatalogued == [f"{job.archive_path}/notes.txt"]
     assert report.counts()["ok"] == 3 and not report.ok
 
 
@@ -446,15 +446,29 @@ def test_reset_empties_the_archive_path_and_unlinks_records(catalog: Catalog) ->
 
 
 @pytest.mark.parametrize("archive_root", ["local"], indirect=True)  # symlinks: local only
-def test_symlink_out_of_the_root_is_refused(catalog: Catalog, tmp_path: Path) -> None:
+def test_a_symlink_out_of_the_root_is_never_read_and_named_when_a_request_matches_it(
+        catalog: Catalog, tmp_path: Path) -> None:
     job = finished_job(catalog)
     outside = tmp_path / "secret.csv"
     outside.write_bytes(b"do not index me")
-    link = Path(catalog.settings.archive_root) / job.archive_path.lstrip("/") / "data" / "x.csv"
-    link.symlink_to(outside)
-    with pytest.raises(UnsafePath, match="x.csv"):
+    directory = Path(catalog.settings.archive_root) / job.archive_path.lstrip("/")
+    (directory / "data" / "x.csv").symlink_to(outside)
+    with pytest.raises(IndexingError, match="x.csv: a symlink pointing out of the archive root"):
         ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     assert catalog.get_job(job.uuid).state == "INDEXING"
+    indexed = records(catalog, job)  # the others are indexed; the link is not
+    assert sorted(doc["name"] for doc in indexed.values()) == ["a.csv", "b.csv", "p.png",
+                                                              "summary.pdf"]
+
+    # A link no request matches (an input the pipeline linked into its outputs) stops nothing.
+    (directory / "data" / "x.csv").unlink()
+    (directory / "genome.fa").symlink_to(outside)
+    result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    assert (result.state, result.indexed, result.hashed) == ("FINISHED", 4, 0)
+    report = verify(catalog, job.uuid)  # verify names it, and lists the rest
+    assert report.unreadable == [f"{job.archive_path}/genome.fa: a symlink pointing out of "
+                                 "the archive root"]
+    assert report.uncatalogued == [f"{job.archive_path}/notes.txt"] and not report.ok
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)

@@ -26,6 +26,9 @@ class FileInfo:
     mtime: float
     # What the store says identifies this content (an S3 ETag); mtimes alone are too coarse.
     etag: str | None = None
+    # Why this entry cannot be read (a symlink pointing out of the archive root): listed so
+    # that whoever asked for it is told, never followed (size and mtime are the link's own).
+    refused: str | None = None
 
 
 def check_storage_path(path: str, allow_root: bool = False, what: str = "storage path") -> str:
@@ -59,7 +62,10 @@ class Storage(Protocol):
     kind: str
 
     def list(self, prefix: str) -> Iterator[FileInfo]:
-        """Every file under the directory ``prefix``, recursively, in path order."""
+        """Every file under the directory ``prefix``, recursively, in path order.
+
+        An entry that must not be read (a symlink out of the root) is listed with ``refused``
+        saying why, and opening it is refused: a link nobody asked for stops nothing."""
         ...
 
     def stat(self, path: str) -> FileInfo:

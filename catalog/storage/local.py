@@ -89,11 +89,19 @@ class LocalStorage:
             if entry.is_dir(follow_symlinks=False):
                 yield from self._walk(entry.path, storage_path)
                 continue
+            # The directory is checked and a name from scandir has no "/" or NUL and is never
+            # "." or "..": only a backslash in it is left to refuse.
+            if "\\" in entry.name:
+                check_storage_path(storage_path)
             if entry.is_symlink():
                 real = os.path.realpath(entry.path)
                 if not real.startswith(self.root + os.sep):
-                    raise UnsafePath(
-                        f"{storage_path} is a symlink pointing out of the archive root")
+                    # Listed, not followed (the link's own date; open refuses it): an index
+                    # request that matches it reports it, and an input a pipeline linked into
+                    # its outputs, which no request matches, stops nothing.
+                    yield FileInfo(storage_path, 0, entry.stat(follow_symlinks=False).st_mtime,
+                                   refused="a symlink pointing out of the archive root")
+                    continue
                 if not os.path.isfile(real):
                     continue
                 stat = os.stat(real)
@@ -101,10 +109,6 @@ class LocalStorage:
                 stat = entry.stat(follow_symlinks=False)
             else:
                 continue  # sockets, fifos, devices: not archive files
-            # The directory is checked and a name from scandir has no "/" or NUL and is never
-            # "." or "..": only a backslash in it is left to refuse.
-            if "\\" in entry.name:
-                check_storage_path(storage_path)
             yield FileInfo(storage_path, stat.st_size, stat.st_mtime)
 
     def stat(self, path: str) -> FileInfo:
