@@ -25,7 +25,13 @@ from functools import lru_cache
 from typing import Any
 
 from catalog.catalog import Catalog
-from catalog.errors import CatalogError, IndexingError, OtherStorageSystem, UnsafePath
+from catalog.errors import (
+    CatalogError,
+    EventNotAllowed,
+    IndexingError,
+    OtherStorageSystem,
+    UnsafePath,
+)
 from catalog.fixity import check, hash_many, normalise_algorithms
 from catalog.gcpause import gc_paused
 from catalog.identifiers import UUIDType, parse_uuid
@@ -199,6 +205,7 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
         records, changed = run.chunk(claimed[start:start + UPSERT_CHUNK], result, unreadable)
         if changed:
             catalog.store.upsert_files(changed)
+            _stop_if_reset(catalog, job)
         result.indexed += len(records)
         if sink is None:
             result.files += records
@@ -210,6 +217,34 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
             f"{result.indexed} were): {'; '.join(unreadable[:5])}"
             + ("; ..." if len(unreadable) > 5 else ""))
     return result
+
+
+def _why(error: Exception) -> str:
+    """Why a file could not be read, in words (FileNotFoundError's text is only the path)."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file (gone since the archive path was listed)"
+    return error.message if isinstance(error, CatalogError) else str(error) or repr(error)
+
+
+def _stop_if_reset(catalog: Catalog, job: Job) -> None:
+    """Raise IndexingError if ``job`` (as this run read it) was reset since, unlinking its
+    records first. Called after each chunk is written: a reset applies its event before it
+    erases the archive path and unlinks the records, so a chunk written after the reset began
+    is found here, and one written before is unlinked by the reset itself. Nothing else stops
+    a run: the final ``indexed`` is refused if the job has moved on."""
+    head = catalog.store.get_job(job.uuid, history=False)
+    after = job.version
+    while head is not None and after < head["version"]:
+        entries = catalog.store.history_page(head, after, 1000)
+        if any(entry["name"] == "reset" for entry in entries):
+            catalog.store.unlink_job_files(job.uuid)
+            raise IndexingError(
+                f"job {job.uuid} was reset while it was being indexed: indexing stopped, and "
+                "the file records it wrote are unlinked from the job (they keep their fixity "
+                "history)", uuid=job.uuid)
+        if not entries:
+            return
+        after += len(entries)
 
 
 class _ClaimedFiles(Mapping[str, str]):
@@ -295,7 +330,7 @@ class _Run:
             found = digests.get(record["path"])
             old = existing.get(record["uuid"])
             if isinstance(found, Exception):
-                unreadable.append(f"{record['path']}: {found}")
+                unreadable.append(f"{record['path']}: {_why(found)}")
                 continue
             if found is not None:
                 size, checksums = found
@@ -377,11 +412,14 @@ def index_job(catalog: Catalog, uuid: str, token: str | None,
         result = index_files(catalog, job, requests, fixity, rehash, progress, sink)
     except (CatalogError, OSError) as exc:
         message = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
-        catalog.handle_event(uuid, {"name": "update", "data": {"error": message[:2000]}},
-                             token, source)
-        if fail_on_error:
-            catalog.handle_event(uuid, {"name": "fail", "data": {"error": message[:2000]}},
+        try:
+            catalog.handle_event(uuid, {"name": "update", "data": {"error": message[:2000]}},
                                  token, source)
+            if fail_on_error:
+                catalog.handle_event(uuid, {"name": "fail", "data": {"error": message[:2000]}},
+                                     token, source)
+        except EventNotAllowed:
+            pass  # the job has moved on (reset during the run): the refusal is in the audit log
         if isinstance(exc, CatalogError):
             raise
         raise IndexingError(message) from exc

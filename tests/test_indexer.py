@@ -191,6 +191,57 @@ def test_records_are_upserted_in_chunks(catalog: Catalog,
     assert len(result.files) == len(records(catalog, job)) == 4
 
 
+@pytest.mark.parametrize("reset_after", ["erase", "event"])
+def test_a_reset_during_an_index_stops_it_and_leaves_no_record_linked(
+        catalog: Catalog, monkeypatch: pytest.MonkeyPatch, reset_after: str) -> None:
+    """A reset applies its event, then erases and unlinks: whether the index writes a chunk
+    after all of that or between the event and the erasing, nothing stays linked to the job."""
+    import catalog.indexer as indexer_module
+
+    job = finished_job(catalog)
+    upsert_files = catalog.store.upsert_files
+    unlink_job_files = catalog.store.unlink_job_files
+    writes: list[int] = []
+
+    def reset_after_first(docs: list[dict[str, Any]]) -> None:
+        upsert_files(docs)
+        writes.append(len(docs))
+        if len(writes) == 1:  # an admin resets the job while it is being indexed
+            if reset_after == "event":  # the chunk lands before the reset unlinks
+                monkeypatch.setattr(catalog.store, "unlink_job_files", lambda uuid: 0)
+            catalog.handle_event(job.uuid, {"name": "reset"}, catalog.admin_token(), "cli")
+            monkeypatch.setattr(catalog.store, "unlink_job_files", unlink_job_files)
+
+    monkeypatch.setattr(indexer_module, "UPSERT_CHUNK", 2)
+    monkeypatch.setattr(catalog.store, "upsert_files", reset_after_first)
+    with pytest.raises(IndexingError, match="was reset while it was being indexed"):
+        ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    assert writes == [2]  # stopped after the chunk that found the reset
+    assert records(catalog, job) == {}
+    stored = catalog.get_job(job.uuid)
+    assert (stored.state, stored.history[-1].name) == ("RESET", "reset")
+    refused = catalog.audit_log(job.uuid)[0]  # the error could not go to the history
+    assert (refused.name, refused.code) == ("update", "event_not_allowed")
+
+
+def test_files_gone_since_the_listing_are_named_as_gone(catalog: Catalog,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    job = finished_job(catalog)
+    storage = type(catalog.storage)
+    real_list = storage.list
+
+    def list_then_delete(self: Any, prefix: str) -> Iterator[Any]:
+        listed = list(real_list(self, prefix))
+        monkeypatch.setattr(storage, "list", real_list)  # S3's delete_prefix lists too
+        catalog.storage.delete_prefix(f"{job.archive_path}/data")  # a.csv, b.csv
+        return iter(listed)
+
+    monkeypatch.setattr(storage, "list", list_then_delete)
+    with pytest.raises(IndexingError, match=r"data/a\.csv: no such file \(gone since the "):
+        ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    assert sorted(records(catalog, job)) == ["plots/p.png", "plots/summary.pdf"]
+
+
 def test_pattern_matching_nothing_indexes_nothing_and_says_so(catalog: Catalog) -> None:
     job = finished_job(catalog)
     result = ManagedPipelineJobInstance(catalog, job.uuid).index(
