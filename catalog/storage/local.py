@@ -89,10 +89,6 @@ class LocalStorage:
             if entry.is_dir(follow_symlinks=False):
                 yield from self._walk(entry.path, storage_path)
                 continue
-            # The directory is checked and a name from scandir has no "/" or NUL and is never
-            # "." or "..": only a backslash in it is left to refuse.
-            if "\\" in entry.name:
-                check_storage_path(storage_path)
             if entry.is_symlink():
                 real = os.path.realpath(entry.path)
                 if not real.startswith(self.root + os.sep):
@@ -109,6 +105,11 @@ class LocalStorage:
                 stat = entry.stat(follow_symlinks=False)
             else:
                 continue  # sockets, fifos, devices: not archive files
+            # The directory is checked and a name from scandir has no "/" or NUL and is never
+            # "." or "..": only a backslash in it is left to refuse. (A refused entry above is
+            # never opened: open checks its path, and refuses it, itself.)
+            if "\\" in entry.name:
+                check_storage_path(storage_path)
             yield FileInfo(storage_path, stat.st_size, stat.st_mtime)
 
     def stat(self, path: str) -> FileInfo:
