@@ -40,6 +40,7 @@ def glob_regex(pattern: str) -> Pattern:
         raise InvalidInput(f"a path glob must be 1 to {_MAX_GLOB} characters")
     if "\x00" in pattern:
         raise InvalidInput("a path glob cannot contain NUL")
+    given = pattern  # errors name the glob as the user wrote it
     if not pattern.startswith("/"):
         pattern = "**/" + pattern
     out: list[str] = []
@@ -62,7 +63,7 @@ def glob_regex(pattern: str) -> Pattern:
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return Pattern(pattern, "".join(out), regex.DOTALL)
+    return Pattern(given, "".join(out), regex.DOTALL)
 
 
 def _character_class(pattern: str, start: int, out: list[str]) -> int:

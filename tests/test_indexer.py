@@ -16,7 +16,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance, indexer
+from catalog import Catalog, ManagedPipelineJob, ManagedPipelineJobInstance, indexer, patterns
 from catalog.errors import (
     AdminRequired,
     CatalogError,
@@ -682,6 +682,13 @@ def test_file_lookups_by_job_prefix_status_and_checksum(catalog: Catalog) -> Non
                                                   checksum=f"sha256:{sha}").items] == [
         f"{other.archive_path}/data/a.csv"]
     assert catalog.find_files(checksum="sha256:" + "0" * 64).items == []
+    # paged like any other filter, and with a glob (scanned over the digest's matches)
+    first = catalog.find_files(checksum=f"sha256:{sha}", limit=1)
+    second = catalog.find_files(checksum=f"sha256:{sha}", limit=1, cursor=first.next)
+    assert [d["path"] for d in first.items + second.items] == sorted(d["path"] for d in both)
+    assert first.next is not None and second.next is None
+    globbed = catalog.find_files(checksum=f"sha256:{sha}", path_glob=f"{other.archive_path}/**")
+    assert [d["path"] for d in globbed.items] == [f"{other.archive_path}/data/a.csv"]
 
     catalog.storage.delete_prefix(f"{job.archive_path}/plots")
     verify(catalog, job.uuid)
@@ -731,6 +738,11 @@ def test_files_over_http(catalog: Catalog) -> None:
     # The glob that kept the service at 100% CPU under re (tests/test_patterns.py).
     froze = asyncio.run(get("/files?path_glob=" + "**a" * 12 + "**b"))
     assert (froze.status_code, froze.json()["files"]) == (200, [])
+    with pytest.MonkeyPatch.context() as patch:  # every match out of time at once
+        patch.setattr(patterns, "MATCH_TIMEOUT_S", 0)
+        costly = asyncio.run(get("/files?path_glob=**/*.csv"))
+    assert (costly.status_code, costly.json()["error"]["code"]) == (400, "pattern_too_costly")
+    assert "'**/*.csv' took more than 0 s" in costly.json()["error"]["message"]
 
 
 @settings(max_examples=300, deadline=None)
