@@ -23,6 +23,7 @@ from catalog.errors import (
     InvalidInput,
     JobNotFound,
     PipelineNotFound,
+    QueueEventRefused,
     SchemaViolation,
     UnknownEvent,
 )
@@ -51,7 +52,7 @@ from catalog.models import (
     utc_now,
     utc_now_text,
 )
-from catalog.states import ADMIN_EVENTS, EVENTS, STATES, next_state
+from catalog.states import ADMIN_EVENTS, EVENTS, QUEUE_EVENTS, STATES, next_state
 from catalog.storage import Storage, check_storage_path, open_storage
 from catalog.store import JobQuery, Page, Store, open_store
 from catalog.store.base import (
@@ -464,6 +465,10 @@ class Catalog:
                 raise UnknownEvent(parsed.name, EVENTS)
             if parsed.name in ADMIN_EVENTS and not is_admin:
                 raise AdminRequired(f"the admin token is required to send {parsed.name!r}")
+            if parsed.name in QUEUE_EVENTS:
+                raise QueueEventRefused(
+                    f"{parsed.name!r} is sent by the queue, not as an event: use "
+                    f"{QUEUE_EVENTS[parsed.name]}")
             prepared.decide = self._decider(prepared.uuid, parsed, source)
             prepared.event_id = parsed.event_id
         except CatalogError as exc:
@@ -533,20 +538,32 @@ class Catalog:
             event["data"] = {**event["data"], "status": status, "mapping": name}
         return self.handle_event(uuid, event, token, source=source)
 
+    def history_entry(self, uuid: str, name: str, data: Doc, source: str, state: str,
+                      event_id: str | None = None) -> Doc:
+        """A history entry in its serialised form, from parts already validated (the event
+        by its model, the rest made here): this is the hot path."""
+        entry_uuid = (
+            self.entry_uuid(uuid, event_id) if event_id is not None
+            else random_typed_uuid(UUIDType.pipelinejob_event, self.settings.namespace)
+        )
+        return {"uuid": entry_uuid, "name": name, "date": utc_now_text(), "data": data,
+                "source": source, "event_id": event_id or entry_uuid, "state": state}
+
     def _decider(self, uuid: str, event: Event, source: str) -> Decide:
-        def decide(head: Doc) -> tuple[str, Doc]:
+        def decide(head: Doc) -> tuple[str, Doc] | tuple[str, Doc, Doc]:
             state = next_state(uuid, head["state"], event.name)
-            entry_uuid = (
-                self.entry_uuid(uuid, event.event_id) if event.event_id is not None
-                else random_typed_uuid(UUIDType.pipelinejob_event, self.settings.namespace)
-            )
-            # Every part is already validated (the event by its model, the rest made here), so
-            # the entry is built in its serialised form directly: this is the hot path.
-            entry: Doc = {
-                "uuid": entry_uuid, "name": event.name, "date": utc_now_text(),
-                "data": event.data, "source": source, "event_id": event.event_id or entry_uuid,
-                "state": state,
-            }
+            if event.name == "run" and head["state"] == "QUEUED":
+                raise QueueEventRefused(
+                    f"job {uuid} is QUEUED: a worker's withdraw runs it, not a 'run' event "
+                    "(cancel it first to run it elsewhere)")
+            entry = self.history_entry(uuid, event.name, event.data, source, state,
+                                       event.event_id)
+            queue = head.get("queue")
+            if state != "RUNNING" and queue is not None and queue.get("lease") is not None:
+                # A job that leaves RUNNING by another way than its worker's report (a webhook's
+                # finish, say) is held by nobody: its lease must not expire into a retry.
+                return state, entry, {"queue": {**queue, "lease": None,
+                                                "stop": entry["date"]}}
             return state, entry
 
         return decide
@@ -569,6 +586,19 @@ class Catalog:
         )
         self.store.append_audit(entry.model_dump(mode="json"))
 
+    def authorize(self, uuid: str, token: str | None, action: str, source: str,
+                  worker: bool = False) -> None:
+        """Check the job's token (or, with ``worker``, the worker key) for ``action`` on job
+        ``uuid`` (the admin token passes both); a refusal is audited, then raised."""
+        try:
+            if worker:
+                self.keys.check_worker(token, f"{action} job {uuid}")
+            else:
+                self.keys.check_job(uuid, token)
+        except CatalogError as exc:
+            self._audit(uuid, {"name": action}, source, exc, keep_data=False)
+            raise
+
     def delete_job(self, uuid: str, token: str | None, source: str = "python") -> None:
         """Remove a job and its history (admin only); the deletion is audited."""
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
@@ -578,6 +608,38 @@ class Catalog:
         entry = AuditEntry(job_uuid=uuid, name="delete", date=utc_now(), source=source,
                            code="deleted", reason="deleted by an administrator")
         self.store.append_audit(entry.model_dump(mode="json"))
+
+    # the queue (catalog.queue) ----------------------------------------------------------------
+    def submit(self, pipeline: str, data: dict[str, Any] | None = None,
+               source: str = "python", **queue: Any) -> Any:
+        """Have a job run: create it (or find it) and queue it; ``queue`` holds the
+        submission's other fields (priority, timeout, retries, site, tags, user, upstream
+        ids...). Returns a ``SubmitOutcome`` (memoised when it had finished already)."""
+        from catalog.queue import submit
+
+        return submit(self, {"pipeline": pipeline, "data": data or {}, **queue}, source)
+
+    def cancel(self, uuid: str, reason: str = "cancelled by a user",
+               source: str = "python") -> EventOutcome:
+        """Cancel a job that has not ended; a running one's worker stops its work."""
+        from catalog.queue import cancel
+
+        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        return self._outcome_of(uuid, cancel(self, uuid, reason, source))
+
+    def retry(self, uuid: str, source: str = "python") -> EventOutcome:
+        """Queue a failed job again, with a fresh count of attempts."""
+        from catalog.queue import retry
+
+        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        return self._outcome_of(uuid, retry(self, uuid, source))
+
+    @staticmethod
+    def _outcome_of(uuid: str, applied: Applied) -> EventOutcome:
+        entry = applied.entry
+        return EventOutcome.model_construct(
+            uuid=uuid, state=entry["state"], last_event=entry["name"],
+            event_id=entry["event_id"], duplicate=applied.duplicate)
 
     def audit_log(self, uuid: str | None = None, limit: int = 100) -> list[AuditEntry]:
         job = parse_uuid(uuid, UUIDType.pipelinejob) if uuid is not None else None

@@ -543,6 +543,9 @@ def token_admin(json_: JsonOption = False) -> None:
     _emit({"token": token}, json_, token)
 
 
+from catalog import cli_queue  # noqa: E402, F401 (the queue's commands, on the same app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn every error into one clean message."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -67,6 +67,15 @@ class Settings(BaseModel):
         "admin token (empty: only the admin token; else at least 16 characters).",
     )
 
+    product_roots: str = Field(
+        "", description="Directories outside the archive root (separated by ':') that a "
+        "worker's products may be copied in from (empty: the system's temporary directory).",
+    )
+    chime_anonymous_writes: bool = Field(
+        False, description="Let the CHIME/FRB Buckets and Results surfaces take writes without "
+        "a token, as chime-frb-api 3.4 sends none (only on a trusted network).",
+    )
+
     @field_validator("openlineage_key")
     @classmethod
     def _long_enough(cls, value: str) -> str:

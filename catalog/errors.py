@@ -25,6 +25,8 @@ and a non-zero exit code on the command line)::
     │   ├── EntityNotFound             404 entity_not_found  (a reference, product, ...)
     │   └── FileNotFound               404 file_not_found    (a file record)
     ├── EventNotAllowed                409 event_not_allowed
+    ├── QueueEventRefused              409 queue_event       (sent by the queue, not as an event)
+    ├── LeaseNotHeld                   409 lease_not_held    (a worker acting on a job it lacks)
     ├── AmbiguousPipeline              409 ambiguous_pipeline
     ├── ConcurrencyConflict            503 concurrency_conflict
     ├── StoreError                     500 store_error
@@ -51,10 +53,12 @@ __all__ = [
     "InvalidInput",
     "InvalidPattern",
     "JobNotFound",
+    "LeaseNotHeld",
     "MalformedIdentifier",
     "NotFound",
     "PatternTooCostly",
     "PipelineNotFound",
+    "QueueEventRefused",
     "SchemaViolation",
     "StoreError",
     "TokenInvalid",
@@ -216,6 +220,25 @@ class EventNotAllowed(CatalogError):
             state=state,
             allowed=allowed,
         )
+
+
+class QueueEventRefused(CatalogError):
+    """A queue event (wait, queue, retry, cancel, or run on a QUEUED job) sent as a plain event:
+    it would bypass the lease and the attempt count."""
+
+    status = 409
+    code = "queue_event"
+
+
+class LeaseNotHeld(CatalogError):
+    """A worker renewing or ending a job it does not hold (or no longer holds)."""
+
+    status = 409
+    code = "lease_not_held"
+
+    def __init__(self, uuid: str, worker: str, reason: str) -> None:
+        super().__init__(f"worker {worker!r} does not hold job {uuid}: {reason}", uuid=uuid,
+                         worker=worker)
 
 
 class AmbiguousPipeline(CatalogError):

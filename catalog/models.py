@@ -173,6 +173,43 @@ class AuditEntry(_Strict):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+ArchiveMode = Literal["copy", "move", "leave"]
+MAX_TIMEOUT_S = 259200  # 72 h, as workflow-core allows (chime-frb-api 3.4: 24 h)
+
+
+class Lease(_Strict):
+    """Who holds a running job, for which attempt, and until when (renewed by heartbeat)."""
+
+    worker: str = Field(min_length=1, max_length=256)
+    attempt: int = Field(ge=1)
+    start: UTCDate
+    expiry: UTCDate
+
+
+class QueueInfo(_Strict):
+    """How a submitted job is run: none of it is part of the job's identity (DESIGN §10)."""
+
+    priority: int = Field(3, ge=1, le=5, description="1 to 5, higher first.")
+    timeout: int = Field(3600, ge=1, le=MAX_TIMEOUT_S, description="Seconds an attempt may run.")
+    retries: int = Field(2, ge=0, le=5, description="Attempts in all before a failure is final.")
+    attempt: int = Field(0, ge=0, description="Attempts withdrawn so far.")
+    site: str | None = Field(None, min_length=1, max_length=64)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=32)
+    user: str | None = Field(None, min_length=1, max_length=256)
+    events: list[int] = Field(default_factory=list, max_length=1000,
+                              description="Observation event numbers (CHIME's `event`).")
+    products: ArchiveMode = Field("copy", description="How reported products enter the archive.")
+    plots: ArchiveMode = Field("copy", description="How reported plots enter the archive.")
+    config: JSONData = Field(default_factory=dict, description="The submitter's own settings.")
+    queued: UTCDate | None = Field(None, description="When it last entered QUEUED.")
+    start: UTCDate | None = Field(None, description="When its last attempt was withdrawn.")
+    stop: UTCDate | None = Field(None, description="When its last attempt ended.")
+    lease: Lease | None = None
+    reason: str | None = Field(None, description="Why its last attempt failed or it was "
+                               "cancelled.")
+
+
 class Job(_Strict):
     """A pipeline job: what ran, on what, where its outputs go, and how far it got."""
 
@@ -198,6 +235,8 @@ class Job(_Strict):
     )
     created: UTCDate
     updated: UTCDate
+    queue: QueueInfo | None = Field(None, description="Set once the job is submitted.")
+    results: JSONData | None = Field(None, description="What its run reported.")
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
@@ -353,6 +392,7 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     Pipeline,
     PipelineRequest,
     ProductIndexRequest,
+    QueueInfo,
 )
 
 

@@ -18,6 +18,8 @@ from catalog.errors import EventNotAllowed, UnknownEvent
 
 STATES = (
     "CREATED",
+    "WAITING",
+    "QUEUED",
     "RUNNING",
     "FAILED",
     "FINISHED",
@@ -27,6 +29,7 @@ STATES = (
     "REJECTED",
     "FINALIZED",
     "RETIRED",
+    "CANCELLED",
     "RESET",
 )
 INITIAL_STATE = "CREATED"
@@ -34,10 +37,15 @@ INITIAL_STATE = "CREATED"
 # (event, allowed source states, destination; None keeps the state unchanged)
 TRANSITIONS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("create", ("CREATED",), "CREATED"),
-    ("run", ("CREATED", "RUNNING"), "RUNNING"),
+    # The queue (DESIGN §10): submit sends wait or queue, a worker's withdraw sends run.
+    ("wait", ("CREATED", "CANCELLED"), "WAITING"),
+    ("queue", ("CREATED", "WAITING", "CANCELLED"), "QUEUED"),
+    ("run", ("CREATED", "QUEUED", "RUNNING"), "RUNNING"),
     ("update", ("CREATED", "RUNNING", "VALIDATING", "INDEXING"), None),
     ("resource", ("CREATED", "RUNNING"), None),
-    ("fail", ("CREATED", "RUNNING", "VALIDATING", "INDEXING"), "FAILED"),
+    ("fail", ("CREATED", "QUEUED", "RUNNING", "VALIDATING", "INDEXING"), "FAILED"),
+    ("retry", ("FAILED",), "QUEUED"),
+    ("cancel", ("CREATED", "WAITING", "QUEUED", "RUNNING"), "CANCELLED"),
     ("finish", ("RUNNING", "FINISHED"), "FINISHED"),
     ("index", ("FINISHED", "INDEXING"), "INDEXING"),
     ("indexed", ("FINISHED", "INDEXING"), "FINISHED"),
@@ -47,13 +55,24 @@ TRANSITIONS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("finalize", ("VALIDATED",), "FINALIZED"),
     (
         "retire",
-        ("FAILED", "FINISHED", "VALIDATING", "VALIDATED", "REJECTED", "FINALIZED"),
+        ("FAILED", "FINISHED", "VALIDATING", "VALIDATED", "REJECTED", "FINALIZED", "CANCELLED"),
         "RETIRED",
     ),
     ("reset", STATES, "RESET"),
     ("ready", ("RESET",), "CREATED"),
 )
 ADMIN_EVENTS = frozenset({"reset", "ready"})
+# Events only the queue sends (submit, sweep, cancel), and where to ask for them instead: as
+# plain events they would bypass the attempt count, the lease and the running process.
+QUEUE_EVENTS = {
+    "wait": "'catalog submit' (POST /queue/jobs) with a condition",
+    "queue": "'catalog submit' (POST /queue/jobs)",
+    "retry": "'catalog retry' (POST /jobs/{uuid}/retry)",
+    "cancel": "'catalog cancel' (POST /jobs/{uuid}/cancel)",
+}
+# States a job's work has ended in, for good or until someone acts on it.
+ENDED_STATES = frozenset({"FINISHED", "INDEXING", "VALIDATING", "VALIDATED", "REJECTED",
+                          "FINALIZED", "RETIRED", "FAILED", "CANCELLED", "RESET"})
 EVENTS = tuple(event for event, _, _ in TRANSITIONS)
 
 

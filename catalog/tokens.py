@@ -19,6 +19,9 @@ from pathlib import Path
 from catalog.errors import AdminRequired, ConfigurationError, TokenInvalid, TokenRequired
 
 _ADMIN_MESSAGE = b"catalog-admin"
+# The worker key: withdraw, heartbeat and complete queued jobs (and deposit on the CHIME
+# surfaces), nothing else. Derived from the admin key, so only an administrator can hand it out.
+_WORKER_MESSAGE = b"catalog-worker"
 _ADMIN_KEY_LABEL = b"catalog-admin-key-from-secret"
 
 
@@ -45,6 +48,22 @@ class Keys:
 
     def admin_token(self) -> str:
         return self._admin_token
+
+    @cached_property
+    def _worker_token(self) -> str:
+        return _hmac_hex(self.admin_key, _WORKER_MESSAGE)
+
+    def worker_token(self) -> str:
+        return self._worker_token
+
+    def check_worker(self, token: str | None, action: str) -> None:
+        """Accept the worker key or the admin token (which may do whatever a worker may)."""
+        if not token:
+            raise TokenRequired(f"a worker key is required to {action}")
+        if self.is_admin(token) or hmac.compare_digest(
+                str(token).encode("utf-8"), self._worker_token.encode("ascii")):
+            return
+        raise TokenInvalid(f"the token given is not a worker key: it may not {action}")
 
     def is_admin(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(

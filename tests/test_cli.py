@@ -438,7 +438,7 @@ def test_refused_command(
 
     assert frozen.job["token"] not in message and frozen.admin not in message
     if expected == "event_not_allowed":
-        assert "RUNNING" in message and "allowed events: fail, finish" in message
+        assert "RUNNING" in message and "allowed events: cancel, fail, finish" in message
     assert library_state(frozen_catalog, frozen.job["uuid"]) == before
 
 

@@ -27,6 +27,8 @@ DEFAULTS = {
     "mappings_dir": "",
     "event_retries": 64,
     "openlineage_key": "",
+    "product_roots": "",
+    "chime_anonymous_writes": False,
 }
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "catalog.toml"
 

@@ -23,29 +23,32 @@ from catalog.states import (
 JOB = "10712345-0000-5000-8000-000000000000"
 
 EVENT_ORDER = (
-    "create", "run", "update", "resource", "fail", "finish", "index", "indexed", "validate",
-    "validated", "reject", "finalize", "retire", "reset", "ready",
+    "create", "wait", "queue", "run", "update", "resource", "fail", "retry", "cancel", "finish",
+    "index", "indexed", "validate", "validated", "reject", "finalize", "retire", "reset", "ready",
 )
 # Every (state, event) pair: "-" refused, "=" accepted keeping the state, else the destination.
-# Columns follow EVENT_ORDER.
+# Columns follow EVENT_ORDER (DESIGN §4, with the queue's states and events of §10).
 TABLE = {
-    #             create  run     update resource fail   finish   index    indexed  validate   validated reject   finalize  retire  reset ready    # noqa: E501
-    "CREATED":    "CREATED RUNNING =     =        FAILED -        -        -        -          -         -        -         -       RESET -",  # noqa: E501
-    "RUNNING":    "-       RUNNING =     =        FAILED FINISHED -        -        -          -         -        -         -       RESET -",  # noqa: E501
-    "FAILED":     "-       -       -     -        -      -        -        -        -          -         -        -         RETIRED RESET -",  # noqa: E501
-    "FINISHED":   "-       -       -     -        -      FINISHED INDEXING FINISHED VALIDATING -         -        -         RETIRED RESET -",  # noqa: E501
-    "INDEXING":   "-       -       =     -        FAILED -        INDEXING FINISHED -          -         -        -         -       RESET -",  # noqa: E501
-    "VALIDATING": "-       -       =     -        FAILED -        -        -        -          VALIDATED REJECTED -         RETIRED RESET -",  # noqa: E501
-    "VALIDATED":  "-       -       -     -        -      -        -        -        VALIDATING VALIDATED -        FINALIZED RETIRED RESET -",  # noqa: E501
-    "REJECTED":   "-       -       -     -        -      -        -        -        -          -         -        -         RETIRED RESET -",  # noqa: E501
-    "FINALIZED":  "-       -       -     -        -      -        -        -        -          -         -        -         RETIRED RESET -",  # noqa: E501
-    "RETIRED":    "-       -       -     -        -      -        -        -        -          -         -        -         -       RESET -",  # noqa: E501
-    "RESET":      "-       -       -     -        -      -        -        -        -          -         -        -         -       RESET CREATED",  # noqa: E501
+    #             create     wait       queue      run        update     resource   fail       retry      cancel     finish     index      indexed    validate   validated  reject     finalize   retire     reset      ready  # noqa: E501
+    "CREATED":    "CREATED    WAITING    QUEUED     RUNNING    =          =          FAILED     -          CANCELLED  -          -          -          -          -          -          -          -          RESET      -",  # noqa: E501
+    "WAITING":    "-          -          QUEUED     -          -          -          -          -          CANCELLED  -          -          -          -          -          -          -          -          RESET      -",  # noqa: E501
+    "QUEUED":     "-          -          -          RUNNING    -          -          FAILED     -          CANCELLED  -          -          -          -          -          -          -          -          RESET      -",  # noqa: E501
+    "RUNNING":    "-          -          -          RUNNING    =          =          FAILED     -          CANCELLED  FINISHED   -          -          -          -          -          -          -          RESET      -",  # noqa: E501
+    "FAILED":     "-          -          -          -          -          -          -          QUEUED     -          -          -          -          -          -          -          -          RETIRED    RESET      -",  # noqa: E501
+    "FINISHED":   "-          -          -          -          -          -          -          -          -          FINISHED   INDEXING   FINISHED   VALIDATING -          -          -          RETIRED    RESET      -",  # noqa: E501
+    "INDEXING":   "-          -          -          -          =          -          FAILED     -          -          -          INDEXING   FINISHED   -          -          -          -          -          RESET      -",  # noqa: E501
+    "VALIDATING": "-          -          -          -          =          -          FAILED     -          -          -          -          -          -          VALIDATED  REJECTED   -          RETIRED    RESET      -",  # noqa: E501
+    "VALIDATED":  "-          -          -          -          -          -          -          -          -          -          -          -          VALIDATING VALIDATED  -          FINALIZED  RETIRED    RESET      -",  # noqa: E501
+    "REJECTED":   "-          -          -          -          -          -          -          -          -          -          -          -          -          -          -          -          RETIRED    RESET      -",  # noqa: E501
+    "FINALIZED":  "-          -          -          -          -          -          -          -          -          -          -          -          -          -          -          -          RETIRED    RESET      -",  # noqa: E501
+    "RETIRED":    "-          -          -          -          -          -          -          -          -          -          -          -          -          -          -          -          -          RESET      -",  # noqa: E501
+    "CANCELLED":  "-          WAITING    QUEUED     -          -          -          -          -          -          -          -          -          -          -          -          -          RETIRED    RESET      -",  # noqa: E501
+    "RESET":      "-          -          -          -          -          -          -          -          -          -          -          -          -          -          -          -          -          RESET      CREATED",  # noqa: E501
 }
 
 
 def expected_moves() -> dict[tuple[str, str], str | None]:
-    """(state, event) -> destination, or None when refused, for all 11 x 15 pairs."""
+    """(state, event) -> destination, or None when refused, for all 14 x 19 pairs."""
     moves: dict[tuple[str, str], str | None] = {}
     for state, row in TABLE.items():
         cells = row.split()
@@ -65,9 +68,9 @@ def allowed_in(state: str) -> list[str]:
 
 
 def test_states_and_events_are_the_designed_ones() -> None:
-    assert len(MOVES) == 11 * 15
+    assert len(MOVES) == 14 * 19
     assert set(STATES) == set(TABLE)
-    assert len(STATES) == 11
+    assert len(STATES) == 14
     assert EVENTS == EVENT_ORDER
     assert INITIAL_STATE == "CREATED"
     assert all(is_event(event) for event in EVENT_ORDER)

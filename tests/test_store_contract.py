@@ -97,6 +97,11 @@ def without_history(job: Doc) -> Doc:
     return {k: v for k, v in job.items() if k != "history"}
 
 
+def listed(job: Doc) -> Doc:
+    """A job as listings give it: without its history and results (megabytes, maybe)."""
+    return {k: v for k, v in job.items() if k not in ("history", "results")}
+
+
 def deciding(state: str, entry: Doc, heads: list[Doc] | None = None) -> Decide:
     """A decide that records the heads it is shown and moves the job to ``state``."""
 
@@ -230,7 +235,7 @@ def test_insert_job_twice_returns_the_existing_one_unchanged(store: Store) -> No
              "data": {"other": True}}
     assert store.insert_job(again) == (job, False)
     assert store.get_job(job["uuid"]) == job
-    assert store.find_jobs(JobQuery()).items == [without_history(job)]
+    assert store.find_jobs(JobQuery()).items == [listed(job)]
     assert store.find_jobs(JobQuery(child_of=SAMPLE)).items == []
 
 
@@ -253,7 +258,7 @@ def insert_jobs(store: Store) -> dict[str, Doc]:
 
 
 def in_order(jobs: dict[str, Doc], keys: list[str]) -> list[Doc]:
-    return sorted((without_history(jobs[k]) for k in keys), key=lambda d: (d["created"], d["uuid"]))
+    return sorted((listed(jobs[k]) for k in keys), key=lambda d: (d["created"], d["uuid"]))
 
 
 @pytest.mark.parametrize(
@@ -396,14 +401,16 @@ def test_apply_event_moves_the_job_and_appends_history_in_order(store: Store) ->
     ) == Applied(finish, duplicate=False)
 
     assert heads == [
-        {"uuid": job["uuid"], "state": "CREATED", "version": 1, "last_event": "create"},
-        {"uuid": job["uuid"], "state": "RUNNING", "version": 2, "last_event": "run"},
+        {"uuid": job["uuid"], "state": "CREATED", "version": 1, "last_event": "create",
+         "queue": None},
+        {"uuid": job["uuid"], "state": "RUNNING", "version": 2, "last_event": "run",
+         "queue": None},
     ]
     expected = {**job, "state": "FINISHED", "last_event": "finish", "version": 3,
                 "updated": finish["date"], "history": [*job["history"], run, finish]}
     assert store.get_job(job["uuid"]) == expected
     assert store.get_job(job["uuid"], history=False) == without_history(expected)
-    assert store.find_jobs(JobQuery(state="FINISHED")).items == [without_history(expected)]
+    assert store.find_jobs(JobQuery(state="FINISHED")).items == [listed(expected)]
     assert store.find_jobs(JobQuery(state="CREATED")).items == []
 
 
@@ -564,7 +571,7 @@ def test_decide_always_sees_the_head_it_is_written_over(store: Store) -> None:
         before = history[position - 1]
         assert shown[entry["event_id"]][-1] == {
             "uuid": job["uuid"], "state": before["state"], "version": position,
-            "last_event": before["name"],
+            "last_event": before["name"], "queue": None,
         }
     assert (stored["state"], stored["last_event"]) == (history[-1]["state"], history[-1]["name"])
 
@@ -744,7 +751,7 @@ def test_add_links_to_a_job_is_idempotent_and_not_an_event(store: Store) -> None
                 "generated_by": [*job["generated_by"], PIPELINE_A]}
     assert store.get_job(job["uuid"]) == expected  # version, updated and history as they were
     assert store.get_job(job["uuid"], history=False) == without_history(expected)
-    assert store.find_jobs(JobQuery(child_of=EXPERIMENT)).items == [without_history(expected)]
+    assert store.find_jobs(JobQuery(child_of=EXPERIMENT)).items == [listed(expected)]
 
 
 def test_add_child_of_links_are_found_by_child_of(store: Store) -> None:
@@ -840,7 +847,8 @@ def test_sqlite_migrates_a_version_1_database(
     write_v1_job(path, job)
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
+        assert [version for version, _ in store.migrations()] == sorted(
+            version for version, _, _ in sqlite.MIGRATIONS)
         assert store.get_job(job["uuid"]) == job
         store.upsert_entities([make_entity("s3://bucket/cube.fits")])
         store.add_links(PRODUCT, "generated_by", [job["uuid"]])
@@ -862,7 +870,8 @@ def test_sqlite_migrates_a_version_2_database_with_entities(
                      (product["uuid"], product["kind"], product["created"], json.dumps(product)))
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
+        assert [version for version, _ in store.migrations()] == sorted(
+            version for version, _, _ in sqlite.MIGRATIONS)
         assert store.get_entity(PRODUCT) == product
         record = make_file("/products/v2/a.csv")
         store.upsert_files([record])
@@ -896,7 +905,8 @@ def test_sqlite_migrates_a_version_5_database_with_file_links(
                           for relation in ("child_of", "generated_by")])
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
+        assert [version for version, _ in store.migrations()] == sorted(
+            version for version, _, _ in sqlite.MIGRATIONS)
         pages = all_pages(lambda cursor: store.find_files(child_of=FILE_JOB, limit=3,
                                                           cursor=cursor), 3)
         assert [d for page in pages for d in page] == by_path(docs)
@@ -1017,8 +1027,9 @@ def test_sqlite_migration_4_fills_the_new_columns_from_existing_records(
                                                 json.dumps(record)))
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
-        assert store.find_jobs(JobQuery(agent="actor-7")).items == [without_history(job)]
+        assert [version for version, _ in store.migrations()] == sorted(
+            version for version, _, _ in sqlite.MIGRATIONS)
+        assert store.find_jobs(JobQuery(agent="actor-7")).items == [listed(job)]
         for filters in ({"kind": "plot"}, {"media_type": "image/png"}, {"level": "2"},
                         {"sort": "-created"}):
             assert store.find_files(**filters).items == [record]
@@ -1041,7 +1052,8 @@ def test_sqlite_migration_5_keeps_every_history_entry_and_still_refuses_a_duplic
     write_v1_job(path, job)
     store = sqlite.SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()] == [1, 2, 3, 4, 5, 6]
+        assert [version for version, _ in store.migrations()] == sorted(
+            version for version, _, _ in sqlite.MIGRATIONS)
         assert store.get_job(job["uuid"]) == job  # every entry, in order
         again = make_entry("update", "CREATED", at(9), event_id="e3")
         assert store.apply_event(job["uuid"], "e3", deciding("CREATED", again)).duplicate

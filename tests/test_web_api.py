@@ -37,15 +37,15 @@ KEYS = Keys(b"x" * 32, b"y" * 32)
 BOGUS_TOKEN = "0123456789abcdef" * 4  # the shape of a token, valid for nothing
 DATA = {"parameters": {"window": 5}, "inputs": ["file://raw/a.fits"]}
 BACKENDS = ["sqlite", "mongomock"]
-CREATED_ALLOWED = "create, fail, reset, resource, run, update"
+CREATED_ALLOWED = "cancel, create, fail, queue, reset, resource, run, update, wait"
 TAPIS_STATUSES = (
     "ARCHIVING, ARCHIVING_FAILED, ARCHIVING_FINISHED, BLOCKED, CLEANING_UP, FAILED, FINISHED, "
     "HEARTBEAT, KILLED, PAUSED, PENDING, PROCESSING_INPUTS, QUEUED, RUNNING, STAGED, "
     "STAGING_INPUTS, STAGING_JOB, STOPPED, SUBMITTING"
 )
 KNOWN_EVENTS = (
-    "create, fail, finalize, finish, index, indexed, ready, reject, reset, resource, retire, "
-    "run, update, validate, validated"
+    "cancel, create, fail, finalize, finish, index, indexed, queue, ready, reject, reset, "
+    "resource, retire, retry, run, update, validate, validated, wait"
 )
 # FastAPI warns while building /openapi.json because GET and HEAD of /version and /health share
 # one operationId; test_openapi_operation_ids_are_unique shows that bug, the others look past it.
@@ -687,8 +687,9 @@ LIST_REFUSALS = {
                            "query.limit: Input should be a valid integer, unable to parse "
                            "string as an integer"),
     "unknown-state": ({"state": "DONE"}, 400, "invalid_input",
-                      "unknown state 'DONE'; states: CREATED, RUNNING, FAILED, FINISHED, "
-                      "INDEXING, VALIDATING, VALIDATED, REJECTED, FINALIZED, RETIRED, RESET"),
+                      "unknown state 'DONE'; states: CREATED, WAITING, QUEUED, RUNNING, FAILED, "
+                      "FINISHED, INDEXING, VALIDATING, VALIDATED, REJECTED, FINALIZED, RETIRED, "
+                      "CANCELLED, RESET"),
     "unknown-pipeline": ({"pipeline": "nope"}, 404, "pipeline_not_found", "no pipeline nope"),
     "bad-child-of": ({"child_of": "lab.1"}, 400, "invalid_input",
                      "'lab.1' is neither a typed UUID nor an id starting with experiment., "
@@ -934,6 +935,10 @@ async def test_openapi_document_lists_the_routes(catalog: Catalog) -> None:
         ("POST", "/jobs/{uuid}/events"), ("GET", "/jobs"), ("POST", "/jobs"),
         ("GET", "/jobs/{uuid}"), ("DELETE", "/jobs/{uuid}"), ("GET", "/jobs/{uuid}/history"),
         ("GET", "/pipelines"), ("POST", "/pipelines"), ("GET", "/pipelines/{uuid}"),
+        ("POST", "/queue/jobs"), ("GET", "/queue/status"), ("POST", "/queue/withdraw"),
+        ("POST", "/queue/sweep"), ("POST", "/jobs/{uuid}/heartbeat"),
+        ("POST", "/jobs/{uuid}/complete"), ("POST", "/jobs/{uuid}/cancel"),
+        ("POST", "/jobs/{uuid}/retry"),
     }
 
 

@@ -76,7 +76,10 @@ class Storage(Protocol):
         """A binary stream for reading (close it); FileNotFoundError when absent."""
         ...
 
-    def write(self, path: str, data: bytes) -> FileInfo: ...
+    def write(self, path: str, data: bytes | BinaryIO) -> FileInfo:
+        """Store ``data`` (bytes, or a stream read to its end) at ``path``, whole or not at
+        all: nothing partial is ever listed."""
+        ...
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every file under the directory ``prefix``; returns how many."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from catalog.errors import UnsafePath
-from catalog.storage.base import FileInfo, check_storage_path
+from catalog.storage.base import BLOCK_SIZE, FileInfo, check_storage_path
 
 _PARENT_TTL_S = 1.0
 _PARENT_CACHE_SIZE = 4096
@@ -137,7 +137,7 @@ class LocalStorage:
             raise FileNotFoundError(path)
         return os.fdopen(descriptor, "rb", buffering=0)
 
-    def write(self, path: str, data: bytes) -> FileInfo:
+    def write(self, path: str, data: bytes | BinaryIO) -> FileInfo:
         real = self._resolve(path)
         os.makedirs(os.path.dirname(real), exist_ok=True)
         real = self._resolve(path)  # a directory created above may not be a symlink out
@@ -146,7 +146,12 @@ class LocalStorage:
         temporary = f"{real}.{uuid.uuid4().hex}.partial"
         try:
             with open(temporary, "wb") as handle:
-                handle.write(data)
+                if isinstance(data, bytes):
+                    handle.write(data)
+                elif hasattr(data, "read"):
+                    shutil.copyfileobj(data, handle, BLOCK_SIZE)
+                else:
+                    raise TypeError(f"cannot write a {type(data).__name__}: bytes or a stream")
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, real)

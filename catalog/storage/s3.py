@@ -90,8 +90,11 @@ class S3Storage:
             raise
         return cast(BinaryIO, response["Body"])
 
-    def write(self, path: str, data: bytes) -> FileInfo:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
+    def write(self, path: str, data: bytes | BinaryIO) -> FileInfo:
+        if isinstance(data, bytes):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
+        else:  # in parts, a large file never held whole
+            self.client.upload_fileobj(data, self.bucket, self._key(path))
         return self.stat(path)
 
     def delete_prefix(self, prefix: str) -> int:

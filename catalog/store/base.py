@@ -23,9 +23,27 @@ from catalog.identifiers import UUIDType
 
 Doc = dict[str, Any]
 
-# Called with the job's head {"uuid", "state", "version", "last_event"}; returns the new state and
-# the history entry to append (whose "state" is the new state), or raises to write nothing.
-Decide = Callable[[Doc], tuple[str, Doc]]
+# Called with the job's head {"uuid", "state", "version", "last_event", "queue"}; returns the new
+# state and the history entry to append (whose "state" is the new state), and optionally the
+# job fields the event replaces whole (only those in ``CHANGEABLE``; None clears one), or raises
+# to write nothing.
+Decide = Callable[[Doc], tuple[str, Doc] | tuple[str, Doc, Doc]]
+CHANGEABLE = ("queue", "results")
+
+
+class ClaimLost(Exception):
+    """Raised by a claim's decide when the candidate left QUEUED meanwhile: try the next."""
+
+
+def decided(outcome: tuple[str, Doc] | tuple[str, Doc, Doc]) -> tuple[str, Doc, Doc]:
+    """A decide's outcome with its changes (empty when it gave none), changes checked."""
+    if len(outcome) == 2:
+        return outcome[0], outcome[1], {}
+    state, entry, changes = outcome
+    unknown = set(changes) - set(CHANGEABLE)
+    if unknown:
+        raise ValueError(f"an event cannot change {sorted(unknown)}")
+    return state, entry, changes
 
 MAX_LIMIT = 1000
 # Relations kept as edges so both directions can be queried (DESIGN §5); each is also a list
@@ -261,6 +279,24 @@ def decode_sorted_cursor(cursor: str, sort: str) -> tuple[str, str]:
     return key, uuid
 
 
+# Where a claim looks: the QUEUED jobs of these pipelines, highest priority first, then the
+# oldest queued; ``match`` (given the candidate's head with its "queue") tells the rest of a
+# worker's filter (site, tags, user, events), which no index serves.
+ClaimMatch = Callable[[Doc], bool]
+CLAIM_PAGE = 64  # candidates read at a time while looking for one that matches
+
+
+def claim_order(head: Doc) -> tuple[int, str, str]:
+    """The order a claim takes candidates in (lowest first)."""
+    queue = head.get("queue") or {}
+    return -int(queue.get("priority", 3)), str(queue.get("queued") or ""), str(head["uuid"])
+
+
+def lease_expiry(queue: Doc | None) -> str | None:
+    lease = (queue or {}).get("lease")
+    return None if lease is None else str(lease["expiry"])
+
+
 class Store(Protocol):
     """What the catalog needs from a database."""
 
@@ -299,7 +335,8 @@ class Store(Protocol):
         ...
 
     def find_jobs(self, query: JobQuery) -> Page:
-        """Jobs without their history, filtered and ordered by (query.sort, uuid)."""
+        """Jobs without their history and results, filtered and ordered by (query.sort,
+        uuid)."""
         ...
 
     def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
@@ -326,6 +363,31 @@ class Store(Protocol):
 
     def delete_job(self, uuid: str) -> bool:
         """Remove a job, its history and its edges; False if there was none."""
+        ...
+
+    # the queue ---------------------------------------------------------------------------
+    def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
+              priority: int | None = None) -> tuple[str, Applied] | None:
+        """Apply ``decide`` (a ``run`` with its lease) to the first QUEUED job of
+        ``pipelines`` (of that ``priority`` if given) that ``match`` accepts, in
+        ``claim_order``, atomically: no job is claimed twice, whatever runs at once. None when
+        no queued job matches. Reads candidates from an index, a page at a time; a candidate
+        taken meanwhile by another claim (``decide`` raises ClaimLost) is passed over. Returns
+        the claimed job's uuid and the outcome."""
+        ...
+
+    def renew_lease(self, uuid: str, worker: str, attempt: int, expiry: str) -> bool:
+        """Move the lease of a RUNNING job held by ``worker`` for ``attempt`` to ``expiry``;
+        False if the job is not held so. Not an event: version and history stay as they are."""
+        ...
+
+    def expired_leases(self, now: str, limit: int = 1000) -> list[str]:
+        """Uuids of jobs whose lease expired before ``now``, soonest expired first, from an
+        index (never a scan of the jobs)."""
+        ...
+
+    def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:
+        """(pipeline uuid, state, number of jobs) for every pair that has jobs."""
         ...
 
     # entities and links ------------------------------------------------------------------

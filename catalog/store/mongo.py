@@ -49,6 +49,7 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
 from catalog.errors import ConcurrencyConflict, ConfigurationError, FileNotFound, JobNotFound
 from catalog.store.base import (
+    CLAIM_PAGE,
     ENTITY_LINK_FIELDS,
     FILE_JOB_LINK_FIELDS,
     FILE_SORTS,
@@ -56,6 +57,8 @@ from catalog.store.base import (
     JOB_LINK_FIELDS,
     JOB_SORTS,
     Applied,
+    ClaimLost,
+    ClaimMatch,
     Decide,
     Doc,
     FixityUpdate,
@@ -66,6 +69,7 @@ from catalog.store.base import (
     check_link,
     check_new_job,
     check_sort,
+    decided,
     decode_cursor,
     decode_sorted_cursor,
     latest_files,
@@ -79,9 +83,13 @@ from catalog.store.base import (
 DEFAULT_DATABASE = "catalog"
 _NO_ID: Doc = {"_id": 0}
 _WITHOUT_HISTORY: Doc = {"_id": 0, "history": 0}
-_HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1, "created": 1}
-# What a history document adds to the entry it stores.
-_ENTRY_KEYS = ("job_uuid", "job_created", "seq")
+_LISTED: Doc = {**_WITHOUT_HISTORY, "results": 0}  # results may be megabytes: one job at a time
+_HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1, "created": 1,
+              "queue": 1}
+# What a history document adds to the entry it stores: "changes" are the job fields the event
+# replaced (the queue's), kept so that whoever moves the head onto the entry sets them too.
+_ENTRY_KEYS = ("job_uuid", "job_created", "seq", "changes")
+_CLAIM_ORDER = [("queue.priority", DESCENDING), ("queue.queued", ASCENDING), ("uuid", ASCENDING)]
 _ENTRY: Doc = {"_id": 0, **dict.fromkeys(_ENTRY_KEYS, 0)}
 _LEGACY_HISTORY_INDEX = "history.event_id_1"  # earlier versions looked event_ids up in jobs
 _DUPLICATE_KEY = 11000
@@ -185,6 +193,10 @@ class MongoStore:
             self._pipelines.create_index([("uuid", ASCENDING)], unique=True)
             self._pipelines.create_index([("name", ASCENDING), ("uuid", ASCENDING)])
             self._jobs.create_index([("uuid", ASCENDING)], unique=True)
+            self._jobs.create_index([("state", ASCENDING), ("pipeline_uuid", ASCENDING),
+                                     *_CLAIM_ORDER])
+            self._jobs.create_index([("queue.lease.expiry", ASCENDING)], sparse=True)
+            self._jobs.create_index([("pipeline_uuid", ASCENDING), ("state", ASCENDING)])
             for head in (None, "state", "pipeline_uuid", "child_of", "agent"):
                 keys = [] if head is None else [(head, ASCENDING)]
                 self._jobs.create_index([*keys, ("created", ASCENDING), ("uuid", ASCENDING)])
@@ -347,7 +359,7 @@ class MongoStore:
         order = _sorted(query.sort, query.cursor, clauses)
         with self._guard:
             rows = list(
-                self._jobs.find(_all_of(clauses), _WITHOUT_HISTORY).sort(order)
+                self._jobs.find(_all_of(clauses), _LISTED).sort(order)
                 .limit(query.limit + 1)
             )
         return sorted_page(rows, query.limit, query.sort)
@@ -376,18 +388,21 @@ class MongoStore:
                 continue  # and decide on the head it made
             if found:
                 return Applied(_entry(found[0]), duplicate=True)
-            new_state, entry = decide({"uuid": uuid, "state": head["state"], "version": version,
-                                       "last_event": head["last_event"]})
+            new_state, entry, changes = decided(decide(
+                {"uuid": uuid, "state": head["state"], "version": version,
+                 "last_event": head["last_event"], "queue": head.get("queue")}))
+            stored: Doc = {**entry, "job_uuid": uuid, "job_created": head["created"],
+                           "seq": version + 1}
+            if changes:
+                stored["changes"] = changes
             try:
                 with self._guard:
-                    self._history.insert_one({**entry, "job_uuid": uuid,
-                                              "job_created": head["created"],
-                                              "seq": version + 1})
+                    self._history.insert_one(stored)
             except DuplicateKeyError:
                 continue  # another event took this place, or this event_id came meanwhile
             # The entry is stored: the event is applied once the head moves onto it, here or,
             # should this write fail or this process stop, by the next writer of this job.
-            self._move_head(head, {**entry, "seq": version + 1})
+            self._move_head(head, stored)
             return Applied(entry, duplicate=False)
         raise ConcurrencyConflict(
             f"job {uuid} kept changing while an event was applied ({self._retries} attempts)"
@@ -400,9 +415,61 @@ class MongoStore:
                 {"uuid": head["uuid"], "created": head["created"],
                  "version": entry["seq"] - 1},
                 {"$set": {"state": entry["state"], "last_event": entry["name"],
-                          "updated": entry["date"]},
+                          "updated": entry["date"], **entry.get("changes", {})},
                  "$inc": {"version": 1}},
             )
+
+    # the queue ---------------------------------------------------------------------------
+    def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
+              priority: int | None = None) -> tuple[str, Applied] | None:
+        query: Doc = {"state": "QUEUED", "pipeline_uuid": {"$in": unique(pipelines)}}
+        if priority is not None:
+            query["queue.priority"] = priority
+
+        def still_queued(head: Doc) -> tuple[str, Doc] | tuple[str, Doc, Doc]:
+            if head["state"] != "QUEUED":
+                raise ClaimLost(head["uuid"])
+            return decide(head)
+
+        skip = 0
+        while True:
+            with self._guard:
+                page = list(self._jobs.find(query, {"_id": 0, "uuid": 1, "state": 1, "queue": 1})
+                            .sort(_CLAIM_ORDER).skip(skip).limit(CLAIM_PAGE))
+            for head in page:
+                if not match(head):
+                    continue
+                try:  # compare-and-set on version: of two claims of one job, one wins
+                    return head["uuid"], self.apply_event(head["uuid"], None, still_queued)
+                except (ClaimLost, JobNotFound):
+                    continue
+            if len(page) < CLAIM_PAGE:
+                return None
+            skip += len(page)
+
+    def renew_lease(self, uuid: str, worker: str, attempt: int, expiry: str) -> bool:
+        with self._guard:
+            result = self._jobs.update_one(
+                {"uuid": uuid, "state": "RUNNING", "queue.lease.worker": worker,
+                 "queue.lease.attempt": attempt},
+                {"$set": {"queue.lease.expiry": expiry}})
+        return result.matched_count == 1
+
+    def expired_leases(self, now: str, limit: int = 1000) -> list[str]:
+        with self._guard:
+            rows = list(self._jobs.find({"queue.lease.expiry": {"$lt": now}}, {"_id": 0, "uuid": 1})
+                        .sort("queue.lease.expiry", ASCENDING).limit(limit))
+        return [row["uuid"] for row in rows]
+
+    def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:
+        stages: list[Doc] = []
+        if pipelines is not None:
+            stages.append({"$match": {"pipeline_uuid": {"$in": list(pipelines)}}})
+        stages.append({"$group": {"_id": {"p": "$pipeline_uuid", "s": "$state"},
+                                  "n": {"$sum": 1}}})
+        with self._guard:
+            rows = list(self._jobs.aggregate(stages))
+        return [(row["_id"]["p"], row["_id"]["s"], int(row["n"])) for row in rows]
 
     def delete_job(self, uuid: str) -> bool:
         with self._guard:

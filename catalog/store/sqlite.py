@@ -31,12 +31,15 @@ from catalog.errors import (
     StoreError,
 )
 from catalog.store.base import (
+    CHANGEABLE,
+    CLAIM_PAGE,
     ENTITY_LINK_FIELDS,
     FILE_JOB_LINK_FIELDS,
     FILE_SORTS,
     JOB_LINK_FIELDS,
     JOB_SORTS,
     Applied,
+    ClaimMatch,
     Decide,
     Doc,
     FixityUpdate,
@@ -48,9 +51,12 @@ from catalog.store.base import (
     check_new_job,
     check_sort,
     chunked,
+    claim_order,
+    decided,
     decode_cursor,
     decode_sorted_cursor,
     latest_files,
+    lease_expiry,
     link_source_not_found,
     merge_fixity,
     page_of,
@@ -200,6 +206,23 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX links_reverse ON links (dst, relation, src_key, src);
         """,
     ),
+    (
+        7,
+        "the work queue: a job's queue attributes and results in columns of their own, the "
+        "claim order of QUEUED jobs and the lease expiries in partial indexes (a claim and the "
+        "sweep read only what they need), and counts by pipeline and state",
+        """
+        ALTER TABLE jobs ADD COLUMN queue TEXT;
+        ALTER TABLE jobs ADD COLUMN results TEXT;
+        ALTER TABLE jobs ADD COLUMN priority INTEGER;
+        ALTER TABLE jobs ADD COLUMN queued TEXT;
+        ALTER TABLE jobs ADD COLUMN lease_expiry TEXT;
+        CREATE INDEX jobs_claim ON jobs (pipeline_uuid, priority DESC, queued, uuid)
+            WHERE state = 'QUEUED';
+        CREATE INDEX jobs_lease ON jobs (lease_expiry) WHERE lease_expiry IS NOT NULL;
+        CREATE INDEX jobs_pipeline_state ON jobs (pipeline_uuid, state)
+        """,
+    ),
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -212,7 +235,11 @@ _UPDATE_HEAD = ("UPDATE jobs SET version = version + 1, last_event = ?, updated 
                 "WHERE uuid = ? AND version = ?")
 _UPDATE_HEAD_AND_STATE = ("UPDATE jobs SET state = ?, version = version + 1, last_event = ?, "
                           "updated = ? WHERE uuid = ? AND version = ?")
-_JOB_COLUMNS = "uuid, pipeline_uuid, state, version, last_event, created, updated, doc"
+_JOB_COLUMNS = ("uuid, pipeline_uuid, state, version, last_event, created, updated, doc, "
+                "queue")
+# Columns the queue reads in its indexes, derived from the queue document when it is written.
+_SET_QUEUE = ("UPDATE jobs SET queue = ?, priority = ?, queued = ?, lease_expiry = ? "
+              "WHERE uuid = ?")
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _UPSERT_FILE = (
     "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, created, "
@@ -442,24 +469,37 @@ class SQLiteStore:
     # jobs --------------------------------------------------------------------------------
     @staticmethod
     def _job_from_row(row: tuple[Any, ...]) -> Doc:
-        uuid, pipeline_uuid, state, version, last_event, created, updated, body = row
+        uuid, pipeline_uuid, state, version, last_event, created, updated, body, queue_text = row
         doc: Doc = json.loads(body)
+        doc.pop("results", None)  # in a column of its own, read by get_job alone
         doc.update(uuid=uuid, pipeline_uuid=pipeline_uuid, state=state, version=version,
-                   last_event=last_event, created=created, updated=updated)
+                   last_event=last_event, created=created, updated=updated,
+                   queue=None if queue_text is None else json.loads(queue_text))
         return doc
+
+    @staticmethod
+    def _queue_columns(queue: Doc | None) -> tuple[str | None, int | None, str | None,
+                                                    str | None]:
+        if queue is None:
+            return None, None, None, None
+        return _dumps(queue), int(queue.get("priority", 3)), queue.get("queued"), lease_expiry(
+            queue)
 
     def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
         history = doc.get("history", [])
         check_new_job(doc)
-        head = {"uuid", "pipeline_uuid", "state", "version", "last_event", "created", "updated"}
-        body = {k: v for k, v in doc.items() if k not in head and k != "history"}
+        head = {"uuid", "pipeline_uuid", "state", "version", "last_event", "created", "updated",
+                "history", *CHANGEABLE}
+        body = {k: v for k, v in doc.items() if k not in head}
+        results = doc.get("results")
         with self._write() as conn:
             cursor = conn.execute(
-                f"INSERT OR IGNORE INTO jobs ({_JOB_COLUMNS}, agent) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO jobs ({_JOB_COLUMNS}, priority, queued, lease_expiry, "
+                "agent, results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (doc["uuid"], doc["pipeline_uuid"], doc["state"], doc["version"],
                  doc["last_event"], doc["created"], doc["updated"], _dumps(body),
-                 doc.get("agent")),
+                 *self._queue_columns(doc.get("queue")), doc.get("agent"),
+                 None if results is None else _dumps(results)),
             )
             if cursor.rowcount == 1:
                 conn.executemany(
@@ -485,6 +525,8 @@ class SQLiteStore:
         if row is None:
             return None
         doc = self._job_from_row(row)
+        results = conn.execute("SELECT results FROM jobs WHERE uuid = ?", (uuid,)).fetchone()[0]
+        doc["results"] = None if results is None else json.loads(results)
         if history:
             doc["history"] = [
                 json.loads(r[0]) for r in conn.execute(
@@ -633,19 +675,20 @@ class SQLiteStore:
                    decide: Decide) -> Applied:
         # The head and any earlier entry with this event_id, in one statement.
         row = conn.execute(
-            "SELECT state, version, last_event, (SELECT doc FROM history "
+            "SELECT state, version, last_event, queue, (SELECT doc FROM history "
             "WHERE history.job_uuid = jobs.uuid AND history.event_id = ?) "
             "FROM jobs WHERE uuid = ?",
             (event_id, uuid),
         ).fetchone()
         if row is None:
             raise JobNotFound(uuid)
-        state, version, last_event, seen = row
+        state, version, last_event, queue_text, seen = row
         if seen is not None:
             return Applied(json.loads(seen), duplicate=True)
-        new_state, entry = decide(
-            {"uuid": uuid, "state": state, "version": version, "last_event": last_event}
-        )
+        new_state, entry, changes = decided(decide(
+            {"uuid": uuid, "state": state, "version": version, "last_event": last_event,
+             "queue": None if queue_text is None else json.loads(queue_text)}
+        ))
         # The history row first: if a constraint refuses it, nothing has been written.
         conn.execute(
             _INSERT_HISTORY,
@@ -659,7 +702,82 @@ class SQLiteStore:
         if updated.rowcount != 1:  # cannot happen under the write lock; never write blind
             conn.execute("DELETE FROM history WHERE job_uuid = ? AND seq = ?", (uuid, version + 1))
             raise ConcurrencyConflict(f"job {uuid} changed while an event was applied")
+        if "queue" in changes:
+            conn.execute(_SET_QUEUE, (*SQLiteStore._queue_columns(changes["queue"]), uuid))
+        if "results" in changes:
+            results = changes["results"]
+            conn.execute("UPDATE jobs SET results = ? WHERE uuid = ?",
+                         (None if results is None else _dumps(results), uuid))
         return Applied(entry, duplicate=False)
+
+    # the queue ---------------------------------------------------------------------------
+    def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
+              priority: int | None = None) -> tuple[str, Applied] | None:
+        with self._write() as conn:  # the write lock makes choosing and moving one step
+            best: Doc | None = None
+            for pipeline in unique(pipelines):
+                found = self._first_match(conn, pipeline, priority, match)
+                if found is not None and (best is None or claim_order(found) < claim_order(best)):
+                    best = found
+            if best is None:
+                return None
+            return best["uuid"], self._apply_one(conn, best["uuid"], None, decide)
+
+    @staticmethod
+    def _first_match(conn: sqlite3.Connection, pipeline: str, priority: int | None,
+                     match: ClaimMatch) -> Doc | None:
+        """The first QUEUED job of ``pipeline`` in claim order that ``match`` accepts: pages
+        of the ``jobs_claim`` index, from where the last page ended."""
+        where = "state = 'QUEUED' AND pipeline_uuid = ?"
+        params: list[Any] = [pipeline]
+        if priority is not None:
+            where += " AND priority = ?"
+            params.append(priority)
+        after: tuple[int, str, str] | None = None
+        while True:
+            sql, page_params = f"SELECT uuid, priority, queued, queue FROM jobs WHERE {where}", \
+                list(params)
+            if after is not None:
+                sql += " AND (priority < ? OR (priority = ? AND (queued, uuid) > (?, ?)))"
+                page_params += [after[0], after[0], after[1], after[2]]
+            rows = conn.execute(
+                f"{sql} ORDER BY priority DESC, queued, uuid LIMIT {CLAIM_PAGE}", page_params
+            ).fetchall()
+            for uuid, _priority, _queued, queue_text in rows:
+                head = {"uuid": uuid, "state": "QUEUED", "queue": json.loads(queue_text)}
+                if match(head):
+                    return head
+            if len(rows) < CLAIM_PAGE:
+                return None
+            last = rows[-1]
+            after = (last[1], last[2], last[0])
+
+    def renew_lease(self, uuid: str, worker: str, attempt: int, expiry: str) -> bool:
+        with self._write() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET queue = json_set(queue, '$.lease.expiry', ?), lease_expiry = ? "
+                "WHERE uuid = ? AND state = 'RUNNING' AND lease_expiry IS NOT NULL "
+                "AND json_extract(queue, '$.lease.worker') = ? "
+                "AND json_extract(queue, '$.lease.attempt') = ?",
+                (expiry, expiry, uuid, worker, attempt)).rowcount
+        return changed == 1
+
+    def expired_leases(self, now: str, limit: int = 1000) -> list[str]:
+        rows = self._connection().execute(
+            "SELECT uuid FROM jobs WHERE lease_expiry IS NOT NULL AND lease_expiry < ? "
+            "ORDER BY lease_expiry LIMIT ?", (now, limit))
+        return [uuid for uuid, in rows]
+
+    def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:
+        sql = "SELECT pipeline_uuid, state, count(*) FROM jobs"
+        params: list[str] = []
+        if pipelines is not None:
+            if not pipelines:
+                return []
+            sql += f" WHERE pipeline_uuid IN ({', '.join('?' * len(pipelines))})"
+            params = list(pipelines)
+        rows = self._connection().execute(sql + " GROUP BY pipeline_uuid, state", params)
+        return [(str(p), str(state), int(n)) for p, state, n in rows]
 
     def delete_job(self, uuid: str) -> bool:
         with self._write() as conn:

@@ -40,6 +40,7 @@ from catalog.models import (
 )
 from catalog.openlineage import ingest
 from catalog.spool import stream_document
+from catalog.web.queue_routes import add_queue_routes
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -253,6 +254,8 @@ def create_app(catalog: Catalog) -> FastAPI:
     def delete_job(request: Request, uuid: str) -> dict[str, Any]:
         catalog.delete_job(uuid, _token(request), source="api")
         return {"uuid": uuid, "deleted": True}
+
+    add_queue_routes(app, catalog)
 
     @app.get("/lineage/{uuid}", responses={400: {}, 422: {}})
     def get_lineage(uuid: str, direction: str = "up",

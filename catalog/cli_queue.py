@@ -1,0 +1,165 @@
+"""The queue's commands (``submit``, ``queue``, ``cancel``, ``retry``, ``run``, ``token
+worker``), thin like the rest of ``catalog.cli``, on the same app."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from catalog.catalog import Catalog
+from catalog.cli import JsonOption, _catalog, _emit, _json_arg, _state, _table, app, token_app
+from catalog.config import load_settings
+from catalog.errors import ConfigurationError
+from catalog.tokens import keys_from_env_or_file
+
+queue_app = typer.Typer(help="See and tend the work queue.", no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+
+
+@app.command()
+def submit(
+    pipeline: Annotated[str, typer.Option(help="Pipeline name or UUID.")],
+    data: Annotated[str | None, typer.Option(
+        help="Job data as JSON: function or command, and parameters.")] = None,
+    measurement: Annotated[list[str] | None, typer.Option(help="Measurement id/UUID.")] = None,
+    sample: Annotated[list[str] | None, typer.Option(help="Sample id/UUID.")] = None,
+    experiment: Annotated[list[str] | None, typer.Option(help="Experiment id/UUID.")] = None,
+    observation: Annotated[list[str] | None, typer.Option(
+        help="Observation event id/UUID.")] = None,
+    priority: Annotated[int, typer.Option(help="1 to 5, higher first.")] = 3,
+    retries: Annotated[int, typer.Option(help="Attempts in all before a failure is final.")] = 2,
+    timeout: Annotated[int, typer.Option(help="Seconds an attempt may run.")] = 3600,
+    site: Annotated[str | None, typer.Option(help="Site that should run it.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
+    user: Annotated[str | None, typer.Option(help="Who asks for it.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Have a job run: create it (or find it: same pipeline, upstream and data) and queue it."""
+    with _catalog() as catalog:
+        outcome = catalog.submit(
+            pipeline, _json_arg(data, "data"), source="cli", measurement_id=measurement,
+            sample_id=sample, experiment_id=experiment, observation_id=observation,
+            priority=priority, retries=retries, timeout=timeout, site=site, tags=tag or [],
+            user=user)
+        document = outcome.model_dump(mode="json")
+    _emit(document, json_, "\n".join(f"{k}: {v}" for k, v in document.items()))
+
+
+@app.command()
+def cancel(
+    uuid: str,
+    reason: Annotated[str, typer.Option(help="Why, for the job's history.")] =
+    "cancelled by a user",
+    json_: JsonOption = False,
+) -> None:
+    """Cancel a job that has not ended; a running one's worker stops its work."""
+    with _catalog() as catalog:
+        outcome = catalog.cancel(uuid, reason, source="cli")
+    _emit(outcome.model_dump(mode="json"), json_, f"{outcome.uuid}: {outcome.state}")
+
+
+@app.command()
+def retry(uuid: str, json_: JsonOption = False) -> None:
+    """Queue a failed job again, with a fresh count of attempts."""
+    with _catalog() as catalog:
+        outcome = catalog.retry(uuid, source="cli")
+    _emit(outcome.model_dump(mode="json"), json_, f"{outcome.uuid}: {outcome.state}")
+
+
+@queue_app.command("status")
+def queue_status(
+    pipeline: Annotated[list[str] | None, typer.Option(help="Only these pipelines.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Jobs by pipeline and state."""
+    from catalog.queue import status
+
+    with _catalog() as catalog:
+        document = status(catalog, pipeline)
+    rows = [{"pipeline": name, **counts} for name, counts in sorted(
+        document["pipelines"].items())]
+    states = sorted({state for counts in document["pipelines"].values() for state in counts})
+    _emit(document, json_, _table(rows, ["pipeline", *states], "queue"))
+
+
+@queue_app.command("sweep")
+def queue_sweep(json_: JsonOption = False) -> None:
+    """Fail the attempts whose lease expired, and queue them again while attempts remain."""
+    from catalog.queue import sweep
+
+    with _catalog() as catalog:
+        document = sweep(catalog)
+    _emit(document, json_, f"{document['expired']} expired, {document['failed']} failed")
+
+
+@token_app.command("worker")
+def token_worker(json_: JsonOption = False) -> None:
+    """Print the worker key: withdraw, heartbeat and complete queued jobs, nothing else."""
+    settings = load_settings(db=_state.db)
+    token = keys_from_env_or_file(Path(settings.secret_file)).worker_token()
+    _emit({"token": token}, json_, token)
+
+
+@app.command()
+def run(
+    names: Annotated[list[str], typer.Argument(
+        metavar="PIPELINE... [FUNCTION]",
+        help="Pipelines to take jobs from, then optionally a pkg.module.function to run for "
+        "every job instead of the job's own (told by its dots, after at least one pipeline).")],
+    command: Annotated[str | None, typer.Option(
+        help="A command to run for every job instead (split as a shell would).")] = None,
+    site: Annotated[str | None, typer.Option(help="Take only jobs for this site.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Take only jobs with a tag.")] = None,
+    user: Annotated[list[str] | None, typer.Option(help="Take only jobs of a user.")] = None,
+    lives: Annotated[int, typer.Option(
+        help="Withdraws before stopping (-1: until stopped).")] = -1,
+    sleep: Annotated[float, typer.Option(help="Seconds to wait while the queue is empty.")] = 30,
+    lease: Annotated[int, typer.Option(help="Seconds a lease lasts between heartbeats.")] = 60,
+    workdir: Annotated[Path | None, typer.Option(
+        help="Where work directories go (default: the system's temporary directory).")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="Work for this catalog server (default: the local catalog).")] = None,
+    token: Annotated[str | None, typer.Option(
+        "--token", envvar="CATALOG_WORKER_KEY", help="Worker key, with --url.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Run queued jobs: withdraw, execute under the job's timeout, archive, index, report.
+
+    SIGTERM or SIGINT lets the job in hand end, then stops."""
+    from catalog.engines.local import command_argv
+    from catalog.queue.models import WorkFilter
+    from catalog.worker import HTTPQueue, LocalQueue, Worker, WorkerOptions
+
+    pipelines, function = names, None
+    if len(names) > 1 and "." in names[-1]:
+        pipelines, function = names[:-1], names[-1]
+    if function is not None and command is not None:
+        raise ConfigurationError("give a FUNCTION or --command, not both")
+    if lease < 5:
+        raise ConfigurationError("--lease must be at least 5 seconds")
+    work_filter = WorkFilter(pipelines=pipelines, site=site, tags=tag, users=user)
+    options = WorkerOptions(work_filter, function=function,
+                            command=command_argv(command) if command is not None else None,
+                            lives=lives, sleep=sleep, lease=lease,
+                            sweep_every=min(10.0, lease / 2), workdir=workdir)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def work(queue: Any) -> list[Any]:
+        return Worker(queue, options, stop=stop).run()
+
+    if url is not None:
+        attempts = work(HTTPQueue(url, token or ""))
+    else:
+        catalog: Catalog
+        with _catalog() as catalog:
+            attempts = work(LocalQueue(catalog))
+    rows: list[dict[str, Any]] = [{"uuid": a.uuid, "state": a.state, "error": a.error or ""}
+                                  for a in attempts]
+    _emit({"worker": options.name, "attempts": rows}, json_,
+          _table(rows, ["uuid", "state", "error"], f"worker {options.name}"))

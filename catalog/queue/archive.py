@@ -1,0 +1,168 @@
+"""The end of an attempt: a worker's products, plots and logs enter the job's archive path, are
+indexed with fixity as files ``generated_by`` the job, and the job finishes or fails.
+
+A reported path is one of:
+- relative: a file already under the job's archive path (the work wrote it there);
+- absolute, inside the archive root (local storage): left where it is when it is under the
+  job's archive path, else copied in;
+- absolute, outside the archive root: copied in (or moved, as the job's queue says) from one of
+  the ``product_roots``, never referenced where it lies.
+Anything naming ``..``, a missing file, or a file outside every allowed place fails the
+attempt, naming each.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from catalog.catalog import Catalog, parse_document
+from catalog.errors import BodyTooLarge, CatalogError, InvalidInput, UnsafePath
+from catalog.identifiers import canonical_json
+from catalog.models import ArchiveMode, Job, QueueInfo
+from catalog.queue.core import end_attempt, held_queue
+from catalog.queue.models import MAX_RESULTS_BYTES, Completion
+from catalog.storage import LocalStorage, check_storage_path, relative_to
+
+# Where each kind of reported file goes under the job's archive path.
+FOLDERS = {"products": "products", "plots": "plots", "logs": "logs"}
+
+
+@dataclass
+class _Brought:
+    paths: dict[str, list[str]] = field(default_factory=dict)  # kind -> storage paths
+    problems: list[str] = field(default_factory=list)
+    moved: list[Path] = field(default_factory=list)
+
+
+def product_roots(catalog: Catalog) -> list[str]:
+    """Directories outside the archive root that reported files may be copied in from."""
+    configured = [p for p in catalog.settings.product_roots.split(":") if p]
+    return [os.path.realpath(p) for p in (configured or [tempfile.gettempdir()])]
+
+
+def complete(catalog: Catalog, uuid: str, completion: Completion | dict[str, Any],
+             source: str = "python") -> Job:
+    """End ``completion.worker``'s attempt on ``uuid``: archive its logs; then, without an
+    error, its products and plots, ``finish`` with its results and index the files with fixity;
+    with an error (or a reported file that cannot be archived), ``fail``, retried while
+    attempts remain. Returns the job as it then is."""
+    if not isinstance(completion, Completion):
+        completion = parse_document(Completion, completion, "completion")
+    size = len(canonical_json(completion.results).encode())
+    if size > MAX_RESULTS_BYTES:
+        raise BodyTooLarge(f"results are {size} bytes of JSON; at most {MAX_RESULTS_BYTES}")
+    head, queue = held_queue(catalog, uuid, completion.worker)  # before anything is written
+    job = catalog.get_job(head["uuid"], history=False)
+    brought = _Brought()
+    _bring(catalog, job, queue, "logs", completion.logs, "copy", brought)
+    error = completion.error
+    if error is None:
+        _bring(catalog, job, queue, "products", completion.products, queue.products, brought)
+        _bring(catalog, job, queue, "plots", completion.plots, queue.plots, brought)
+        if brought.problems:
+            error = "reported files could not be archived: " + "; ".join(brought.problems)
+    if error is not None:
+        end_attempt(catalog, job.uuid, completion.worker, error, source=source)
+        _index_quietly(catalog, job, ["^logs/"])
+        return catalog.get_job(job.uuid, history=False)
+    end_attempt(catalog, job.uuid, completion.worker, None, completion.results, source)
+    for moved in brought.moved:  # only once the job has them
+        moved.unlink(missing_ok=True)
+    _index_outputs(catalog, job, brought, source)
+    return catalog.get_job(job.uuid, history=False)
+
+
+def _bring(catalog: Catalog, job: Job, queue: QueueInfo, kind: str, paths: list[str],
+           mode: ArchiveMode, brought: _Brought) -> None:
+    folder = f"{job.archive_path}/{FOLDERS[kind]}"
+    if kind == "logs":
+        folder += f"/attempt-{queue.attempt}"
+    taken: dict[str, str] = {}
+    for reported in paths:
+        try:
+            stored = _bring_one(catalog, job, reported, folder, mode, brought)
+        except (CatalogError, OSError) as exc:
+            why = exc.message if isinstance(exc, CatalogError) else exc.strerror or str(exc)
+            brought.problems.append(f"{kind[:-1]} {reported!r}: {why}")
+            continue
+        if stored in taken:
+            brought.problems.append(
+                f"{kind[:-1]} {reported!r}: same archive name as {taken[stored]!r}")
+            continue
+        taken[stored] = reported
+        brought.paths.setdefault(kind, []).append(stored)
+
+
+def _bring_one(catalog: Catalog, job: Job, reported: str, folder: str, mode: ArchiveMode,
+               brought: _Brought) -> str:
+    if "\x00" in reported or ".." in reported.replace("\\", "/").split("/"):
+        raise UnsafePath("names '..' (or a NUL): refused")
+    storage = catalog.storage
+    if not reported.startswith("/"):  # written under the job's archive path by the work
+        stored = check_storage_path(f"{job.archive_path}/{reported}")
+        storage.stat(stored)  # FileNotFoundError: missing
+        return stored
+    real = os.path.realpath(reported)
+    if isinstance(storage, LocalStorage) and (real == storage.root or
+                                              real.startswith(storage.root + os.sep)):
+        stored = "/" + os.path.relpath(real, storage.root).replace(os.sep, "/")
+        if stored.startswith(job.archive_path.rstrip("/") + "/"):
+            storage.stat(stored)
+            return stored
+        with storage.open(stored) as source:  # another job's file: a copy, never a move
+            target = f"{folder}/{posixpath.basename(stored)}"
+            storage.write(target, source)
+        return target
+    if not any(real == root or real.startswith(root + os.sep)
+               for root in product_roots(catalog)):
+        raise UnsafePath("is outside the archive root and every product root "
+                         "(setting product_roots)")
+    if not os.path.isfile(real):
+        raise InvalidInput("no such file")
+    target = check_storage_path(f"{folder}/{os.path.basename(real)}")
+    with open(real, "rb") as source:
+        storage.write(target, source)
+    if mode == "move":
+        brought.moved.append(Path(real))
+    return target
+
+
+def _requests(job: Job, brought: _Brought) -> list[dict[str, Any]]:
+    """What a finished attempt indexes: its logs as archive files, the products and plots it
+    reported (plots are told by their media type), then the job's own requests."""
+    reported = [relative_to(path, job.archive_path) for kind in ("products", "plots")
+                for path in brought.paths.get(kind, [])]
+    requests: list[dict[str, Any]] = [
+        {"patterns": ["^logs/"], "level": "Unknown", "note": "captured output"}]
+    if reported:
+        requests.append({"patterns": [f"^{re.escape(path)}$" for path in reported],
+                         "derived_from": []})
+    return [*requests, *(r.model_dump(mode="json") for r in job.archive_patterns),
+            *(r.model_dump(mode="json") for r in job.product_patterns)]
+
+
+def _index_outputs(catalog: Catalog, job: Job, brought: _Brought, source: str) -> None:
+    from catalog.indexer import index_job
+
+    try:
+        index_job(catalog, job.uuid, catalog.job_token(job.uuid), _requests(job, brought),
+                  source=source)
+    except CatalogError:
+        pass  # index_job wrote the error to the job's history (an update); the job FINISHED
+
+
+def _index_quietly(catalog: Catalog, job: Job, patterns: list[str]) -> None:
+    """Index a failed attempt's logs (no events: a failed job takes no ``index``)."""
+    from catalog.indexer import index_files
+
+    try:
+        index_files(catalog, job, [{"patterns": patterns, "level": "Unknown",
+                                    "note": "captured output"}])
+    except CatalogError:
+        pass  # the failure is what matters; its logs are archived, listed by verify

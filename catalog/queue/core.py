@@ -1,0 +1,317 @@
+"""The work queue on the catalog's own books (DESIGN §10).
+
+The queue is a view over job states, not a second database: submitting sends ``queue`` (or
+``retry`` to a failed job), a worker's withdraw sends ``run`` with its lease, its report sends
+``finish`` or ``fail`` (then ``retry`` while attempts remain), the sweep fails the attempts whose
+lease expired. Each is one compare-and-set on the job with its history entry, the queue
+attributes (``Job.queue``) changing in the same write, so every step is provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from catalog.catalog import Catalog, parse_document
+from catalog.errors import CatalogError, EventNotAllowed, JobNotFound, LeaseNotHeld
+from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
+from catalog.models import QueueInfo, format_date, utc_now
+from catalog.queue.models import SubmitOutcome, SubmitRequest, Withdrawn, WorkFilter
+from catalog.states import allowed_events, next_state
+from catalog.store.base import Applied, ClaimLost, Decide, Doc
+
+# A job in one of these has run to success: submitting it again answers it, memoised.
+DONE_STATES = frozenset({"FINISHED", "INDEXING", "VALIDATING", "VALIDATED", "FINALIZED"})
+# The same job is already on its way: a repeated deposit must never run it twice.
+IN_FLIGHT_STATES = frozenset({"WAITING", "QUEUED", "RUNNING"})
+SOURCE = "queue"
+Outcome = tuple[str, Doc] | tuple[str, Doc, Doc]
+
+
+class _InFlight(Exception):
+    """A submission found its job queued meanwhile (by another submission)."""
+
+
+def _now() -> tuple[datetime, str]:
+    now = utc_now()
+    return now, format_date(now)
+
+
+def _later(now: datetime, seconds: int) -> str:
+    return format_date(now + timedelta(seconds=seconds))
+
+
+def _apply(catalog: Catalog, uuid: str, decide: Decide) -> Applied:
+    return catalog.store.apply_event(uuid, None, decide)
+
+
+# submitting -------------------------------------------------------------------------------
+def submit(catalog: Catalog, request: SubmitRequest | dict[str, Any],
+           source: str = "python") -> SubmitOutcome:
+    """Create the job (or find it: its UUID is its content) and queue it.
+
+    A job that has finished is answered as it is (``memoised``), one that is waiting, queued
+    or running is the same job and stays as it is; a failed or cancelled one is queued again
+    with a fresh count of attempts, under this submission's queue attributes."""
+    from catalog.jobs import ManagedPipelineJob
+
+    if not isinstance(request, SubmitRequest):
+        request = parse_document(SubmitRequest, request, "submission")
+    managed = ManagedPipelineJob(
+        catalog, request.pipeline, request.data, measurement_id=request.measurement_id,
+        sample_id=request.sample_id, experiment_id=request.experiment_id,
+        observation_id=request.observation_id, agent=request.agent, source=source)
+    job = managed.setup()
+    created = bool(managed.created)
+
+    def outcome(state: str, queued: bool) -> SubmitOutcome:
+        return SubmitOutcome(uuid=job.uuid, state=state, memoised=state in DONE_STATES,
+                             queued=queued, created=created, archive_path=job.archive_path)
+
+    if job.state in DONE_STATES or job.state in IN_FLIGHT_STATES:
+        return outcome(job.state, False)
+    info = request.queue_info()
+
+    def decide(head: Doc) -> Outcome:
+        if head["state"] in IN_FLIGHT_STATES or head["state"] in DONE_STATES:
+            raise _InFlight(head["state"])
+        event = "retry" if head["state"] == "FAILED" else "queue"
+        state = next_state(job.uuid, head["state"], event)  # EventNotAllowed: RESET, RETIRED...
+        entry = catalog.history_entry(job.uuid, event, {
+            "priority": info.priority, "retries": info.retries, "timeout": info.timeout,
+            "resubmitted": head["state"] != "CREATED"}, source, state)
+        return state, entry, {"queue": {**info.model_dump(mode="json"), "queued": entry["date"]}}
+
+    try:
+        applied = _apply(catalog, job.uuid, decide)
+    except _InFlight as exc:
+        return outcome(str(exc), False)
+    return outcome(applied.entry["state"], True)
+
+
+# a worker's side ----------------------------------------------------------------------------
+def pipeline_uuids(catalog: Catalog, names: list[str]) -> list[str]:
+    """The UUIDs of the pipelines named (every version of a name); unknown names have none."""
+    uuids: list[str] = []
+    for name in names:
+        if looks_like_uuid(name):
+            uuids.append(parse_uuid(name, UUIDType.pipeline))
+            continue
+        cursor: str | None = None
+        while True:
+            page = catalog.store.find_pipelines(name=name, limit=100, cursor=cursor)
+            uuids += [doc["uuid"] for doc in page.items]
+            cursor = page.next
+            if cursor is None:
+                break
+    return uuids
+
+
+def withdraw(catalog: Catalog, work_filter: WorkFilter | dict[str, Any], worker: str,
+             lease: int | None = None, source: str = "python") -> Withdrawn | None:
+    """Claim the highest-priority, oldest QUEUED job the filter matches (None if there is
+    none) for ``worker``: RUNNING, its attempt counted, its lease running ``lease`` seconds
+    (the job's timeout if None) from now."""
+    if not isinstance(work_filter, WorkFilter):
+        work_filter = parse_document(WorkFilter, work_filter, "work filter")
+    if not worker or len(worker) > 256:
+        raise LeaseNotHeld("-", worker, "a worker needs a name of 1 to 256 characters")
+    pipelines = pipeline_uuids(catalog, work_filter.pipelines)
+    if not pipelines:
+        return None
+    now, now_text = _now()
+
+    def decide(head: Doc) -> Outcome:
+        if head["state"] != "QUEUED" or head.get("queue") is None:
+            raise ClaimLost(head["uuid"])
+        queue = head["queue"]
+        attempt = int(queue.get("attempt", 0)) + 1
+        expiry = _later(now, lease or int(queue["timeout"]))
+        entry = catalog.history_entry(head["uuid"], "run", {
+            "worker": worker, "attempt": attempt, "lease_expiry": expiry}, source, "RUNNING")
+        return "RUNNING", entry, {"queue": {
+            **queue, "attempt": attempt, "start": now_text, "stop": None, "reason": None,
+            "lease": {"worker": worker, "attempt": attempt, "start": now_text,
+                      "expiry": expiry}}}
+
+    priority = (work_filter.priorities[0] if work_filter.priorities is not None
+                and len(work_filter.priorities) == 1 else None)
+    claimed = catalog.store.claim(pipelines, lambda head: work_filter.matches(head["queue"]),
+                                  decide, priority)
+    if claimed is None:
+        return None
+    job = catalog.get_job(claimed[0], history=False)
+    assert job.queue is not None and job.queue.lease is not None
+    pipeline = catalog.store.get_pipeline(job.pipeline_uuid) or {}
+    return Withdrawn(uuid=job.uuid, pipeline=str(pipeline.get("name", job.pipeline_uuid)),
+                     data=job.data, archive_path=job.archive_path,
+                     attempt=job.queue.attempt, timeout=job.queue.timeout,
+                     lease_expiry=format_date(job.queue.lease.expiry),
+                     token=catalog.job_token(job.uuid), queue=job.queue)
+
+
+def held_queue(catalog: Catalog, uuid: str, worker: str) -> tuple[Doc, QueueInfo]:
+    """The head and queue attributes of a job ``worker`` holds; LeaseNotHeld otherwise."""
+    uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+    head = catalog.store.get_job(uuid, history=False)
+    if head is None:
+        raise JobNotFound(uuid)
+    _check_holder(head, worker)
+    return head, QueueInfo.model_validate(head["queue"])
+
+
+def _check_holder(head: Doc, worker: str, attempt: int | None = None) -> dict[str, Any]:
+    queue = head.get("queue") or {}
+    lease = queue.get("lease")
+    if head["state"] != "RUNNING" or lease is None:
+        raise LeaseNotHeld(head["uuid"], worker, f"the job is {head['state']}, held by nobody")
+    if lease["worker"] != worker:
+        raise LeaseNotHeld(head["uuid"], worker, "another worker holds it")
+    if attempt is not None and lease["attempt"] != attempt:
+        raise LeaseNotHeld(head["uuid"], worker, f"its attempt {attempt} has ended")
+    return dict(queue)
+
+
+def heartbeat(catalog: Catalog, uuid: str, worker: str, lease: int | None = None) -> str:
+    """Renew ``worker``'s lease on ``uuid`` for ``lease`` seconds (the job's timeout if None)
+    from now; returns the new expiry. Not an event: a renewal would drown the history."""
+    head, queue = held_queue(catalog, uuid, worker)
+    assert queue.lease is not None
+    expiry = _later(utc_now(), lease or queue.timeout)
+    if not catalog.store.renew_lease(head["uuid"], worker, queue.lease.attempt, expiry):
+        fresh = catalog.store.get_job(head["uuid"], history=False) or head
+        _check_holder(fresh, worker, queue.lease.attempt)
+        raise LeaseNotHeld(head["uuid"], worker, "it changed while the lease was renewed")
+    return expiry
+
+
+def end_attempt(catalog: Catalog, uuid: str, worker: str | None, error: str | None,
+                results: dict[str, Any] | None = None, source: str = "python",
+                expired_before: str | None = None) -> Applied:
+    """End the running attempt of ``uuid``: ``finish`` with ``results`` when ``error`` is
+    None, else ``fail`` with it, then ``retry`` while attempts remain.
+
+    ``worker`` must hold the lease; None is the sweep, which ends only a lease that expired
+    before ``expired_before``."""
+    attempt_seen: list[int] = []
+
+    def decide(head: Doc) -> Outcome:
+        if worker is not None:
+            queue = _check_holder(head, worker)
+        else:
+            queue = dict(head.get("queue") or {})
+            lease = queue.get("lease")
+            if head["state"] != "RUNNING" or lease is None or expired_before is None or \
+                    lease["expiry"] >= expired_before:
+                raise ClaimLost(head["uuid"])  # renewed, ended or reported meanwhile
+        attempt = int(queue["lease"]["attempt"])
+        attempt_seen.append(attempt)
+        event = "finish" if error is None else "fail"
+        state = next_state(head["uuid"], head["state"], event)
+        data: Doc = {"attempt": attempt, "worker": queue["lease"]["worker"]}
+        if error is not None:
+            data["error"] = error
+        entry = catalog.history_entry(head["uuid"], event, data, source, state)
+        changes: Doc = {"queue": {**queue, "lease": None, "stop": entry["date"],
+                                  "reason": error}}
+        if results is not None:
+            changes["results"] = results
+        return state, entry, changes
+
+    applied = _apply(catalog, uuid, decide)
+    if error is not None and not applied.duplicate:
+        _retry_if_attempts_remain(catalog, uuid, attempt_seen[-1], source)
+    return applied
+
+
+def _retry_if_attempts_remain(catalog: Catalog, uuid: str, attempt: int, source: str) -> None:
+    def decide(head: Doc) -> Outcome:
+        queue = dict(head.get("queue") or {})
+        if head["state"] != "FAILED" or queue.get("attempt") != attempt:
+            raise ClaimLost(head["uuid"])  # someone acted on the failure meanwhile
+        if attempt >= int(queue.get("retries", 0)):
+            raise ClaimLost(head["uuid"])  # the failure is final
+        entry = catalog.history_entry(head["uuid"], "retry", {
+            "attempt": attempt, "retries": queue["retries"], "automatic": True}, source,
+            "QUEUED")
+        return "QUEUED", entry, {"queue": {**queue, "queued": entry["date"]}}
+
+    try:
+        _apply(catalog, uuid, decide)
+    except ClaimLost:
+        pass
+
+
+# a user's side ----------------------------------------------------------------------------
+def retry(catalog: Catalog, uuid: str, source: str = "python") -> Applied:
+    """Queue a FAILED job again, by hand, with a fresh count of attempts."""
+    uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+
+    def decide(head: Doc) -> Outcome:
+        state = next_state(uuid, head["state"], "retry")
+        queue = head.get("queue")
+        if queue is None:
+            raise EventNotAllowed(uuid, "retry", f"{head['state']} (never submitted)",
+                                  allowed_events(head["state"]))
+        entry = catalog.history_entry(uuid, "retry", {
+            "attempts_before": queue.get("attempt", 0), "automatic": False}, source, state)
+        return state, entry, {"queue": {**queue, "attempt": 0, "queued": entry["date"]}}
+
+    return _apply(catalog, uuid, decide)
+
+
+def cancel(catalog: Catalog, uuid: str, reason: str = "cancelled by a user",
+           source: str = "python") -> Applied:
+    """Cancel a job that has not ended (CREATED, WAITING, QUEUED or RUNNING): a running one's
+    worker finds its lease gone at its next heartbeat and stops the work."""
+    uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+
+    def decide(head: Doc) -> Outcome:
+        state = next_state(uuid, head["state"], "cancel")
+        entry = catalog.history_entry(uuid, "cancel", {"reason": reason}, source, state)
+        queue = head.get("queue")
+        if queue is None:
+            return state, entry
+        return state, entry, {"queue": {**queue, "lease": None, "reason": reason,
+                                        "stop": entry["date"] if queue.get("lease") else
+                                        queue.get("stop")}}
+
+    return _apply(catalog, uuid, decide)
+
+
+# the sweep and the counts -------------------------------------------------------------------
+def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000,
+          on_error: Callable[[str, CatalogError], None] | None = None) -> dict[str, int]:
+    """Fail every attempt whose lease expired before ``now`` (reason ``lease expired``) and
+    retry those with attempts left; the expired leases come from an index."""
+    now_text = format_date(now or utc_now())
+    expired = catalog.store.expired_leases(now_text, limit)
+    ended = 0
+    for uuid in expired:
+        try:
+            end_attempt(catalog, uuid, None, "lease expired", source=SOURCE,
+                        expired_before=now_text)
+            ended += 1
+        except ClaimLost:
+            continue
+        except CatalogError as exc:
+            if on_error is not None:
+                on_error(uuid, exc)
+    return {"expired": len(expired), "failed": ended}
+
+
+def status(catalog: Catalog, pipelines: list[str] | None = None) -> dict[str, Any]:
+    """Jobs by pipeline name and state: ``{"pipelines": {name: {state: n}}, "total": {...}}``."""
+    uuids = pipeline_uuids(catalog, pipelines) if pipelines is not None else None
+    names: dict[str, str] = {}
+    by_pipeline: dict[str, dict[str, int]] = {}
+    total: dict[str, int] = {}
+    for pipeline, state, count in catalog.store.queue_counts(uuids):
+        if pipeline not in names:
+            doc = catalog.store.get_pipeline(pipeline) or {}
+            names[pipeline] = str(doc.get("name", pipeline))
+        counts = by_pipeline.setdefault(names[pipeline], {})
+        counts[state] = counts.get(state, 0) + count
+        total[state] = total.get(state, 0) + count
+    return {"pipelines": by_pipeline, "total": total}

@@ -1,0 +1,146 @@
+"""The documents the queue takes and gives: a submission, a worker's filter, a completion."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from catalog.models import MAX_TIMEOUT_S, ArchiveMode, JobUUID, QueueInfo, UpstreamIds
+
+MAX_RESULTS_BYTES = 4 * 1024 * 1024  # what workflow-core keeps of results (shallow size 4 MB)
+PathList = Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]],
+                     Field(max_length=10000)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitRequest(_Strict):
+    """What ``POST /queue/jobs`` (and ``catalog submit``) sends to have a job run.
+
+    Identity (the job UUID) is pipeline + upstream + data, as for any job: a function or a
+    command and its parameters belong in ``data``; priority, timeout, retries, site, tags and
+    user do not, so changing them submits the same job."""
+
+    pipeline: str = Field(min_length=1, max_length=256, description="Pipeline name or UUID.")
+    data: dict[str, Any] = Field(default_factory=dict,
+                                 description="`function` or `command`, and `parameters`.")
+    measurement_id: UpstreamIds = None
+    sample_id: UpstreamIds = None
+    experiment_id: UpstreamIds = None
+    observation_id: UpstreamIds = None
+    priority: int = Field(3, ge=1, le=5)
+    timeout: int = Field(3600, ge=1, le=MAX_TIMEOUT_S)
+    retries: int = Field(2, ge=0, le=5)
+    site: str | None = Field(None, min_length=1, max_length=64)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=32)
+    user: str | None = Field(None, min_length=1, max_length=256)
+    events: list[int] = Field(default_factory=list, max_length=1000)
+    products: ArchiveMode = "copy"
+    plots: ArchiveMode = "copy"
+    config: dict[str, Any] = Field(default_factory=dict)
+    agent: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_way_to_run(self) -> SubmitRequest:
+        if "function" in self.data and "command" in self.data:
+            raise ValueError("data may hold a function or a command, not both")
+        return self
+
+    def queue_info(self) -> QueueInfo:
+        return QueueInfo(priority=self.priority, timeout=self.timeout, retries=self.retries,
+                         site=self.site, tags=self.tags, user=self.user, events=self.events,
+                         products=self.products, plots=self.plots, config=self.config)
+
+
+class SubmitOutcome(_Strict):
+    """What a submission did: queued it, left it where it was, or answered it as done."""
+
+    uuid: JobUUID
+    state: str
+    memoised: bool = Field(description="It had finished already: not run again.")
+    queued: bool = Field(description="This submission queued it (or made it wait).")
+    created: bool = Field(description="The job was new.")
+    archive_path: str
+
+
+class WorkFilter(_Strict):
+    """Which queued jobs a worker takes: every field given must match."""
+
+    pipelines: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=64, description="Pipeline names or UUIDs.")
+    site: str | None = None
+    tags: list[str] | None = Field(None, description="Any one of these tags.")
+    users: list[str] | None = None
+    priorities: list[int] | None = None
+    events: list[int] | None = Field(None, description="Any one of these event numbers.")
+    parent: list[str] | None = Field(None, description="config.parent is one of these.")
+
+    def matches(self, queue: QueueInfo | dict[str, Any]) -> bool:
+        info = queue if isinstance(queue, dict) else queue.model_dump(mode="json")
+        if self.site is not None and info.get("site") != self.site:
+            return False
+        if self.tags is not None and not set(self.tags) & set(info.get("tags") or ()):
+            return False
+        if self.users is not None and info.get("user") not in self.users:
+            return False
+        if self.priorities is not None and info.get("priority") not in self.priorities:
+            return False
+        if self.events is not None and not set(self.events) & set(info.get("events") or ()):
+            return False
+        parent = (info.get("config") or {}).get("parent")
+        return self.parent is None or parent in self.parent
+
+
+class WithdrawRequest(_Strict):
+    """What ``POST /queue/withdraw`` sends."""
+
+    filter: WorkFilter
+    worker: str = Field(min_length=1, max_length=256)
+    lease: int | None = Field(None, ge=5, le=MAX_TIMEOUT_S,
+                              description="Seconds the lease lasts between heartbeats "
+                              "(default: the job's timeout).")
+
+
+class Withdrawn(_Strict):
+    """A job handed to a worker: everything it needs to run it, and its token."""
+
+    uuid: JobUUID
+    pipeline: str
+    data: dict[str, Any]
+    archive_path: str
+    attempt: int
+    timeout: int
+    lease_expiry: str
+    token: str
+    queue: QueueInfo
+
+
+class Completion(_Strict):
+    """What a worker reports at the end of an attempt."""
+
+    worker: str = Field(min_length=1, max_length=256)
+    results: dict[str, Any] = Field(default_factory=dict)
+    products: PathList = Field(default_factory=list)
+    plots: PathList = Field(default_factory=list)
+    logs: PathList = Field(default_factory=list,
+                           description="Captured output files: archived, never the job's own.")
+    error: str | None = Field(None, max_length=20000,
+                              description="Set when the attempt failed: why.")
+
+
+class HeartbeatRequest(_Strict):
+    """What ``POST /jobs/{uuid}/heartbeat`` sends."""
+
+    worker: str = Field(min_length=1, max_length=256)
+    lease: int | None = Field(None, ge=5, le=MAX_TIMEOUT_S,
+                              description="Seconds from now (default: the job's timeout).")
+
+
+class CancelRequest(_Strict):
+    """What ``POST /jobs/{uuid}/cancel`` may send."""
+
+    reason: str = Field("cancelled by a user", min_length=1, max_length=2000)
