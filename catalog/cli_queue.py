@@ -93,7 +93,8 @@ def queue_sweep(json_: JsonOption = False) -> None:
 
     with _catalog() as catalog:
         document = sweep(catalog)
-    _emit(document, json_, f"{document['expired']} expired, {document['failed']} failed")
+    _emit(document, json_, f"{document['expired']} expired, {document['failed']} failed, "
+                           f"{document['retried']} queued again")
 
 
 @token_app.command("worker")

@@ -71,6 +71,10 @@ class Settings(BaseModel):
         "", description="Directories outside the archive root (separated by ':') that a "
         "worker's products may be copied in from (empty: the system's temporary directory).",
     )
+    sweep_interval: float = Field(
+        15.0, ge=0, description="Seconds between the server's sweeps of expired leases (0: "
+        "none; workers sweep too).",
+    )
     chime_anonymous_writes: bool = Field(
         False, description="Let the CHIME/FRB Buckets and Results surfaces take writes without "
         "a token, as chime-frb-api 3.4 sends none (only on a trusted network).",

@@ -25,6 +25,7 @@ from catalog.models import (
     Job,
     JobRequest,
     ProductIndexRequest,
+    QueueInfo,
     utc_now,
 )
 from catalog.paths import check_archive_path
@@ -173,23 +174,33 @@ class ManagedPipelineJob(_JobHandle):
         self.created: bool | None = None
         self._job: Job | None = None
 
-    def setup(self) -> Job:
-        """Store the job, or return the one already stored for this identity, unchanged."""
+    def setup(self, queued: QueueInfo | None = None, queued_data: dict[str, Any] | None = None
+              ) -> Job:
+        """Store the job, or return the one already stored for this identity, unchanged.
+
+        With ``queued``, a new job is stored already QUEUED (its ``create`` and ``queue``
+        entries and queue attributes in one write: a submission costs one commit, not two)."""
         now = utc_now()
         event_id = f"{self.uuid}:create"
         first = HistoryEntry(
             uuid=self.catalog.entry_uuid(self.uuid, event_id), name="create", date=now,
             data={}, source=self.source, event_id=event_id, state=INITIAL_STATE,
         )
+        history = [first]
+        if queued is not None:
+            queued = queued.model_copy(update={"queued": now})
+            history.append(HistoryEntry.model_validate(self.catalog.history_entry(
+                self.uuid, "queue", queued_data or {}, self.source, "QUEUED")))
         job = Job(
             uuid=self.uuid, pipeline_uuid=self.pipeline.uuid, data=self.data,
-            state=INITIAL_STATE, last_event="create", version=1, child_of=self.child_of,
+            state=history[-1].state, last_event=history[-1].name, version=len(history),
+            child_of=self.child_of,
             generated_by=[self.pipeline.uuid], acted_on=self.inputs.acted_on,
             acted_using=self.inputs.acted_using, archive_system=self.archive_system,
             archive_path=self.archive_path, archive_patterns=self.archive_patterns,
             product_patterns=self.product_patterns, session=self.session, agent=self.agent,
-            task=self.task, status_mapping=self.status_mapping, created=now, updated=now,
-            history=[first],
+            task=self.task, status_mapping=self.status_mapping, created=now,
+            updated=history[-1].date, history=history, queue=queued,
         )
         if self.inputs.references:
             self.catalog.add_entities(self.inputs.references)

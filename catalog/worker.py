@@ -70,7 +70,7 @@ class LocalQueue:
     def complete(self, uuid: str, completion: Completion) -> str:
         from catalog.queue.archive import complete
 
-        return complete(self.catalog, uuid, completion, self.source).state
+        return complete(self.catalog, uuid, completion, self.source)
 
     def sweep(self) -> None:
         from catalog.queue import sweep

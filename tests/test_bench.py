@@ -34,6 +34,8 @@ def run(script: str, *args: str) -> dict[str, Any]:
                      id="fixity"),
         pytest.param("lineage.py", ("--sizes", "400,800", "--queries", "3"), "ratios",
                      id="lineage"),
+        pytest.param("work_queue.py", ("--jobs", "20", "--http-jobs", "3", "--sweep-jobs",
+                                       "2000", "--expired", "20"), "ratio", id="work_queue"),
     ],
 )
 def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str, ...],

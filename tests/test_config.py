@@ -28,6 +28,7 @@ DEFAULTS = {
     "event_retries": 64,
     "openlineage_key": "",
     "product_roots": "",
+    "sweep_interval": 15.0,
     "chime_anonymous_writes": False,
 }
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "catalog.toml"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from catalog.queue import (
 from catalog.tokens import Keys
 
 KEYS = Keys(b"q" * 32, b"a" * 32)
+NOTHING_SWEPT = {"expired": 0, "failed": 0, "retried": 0}
 
 
 @pytest.fixture
@@ -187,22 +189,22 @@ def test_the_sweep_fails_expired_leases_and_retries_them(catalog: Catalog) -> No
         assert withdraw(catalog, {"pipelines": ["reduce"]}, "w", lease=10) is not None
     fresh = submit(catalog, work(3)).uuid
     assert withdraw(catalog, {"pipelines": ["reduce"]}, "w", lease=3600) is not None
-    assert sweep(catalog) == {"expired": 0, "failed": 0}
+    assert sweep(catalog) == NOTHING_SWEPT
     later = utc_now() + timedelta(seconds=60)
-    assert sweep(catalog, later) == {"expired": 2, "failed": 2}
+    assert sweep(catalog, later) == {"expired": 2, "failed": 2, "retried": 1}
     assert catalog.get_job(expiring).state == "QUEUED"
     assert catalog.get_job(final).state == "FAILED"
     assert catalog.get_job(fresh).state == "RUNNING"
     fail = catalog.get_job(final).history[-1]
     assert (fail.name, fail.data["error"], fail.source) == ("fail", "lease expired", "queue")
-    assert sweep(catalog, later) == {"expired": 0, "failed": 0}
+    assert sweep(catalog, later) == NOTHING_SWEPT
 
 
 def test_a_renewed_lease_is_not_swept(catalog: Catalog) -> None:
     uuid = submit(catalog, work(1)).uuid
     assert withdraw(catalog, {"pipelines": ["reduce"]}, "w", lease=10) is not None
     heartbeat(catalog, uuid, "w", lease=3600)
-    assert sweep(catalog, utc_now() + timedelta(seconds=60)) == {"expired": 0, "failed": 0}
+    assert sweep(catalog, utc_now() + timedelta(seconds=60)) == NOTHING_SWEPT
 
 
 def test_cancel_ends_a_running_attempt_and_the_worker_loses_its_lease(
@@ -217,7 +219,7 @@ def test_cancel_ends_a_running_attempt_and_the_worker_loses_its_lease(
         heartbeat(catalog, uuid, "w")
     with pytest.raises(EventNotAllowed):
         cancel(catalog, uuid)
-    assert sweep(catalog, utc_now() + timedelta(days=30)) == {"expired": 0, "failed": 0}
+    assert sweep(catalog, utc_now() + timedelta(days=30)) == NOTHING_SWEPT
 
 
 def test_queue_events_cannot_be_sent_as_plain_events(catalog: Catalog) -> None:
@@ -237,7 +239,7 @@ def test_a_webhook_finish_releases_the_lease(catalog: Catalog) -> None:
     catalog.handle_event(uuid, {"name": "finish"}, catalog.job_token(uuid))
     job = catalog.get_job(uuid)
     assert job.queue is not None and job.queue.lease is None
-    assert sweep(catalog, utc_now() + timedelta(days=1)) == {"expired": 0, "failed": 0}
+    assert sweep(catalog, utc_now() + timedelta(days=1)) == NOTHING_SWEPT
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -317,11 +319,12 @@ def test_reported_products_are_archived_indexed_and_linked(catalog: Catalog,
     (made / "table.csv").write_text("a,b\n1,2\n")
     (made / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (made / "stdout.txt").write_text("hello\n")
-    job = complete(catalog, uuid, {"worker": "w", "results": {"rows": 1},
-                                   "products": [str(made / "table.csv")],
-                                   "plots": [str(made / "plot.png")],
-                                   "logs": [str(made / "stdout.txt")]})
-    assert (job.state, job.results) == ("FINISHED", {"rows": 1})
+    state = complete(catalog, uuid, {"worker": "w", "results": {"rows": 1},
+                                     "products": [str(made / "table.csv")],
+                                     "plots": [str(made / "plot.png")],
+                                     "logs": [str(made / "stdout.txt")]})
+    job = catalog.get_job(uuid)
+    assert (state, job.state, job.results) == ("FINISHED", "FINISHED", {"rows": 1})
     files = {record["path"].rsplit("/", 2)[-2] + "/" + record["name"]: record
              for record in catalog.find_files(job=uuid).items}
     assert set(files) == {"products/table.csv", "plots/plot.png", "attempt-1/stdout.txt"}
@@ -342,9 +345,10 @@ def test_products_that_cannot_be_archived_fail_the_attempt_naming_them(
     uuid = submit(catalog, work(1, retries=1)).uuid
     assert withdraw(catalog, {"pipelines": ["reduce"]}, "w") is not None
     (tmp_path / "ok.csv").write_text("x\n")
-    job = complete(catalog, uuid, {"worker": "w", "products": [
+    assert complete(catalog, uuid, {"worker": "w", "products": [
         str(tmp_path / "ok.csv"), "../../etc/passwd", str(tmp_path / "missing.csv"),
-        "/etc/hostname"]})
+        "/etc/hostname"]}) == "FAILED"
+    job = catalog.get_job(uuid)
     assert job.state == "FAILED" and job.queue is not None and job.queue.reason is not None
     reason = job.queue.reason
     assert "'../../etc/passwd': names '..'" in reason
@@ -353,3 +357,19 @@ def test_products_that_cannot_be_archived_fail_the_attempt_naming_them(
     assert "ok.csv'" not in reason
     assert job.results is None
     assert catalog.find_files(job=uuid).items == []
+
+
+def test_the_servers_sweeper_fails_expired_leases_on_its_own(catalog: Catalog) -> None:
+    from catalog.queue.sweeper import Sweeper
+
+    uuid = submit(catalog, work(1)).uuid
+    assert withdraw(catalog, {"pipelines": ["reduce"]}, "gone", lease=1) is not None
+    sweeper = Sweeper(catalog, 0.05).start()
+    try:
+        deadline = time.monotonic() + 10
+        while catalog.get_job(uuid).state != "QUEUED":
+            assert time.monotonic() < deadline, "the sweeper did not sweep"
+            time.sleep(0.05)
+    finally:
+        sweeper.stop()
+    assert [e.name for e in catalog.get_job(uuid).history][-2:] == ["fail", "retry"]

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from test_web_e2e import CATALOG, Server
 
+from catalog import Catalog
+
 pytestmark = pytest.mark.slow
 
 FUNCTIONS = '''
@@ -176,10 +178,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigterm_lets_the_job_in_hand_finish(home: Server) -> None:
-    napping = submit(home, {"function": "work.jobs.nap", "parameters": {"seconds": 2}})
+    napping = submit(home, {"function": "work.jobs.nap", "parameters": {"seconds": 6}})
     waiting = submit(home, {"function": "work.jobs.nap", "parameters": {"seconds": 0}})
     running = worker(home, "--sleep", "0.1")
-    wait_for(lambda: job(home, napping)["state"] == "RUNNING", what="the first job to run")
+    with Catalog.open(home.env["CATALOG_DB"]) as catalog:  # cheaper than a CLI per look
+        wait_for(lambda: catalog.get_job(napping, history=False).state == "RUNNING",
+                 what="the first job to run")
     os.kill(running.pid, signal.SIGTERM)
     report = finish(running)
     assert [(a["uuid"], a["state"]) for a in report["attempts"]] == [(napping, "FINISHED")]

@@ -3,42 +3,23 @@
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-
-@dataclass
-class Outputs:
-    """What a piece of work reported: results, and the products and plots it made."""
-
-    results: dict[str, Any] = field(default_factory=dict)
-    products: list[str] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)
-
-
-def parse_outputs(value: Any) -> Outputs:
-    """A function's return value (or a command's last line, evaluated): a dict of results, or
-    ``(results, products, plots)``; None is no results. Anything else raises ValueError."""
-    if value is None:
-        return Outputs()
-    if isinstance(value, dict):
-        return Outputs(dict(value))
-    if isinstance(value, tuple | list) and len(value) == 3 and isinstance(value[0], dict) \
-            and all(isinstance(part, list) and all(isinstance(p, str) for p in part)
-                    for part in value[1:]):
-        return Outputs(dict(value[0]), list(value[1]), list(value[2]))
-    raise ValueError(f"returned a {type(value).__name__}: expected a dict of results or "
-                     "(results, products, plots)")
+from catalog.engines.call import Outputs, parse_outputs
 
 
 def outputs_of_line(line: str) -> Outputs | None:
     """A command's last line of output read as its results, if it is a Python literal of the
     right shape (never evaluated as code)."""
     try:
-        return parse_outputs(ast.literal_eval(line.strip()))
+        outputs = parse_outputs(ast.literal_eval(line.strip()))
+        json.dumps(outputs.results, allow_nan=False)  # a set or bytes is no result to keep
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return None
+    return outputs
 
 
 @dataclass

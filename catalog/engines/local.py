@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from catalog.engines.base import Execution, Outputs, outputs_of_line
+from catalog.engines import call
+from catalog.engines.base import Execution, outputs_of_line
+from catalog.engines.call import Outputs
 
 _KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL for a group that has not gone by then
 _LAST_LINE_BYTES = 64 * 1024
@@ -158,6 +160,5 @@ class LocalEngine:
         # The worker's import path, so that functions importable here are importable there.
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)
-        return LocalRun([self.python, "-m", "catalog.engines.call", function,
-                         str(parameters_file), str(result_file)], workdir, timeout,
-                        result_file, env)
+        return LocalRun([self.python, call.__file__, function, str(parameters_file),
+                         str(result_file)], workdir, timeout, result_file, env)

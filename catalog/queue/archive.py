@@ -47,20 +47,22 @@ def product_roots(catalog: Catalog) -> list[str]:
 
 
 def complete(catalog: Catalog, uuid: str, completion: Completion | dict[str, Any],
-             source: str = "python") -> Job:
+             source: str = "python") -> str:
     """End ``completion.worker``'s attempt on ``uuid``: archive its logs; then, without an
     error, its products and plots, ``finish`` with its results and index the files with fixity;
     with an error (or a reported file that cannot be archived), ``fail``, retried while
-    attempts remain. Returns the job as it then is."""
+    attempts remain. Returns the job's state after it."""
     if not isinstance(completion, Completion):
         completion = parse_document(Completion, completion, "completion")
     size = len(canonical_json(completion.results).encode())
     if size > MAX_RESULTS_BYTES:
         raise BodyTooLarge(f"results are {size} bytes of JSON; at most {MAX_RESULTS_BYTES}")
     head, queue = held_queue(catalog, uuid, completion.worker)  # before anything is written
-    job = catalog.get_job(head["uuid"], history=False)
+    job = Job.model_validate(head)
     brought = _Brought()
-    _bring(catalog, job, queue, "logs", completion.logs, "copy", brought)
+    # An empty log says nothing a record of it would keep; it is left out.
+    logs = [path for path in completion.logs if not _empty(path)]
+    _bring(catalog, job, queue, "logs", logs, "copy", brought)
     error = completion.error
     if error is None:
         _bring(catalog, job, queue, "products", completion.products, queue.products, brought)
@@ -68,14 +70,23 @@ def complete(catalog: Catalog, uuid: str, completion: Completion | dict[str, Any
         if brought.problems:
             error = "reported files could not be archived: " + "; ".join(brought.problems)
     if error is not None:
-        end_attempt(catalog, job.uuid, completion.worker, error, source=source)
-        _index_quietly(catalog, job, ["^logs/"])
-        return catalog.get_job(job.uuid, history=False)
-    end_attempt(catalog, job.uuid, completion.worker, None, completion.results, source)
+        state = end_attempt(catalog, job.uuid, completion.worker, error, source=source)
+        if brought.paths:
+            _index_quietly(catalog, job, ["^logs/"])
+        return state
+    state = end_attempt(catalog, job.uuid, completion.worker, None, completion.results, source)
     for moved in brought.moved:  # only once the job has them
         moved.unlink(missing_ok=True)
-    _index_outputs(catalog, job, brought, source)
-    return catalog.get_job(job.uuid, history=False)
+    if brought.paths or job.archive_patterns or job.product_patterns:
+        _index_outputs(catalog, job, brought, source)
+    return state
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.path.isabs(path) and os.path.getsize(path) == 0
+    except OSError:
+        return False  # missing or unreadable: _bring names it
 
 
 def _bring(catalog: Catalog, job: Job, queue: QueueInfo, kind: str, paths: list[str],

@@ -10,6 +10,7 @@ attributes (``Job.queue``) changing in the same write, so every step is provenan
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,25 +63,26 @@ def submit(catalog: Catalog, request: SubmitRequest | dict[str, Any],
         catalog, request.pipeline, request.data, measurement_id=request.measurement_id,
         sample_id=request.sample_id, experiment_id=request.experiment_id,
         observation_id=request.observation_id, agent=request.agent, source=source)
-    job = managed.setup()
+    info = request.queue_info()
+    job = managed.setup(info, _queue_data(info, resubmitted=False))
     created = bool(managed.created)
 
     def outcome(state: str, queued: bool) -> SubmitOutcome:
         return SubmitOutcome(uuid=job.uuid, state=state, memoised=state in DONE_STATES,
                              queued=queued, created=created, archive_path=job.archive_path)
 
+    if created:
+        return outcome(job.state, True)
     if job.state in DONE_STATES or job.state in IN_FLIGHT_STATES:
         return outcome(job.state, False)
-    info = request.queue_info()
 
     def decide(head: Doc) -> Outcome:
         if head["state"] in IN_FLIGHT_STATES or head["state"] in DONE_STATES:
             raise _InFlight(head["state"])
         event = "retry" if head["state"] == "FAILED" else "queue"
         state = next_state(job.uuid, head["state"], event)  # EventNotAllowed: RESET, RETIRED...
-        entry = catalog.history_entry(job.uuid, event, {
-            "priority": info.priority, "retries": info.retries, "timeout": info.timeout,
-            "resubmitted": head["state"] != "CREATED"}, source, state)
+        entry = catalog.history_entry(job.uuid, event, _queue_data(
+            info, resubmitted=head["state"] != "CREATED"), source, state)
         return state, entry, {"queue": {**info.model_dump(mode="json"), "queued": entry["date"]}}
 
     try:
@@ -90,18 +92,28 @@ def submit(catalog: Catalog, request: SubmitRequest | dict[str, Any],
     return outcome(applied.entry["state"], True)
 
 
+def _queue_data(info: QueueInfo, resubmitted: bool) -> Doc:
+    """What a ``queue`` (or re-queueing ``retry``) entry records of the submission."""
+    return {"priority": info.priority, "retries": info.retries, "timeout": info.timeout,
+            "resubmitted": resubmitted}
+
+
 # a worker's side ----------------------------------------------------------------------------
-def pipeline_uuids(catalog: Catalog, names: list[str]) -> list[str]:
-    """The UUIDs of the pipelines named (every version of a name); unknown names have none."""
-    uuids: list[str] = []
+def pipeline_uuids(catalog: Catalog, names: list[str]) -> dict[str, str]:
+    """The pipelines named (every version of a name), by UUID: their names (a UUID given
+    names itself until it is looked up). Unknown names have none."""
+    uuids: dict[str, str] = {}
     for name in names:
         if looks_like_uuid(name):
-            uuids.append(parse_uuid(name, UUIDType.pipeline))
+            uuid = parse_uuid(name, UUIDType.pipeline)
+            doc = catalog.store.get_pipeline(uuid)
+            if doc is not None:
+                uuids[uuid] = str(doc["name"])
             continue
         cursor: str | None = None
         while True:
             page = catalog.store.find_pipelines(name=name, limit=100, cursor=cursor)
-            uuids += [doc["uuid"] for doc in page.items]
+            uuids.update((doc["uuid"], name) for doc in page.items)
             cursor = page.next
             if cursor is None:
                 break
@@ -137,18 +149,22 @@ def withdraw(catalog: Catalog, work_filter: WorkFilter | dict[str, Any], worker:
 
     priority = (work_filter.priorities[0] if work_filter.priorities is not None
                 and len(work_filter.priorities) == 1 else None)
-    claimed = catalog.store.claim(pipelines, lambda head: work_filter.matches(head["queue"]),
-                                  decide, priority)
+    claimed = catalog.store.claim(list(pipelines),
+                                  lambda head: work_filter.matches(head["queue"]), decide,
+                                  priority)
     if claimed is None:
         return None
-    job = catalog.get_job(claimed[0], history=False)
-    assert job.queue is not None and job.queue.lease is not None
-    pipeline = catalog.store.get_pipeline(job.pipeline_uuid) or {}
-    return Withdrawn(uuid=job.uuid, pipeline=str(pipeline.get("name", job.pipeline_uuid)),
-                     data=job.data, archive_path=job.archive_path,
-                     attempt=job.queue.attempt, timeout=job.queue.timeout,
-                     lease_expiry=format_date(job.queue.lease.expiry),
-                     token=catalog.job_token(job.uuid), queue=job.queue)
+    job = catalog.store.get_job(claimed[0], history=False)
+    if job is None:  # deleted by an administrator since
+        return None
+    queue = QueueInfo.model_validate(job["queue"])
+    assert queue.lease is not None
+    return Withdrawn(uuid=job["uuid"], pipeline=pipelines.get(job["pipeline_uuid"],
+                                                              job["pipeline_uuid"]),
+                     data=job["data"], archive_path=job["archive_path"],
+                     attempt=queue.attempt, timeout=queue.timeout,
+                     lease_expiry=format_date(queue.lease.expiry),
+                     token=catalog.job_token(job["uuid"]), queue=queue)
 
 
 def held_queue(catalog: Catalog, uuid: str, worker: str) -> tuple[Doc, QueueInfo]:
@@ -186,15 +202,10 @@ def heartbeat(catalog: Catalog, uuid: str, worker: str, lease: int | None = None
     return expiry
 
 
-def end_attempt(catalog: Catalog, uuid: str, worker: str | None, error: str | None,
-                results: dict[str, Any] | None = None, source: str = "python",
-                expired_before: str | None = None) -> Applied:
-    """End the running attempt of ``uuid``: ``finish`` with ``results`` when ``error`` is
-    None, else ``fail`` with it, then ``retry`` while attempts remain.
-
-    ``worker`` must hold the lease; None is the sweep, which ends only a lease that expired
-    before ``expired_before``."""
-    attempt_seen: list[int] = []
+def _ender(catalog: Catalog, worker: str | None, error: str | None,
+           results: dict[str, Any] | None, source: str, expired_before: str | None,
+           attempts: list[int]) -> Decide:
+    """The decide of ``end_attempt``; it notes the attempt it ended in ``attempts``."""
 
     def decide(head: Doc) -> Outcome:
         if worker is not None:
@@ -206,7 +217,7 @@ def end_attempt(catalog: Catalog, uuid: str, worker: str | None, error: str | No
                     lease["expiry"] >= expired_before:
                 raise ClaimLost(head["uuid"])  # renewed, ended or reported meanwhile
         attempt = int(queue["lease"]["attempt"])
-        attempt_seen.append(attempt)
+        attempts.append(attempt)
         event = "finish" if error is None else "fail"
         state = next_state(head["uuid"], head["state"], event)
         data: Doc = {"attempt": attempt, "worker": queue["lease"]["worker"]}
@@ -219,13 +230,28 @@ def end_attempt(catalog: Catalog, uuid: str, worker: str | None, error: str | No
             changes["results"] = results
         return state, entry, changes
 
-    applied = _apply(catalog, uuid, decide)
+    return decide
+
+
+def end_attempt(catalog: Catalog, uuid: str, worker: str, error: str | None,
+                results: dict[str, Any] | None = None, source: str = "python") -> str:
+    """End ``worker``'s running attempt on ``uuid`` (it must hold the lease): ``finish`` with
+    ``results`` when ``error`` is None, else ``fail`` with it, then ``retry`` while attempts
+    remain. Returns the job's state then."""
+    attempts: list[int] = []
+    applied = _apply(catalog, uuid, _ender(catalog, worker, error, results, source, None,
+                                           attempts))
     if error is not None and not applied.duplicate:
-        _retry_if_attempts_remain(catalog, uuid, attempt_seen[-1], source)
-    return applied
+        try:
+            applied = _apply(catalog, uuid, _retrier(catalog, attempts[-1], source))
+        except ClaimLost:
+            pass  # the failure is final, or someone acted on it meanwhile
+    return str(applied.entry["state"])
 
 
-def _retry_if_attempts_remain(catalog: Catalog, uuid: str, attempt: int, source: str) -> None:
+def _retrier(catalog: Catalog, attempt: int, source: str) -> Decide:
+    """The decide of an automatic ``retry`` after attempt ``attempt`` failed."""
+
     def decide(head: Doc) -> Outcome:
         queue = dict(head.get("queue") or {})
         if head["state"] != "FAILED" or queue.get("attempt") != attempt:
@@ -237,10 +263,7 @@ def _retry_if_attempts_remain(catalog: Catalog, uuid: str, attempt: int, source:
             "QUEUED")
         return "QUEUED", entry, {"queue": {**queue, "queued": entry["date"]}}
 
-    try:
-        _apply(catalog, uuid, decide)
-    except ClaimLost:
-        pass
+    return decide
 
 
 # a user's side ----------------------------------------------------------------------------
@@ -284,26 +307,38 @@ def cancel(catalog: Catalog, uuid: str, reason: str = "cancelled by a user",
 def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000,
           on_error: Callable[[str, CatalogError], None] | None = None) -> dict[str, int]:
     """Fail every attempt whose lease expired before ``now`` (reason ``lease expired``) and
-    retry those with attempts left; the expired leases come from an index."""
+    retry those with attempts left. The expired leases come from an index; the events go to
+    the store all at once (``submit_event``: group commits, not a commit each)."""
     now_text = format_date(now or utc_now())
     expired = catalog.store.expired_leases(now_text, limit)
-    ended = 0
-    for uuid in expired:
-        try:
-            end_attempt(catalog, uuid, None, "lease expired", source=SOURCE,
-                        expired_before=now_text)
-            ended += 1
-        except ClaimLost:
-            continue
-        except CatalogError as exc:
-            if on_error is not None:
-                on_error(uuid, exc)
-    return {"expired": len(expired), "failed": ended}
+    attempts: dict[str, list[int]] = {uuid: [] for uuid in expired}
+    failing = [(uuid, catalog.store.submit_event(uuid, None, _ender(
+        catalog, None, "lease expired", None, SOURCE, now_text, attempts[uuid])))
+        for uuid in expired]
+    failed = [uuid for uuid, future in failing if _settled(uuid, future, on_error)]
+    retrying = [(uuid, catalog.store.submit_event(uuid, None, _retrier(
+        catalog, attempts[uuid][-1], SOURCE))) for uuid in failed]
+    retried = [uuid for uuid, future in retrying if _settled(uuid, future, on_error)]
+    return {"expired": len(expired), "failed": len(failed), "retried": len(retried)}
+
+
+def _settled(uuid: str, future: Future[Applied],
+             on_error: Callable[[str, CatalogError], None] | None) -> bool:
+    """Whether the event went through: a ClaimLost (nothing to do) is no error."""
+    try:
+        future.result()
+    except ClaimLost:
+        return False
+    except CatalogError as exc:
+        if on_error is not None:
+            on_error(uuid, exc)
+        return False
+    return True
 
 
 def status(catalog: Catalog, pipelines: list[str] | None = None) -> dict[str, Any]:
     """Jobs by pipeline name and state: ``{"pipelines": {name: {state: n}}, "total": {...}}``."""
-    uuids = pipeline_uuids(catalog, pipelines) if pipelines is not None else None
+    uuids = list(pipeline_uuids(catalog, pipelines)) if pipelines is not None else None
     names: dict[str, str] = {}
     by_pipeline: dict[str, dict[str, int]] = {}
     total: dict[str, int] = {}

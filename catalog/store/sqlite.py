@@ -521,12 +521,12 @@ class SQLiteStore:
         return self._read_job(self._connection(), uuid, history)
 
     def _read_job(self, conn: sqlite3.Connection, uuid: str, history: bool) -> Doc | None:
-        row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
+        row = conn.execute(f"SELECT {_JOB_COLUMNS}, results FROM jobs WHERE uuid = ?",
+                           (uuid,)).fetchone()
         if row is None:
             return None
-        doc = self._job_from_row(row)
-        results = conn.execute("SELECT results FROM jobs WHERE uuid = ?", (uuid,)).fetchone()[0]
-        doc["results"] = None if results is None else json.loads(results)
+        doc = self._job_from_row(row[:-1])
+        doc["results"] = None if row[-1] is None else json.loads(row[-1])
         if history:
             doc["history"] = [
                 json.loads(r[0]) for r in conn.execute(

@@ -104,7 +104,8 @@ def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
         catalog.authorize(uuid, _token(request), "complete", SOURCE, worker=True)
         document = await _document(request)
-        job = await run_in_threadpool(complete, catalog, uuid, document, SOURCE)
+        await run_in_threadpool(complete, catalog, uuid, document, SOURCE)
+        job = await run_in_threadpool(catalog.get_job, uuid, False)
         return JSONResponse(job.model_dump(mode="json", exclude={"history"}))
 
     @app.post("/jobs/{uuid}/cancel", response_model=EventOutcome, responses=_REFUSALS,

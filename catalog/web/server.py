@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from catalog.catalog import Catalog
+from catalog.queue.sweeper import Sweeper
 from catalog.web.app import create_app
 
 
@@ -21,4 +22,8 @@ def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
     logging._srcfile = None
     config = uvicorn.Config(create_app(catalog), host=host, port=port, access_log=False,
                             log_level=log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run()
+    sweeper = Sweeper(catalog, catalog.settings.sweep_interval).start()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        sweeper.stop()

@@ -1,0 +1,289 @@
+"""The work queue's throughput and its sweep, each against a floor measured in the same run.
+(Named work_queue.py: a bench/queue.py would stand in for the standard library's queue module
+in every script of this directory.)
+
+Prints one JSON document:
+(a) ``library``: no-op jobs deposited, withdrawn and completed by 4 worker threads through the
+    library on durable SQLite (WAL, synchronous=FULL), against 4 threads claiming rows of a
+    plain table with one ``UPDATE ... RETURNING`` and marking them done with a second
+    ``UPDATE`` (same durability, rows deposited one transaction each as well);
+(b) ``http``: jobs/s end to end through ``catalog serve`` and 2 ``catalog run --url`` workers
+    (a no-op function each), against a bare loop running the same function in a fresh child
+    process per job;
+(c) ``sweep``: the sweep of a catalog of ``--sweep-jobs`` jobs of which ``--expired`` hold an
+    expired lease (each failed, then queued again).
+Usage: ``python bench/work_queue.py [--jobs N] [--http-jobs N] [--sweep-jobs N] [--expired N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from catalog import Catalog
+from catalog.models import format_date, utc_now
+from catalog.queue import submit, sweep, withdraw
+from catalog.queue.archive import complete
+from catalog.tokens import Keys
+
+KEYS = Keys(b"bench-secret", b"bench-admin")
+THREADS = 4
+NOOP = "def noop(i=0):\n    return {}\n"
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else float("inf")
+
+
+# (a) ----------------------------------------------------------------------------------------
+def bench_library(directory: Path, jobs: int) -> dict[str, Any]:
+    catalog = Catalog.open(f"sqlite:///{directory}/queue.db", keys=KEYS)
+    try:
+        catalog.add_pipeline("bench")
+        started = time.perf_counter()
+        for i in range(jobs):
+            submit(catalog, {"pipeline": "bench", "data": {"function": "m.noop",
+                                                           "parameters": {"i": i}}})
+        deposited = time.perf_counter()
+        done: list[int] = []
+
+        def work(name: str) -> None:
+            count = 0
+            while (job := withdraw(catalog, {"pipelines": ["bench"]}, name, 60)) is not None:
+                complete(catalog, job.uuid, {"worker": name, "results": {}})
+                count += 1
+            done.append(count)
+
+        threads = [threading.Thread(target=work, args=(f"w{n}",)) for n in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        finished = time.perf_counter()
+        assert sum(done) == jobs, done
+        counts = catalog.store.queue_counts()
+        assert counts == [(counts[0][0], "FINISHED", jobs)], counts
+    finally:
+        catalog.close()
+    return {"jobs_per_s": _rate(jobs, finished - started),
+            "deposit_per_s": _rate(jobs, deposited - started),
+            "withdraw_complete_per_s": _rate(jobs, finished - deposited)}
+
+
+def bench_floor(directory: Path, jobs: int) -> dict[str, Any]:
+    path = directory / "floor.db"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    setup = connect()
+    setup.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, state TEXT NOT NULL, priority INTEGER "
+                  "NOT NULL, worker TEXT, body TEXT NOT NULL)")
+    setup.execute("CREATE INDEX q_claim ON q (priority DESC, id) WHERE state = 'queued'")
+    started = time.perf_counter()
+    for i in range(jobs):
+        setup.execute("INSERT INTO q (state, priority, body) VALUES ('queued', 3, ?)",
+                      (json.dumps({"function": "m.noop", "parameters": {"i": i}}),))
+    deposited = time.perf_counter()
+    done: list[int] = []
+
+    def work(name: str) -> None:
+        conn = connect()
+        count = 0
+        while True:
+            row = conn.execute(
+                "UPDATE q SET state = 'running', worker = ? WHERE id = (SELECT id FROM q "
+                "WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1) RETURNING id, body",
+                (name,)).fetchone()
+            if row is None:
+                break
+            conn.execute("UPDATE q SET state = 'done' WHERE id = ?", (row[0],))
+            count += 1
+        conn.close()
+        done.append(count)
+
+    threads = [threading.Thread(target=work, args=(f"w{n}",)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    finished = time.perf_counter()
+    setup.close()
+    assert sum(done) == jobs, done
+    return {"jobs_per_s": _rate(jobs, finished - started),
+            "deposit_per_s": _rate(jobs, deposited - started),
+            "withdraw_complete_per_s": _rate(jobs, finished - deposited)}
+
+
+# (b) ----------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+        return json.loads(response.read())
+
+
+def bench_http(directory: Path, jobs: int) -> dict[str, Any]:
+    catalog_bin = str(Path(sys.executable).parent / "catalog")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CATALOG_")}
+    env["CATALOG_DB"] = f"sqlite:///{directory}/http.db"
+    (directory / "benchwork.py").write_text(NOOP)
+
+    def cli(*args: str) -> str:
+        return subprocess.run([catalog_bin, *args], cwd=directory, env=env, check=True,
+                              capture_output=True, text=True).stdout
+
+    cli("init")
+    cli("pipeline", "add", "--name", "noop")
+    key = json.loads(cli("--json", "token", "worker"))["token"]
+    catalog = Catalog.open(env["CATALOG_DB"], secret_file=str(directory / ".catalog/secret.json"),
+                           archive_root=str(directory / "archive"))
+    for i in range(jobs):
+        submit(catalog, {"pipeline": "noop", "data": {"function": "benchwork.noop",
+                                                      "parameters": {"i": i}}})
+    catalog.close()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (directory / "server.log").open("wb")
+    server = subprocess.Popen([catalog_bin, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _get(f"{url}/health")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        started = time.perf_counter()
+        workers = [subprocess.Popen(
+            [catalog_bin, "run", "noop", "--url", url, "--sleep", "0.05"], cwd=directory,
+            env={**env, "CATALOG_WORKER_KEY": key}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL) for _ in range(2)]
+        while _get(f"{url}/queue/status")["total"].get("FINISHED", 0) < jobs:
+            if time.perf_counter() - started > 600:
+                raise TimeoutError("the workers did not finish in 600 s")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    finally:
+        for process in [*workers, server]:
+            process.terminate()
+        for process in [*workers, server]:
+            process.wait(timeout=60)
+        log.close()
+    started = time.perf_counter()
+    for i in range(jobs):
+        subprocess.run([sys.executable, "-c", f"import benchwork; benchwork.noop({i})"],
+                       cwd=directory, check=True)
+    bare = time.perf_counter() - started
+    return {"catalog_jobs_per_s": _rate(jobs, elapsed), "bare_loop_jobs_per_s": _rate(jobs, bare)}
+
+
+# (c) ----------------------------------------------------------------------------------------
+def bench_sweep(directory: Path, jobs: int, expired: int) -> dict[str, Any]:
+    """A catalog of ``jobs`` RUNNING jobs written straight into its tables (the library would
+    take an hour to make a million), ``expired`` of them with a lease past its expiry."""
+    url = f"sqlite:///{directory}/sweep.db"
+    catalog = Catalog.open(url, keys=KEYS)
+    pipeline, _ = catalog.add_pipeline("sweep")
+    now = utc_now()
+    past, future = format_date(now - timedelta(minutes=5)), format_date(now + timedelta(days=1))
+    created = format_date(now)
+    catalog.close()
+    conn = sqlite3.connect(directory / "sweep.db", isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN")
+    body = json.dumps({"data": {}, "child_of": [], "generated_by": [], "acted_on": [],
+                       "acted_using": [], "archive_system": "local",
+                       "archive_path": "/products/v2/sweep", "archive_patterns": [],
+                       "product_patterns": []})
+
+    def rows() -> Any:
+        for i in range(jobs):
+            expiry = past if i % (jobs // expired) == 0 and i // (jobs // expired) < expired \
+                else future
+            queue = json.dumps({"priority": 3, "timeout": 3600, "retries": 2, "attempt": 1,
+                                "queued": created, "start": created, "lease": {
+                                    "worker": "gone", "attempt": 1, "start": created,
+                                    "expiry": expiry}})
+            yield (f"107{i:05x}-0000-5000-8000-{i:012x}", pipeline.uuid, created, created, body,
+                   queue, expiry)
+
+    conn.executemany(
+        "INSERT INTO jobs (uuid, pipeline_uuid, state, version, last_event, created, updated, "
+        "doc, queue, priority, queued, lease_expiry) VALUES (?, ?, 'RUNNING', 3, 'run', ?, ?, "
+        "?, ?, 3, NULL, ?)", rows())
+    conn.execute("COMMIT")
+    conn.close()
+    catalog = Catalog.open(url, keys=KEYS)
+    try:
+        started = time.perf_counter()
+        outcome = sweep(catalog)
+        elapsed = time.perf_counter() - started
+    finally:
+        catalog.close()
+    assert outcome == {"expired": expired, "failed": expired, "retried": expired}, outcome
+    return {"jobs": jobs, "expired": expired, "seconds": round(elapsed, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--http-jobs", type=int, default=500)
+    parser.add_argument("--sweep-jobs", type=int, default=1_000_000)
+    parser.add_argument("--expired", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        os.chdir(directory)  # the default archive root lives under the working directory
+        floor = bench_floor(directory, args.jobs)
+        library = bench_library(directory, args.jobs)
+        http = bench_http(directory, args.http_jobs)
+        swept = bench_sweep(directory, args.sweep_jobs, args.expired)
+    result: dict[str, Any] = {
+        "benchmark": "work_queue",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+        "n": {"jobs": args.jobs, "http_jobs": args.http_jobs, "sweep_jobs": args.sweep_jobs,
+              "expired": args.expired},
+        "floor_sqlite": floor,
+        "library_sqlite": library,
+        "http": http,
+        "sweep": swept,
+        "ratio": {
+            "library_vs_floor": round(library["jobs_per_s"] / floor["jobs_per_s"], 3),
+            "http_vs_bare_loop": round(http["catalog_jobs_per_s"]
+                                       / http["bare_loop_jobs_per_s"], 3),
+        },
+        "target": {"library_vs_floor": ">= 0.5", "http_vs_bare_loop": ">= 0.5",
+                   "sweep.seconds": "<= 1 for 1,000,000 jobs, 10,000 expired"},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
