@@ -10,12 +10,17 @@ attributes (``Job.queue``) changing in the same write, so every step is provenan
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
 
 from catalog.catalog import Catalog, parse_document
-from catalog.errors import CatalogError, EventNotAllowed, JobNotFound, LeaseNotHeld
+from catalog.errors import (
+    CatalogError,
+    EventNotAllowed,
+    InvalidInput,
+    JobNotFound,
+    LeaseNotHeld,
+)
 from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
 from catalog.models import QueueInfo, format_date, utc_now
 from catalog.queue.models import SubmitOutcome, SubmitRequest, Withdrawn, WorkFilter
@@ -127,8 +132,8 @@ def withdraw(catalog: Catalog, work_filter: WorkFilter | dict[str, Any], worker:
     (the job's timeout if None) from now."""
     if not isinstance(work_filter, WorkFilter):
         work_filter = parse_document(WorkFilter, work_filter, "work filter")
-    if not worker or len(worker) > 256:
-        raise LeaseNotHeld("-", worker, "a worker needs a name of 1 to 256 characters")
+    if not isinstance(worker, str) or not 1 <= len(worker) <= 256:
+        raise InvalidInput("a worker needs a name of 1 to 256 characters")
     pipelines = pipeline_uuids(catalog, work_filter.pipelines)
     if not pipelines:
         return None
@@ -308,32 +313,32 @@ def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000,
           on_error: Callable[[str, CatalogError], None] | None = None) -> dict[str, int]:
     """Fail every attempt whose lease expired before ``now`` (reason ``lease expired``) and
     retry those with attempts left. The expired leases come from an index; the events go to
-    the store all at once (``submit_event``: group commits, not a commit each)."""
+    the store together (``apply_events``: a few commits, not one each)."""
     now_text = format_date(now or utc_now())
     expired = catalog.store.expired_leases(now_text, limit)
     attempts: dict[str, list[int]] = {uuid: [] for uuid in expired}
-    failing = [(uuid, catalog.store.submit_event(uuid, None, _ender(
-        catalog, None, "lease expired", None, SOURCE, now_text, attempts[uuid])))
-        for uuid in expired]
-    failed = [uuid for uuid, future in failing if _settled(uuid, future, on_error)]
-    retrying = [(uuid, catalog.store.submit_event(uuid, None, _retrier(
-        catalog, attempts[uuid][-1], SOURCE))) for uuid in failed]
-    retried = [uuid for uuid, future in retrying if _settled(uuid, future, on_error)]
+    failed = _settled(expired, catalog.store.apply_events([
+        (uuid, None, _ender(catalog, None, "lease expired", None, SOURCE, now_text,
+                            attempts[uuid])) for uuid in expired]), on_error)
+    retried = _settled(failed, catalog.store.apply_events([
+        (uuid, None, _retrier(catalog, attempts[uuid][-1], SOURCE)) for uuid in failed]),
+        on_error)
     return {"expired": len(expired), "failed": len(failed), "retried": len(retried)}
 
 
-def _settled(uuid: str, future: Future[Applied],
-             on_error: Callable[[str, CatalogError], None] | None) -> bool:
-    """Whether the event went through: a ClaimLost (nothing to do) is no error."""
-    try:
-        future.result()
-    except ClaimLost:
-        return False
-    except CatalogError as exc:
-        if on_error is not None:
-            on_error(uuid, exc)
-        return False
-    return True
+def _settled(uuids: list[str], outcomes: list[Applied | Exception],
+             on_error: Callable[[str, CatalogError], None] | None) -> list[str]:
+    """The uuids whose event went through; a ClaimLost (nothing to do) is no error, another
+    refusal goes to ``on_error``."""
+    done = []
+    for uuid, outcome in zip(uuids, outcomes, strict=True):
+        if isinstance(outcome, Applied):
+            done.append(uuid)
+        elif isinstance(outcome, CatalogError) and on_error is not None:
+            on_error(uuid, outcome)
+        elif not isinstance(outcome, ClaimLost | CatalogError):
+            raise outcome
+    return done
 
 
 def status(catalog: Catalog, pipelines: list[str] | None = None) -> dict[str, Any]:

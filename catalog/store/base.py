@@ -361,6 +361,13 @@ class Store(Protocol):
         """
         ...
 
+    def apply_events(self, events: list[tuple[str, str | None, Decide]]
+                     ) -> list[Applied | Exception]:
+        """``apply_event`` for each (uuid, event_id, decide), in order, in as few commits as
+        the backend allows (a sweep fails thousands of jobs at once); each item's outcome or
+        the error that refused it alone."""
+        ...
+
     def delete_job(self, uuid: str) -> bool:
         """Remove a job, its history and its edges; False if there was none."""
         ...

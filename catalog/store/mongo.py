@@ -47,7 +47,13 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
-from catalog.errors import ConcurrencyConflict, ConfigurationError, FileNotFound, JobNotFound
+from catalog.errors import (
+    ConcurrencyConflict,
+    ConfigurationError,
+    FileNotFound,
+    JobNotFound,
+    StoreError,
+)
 from catalog.store.base import (
     CLAIM_PAGE,
     ENTITY_LINK_FIELDS,
@@ -271,6 +277,20 @@ class MongoStore:
                 self._executor = ThreadPoolExecutor(max_workers=8,
                                                     thread_name_prefix="catalog-mongo")
             return self._executor.submit(self.apply_event, uuid, event_id, decide)
+
+    def apply_events(self, events: list[tuple[str, str | None, Decide]]
+                     ) -> list[Applied | Exception]:
+        """Each its own compare-and-set, on the pool of ``submit_event``."""
+        futures = [self.submit_event(*event) for event in events]
+        outcomes: list[Applied | Exception] = []
+        for future in futures:
+            error = future.exception()
+            if error is None:
+                outcomes.append(future.result())
+            else:
+                outcomes.append(error if isinstance(error, Exception) else StoreError(
+                    repr(error)))
+        return outcomes
 
     async def apply_event_async(self, uuid: str, event_id: str | None,
                                 decide: Decide) -> Applied:

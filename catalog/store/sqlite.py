@@ -226,6 +226,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 )
 
 _MAX_BATCH = 256  # events per group commit
+_BULK_CHUNK = 5000  # events per transaction of apply_events (about 0.3 s of the write lock)
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
 # src_key: what its source is paged by, a file's path or a job's created (None for entities).
@@ -604,6 +605,24 @@ class SQLiteStore:
                     self._queue.put(None)  # the writer's stop signal is not ours to take
                 self._commit_batch(batch)
         return pending.future.result()
+
+    def apply_events(self, events: list[tuple[str, str | None, Decide]]
+                     ) -> list[Applied | Exception]:
+        """In transactions of ``_BULK_CHUNK`` events: a few commits for thousands of events,
+        each holding the write lock a fraction of a second."""
+        outcomes: list[Applied | Exception] = []
+        for start in range(0, len(events), _BULK_CHUNK):
+            batch = [_PendingEvent(*event) for event in events[start:start + _BULK_CHUNK]]
+            with self._write() as conn:
+                self._apply_batch(conn, batch)
+            for item in batch:
+                if item.error is not None:
+                    outcomes.append(item.error if isinstance(item.error, Exception)
+                                    else StoreError(repr(item.error)))
+                else:
+                    assert item.result is not None
+                    outcomes.append(item.result)
+        return outcomes
 
     def _drain(self, batch: list[_PendingEvent]) -> tuple[list[_PendingEvent], bool]:
         """Add what is queued to ``batch`` (up to a limit); True if the stop signal came."""
