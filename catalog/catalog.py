@@ -464,7 +464,7 @@ class Catalog:
         valid token are counted per address instead (``catalog.refusals``), and may be
         answered ``RateLimited``.
         """
-        prepared = self._prepare_event(uuid, event, token, source, idempotency_key)
+        prepared = self._prepare_event(uuid, event, token, source, idempotency_key, client)
         if prepared.error is None:
             try:
                 applied = self.store.apply_event(*prepared.arguments())
@@ -485,7 +485,7 @@ class Catalog:
                                  client: str | None = None) -> EventOutcome:
         """``handle_event`` for an event loop: validation runs inline, the write is awaited
         (the store commits it with whatever else is queued), nothing blocks the loop."""
-        prepared = self._prepare_event(uuid, event, token, source, idempotency_key)
+        prepared = self._prepare_event(uuid, event, token, source, idempotency_key, client)
         if prepared.error is None:
             try:
                 applied = await self.store.apply_event_async(*prepared.arguments())
@@ -507,11 +507,17 @@ class Catalog:
         raise prepared.error
 
     def _prepare_event(self, uuid: str, event: Any, token: str | None, source: str,
-                       idempotency_key: str | None) -> _PreparedEvent:
+                       idempotency_key: str | None, client: str | None) -> _PreparedEvent:
         """Everything before the write: authenticate, parse, check the event is known."""
         if source not in SOURCES:
             raise InvalidInput(f"unknown event source {source!r}")
-        prepared = _PreparedEvent(parse_uuid(uuid, UUIDType.pipelinejob), event)
+        try:
+            job_uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        except CatalogError as exc:  # no job to audit it against: counted, as anonymous
+            if client is None:
+                raise
+            raise self._refused_anonymously(client, source, exc) from None
+        prepared = _PreparedEvent(job_uuid, event)
         try:
             is_admin = self.keys.check_job(prepared.uuid, token)
             prepared.authenticated = True

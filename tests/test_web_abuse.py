@@ -1,8 +1,9 @@
-"""The service tried as an attacker would (issue 20, item 3), in process on both stores.
+"""The service tried as an attacker would (issue 20, items 3 and 4), in process on both stores.
 
 Anonymous refusals are counted, not written one by one, and rate-limited per address; text no
 store can keep is refused with 400 naming the field wherever it enters; the access log cannot
 be forged; an applied event is answered as applied; tokens are never echoed, logged or stored.
+What was refused can be read over HTTP: a job's audit log, and the counted refusals.
 """
 
 from __future__ import annotations
@@ -181,6 +182,18 @@ async def test_an_address_over_its_budget_is_answered_429_and_valid_tokens_still
     counts = {e.code: e.data["count"] for e in catalog.anonymous_refusals()
               if e.source == "webhook"}
     assert counts == {"token_required": 3, "rate_limited": 3}
+
+
+async def test_malformed_job_uuids_from_a_client_count_against_its_budget(
+        catalog: Catalog, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    limited(catalog, burst=2)
+    written = count_audit_writes(catalog, monkeypatch)
+    answers = [await client.post(f"/jobs/{bad}/events", json={"name": "run"})
+               for bad in ("nope", "107" + "0" * 5, "nope", "nope")]
+    assert [a.status_code for a in answers] == [400, 400, 429, 429]
+    assert written == []
+    counts = {e.code: e.data["count"] for e in catalog.anonymous_refusals()}
+    assert counts == {"malformed_uuid": 2, "rate_limited": 2}
 
 
 async def test_a_429_is_held_back(catalog: Catalog, job: ManagedPipelineJob) -> None:
@@ -367,3 +380,57 @@ async def test_a_token_in_the_wrong_place_is_neither_echoed_nor_logged(
     await asyncio.sleep(0)
     assert token not in json.dumps([e.model_dump(mode="json")
                                     for e in catalog.audit_log(limit=1000)])
+
+
+# -- the audit log over HTTP (item 4) --------------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_jobs_audit_for_its_token_or_the_admin_token(
+        catalog: Catalog, client: httpx.AsyncClient, job: ManagedPipelineJob) -> None:
+    other = ManagedPipelineJob(catalog, "align", {"n": 2}, measurement_id="measurement.lab.1")
+    other.setup()
+    for name in ("reset", "finalize"):  # refused: admin only, not allowed from CREATED
+        await client.post(f"/jobs/{job.uuid}/events?token={job.token}", json={"name": name})
+
+    by_job = await client.get(f"/jobs/{job.uuid}/audit", headers=bearer(job.token))
+    by_admin = await client.get(f"/jobs/{job.uuid.upper()}/audit?token="
+                                f"{catalog.admin_token()}")
+    assert by_job.status_code == by_admin.status_code == 200
+    assert by_job.json() == by_admin.json()
+    document = by_job.json()
+    assert document["uuid"] == job.uuid
+    assert [(e["name"], e["code"]) for e in document["audit"]] == [
+        ("finalize", "event_not_allowed"), ("reset", "admin_required")]
+    limited = await client.get(f"/jobs/{job.uuid}/audit?limit=1", headers=bearer(job.token))
+    assert [e["name"] for e in limited.json()["audit"]] == ["finalize"]
+
+    refused = {
+        "no token": await client.get(f"/jobs/{job.uuid}/audit"),
+        "another job's token": await client.get(f"/jobs/{job.uuid}/audit",
+                                                headers=bearer(other.token)),
+    }
+    assert {k: (r.status_code, r.json()["error"]["code"]) for k, r in refused.items()} == {
+        "no token": (401, "token_required"), "another job's token": (403, "token_invalid")}
+    bad = await client.get("/jobs/not-a-uuid/audit", headers=bearer(job.token))
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "malformed_uuid")
+
+
+async def test_the_refusal_counts_for_the_admin_only(
+        catalog: Catalog, client: httpx.AsyncClient, job: ManagedPipelineJob) -> None:
+    for _ in range(3):
+        await client.post(f"/jobs/{job.uuid}/events", json={"name": "run"})
+    refused = await client.get("/audit/refusals", headers=bearer(job.token))
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "admin_required")
+
+    answered = await client.get("/audit/refusals", headers=bearer(catalog.admin_token()))
+    assert answered.status_code == 200
+    counts = {(e["code"], e["data"]["address"]): e["data"]["count"]
+              for e in answered.json()["refusals"]}
+    # The job token sent to an admin route is a refusal of the same address too.
+    assert counts == {("token_required", "203.0.113.7"): 3,
+                      ("admin_required", "203.0.113.7"): 1}
+    assert all(e["job_uuid"] == "anonymous" for e in answered.json()["refusals"])

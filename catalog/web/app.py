@@ -41,6 +41,7 @@ from catalog.openlineage import ingest
 from catalog.spool import stream_document
 from catalog.web.abuse import client_address, error_headers, hold_back
 from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens
+from catalog.web.audit import add_audit_routes
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -299,6 +300,7 @@ def create_app(catalog: Catalog) -> FastAPI:
             catalog.add_pipeline, spec.name, spec.version, spec.components, spec.description)
         return _render(pipeline, 201 if created else 200)
 
+    add_audit_routes(app, catalog)
     return app
 
 
