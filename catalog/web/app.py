@@ -24,7 +24,7 @@ from catalog import __version__
 from catalog.catalog import Catalog, parse_body, parse_document
 from catalog.errors import CatalogError, InvalidInput
 from catalog.jobs import create_job
-from catalog.lineage import DEFAULT_LIMIT, MAX_LIMIT
+from catalog.lineage import DEFAULT_LIMIT, FORMATS, MAX_LIMIT
 from catalog.models import (
     CreatedJob,
     Event,
@@ -42,6 +42,7 @@ from catalog.spool import stream_document
 from catalog.web.abuse import client_address, error_headers, hold_back
 from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens
 from catalog.web.audit import add_audit_routes
+from catalog.web.openapi import complete as complete_openapi
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -250,9 +251,8 @@ def create_app(catalog: Catalog) -> FastAPI:
         """The lineage graph as the catalog's JSON or as a W3C PROV document."""
         from catalog.prov import as_prov_json, as_prov_n
 
-        formats = ("json", "prov-json", "prov-n")
-        if format_ not in formats:
-            raise InvalidInput(f"format must be one of {', '.join(formats)}, not {format_!r}")
+        if format_ not in FORMATS:
+            raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, not {format_!r}")
         graph = catalog.lineage(uuid, direction, depth, limit)
         # A PROV document has no place to say it was cut short: a header says it for all three.
         headers = {"catalog-lineage-truncated": "true" if graph["truncated"] else "false"}
@@ -301,7 +301,21 @@ def create_app(catalog: Catalog) -> FastAPI:
         return _render(pipeline, 201 if created else 200)
 
     add_audit_routes(app, catalog)
+    _complete_openapi(app)
     return app
+
+
+def _complete_openapi(app: FastAPI) -> None:
+    """Serve the OpenAPI document completed by ``catalog.web.openapi`` (built once)."""
+    build = app.openapi
+    built: list[dict[str, Any]] = []
+
+    def openapi() -> dict[str, Any]:
+        if not built:
+            built.append(complete_openapi(build()))
+        return built[0]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _register_errors(app: FastAPI) -> None:
