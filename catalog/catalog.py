@@ -523,12 +523,14 @@ class Catalog:
             prepared.authenticated = True
             if isinstance(event, bytes | str):
                 prepared.document = parse_body(event)
-            # A token sent in the body (by mistake) is never stored, nor shown by GET /jobs.
+            # A token sent in the body or as the key (by mistake) is never stored, nor shown
+            # by GET /jobs.
             prepared.document = self.keys.withhold(
                 prepared.uuid, prepared.document, event if isinstance(event, bytes | str) else None)
             document = prepared.document
             if idempotency_key and isinstance(document, dict) and not document.get("event_id"):
-                prepared.document = {**document, "event_id": idempotency_key}
+                prepared.document = {**document, "event_id": self.keys.withhold(
+                    prepared.uuid, idempotency_key, idempotency_key)}
             parsed = parse_event(prepared.document)
             if parsed.name not in EVENTS:
                 raise UnknownEvent(parsed.name, EVENTS)

@@ -348,6 +348,11 @@ async def test_a_token_in_the_body_is_not_stored_or_shown(
     assert entry.data == {"token": WITHHELD_TOKEN,
                           WITHHELD_TOKEN: [f"Bearer {WITHHELD_TOKEN}"]}
     assert entry.event_id == f"id-{WITHHELD_TOKEN}"
+    # Nor as the Idempotency-Key standing in for an event_id.
+    keyed = await client.post(f"/jobs/{job.uuid}/events?token={job.token}",
+                              json={"name": "update"}, headers={"Idempotency-Key": job.token})
+    assert keyed.status_code == 200 and keyed.json()["event_id"] == WITHHELD_TOKEN
+    assert catalog.get_job(job.uuid).history[-1].event_id == WITHHELD_TOKEN
     # A refused event's data is audited without the token either.
     await client.post(f"/jobs/{job.uuid}/events?token={job.token}",
                       json={"name": "reset", "data": {"token": job.token}})
