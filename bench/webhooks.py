@@ -11,6 +11,13 @@ each on one keep-alive ``http.client`` connection, send N events; for the catalo
 ``update`` events with unique event_ids, all to one RUNNING job (the harder case: every event
 serialises on that job). Figures pool every round. Both servers are stopped by their PIDs.
 Usage: ``python bench/webhooks.py [--events N] [--threads N] [--rounds N]``.
+
+``--flood N`` measures instead the catalog alone, its webhook throughput (the same load) in
+alternating rounds without and with N anonymous clients flooding it (each on one keep-alive
+connection, POSTing events without a token to made-up job UUIDs as fast as it is answered,
+ignoring Retry-After), and reports the ratio (target >= 0.8), what the flood was answered and
+how many audit rows it added. ``--rate-limit-delay S`` sets the server's ``rate_limit_delay_s``
+(how long a 429 is held back; 0 measures the counting of refusals alone).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -166,15 +175,111 @@ class Target:
                 "errors": self.errors, "seconds": round(self.seconds, 3)}
 
 
-def update_event(t: int, i: int) -> bytes:
+def update_event(t: int, i: int, prefix: str = "") -> bytes:
     return json.dumps({"name": "update", "data": {"thread": t, "i": i},
-                       "event_id": f"t{t}-e{i}"}).encode()
+                       "event_id": f"{prefix}t{t}-e{i}"}).encode()
 
 
-def start_catalog(stack: ExitStack, tmp: Path) -> tuple[Target, str]:
+class Flood:
+    """Anonymous clients sending events without a token to made-up jobs, until stopped."""
+
+    def __init__(self, port: int, clients: int) -> None:
+        self.port, self.clients = port, clients
+        self.statuses: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _client(self) -> None:
+        body = json.dumps({"name": "run"}).encode()
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+        seen: Counter[int] = Counter()
+        while not self._stop.is_set():
+            job = "107" + str(uuid.uuid5(uuid.NAMESPACE_URL, str(uuid.uuid4())))[3:]  # no job
+            try:
+                conn.request("POST", f"/jobs/{job}/events", body, JSON)
+                answer = conn.getresponse()
+                answer.read()
+                seen[answer.status] += 1
+            except (OSError, http.client.HTTPException):
+                seen[0] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+        conn.close()
+        with self._lock:
+            self.statuses.update(seen)
+
+    def __enter__(self) -> Flood:
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._client) for _ in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+        time.sleep(0.5)  # under way before the measured load starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def audit_rows(database: Path) -> int:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM audit").fetchone()[0])
+
+
+def flood_main(args: argparse.Namespace) -> dict[str, Any]:
+    """Legitimate throughput without and with ``args.flood`` anonymous flooding clients."""
+    env = {"CATALOG_RATE_LIMIT_DELAY_S": str(args.rate_limit_delay)}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        quiet, job_uuid = start_catalog(stack, Path(tmp), env)
+        flooded = Target(quiet.port, quiet.path, lambda t, i: update_event(t, i, "flood-"))
+        quiet.warm_up(WARMUP)
+        flood = Flood(quiet.port, args.flood)
+        audit_before = audit_rows(Path(tmp) / "catalog.db")
+        flood_seconds = 0.0
+        for round_ in range(args.rounds):
+            quiet.load(args.threads, args.events, round_)
+            started = time.perf_counter()
+            with flood:
+                flooded.load(args.threads, args.events, round_)
+            flood_seconds += time.perf_counter() - started
+        # The counts held are written at the next refusal past the flush interval, or at exit.
+        audit_after = audit_rows(Path(tmp) / "catalog.db")
+        status, history = call(quiet.port, "GET", f"/jobs/{job_uuid}/history")
+    sent = 2 + WARMUP + 2 * args.rounds * args.threads * args.events
+    entries = history["history"]
+    without, with_flood = quiet.figures(), flooded.figures()
+    with_flood["history_ok"] = (
+        status == 200 and len(entries) == sent - without["errors"] - with_flood["errors"]
+        and len({e["event_id"] for e in entries}) == len(entries))
+    flood_requests = sum(flood.statuses.values())
+    return {
+        "benchmark": "webhooks",
+        "mode": "flood",
+        "machine": machine(),
+        "n": {"threads": args.threads, "events_per_thread": args.events, "rounds": args.rounds,
+              "flooding_clients": args.flood, "warmup": WARMUP},
+        "setup": {"flood": "anonymous POST /jobs/<made-up uuid>/events, keep-alive, no token, "
+                           "Retry-After ignored",
+                  "rate_limit_delay_s": args.rate_limit_delay},
+        "without_flood": without,
+        "with_flood": with_flood,
+        "flood": {"requests": flood_requests,
+                  "per_s": round(flood_requests / flood_seconds, 1) if flood_seconds else 0,
+                  "statuses": {str(k): v for k, v in sorted(flood.statuses.items())},
+                  "audit_rows_added": audit_after - audit_before},
+        "ratio": {"events_per_s": round(with_flood["events_per_s"] / without["events_per_s"], 3)},
+        "target": {"events_per_s_ratio": ">= 0.8"},
+    }
+
+
+def start_catalog(stack: ExitStack, tmp: Path,
+                  extra_env: dict[str, str] | None = None) -> tuple[Target, str]:
     """``catalog serve`` on a fresh catalog, and one RUNNING job to send events to."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CATALOG_")}
     env["CATALOG_DB"] = f"sqlite:///{tmp}/catalog.db"
+    env.update(extra_env or {})
     subprocess.run([str(CATALOG), "init"], cwd=tmp, env=env, check=True, capture_output=True)
     admin = json.loads(subprocess.run([str(CATALOG), "token", "admin", "--json"], cwd=tmp,
                                       env=env, check=True, capture_output=True).stdout)["token"]
@@ -210,12 +315,26 @@ def versions(*names: str) -> dict[str, str | None]:
     return found
 
 
+def machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "platform": platform.platform(), "sqlite": sqlite3.sqlite_version,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            **versions("uvicorn", "fastapi", "starlette", "uvloop", "httptools")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=500, help="Events per client thread.")
     parser.add_argument("--threads", type=int, default=4, help="Client threads.")
     parser.add_argument("--rounds", type=int, default=1, help="Alternating rounds per server.")
+    parser.add_argument("--flood", type=int, default=0,
+                        help="Anonymous flooding clients (see above); 0: the usual benchmark.")
+    parser.add_argument("--rate-limit-delay", type=float, default=1.0,
+                        help="The server's rate_limit_delay_s in --flood mode.")
     args = parser.parse_args()
+    if args.flood:
+        print(json.dumps(flood_main(args), indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         baseline = start_baseline(stack, Path(tmp))
         catalog, job_uuid = start_catalog(stack, Path(tmp))
@@ -237,10 +356,7 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "benchmark": "webhooks",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform(), "sqlite": sqlite3.sqlite_version,
-                    "load_avg_1m": round(os.getloadavg()[0], 2),
-                    **versions("uvicorn", "fastapi", "starlette", "uvloop", "httptools")},
+        "machine": machine(),
         "n": {"threads": args.threads, "events_per_thread": args.events, "rounds": args.rounds,
               "events": args.rounds * args.threads * args.events, "warmup": WARMUP},
         "setup": {"client": "http.client, one keep-alive connection per thread",

@@ -26,6 +26,7 @@ from catalog.errors import (
     QueueEventRefused,
     SchemaViolation,
     UnknownEvent,
+    storable_text,
 )
 from catalog.identifiers import (
     UUIDType,
@@ -52,6 +53,7 @@ from catalog.models import (
     utc_now,
     utc_now_text,
 )
+from catalog.refusals import AnonymousRefusals
 from catalog.states import ADMIN_EVENTS, EVENTS, QUEUE_EVENTS, STATES, next_state
 from catalog.storage import Storage, check_storage_path, open_storage
 from catalog.store import JobQuery, Page, Store, open_store
@@ -157,7 +159,11 @@ class Catalog:
         return catalog, created
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            if "refusals" in self.__dict__:
+                self.flush_refusals()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Catalog:
         return self
@@ -170,6 +176,49 @@ class Catalog:
         if self._keys is None:
             self._keys = keys_from_env_or_file(Path(self.settings.secret_file))
         return self._keys
+
+    @cached_property
+    def refusals(self) -> AnonymousRefusals:
+        """Refusals of requests without a valid token, counted (``catalog.refusals``)."""
+        return AnonymousRefusals.from_settings(self.settings)
+
+    def flush_refusals(self) -> int:
+        """Write the refusal counts held to the audit log; how many entries were written."""
+        entries = self.refusals.take()
+        for entry in entries:
+            self.store.append_audit(entry.model_dump(mode="json"))
+        return len(entries)
+
+    def check_admin(self, token: str | None, action: str, source: str = "python",
+                    client: str | None = None) -> None:
+        """Refuse a token that is not the admin token; from a ``client`` address, the refusal
+        is counted (``catalog.refusals``) and may be ``RateLimited``."""
+        try:
+            self.keys.check_admin(token, action)
+        except CatalogError as exc:
+            if client is None:
+                raise
+            raise self._refused_anonymously(client, source, exc) from None
+
+    def check_job_token(self, uuid: str, token: str | None, source: str = "python",
+                        client: str | None = None) -> bool:
+        """``Keys.check_job`` for a request from ``client``: a refusal is counted and may be
+        ``RateLimited``; True for the admin token."""
+        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        try:
+            return self.keys.check_job(uuid, token)
+        except CatalogError as exc:
+            if client is None:
+                raise
+            raise self._refused_anonymously(client, source, exc) from None
+
+    def _refused_anonymously(self, client: str, source: str,
+                             error: CatalogError) -> CatalogError:
+        """Count a refusal of a sender without a valid token; the error to raise."""
+        error = self.refusals.refuse(client, source, error)
+        if self.refusals.due():
+            self.flush_refusals()
+        return error
 
     @cached_property
     def archive_root(self) -> Path:
@@ -404,16 +453,19 @@ class Catalog:
         return f"{base}/jobs/{uuid}/events?token={quote(self.job_token(uuid))}"
 
     def handle_event(self, uuid: str, event: Any, token: str | None,
-                     source: str = "python", idempotency_key: str | None = None) -> EventOutcome:
+                     source: str = "python", idempotency_key: str | None = None,
+                     client: str | None = None) -> EventOutcome:
         """Authenticate, check against the state machine and apply one event.
 
         ``event`` is an event document, or its raw JSON text as a webhook received it (parsed
         here, so that malformed bodies are audited like every other refusal). An
         ``idempotency_key`` stands in for a missing ``event_id``. Refused events change
-        nothing and are written to the audit log with the reason; their data is kept only
-        when the sender authenticated.
+        nothing and are written to the audit log with the reason; their data is kept only when
+        the sender authenticated. Refusals of a request from a ``client`` address without a
+        valid token are counted per address instead (``catalog.refusals``), and may be
+        answered ``RateLimited``.
         """
-        prepared = self._prepare_event(uuid, event, token, source, idempotency_key)
+        prepared = self._prepare_event(uuid, event, token, source, idempotency_key, client)
         if prepared.error is None:
             try:
                 applied = self.store.apply_event(*prepared.arguments())
@@ -421,45 +473,65 @@ class Catalog:
                 prepared.error = exc
             else:
                 # The event stands even if its side effect fails; resending it redoes that.
-                self._after_event(prepared.uuid, applied)
-                return self._outcome(prepared, applied)
+                failure = self._after_event(prepared.uuid, applied, source)
+                return self._outcome(prepared, applied, failure)
+        if not prepared.authenticated and client is not None:
+            raise self._refused_anonymously(client, source, prepared.error)
         self._audit(prepared.uuid, prepared.document, source, prepared.error,
                     prepared.authenticated)
         raise prepared.error
 
     async def handle_event_async(self, uuid: str, event: Any, token: str | None,
-                                 source: str = "webhook",
-                                 idempotency_key: str | None = None) -> EventOutcome:
+                                 source: str = "webhook", idempotency_key: str | None = None,
+                                 client: str | None = None) -> EventOutcome:
         """``handle_event`` for an event loop: validation runs inline, the write is awaited
         (the store commits it with whatever else is queued), nothing blocks the loop."""
-        prepared = self._prepare_event(uuid, event, token, source, idempotency_key)
+        prepared = self._prepare_event(uuid, event, token, source, idempotency_key, client)
         if prepared.error is None:
             try:
                 applied = await self.store.apply_event_async(*prepared.arguments())
             except CatalogError as exc:
                 prepared.error = exc
             else:
+                failure = None
                 if applied.entry["name"] in _SIDE_EFFECTS:
-                    await asyncio.to_thread(self._after_event, prepared.uuid, applied)
-                return self._outcome(prepared, applied)
+                    failure = await asyncio.to_thread(self._after_event, prepared.uuid, applied,
+                                                      source)
+                return self._outcome(prepared, applied, failure)
+        if not prepared.authenticated and client is not None:  # counted: no write, no thread
+            error = self.refusals.refuse(client, source, prepared.error)
+            if self.refusals.due():
+                await asyncio.to_thread(self.flush_refusals)
+            raise error
         await asyncio.to_thread(self._audit, prepared.uuid, prepared.document, source,
                                 prepared.error, prepared.authenticated)
         raise prepared.error
 
     def _prepare_event(self, uuid: str, event: Any, token: str | None, source: str,
-                       idempotency_key: str | None) -> _PreparedEvent:
+                       idempotency_key: str | None, client: str | None) -> _PreparedEvent:
         """Everything before the write: authenticate, parse, check the event is known."""
         if source not in SOURCES:
             raise InvalidInput(f"unknown event source {source!r}")
-        prepared = _PreparedEvent(parse_uuid(uuid, UUIDType.pipelinejob), event)
+        try:
+            job_uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+        except CatalogError as exc:  # no job to audit it against: counted, as anonymous
+            if client is None:
+                raise
+            raise self._refused_anonymously(client, source, exc) from None
+        prepared = _PreparedEvent(job_uuid, event)
         try:
             is_admin = self.keys.check_job(prepared.uuid, token)
             prepared.authenticated = True
             if isinstance(event, bytes | str):
                 prepared.document = parse_body(event)
+            # A token sent in the body or as the key (by mistake) is never stored, nor shown
+            # by GET /jobs.
+            prepared.document = self.keys.withhold(
+                prepared.uuid, prepared.document, event if isinstance(event, bytes | str) else None)
             document = prepared.document
             if idempotency_key and isinstance(document, dict) and not document.get("event_id"):
-                prepared.document = {**document, "event_id": idempotency_key}
+                prepared.document = {**document, "event_id": self.keys.withhold(
+                    prepared.uuid, idempotency_key, idempotency_key)}
             parsed = parse_event(prepared.document)
             if parsed.name not in EVENTS:
                 raise UnknownEvent(parsed.name, EVENTS)
@@ -475,30 +547,46 @@ class Catalog:
             prepared.error = exc
         return prepared
 
-    def _after_event(self, uuid: str, applied: Applied) -> None:
+    def _after_event(self, uuid: str, applied: Applied, source: str) -> str | None:
         """What an accepted event does beyond the state: ``reset`` empties the job's archive
         path (inside the archive root only) and unlinks its file records, which keep their
-        fixity history. Replays run it again, so a retry completes an interrupted reset."""
+        fixity history. Replays run it again, so a retry completes an interrupted reset.
+
+        The event stands whatever happens here: a failure is recorded in the audit log
+        (code ``cleanup_failed``) and returned, to be answered with the applied event."""
         if applied.entry["name"] != "reset":
-            return
-        job = self.store.get_job(uuid, history=False)
-        if job is None:
-            return
-        self.storage.delete_prefix(job["archive_path"])
-        self.store.unlink_job_files(uuid)
+            return None
+        try:
+            job = self.store.get_job(uuid, history=False)
+            if job is None:
+                return None
+            self.storage.delete_prefix(job["archive_path"])
+            self.store.unlink_job_files(uuid)
+        except (CatalogError, OSError) as exc:
+            message = storable_text(exc.message if isinstance(exc, CatalogError)
+                                    else f"{type(exc).__name__}: {exc}")
+            failure = f"{applied.entry['name']} was applied but its clean-up failed: {message}"
+            entry = AuditEntry(job_uuid=uuid, name=applied.entry["name"], date=utc_now(),
+                               source=source, event_id=applied.entry["event_id"],
+                               code="cleanup_failed", reason=failure)
+            self.store.append_audit(entry.model_dump(mode="json"))
+            return failure
+        return None
 
     @staticmethod
-    def _outcome(prepared: _PreparedEvent, applied: Applied) -> EventOutcome:
+    def _outcome(prepared: _PreparedEvent, applied: Applied,
+                 cleanup_error: str | None = None) -> EventOutcome:
         entry = applied.entry
         return EventOutcome.model_construct(
             uuid=prepared.uuid, state=entry["state"], last_event=entry["name"],
-            event_id=entry["event_id"], duplicate=applied.duplicate,
+            event_id=entry["event_id"], duplicate=applied.duplicate, cleanup_error=cleanup_error,
         )
 
     def handle_status(self, uuid: str, status: str, token: str | None,
                       mapping: str | None = None, data: Any = None,
                       event_id: str | None = None, source: str = "webhook",
-                      body: bytes | str | None = None) -> EventOutcome:
+                      body: bytes | str | None = None,
+                      client: str | None = None) -> EventOutcome:
         """Apply another system's status through a mapping (the job's default if none given).
 
         ``body`` (raw JSON, optional) may hold ``{"data": {...}, "event_id": ...}``. An unknown
@@ -532,11 +620,13 @@ class Catalog:
                     )
             event["name"] = get_mapping(name, self.settings.mappings_dir).event_for(status)
         except CatalogError as exc:
+            if not authenticated and client is not None:
+                raise self._refused_anonymously(client, source, exc) from None
             self._audit(uuid, event, source, exc, keep_data=authenticated)
             raise
         if isinstance(event["data"], dict):
             event["data"] = {**event["data"], "status": status, "mapping": name}
-        return self.handle_event(uuid, event, token, source=source)
+        return self.handle_event(uuid, event, token, source=source, client=client)
 
     def history_entry(self, uuid: str, name: str, data: Doc, source: str, state: str,
                       event_id: str | None = None) -> Doc:
@@ -579,30 +669,47 @@ class Catalog:
             check_json(data)
         except CatalogError:
             data = {}  # keep what cannot be stored out of the log, not the refusal itself
+        # A name or event_id that cannot be stored as sent (a lone surrogate) is kept escaped:
+        # the refusal is recorded whatever the sender put in it.
         entry = AuditEntry(
-            job_uuid=uuid, name=name[:64] if isinstance(name, str) else "", date=utc_now(),
-            source=source, event_id=str(event_id)[:256] if event_id is not None else None,
+            job_uuid=uuid, name=storable_text(name[:64]) if isinstance(name, str) else "",
+            date=utc_now(), source=source,
+            event_id=storable_text(str(event_id)[:256]) if event_id is not None else None,
             code=exc.code, reason=exc.message, data=data,
         )
         self.store.append_audit(entry.model_dump(mode="json"))
 
+    def check_worker(self, token: str | None, action: str, source: str = "python",
+                     client: str | None = None) -> None:
+        """Refuse a token that is neither the worker key nor the admin token; from a
+        ``client`` address, the refusal is counted and may be ``RateLimited``."""
+        try:
+            self.keys.check_worker(token, action)
+        except CatalogError as exc:
+            if client is None:
+                raise
+            raise self._refused_anonymously(client, source, exc) from None
+
     def authorize(self, uuid: str, token: str | None, action: str, source: str,
-                  worker: bool = False) -> None:
+                  worker: bool = False, client: str | None = None) -> None:
         """Check the job's token (or, with ``worker``, the worker key) for ``action`` on job
-        ``uuid`` (the admin token passes both); a refusal is audited, then raised."""
+        ``uuid`` (the admin token passes both). A refusal from a ``client`` address is counted
+        (``catalog.refusals``), any other audited against the job; then raised."""
         try:
             if worker:
                 self.keys.check_worker(token, f"{action} job {uuid}")
             else:
                 self.keys.check_job(uuid, token)
         except CatalogError as exc:
+            if client is not None:
+                raise self._refused_anonymously(client, source, exc) from None
             self._audit(uuid, {"name": action}, source, exc, keep_data=False)
             raise
 
     def delete_job(self, uuid: str, token: str | None, source: str = "python") -> None:
         """Remove a job and its history (admin only); the deletion is audited."""
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
-        self.keys.check_admin(token, f"delete job {uuid}")
+        self.check_admin(token, f"delete job {uuid}", source)
         if not self.store.delete_job(uuid):
             raise JobNotFound(uuid)
         entry = AuditEntry(job_uuid=uuid, name="delete", date=utc_now(), source=source,
@@ -644,3 +751,12 @@ class Catalog:
     def audit_log(self, uuid: str | None = None, limit: int = 100) -> list[AuditEntry]:
         job = parse_uuid(uuid, UUIDType.pipelinejob) if uuid is not None else None
         return [AuditEntry.model_validate(d) for d in self.store.find_audit(job, limit)]
+
+    def anonymous_refusals(self, limit: int = 100) -> list[AuditEntry]:
+        """The counts of refusals of senders without a valid token, newest first (the counts
+        held in memory are written first, so that they are included)."""
+        from catalog.refusals import ANONYMOUS
+
+        check_limit(limit)
+        self.flush_refusals()
+        return [AuditEntry.model_validate(d) for d in self.store.find_audit(ANONYMOUS, limit)]

@@ -46,12 +46,31 @@ app.add_typer(file_app, name="file")
 class _State:
     db: str | None = None
     json: bool = False
+    token_file: Path | None = None
+
+
+def _token_or_file(token: str | None) -> str | None:
+    """``--token`` (or ``CATALOG_TOKEN``), else the token in ``--token-file``: a token on the
+    command line is visible to every user of the machine (``ps``), one in a file is not."""
+    if token or _state.token_file is None:
+        return token
+    try:
+        text = _state.token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"token file {_state.token_file} is unreadable: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not text or len(text.splitlines()) != 1:
+        raise InvalidInput(f"token file {_state.token_file} must hold one token on one line")
+    return text
 
 
 _state = _State()
 JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document.")]
 TokenOption = Annotated[
-    str | None, typer.Option("--token", envvar="CATALOG_TOKEN", help="Job or admin token.")
+    str | None, typer.Option(
+        "--token", envvar="CATALOG_TOKEN", callback=_token_or_file,
+        help="Job or admin token; better CATALOG_TOKEN or 'catalog --token-file PATH' (a "
+        "command line is visible to other users).")
 ]
 
 
@@ -60,9 +79,14 @@ def _main(
     db: Annotated[str | None, typer.Option(
         "--db", envvar="CATALOG_DB", help="Catalog URL (default: sqlite:///catalog.db).")] = None,
     json_: JsonOption = False,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", envvar="CATALOG_TOKEN_FILE",
+        help="File holding the job or admin token, used when --token and CATALOG_TOKEN "
+        "are not given.")] = None,
 ) -> None:
     _state.db = db
     _state.json = _state.json or json_
+    _state.token_file = token_file
 
 
 def _fail(code: str, message: str, exit_code: int) -> NoReturn:

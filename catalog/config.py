@@ -61,6 +61,33 @@ class Settings(BaseModel):
     event_retries: int = Field(
         64, ge=1, description="Compare-and-set attempts before an event reports a conflict."
     )
+    refusal_flush_s: float = Field(
+        10.0, gt=0, description="Refusals of requests without a valid token are counted per "
+        "address and reason, and written to the audit log this often (seconds).",
+    )
+    refusal_max_keys: int = Field(
+        1000, ge=1, description="Most (address, source, reason) counts held between two "
+        "writes; further addresses are counted together as 'other'.",
+    )
+    refusal_rate: float = Field(
+        5.0, gt=0, description="Refusals per second an address may earn without a valid token "
+        "before it is answered 429 (after a burst of refusal_burst).",
+    )
+    refusal_burst: int = Field(
+        50, ge=1, description="Refusals an address may earn at once before refusal_rate applies.",
+    )
+    rate_limit_delay_s: float = Field(
+        1.0, ge=0, description="How long a 429 answer is held back (at most its Retry-After): "
+        "a client that ignores Retry-After is slowed, not served faster (0: answer at once).",
+    )
+    http_timeout_keep_alive_s: int = Field(
+        5, ge=1, description="An idle connection between requests is closed after this long.",
+    )
+    http_request_timeout_s: float = Field(
+        10.0, gt=0, description="A request's headers and body must arrive within this long of "
+        "its first byte (or of the connection), else the connection is closed: slow clients "
+        "cannot hold connections.",
+    )
     openlineage_key: str = Field(
         "", repr=False,
         description="Bearer key OpenLineage emitters send to POST /api/v1/lineage, besides the "

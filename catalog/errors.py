@@ -14,6 +14,7 @@ and a non-zero exit code on the command line)::
     │   └── InvalidPattern             400 invalid_pattern
     │       └── PatternTooCostly       400 pattern_too_costly (backtracks without end)
     ├── BodyTooLarge                   413 body_too_large
+    ├── RateLimited                    429 rate_limited      (too many refusals from one address)
     ├── UnknownEvent                   422 unknown_event
     ├── IndexingError                  422 indexing_failed   (files could not be read)
     ├── TokenRequired                  401 token_required
@@ -59,6 +60,7 @@ __all__ = [
     "PatternTooCostly",
     "PipelineNotFound",
     "QueueEventRefused",
+    "RateLimited",
     "SchemaViolation",
     "StoreError",
     "TokenInvalid",
@@ -66,7 +68,17 @@ __all__ = [
     "UnknownEvent",
     "UnsafePath",
     "WrongIdentifierType",
+    "storable_text",
 ]
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) written as ``\\udxxx`` escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class CatalogError(Exception):
@@ -76,6 +88,9 @@ class CatalogError(Exception):
     code: ClassVar[str] = "internal_error"
 
     def __init__(self, message: str, **details: Any) -> None:
+        # A message quotes what the caller sent, which may hold a lone surrogate: escaped here,
+        # so that every rendering (JSON, audit row, log line) can encode it.
+        message = storable_text(message)
         super().__init__(message)
         self.message = message
         self.details = details
@@ -133,6 +148,18 @@ class PatternTooCostly(InvalidPattern):
 class BodyTooLarge(CatalogError):
     status = 413
     code = "body_too_large"
+
+
+class RateLimited(CatalogError):
+    """An address refused too often without a valid token; ``retry_after`` in whole seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many refused requests from this address: retry after "
+                         f"{retry_after} s", retry_after=retry_after)
+        self.retry_after = retry_after
 
 
 class IndexingError(CatalogError):

@@ -10,7 +10,9 @@ chunk to a sink (the CLI's and the API's ``JSONSpool``) or keeps it, and sends `
 to FINISHED). Memory stays that of a chunk, not of the tree. A file that cannot be read is
 left out and the others are indexed; the run then fails naming it. A failure is written to the
 job's history as an ``update`` carrying the error, and sends ``fail`` only when asked; the job
-then stays INDEXING, and indexing again reads only what is not indexed yet.
+then stays INDEXING, and indexing again reads only what is not indexed yet. A run that cannot
+start (a request refused, the archive path unlistable, a reference that does not resolve) is
+refused before ``index`` is sent, and leaves the job as it was.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from catalog.models import (
 )
 from catalog.patterns import Pattern
 from catalog.references import Resolver, file_uuid
+from catalog.states import next_state
 from catalog.storage import FileInfo, relative_to
 from catalog.store.base import Doc
 
@@ -180,21 +183,44 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
         return _index_files(catalog, job, requests, fixity, rehash, progress, sink)
 
 
-def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
-                 fixity: bool | None, rehash: bool, progress: Progress | None,
-                 sink: Sink | None) -> IndexResult:
+@dataclass
+class _Plan:
+    """What an index run will do, found before any file is read or the job changes state."""
+
+    chosen: list[Request]
+    claimed: Claimed
+    unmatched: list[str]
+    references: Resolver | None = None
+    links: list[Links] = field(default_factory=list)
+
+
+def _plan(catalog: Catalog, job: Job, requests: Iterable[Any] | None) -> _Plan:
+    """List and claim the files and resolve the references: everything that can refuse a run
+    before it starts (a request, the storage, a reference that does not resolve)."""
     archive_path = check_storage_system(catalog, job)
     chosen = _requests_of(job, requests)
     claimed, unmatched = _claim(catalog.storage.list(archive_path), archive_path, chosen)
-    result = IndexResult(job.uuid, job.state, unmatched_requests=unmatched)
-    if not claimed:
+    plan = _Plan(chosen, claimed, unmatched)
+    if claimed:
+        # References to files of this very run resolve to them (each file's uuid made on
+        # demand: a million of them need not be held for the few references there are).
+        plan.references = Resolver(catalog, job.archive_system, archive_path,
+                                   pending=_ClaimedFiles(catalog, job.archive_system, claimed))
+        plan.links = _resolve_links(plan.references, chosen, claimed)
+    return plan
+
+
+def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
+                 fixity: bool | None, rehash: bool, progress: Progress | None,
+                 sink: Sink | None, plan: _Plan | None = None) -> IndexResult:
+    if plan is None:
+        plan = _plan(catalog, job, requests)
+    claimed, references = plan.claimed, plan.references
+    result = IndexResult(job.uuid, job.state, unmatched_requests=plan.unmatched)
+    if not claimed or references is None:
         return result
-    # References to files of this very run resolve to them (each file's uuid made on demand:
-    # a million of them need not be held for the few references there are).
-    references = Resolver(catalog, job.archive_system, archive_path,
-                          pending=_ClaimedFiles(catalog, job.archive_system, claimed))
-    run = _Run(catalog, job, chosen, _resolve_links(references, chosen, claimed), fixity,
-               rehash, progress, format_date(utc_now()))
+    run = _Run(catalog, job, plan.chosen, plan.links, fixity, rehash, progress,
+               format_date(utc_now()))
     if references.new_references:  # before any record names them
         catalog.add_entities(list(references.new_references.values()))
     unreadable: list[str] = []
@@ -391,12 +417,25 @@ def check_storage_system(catalog: Catalog, job: Job) -> str:
     return job.archive_path
 
 
+def _may_index(job: Job) -> bool:
+    try:
+        next_state(job.uuid, job.state, "index")
+    except EventNotAllowed:
+        return False
+    return True
+
+
 def index_job(catalog: Catalog, uuid: str, token: str | None,
               requests: Iterable[Any] | None = None, fixity: bool | None = None,
               rehash: bool = False, fail_on_error: bool = False, source: str = "python",
               progress: Progress | None = None, sink: Sink | None = None) -> IndexResult:
     """Send ``index``, index the job's files, send ``indexed``; see the module docstring.
-    ``sink`` receives the written records chunk by chunk (``index_files``)."""
+    ``sink`` receives the written records chunk by chunk (``index_files``).
+
+    What can refuse the run before a file is read (the requests, the storage system, listing
+    the archive path, a reference that does not resolve) is found before ``index`` is sent: a
+    run that cannot start leaves the job as it was."""
+    plan: _Plan | None = None
     try:
         catalog.keys.check_job(parse_uuid(uuid, UUIDType.pipelinejob), token)
     except CatalogError:
@@ -406,10 +445,14 @@ def index_job(catalog: Catalog, uuid: str, token: str | None,
         check_storage_system(catalog, job)
         if requests is not None:
             requests = _requests_of(job, requests)
+        if _may_index(job):  # else handle_event refuses it below, and audits the refusal
+            with gc_paused():
+                plan = _plan(catalog, job, requests)
     catalog.handle_event(uuid, {"name": "index", "data": {"rehash": rehash}}, token, source)
     job = catalog.get_job(uuid, history=False)
     try:
-        result = index_files(catalog, job, requests, fixity, rehash, progress, sink)
+        with gc_paused():
+            result = _index_files(catalog, job, requests, fixity, rehash, progress, sink, plan)
     except (CatalogError, OSError) as exc:
         message = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
         try:

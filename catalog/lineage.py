@@ -16,6 +16,7 @@ from catalog.identifiers import UUIDType, parse_uuid, uuid_type
 from catalog.store.base import chunked
 
 DIRECTIONS = ("up", "down", "both")
+FORMATS = ("json", "prov-json", "prov-n")  # the catalog's JSON, W3C PROV-JSON, PROV-N
 MAX_DEPTH = 20
 DEFAULT_LIMIT = 10_000  # edges in an answer, unless asked for more
 MAX_LIMIT = 50_000  # ~125 MB for the JSON answer, ~300 MB for PROV (200,000-file job)

@@ -363,6 +363,12 @@ class EventOutcome(_Strict):
     last_event: str
     event_id: str
     duplicate: bool
+    cleanup_error: str | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="Present when the event was applied but what it does beyond the state "
+        "failed (a reset's emptying of the archive path): what failed. The failure is in the "
+        "audit log; sending the event again retries it.",
+    )
 
 
 class LineageOutcome(EventOutcome):

@@ -15,6 +15,7 @@ import secrets as _secrets
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from catalog.errors import AdminRequired, ConfigurationError, TokenInvalid, TokenRequired
 
@@ -80,11 +81,38 @@ class Keys:
             return False
         raise TokenInvalid(f"the token given is not valid for job {uuid}")
 
+    def withhold(self, uuid: str, document: Any, raw: bytes | str | None = None) -> Any:
+        """``document`` with the job's token and the admin token cut out of every key and
+        string, so that a token sent in a body is never stored or shown. ``raw``, the text the
+        document was parsed from, lets the common case (no token in it) skip the walk."""
+        secrets = (self.job_token(uuid), self._admin_token)
+        if raw is not None:
+            text = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+            if not any(secret.encode("ascii") in text for secret in secrets):
+                return document
+        return _withhold(document, secrets)
+
     def check_admin(self, token: str | None, action: str) -> None:
         if not token:
             raise TokenRequired(f"the admin token is required to {action}")
         if not self.is_admin(token):
             raise AdminRequired(f"the admin token is required to {action}")
+
+
+WITHHELD_TOKEN = "<withheld: token>"
+
+
+def _withhold(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, WITHHELD_TOKEN)
+        return value
+    if isinstance(value, list):
+        return [_withhold(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {_withhold(key, secrets): _withhold(item, secrets) for key, item in value.items()}
+    return value
 
 
 def keys_from_env_or_file(secret_file: Path) -> Keys:

@@ -30,6 +30,8 @@ def run(script: str, *args: str) -> dict[str, Any]:
     [
         pytest.param("jobs.py", ("--jobs", "10", "--events", "10"), "ratio", id="jobs"),
         pytest.param("webhooks.py", ("--events", "5", "--rounds", "1"), "ratio", id="webhooks"),
+        pytest.param("webhooks.py", ("--events", "5", "--rounds", "1", "--flood", "2"), "ratio",
+                     id="webhooks-flood"),
         pytest.param("fixity.py", ("--size-mib", "2", "--files", "40", "--rounds", "1"), "ratio",
                      id="fixity"),
         pytest.param("lineage.py", ("--sizes", "400,800", "--queries", "3"), "ratios",
@@ -44,6 +46,9 @@ def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str
     assert document["benchmark"] == script.removesuffix(".py")
     assert document[ratios] and all(isinstance(value, float | int | dict)
                                     for value in document[ratios].values())
-    if script == "webhooks.py":  # every acknowledged event is in the history exactly once
+    if script == "webhooks.py" and "--flood" in args:
+        assert document["with_flood"]["history_ok"] is True
+        assert document["flood"]["requests"] > 0
+    elif script == "webhooks.py":  # every acknowledged event is in the history exactly once
         assert document["catalog"]["history_ok"] is True
         assert document["catalog"]["errors"] == document["baseline"]["errors"] == 0

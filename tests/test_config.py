@@ -30,6 +30,13 @@ DEFAULTS = {
     "product_roots": "",
     "sweep_interval": 15.0,
     "chime_anonymous_writes": False,
+    "refusal_flush_s": 10.0,
+    "refusal_max_keys": 1000,
+    "refusal_rate": 5.0,
+    "refusal_burst": 50,
+    "rate_limit_delay_s": 1.0,
+    "http_timeout_keep_alive_s": 5,
+    "http_request_timeout_s": 10.0,
 }
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "catalog.toml"
 

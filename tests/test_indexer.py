@@ -252,20 +252,19 @@ def test_pattern_matching_nothing_indexes_nothing_and_says_so(catalog: Catalog) 
     assert records(catalog, job) == {}
 
 
-def test_unresolvable_reference_is_named_and_leaves_the_job_indexing(catalog: Catalog) -> None:
+def test_unresolvable_reference_is_named_and_leaves_the_job_as_it_was(catalog: Catalog) -> None:
+    """A run that cannot start is refused before ``index``: the job stays FINISHED."""
     product = [{"patterns": [r"^plots/"], "derived_from": ["./data/nope.csv"]}]
     job = finished_job(catalog, product=product)
+    before = catalog.get_job(job.uuid)
     with pytest.raises(InvalidInput, match="nope.csv"):
         ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
-    stored = catalog.get_job(job.uuid)
-    assert stored.state == "INDEXING"
-    assert stored.history[-1].name == "update"
-    assert "nope.csv" in stored.history[-1].data["error"]
+    assert catalog.get_job(job.uuid) == before
     assert records(catalog, job) == {}  # nothing half-written
 
     with pytest.raises(InvalidInput):
         ManagedPipelineJobInstance(catalog, job.uuid).index(job.token, fail_on_error=True)
-    assert catalog.get_job(job.uuid).state == "FAILED"
+    assert catalog.get_job(job.uuid) == before
 
 
 def test_a_pattern_that_backtracks_without_end_is_refused_before_anything_is_read(
@@ -279,11 +278,10 @@ def test_a_pattern_that_backtracks_without_end_is_refused_before_anything_is_rea
 
     job = finished_job(catalog, {**FILES, "a" * 60 + "b": b"z"})
     costly = [{"patterns": [r"\.csv$", r"(?:a|aa)+$"]}]
+    before = catalog.get_job(job.uuid)
     with pytest.raises(PatternTooCostly, match=r"'\(\?:a\|aa\)\+\$' took more than"):
         ManagedPipelineJobInstance(catalog, job.uuid).index(job.token, requests=costly)
-    stored = catalog.get_job(job.uuid)
-    assert (stored.state, stored.history[-1].name) == ("INDEXING", "update")
-    assert "took more than" in stored.history[-1].data["error"]
+    assert catalog.get_job(job.uuid) == before  # refused before the run started
     assert records(catalog, job) == {}
 
     async def post() -> httpx.Response:
@@ -295,6 +293,7 @@ def test_a_pattern_that_backtracks_without_end_is_refused_before_anything_is_rea
     answer = asyncio.run(post())
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, "pattern_too_costly")
     assert records(catalog, job) == {}
+    assert catalog.get_job(job.uuid) == before  # a 400 leaves the job FINISHED, not INDEXING
 
 
 def test_index_needs_the_job_token_and_a_finished_job(catalog: Catalog) -> None:
@@ -645,10 +644,13 @@ def test_a_reset_whose_erase_fails_stands_and_a_resend_finishes_it(catalog: Cata
     elsewhere = root / "elsewhere"
     shutil.move(directory, elsewhere)
     directory.symlink_to(elsewhere)  # erasing through it could empty another job's files
-    with pytest.raises(UnsafePath):
-        job.reset(token=admin, event_id="reset-1")
-    assert catalog.get_job(job.uuid).state == "RESET"  # the event itself was accepted
-    assert [a.name for a in catalog.audit_log(job.uuid)] == []  # and is not a refusal
+    applied = job.reset(token=admin, event_id="reset-1")
+    # The event was applied, and is answered so, with the failed clean-up stated and recorded.
+    assert (applied.state, applied.duplicate) == ("RESET", False)
+    assert applied.cleanup_error is not None and "symlink" in applied.cleanup_error
+    assert catalog.get_job(job.uuid).state == "RESET"
+    assert [(a.name, a.code, a.event_id) for a in catalog.audit_log(job.uuid)] == [
+        ("reset", "cleanup_failed", "reset-1")]
     assert len(list(elsewhere.rglob("*.csv"))) == 2  # nothing outside the job was touched
 
     directory.unlink()

@@ -103,8 +103,9 @@ async def test_each_route_wants_its_token(catalog: Catalog, client: httpx.AsyncC
         assert KEYS.admin_token() not in response.text and worker not in response.text
     job = catalog.get_job(uuid)
     assert (job.state, job.version) == ("QUEUED", 2)
-    audited = sorted(entry.name for entry in catalog.audit_log(uuid))
-    assert audited == ["cancel", "complete", "heartbeat", "retry"]
+    # refusals of senders without a valid token are counted, not written one by one
+    assert catalog.audit_log(uuid) == []
+    assert catalog.flush_refusals() >= 1
 
 
 @pytest.mark.anyio

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from pydantic import BaseModel
 from schemathesis import GenerationMode
+from schemathesis.config import SchemathesisConfig
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.schemas import APIOperation
 
 from catalog import Catalog, ManagedPipelineJob
@@ -33,6 +35,7 @@ from catalog.web import create_app
 # Examples per operation: schema-conforming ones, then schema-violating ones (slower to make).
 EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10}
 KNOWN_EVENT_EXAMPLES = 20
+UNSTORABLE_EXAMPLES = 5
 BOGUS_TOKEN = "0123456789abcdef" * 4
 # Weighted towards tokens that pass, so that accepted requests are fuzzed too.
 WHO = ["own", "own", "own", "admin", "admin", "none", "another job", "bogus"]
@@ -47,6 +50,34 @@ REQUEST_BODIES: dict[tuple[str, str], tuple[type[BaseModel], bool]] = {
 # operationId (the bug test_web_api.py::test_openapi_operation_ids_are_unique shows).
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate Operation ID:UserWarning")
 STATUSES = ["RUNNING", "running", "FINISHED", "FAILED", "success", "EXPLODED", ""]
+# Every check schemathesis has runs on every operation, and any finding fails the test. What a
+# JSON Schema cannot state is said here, per operation: the statuses a request that the document
+# allows may still be answered, besides positive_data_acceptance's own (2xx, 3xx, 401, 403, 404,
+# 409, 429, 5xx), and why. Nothing else is relaxed.
+SEMANTIC_REFUSALS: dict[tuple[str, str], tuple[list[str], str]] = {
+    ("POST", "/jobs/{uuid}/events"): (
+        ["400", "422"], "?status= decides what the body is (an event, required, or an optional "
+        "{data, event_id}); the known statuses depend on the mapping (?mapping= or the job's "
+        "own); data holds no integer beyond 64 bits and no NUL in a key"),
+    ("GET", "/jobs"): (["400"], "a cursor is the one a previous page gave; a date must exist; "
+                               "child_of names an upstream entity"),
+    ("GET", "/files"): (["400"], "a cursor is the one a previous page gave; a path prefix stays "
+                                "inside the archive; a glob must parse; a checksum is "
+                                "algorithm:hexdigest"),
+    ("GET", "/pipelines"): (["400"], "a cursor is the one a previous page gave"),
+    ("POST", "/jobs"): (["400", "422"], "upstream ids, an archive path inside the root, index "
+                                        "patterns that compile, data JSON can carry"),
+    ("POST", "/pipelines"): (["400"], "components JSON can carry"),
+    ("POST", "/jobs/{uuid}/index"): (["400", "422"], "index requests whose patterns compile and "
+                                                     "whose references resolve"),
+    ("POST", "/api/v1/lineage"): (["400", "422"], "an OpenLineage RunEvent (its own schema)"),
+}
+_ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+CHECKS_CONFIG = SchemathesisConfig.from_dict({"operations": [
+    {"include-path": path, "include-method": method,
+     "checks": {"positive_data_acceptance": {"expected-statuses": _ACCEPTED + statuses}}}
+    for (method, path), (statuses, _why) in SEMANTIC_REFUSALS.items()
+]})
 MAPPINGS = ["tapis", "chime", "slurm"]
 
 
@@ -108,7 +139,9 @@ def service(request: pytest.FixtureRequest, tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     url = (f"sqlite:///{tmp_path}/c.db" if request.param == "sqlite"
            else f"mongomock://fuzz-{tmp_path.name}")
-    catalog = Catalog.open(url, keys=Keys(b"x" * 32, b"y" * 32))
+    # Every request comes from one address: no rate limit, or the fuzzer would see only 429s.
+    catalog = Catalog.open(url, keys=Keys(b"x" * 32, b"y" * 32), refusal_burst=10**9,
+                           rate_limit_delay_s=0)
     pipeline, _ = catalog.add_pipeline("align", "1.0", [{"image": "align:1.0"}])
     job = ManagedPipelineJob(catalog, "align", {"n": 1}, measurement_id="measurement.lab.1")
     job.setup()
@@ -116,7 +149,8 @@ def service(request: pytest.FixtureRequest, tmp_path: Path,
     other_job.setup()
     app = create_app(catalog)
     loaded = schemathesis.openapi.from_asgi("/openapi.json", app)
-    schema = schemathesis.openapi.from_dict(with_request_bodies(loaded.raw_schema))
+    schema = schemathesis.openapi.from_dict(with_request_bodies(loaded.raw_schema),
+                                            config=CHECKS_CONFIG)
     schema.app = app
     yield Service(catalog, schema, job, other_job, pipeline.uuid)
     catalog.close()
@@ -140,23 +174,32 @@ def strategies(service: Service,
             lambda chosen: operation.as_strategy(path_parameters={"uuid": chosen[0]},
                                                  body={"name": chosen[1]}))
         found.append((KNOWN_EVENT_EXAMPLES, known))
+        # Data the document allows and no store keeps: a 400 naming the field, never a 500.
+        unstorable = st.sampled_from(path_uuids).flatmap(
+            lambda uuid: operation.as_strategy(path_parameters={"uuid": uuid}, body={
+                "name": "update", "data": {"big": 2**64, "surrogate": "x\ud800"}}))
+        found.append((UNSTORABLE_EXAMPLES, unstorable))
     return found
 
 
 def realistic(case: Any, data: st.DataObject) -> None:
-    """Sometimes swap generated noise for names the service knows, to reach deeper states."""
+    """Sometimes swap generated noise for names the service knows, to reach deeper states.
+
+    Parts are replaced, never edited in place, so that schemathesis sees the change and judges
+    afresh whether the case still breaks the document (a negative case may become positive)."""
     if not isinstance(case.body, dict) or data.draw(st.integers(0, 3)) == 0:
         return
     if case.operation.path == "/jobs" and "pipeline" in case.body:
-        case.body["pipeline"] = "align"
+        case.body = {**case.body, "pipeline": "align"}
     if case.operation.path != "/jobs/{uuid}/events":
         return
     if "name" in case.body:
-        case.body["name"] = data.draw(st.sampled_from(EVENTS))
+        case.body = {**case.body, "name": data.draw(st.sampled_from(EVENTS))}
     if isinstance(case.query, dict) and data.draw(st.booleans()):
-        case.query["status"] = data.draw(st.sampled_from(STATUSES))
+        query = {**case.query, "status": data.draw(st.sampled_from(STATUSES))}
         if data.draw(st.booleans()):
-            case.query["mapping"] = data.draw(st.sampled_from(MAPPINGS))
+            query["mapping"] = data.draw(st.sampled_from(MAPPINGS))
+        case.query = query
 
 
 def check_response(service: Service, case: Any, response: Any, before: dict[str, Any]) -> None:
@@ -172,6 +215,21 @@ def check_response(service: Service, case: Any, response: Any, before: dict[str,
     assert service.state() == before, f"{label} was refused ({response.status_code}) yet changed"
 
 
+def authenticate(case: Any, token: str | None, where: str) -> dict[str, Any]:
+    """Drop any token the fuzzer made up (the document declares both schemes) and give the
+    case's own, in the header or the query, as the caller's (not generated) credentials; a
+    case whose headers are made to break the document keeps them, and no token."""
+    if where != "generated header":  # a header that breaks the document on purpose stays
+        case.headers = {k: v for k, v in (case.headers or {}).items()
+                        if k.lower() != "authorization"}
+    case.query = {k: v for k, v in (case.query or {}).items() if k != "token"}
+    if token is None or where == "generated header":
+        return {}
+    if where == "header":
+        return {"headers": {"Authorization": f"Bearer {token}"}}
+    return {"params": {"token": token}}
+
+
 def fuzz_test(service: Service, operation: APIOperation, strategy: st.SearchStrategy[Any],
               max_examples: int, seen: dict[str, set[int]]) -> Callable[[], None]:
     """One bounded, derandomised hypothesis run over ``strategy``, recording the statuses."""
@@ -185,16 +243,20 @@ def fuzz_test(service: Service, operation: APIOperation, strategy: st.SearchStra
         token = service.token(who, case)
         if case.method.upper() == "DELETE" and who == "admin":
             token = None  # keep the pre-created jobs for the other examples
-        realistic(case, data)
-        extra: dict[str, Any] = {}
-        if token is not None and where == "header":
-            extra["headers"] = {"Authorization": f"Bearer {token}"}
-        elif token is not None:
-            extra["params"] = {"token": token}
+        meta = case.meta
+        if meta is None or not meta.generation.mode.is_negative:
+            realistic(case, data)  # a negative case stays as generated: it must be refused
+        elif meta.is_negative_at(ParameterLocation.HEADER):
+            where = "generated header"
+        credentials = authenticate(case, token, where)
         before = service.state()
-        response = case.call(**extra)
+        response = case.call(**credentials)
         seen.setdefault(operation.label, set()).add(response.status_code)
         check_response(service, case, response, before)
+        # Every check schemathesis has (CHECKS_CONFIG); ignored_auth sends the case again
+        # without its token, and with a made-up one, and expects 401 or 403.
+        case.validate_response(response, headers=credentials.get("headers"),
+                               transport_kwargs={"app": service.schema.app})
 
     return fuzz
 

@@ -8,7 +8,6 @@ are never logged: the access log written here drops query strings.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -25,7 +24,7 @@ from catalog import __version__
 from catalog.catalog import Catalog, parse_body, parse_document
 from catalog.errors import CatalogError, InvalidInput
 from catalog.jobs import create_job
-from catalog.lineage import DEFAULT_LIMIT, MAX_LIMIT
+from catalog.lineage import DEFAULT_LIMIT, FORMATS, MAX_LIMIT
 from catalog.models import (
     CreatedJob,
     Event,
@@ -40,13 +39,16 @@ from catalog.models import (
 )
 from catalog.openlineage import ingest
 from catalog.spool import stream_document
+from catalog.web.abuse import client_address, error_headers, hold_back
+from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens
+from catalog.web.audit import add_audit_routes
+from catalog.web.openapi import complete as complete_openapi
 from catalog.web.queue_routes import add_queue_routes
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
     declared_length,
     error_body,
-    log_access,
     send_json,
     too_large,
 )
@@ -84,31 +86,6 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
-
-
-class AccessLog:
-    """One log line per request: method, path (never the query: it may hold a token), status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            log_access(scope["method"], scope["path"], status, started)
 
 
 def _body_schema(model: type[BaseModel] | None, required: bool = True) -> dict[str, Any]:
@@ -171,12 +148,14 @@ def create_app(catalog: Catalog) -> FastAPI:
         token = _token(request)
         body = await request.body()
         idempotency_key = request.headers.get("idempotency-key") or None
+        client = client_address(request.scope)
         if status is not None:
             outcome = await run_in_threadpool(catalog.handle_status, uuid, status, token,
-                                              mapping, None, idempotency_key, "webhook", body)
+                                              mapping, None, idempotency_key, "webhook", body,
+                                              client)
         else:
             outcome = await catalog.handle_event_async(uuid, body, token, "webhook",
-                                                       idempotency_key)
+                                                       idempotency_key, client)
         return Response(outcome.model_dump_json(), media_type="application/json")
 
     @app.post("/api/v1/lineage", response_model=LineageOutcome,
@@ -196,6 +175,9 @@ def create_app(catalog: Catalog) -> FastAPI:
         from catalog.indexer import index_job
         from catalog.spool import JSONSpool
 
+        # Refused here, with the client's address, so that anonymous refusals are counted
+        # (catalog.refusals) rather than written one by one by index_job.
+        catalog.check_job_token(uuid, _token(request), "api", client_address(request.scope))
         body = await request.body()
         options = parse_document(IndexOptions, parse_body(body), "index options") \
             if body.strip() else IndexOptions()
@@ -244,7 +226,7 @@ def create_app(catalog: Catalog) -> FastAPI:
               openapi_extra=_body_schema(JobRequest))
     async def post_job(request: Request) -> JSONResponse:
         """Create a job (admin token); answers 200 with the same job when it exists."""
-        catalog.keys.check_admin(_token(request), "create jobs")
+        catalog.check_admin(_token(request), "create jobs", "api", client_address(request.scope))
         body = await _json_body(request)
         created = await run_in_threadpool(create_job, catalog, body, "api",
                                           catalog.settings.base_url)
@@ -252,6 +234,8 @@ def create_app(catalog: Catalog) -> FastAPI:
 
     @app.delete("/jobs/{uuid}")
     def delete_job(request: Request, uuid: str) -> dict[str, Any]:
+        catalog.check_admin(_token(request), f"delete job {uuid}", "api",
+                            client_address(request.scope))
         catalog.delete_job(uuid, _token(request), source="api")
         return {"uuid": uuid, "deleted": True}
 
@@ -270,9 +254,8 @@ def create_app(catalog: Catalog) -> FastAPI:
         """The lineage graph as the catalog's JSON or as a W3C PROV document."""
         from catalog.prov import as_prov_json, as_prov_n
 
-        formats = ("json", "prov-json", "prov-n")
-        if format_ not in formats:
-            raise InvalidInput(f"format must be one of {', '.join(formats)}, not {format_!r}")
+        if format_ not in FORMATS:
+            raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, not {format_!r}")
         graph = catalog.lineage(uuid, direction, depth, limit)
         # A PROV document has no place to say it was cut short: a header says it for all three.
         headers = {"catalog-lineage-truncated": "true" if graph["truncated"] else "false"}
@@ -313,24 +296,45 @@ def create_app(catalog: Catalog) -> FastAPI:
               openapi_extra=_body_schema(PipelineRequest))
     async def post_pipeline(request: Request) -> JSONResponse:
         """Register a pipeline (admin token); answers 200 when it was already registered."""
-        catalog.keys.check_admin(_token(request), "register pipelines")
+        catalog.check_admin(_token(request), "register pipelines", "api",
+                            client_address(request.scope))
         spec = parse_document(PipelineRequest, await _json_body(request), "pipeline")
         pipeline, created = await run_in_threadpool(
             catalog.add_pipeline, spec.name, spec.version, spec.components, spec.description)
         return _render(pipeline, 201 if created else 200)
 
+    add_audit_routes(app, catalog)
+    _complete_openapi(app)
     return app
+
+
+def _complete_openapi(app: FastAPI) -> None:
+    """Serve the OpenAPI document completed by ``catalog.web.openapi`` (built once)."""
+    build = app.openapi
+    built: list[dict[str, Any]] = []
+
+    def openapi() -> dict[str, Any]:
+        if not built:
+            built.append(complete_openapi(build()))
+        return built[0]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _register_errors(app: FastAPI) -> None:
     def error(status: int, code: str, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+        return JSONResponse({"error": {"code": code, "message": withhold_tokens(message)}},
+                            status_code=status)
 
     @app.exception_handler(CatalogError)
     async def catalog_error(request: Request, exc: CatalogError) -> JSONResponse:
         if exc.status >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc.code)
-        return error(exc.status, exc.code, exc.message)
+            log.error("%s %s failed: %s", request.method, loggable_path(request.url.path),
+                      exc.code)
+        await hold_back(exc, app.state.catalog.settings.rate_limit_delay_s)
+        response = error(exc.status, exc.code, exc.message)
+        response.headers.update(error_headers(exc))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -354,5 +358,6 @@ def _register_errors(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s: unexpected error", request.method, request.url.path)
+        log.exception("%s %s: unexpected error", request.method,
+                      loggable_path(request.url.path))
         return error(500, "internal_error", "internal error")

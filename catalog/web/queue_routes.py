@@ -24,6 +24,7 @@ from catalog.queue.models import (
     Withdrawn,
     WithdrawRequest,
 )
+from catalog.web.abuse import client_address
 from catalog.web.webhook import bearer_or_query_token
 
 SOURCE = "api"
@@ -58,23 +59,26 @@ def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:
     async def post_submission(request: Request) -> JSONResponse:
         """Have a job run (admin token): 201 when this queued it, 200 when it was queued,
         running or (``memoised``) finished already."""
-        catalog.keys.check_admin(_token(request), "submit jobs")
+        catalog.check_admin(_token(request), "submit jobs", SOURCE, client_address(request.scope))
         document = await _document(request)
         outcome = await run_in_threadpool(submit, catalog, document, SOURCE)
         return JSONResponse(outcome.model_dump(mode="json"),
                             status_code=201 if outcome.queued else 200)
 
     @app.get("/queue/status")
-    def get_status(pipeline: Annotated[list[str] | None, Query(
-            description="Only these pipelines (names or UUIDs).")] = None) -> dict[str, Any]:
+    def get_status(pipeline: Annotated[str | None, Query(
+            description="Only these pipelines: names or UUIDs, separated by commas.")] = None
+                   ) -> dict[str, Any]:
         """Jobs by pipeline and state."""
-        return status(catalog, pipeline)
+        names = None if pipeline is None else [p for p in pipeline.split(",") if p]
+        return status(catalog, names)
 
     @app.post("/queue/withdraw", response_model=Withdrawn | None, responses=_REFUSALS,
                  openapi_extra=_body(WithdrawRequest))
     async def post_withdraw(request: Request) -> JSONResponse:
         """Claim the next queued job matching the filter (worker key), or ``null``."""
-        catalog.keys.check_worker(_token(request), "withdraw jobs")
+        catalog.check_worker(_token(request), "withdraw jobs", SOURCE,
+                             client_address(request.scope))
         spec = parse_document(WithdrawRequest, await _document(request), "withdraw request")
         withdrawn = await run_in_threadpool(withdraw, catalog, spec.filter, spec.worker,
                                             spec.lease, SOURCE)
@@ -83,7 +87,8 @@ def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:
     @app.post("/queue/sweep", responses=_REFUSALS)
     async def post_sweep(request: Request) -> dict[str, int]:
         """Fail the attempts whose lease expired (worker key); retried while attempts remain."""
-        catalog.keys.check_worker(_token(request), "sweep expired leases")
+        catalog.check_worker(_token(request), "sweep expired leases", SOURCE,
+                             client_address(request.scope))
         return await run_in_threadpool(sweep, catalog)
 
     @app.post("/jobs/{uuid}/heartbeat", responses=_REFUSALS,
@@ -91,7 +96,8 @@ def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:
     async def post_heartbeat(request: Request, uuid: str) -> dict[str, str]:
         """Renew the lease of a job the worker holds (worker key); 409 when it holds none."""
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
-        catalog.authorize(uuid, _token(request), "heartbeat", SOURCE, worker=True)
+        catalog.authorize(uuid, _token(request), "heartbeat", SOURCE, worker=True,
+                          client=client_address(request.scope))
         spec = parse_document(HeartbeatRequest, await _document(request), "heartbeat")
         expiry = await run_in_threadpool(heartbeat, catalog, uuid, spec.worker, spec.lease)
         return {"uuid": uuid, "lease_expiry": expiry}
@@ -102,7 +108,8 @@ def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:
         """End the worker's attempt (worker key): results, products, plots, logs, or an
         error; answers the job (without its history) as it then is."""
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
-        catalog.authorize(uuid, _token(request), "complete", SOURCE, worker=True)
+        catalog.authorize(uuid, _token(request), "complete", SOURCE, worker=True,
+                          client=client_address(request.scope))
         document = await _document(request)
         await run_in_threadpool(complete, catalog, uuid, document, SOURCE)
         job = await run_in_threadpool(catalog.get_job, uuid, False)
@@ -113,7 +120,8 @@ def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:
     async def post_cancel(request: Request, uuid: str) -> JSONResponse:
         """Cancel a job that has not ended (its token or the admin token)."""
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
-        catalog.authorize(uuid, _token(request), "cancel", SOURCE)
+        catalog.authorize(uuid, _token(request), "cancel", SOURCE,
+                          client=client_address(request.scope))
         spec = parse_document(CancelRequest, await _document(request, required=False), "cancel")
         outcome = await run_in_threadpool(catalog.cancel, uuid, spec.reason, SOURCE)
         return JSONResponse(outcome.model_dump(mode="json"))
@@ -122,6 +130,7 @@ def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:
     async def post_retry(request: Request, uuid: str) -> JSONResponse:
         """Queue a failed job again with a fresh count of attempts (its token or admin)."""
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
-        catalog.authorize(uuid, _token(request), "retry", SOURCE)
+        catalog.authorize(uuid, _token(request), "retry", SOURCE,
+                          client=client_address(request.scope))
         outcome = await run_in_threadpool(catalog.retry, uuid, SOURCE)
         return JSONResponse(outcome.model_dump(mode="json"))

@@ -1,4 +1,5 @@
-"""Run the service on uvicorn, with an access log that never carries tokens."""
+"""Run the service on uvicorn: an access log that never carries tokens, and connections
+that cannot be held open (``catalog.web.timeouts``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uvicorn
 from catalog.catalog import Catalog
 from catalog.queue.sweeper import Sweeper
 from catalog.web.app import create_app
+from catalog.web.timeouts import deadline_protocol
 
 
 def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
@@ -20,9 +22,13 @@ def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
     # "Optimization" section: thread and process data, and where each call was made from).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None
+    settings = catalog.settings
+    # Idle and slow connections are closed (catalog.web.timeouts): none can be held for ever.
     config = uvicorn.Config(create_app(catalog), host=host, port=port, access_log=False,
-                            log_level=log_level, timeout_graceful_shutdown=5)
-    sweeper = Sweeper(catalog, catalog.settings.sweep_interval).start()
+                            log_level=log_level, timeout_graceful_shutdown=5,
+                            http=deadline_protocol(settings.http_request_timeout_s),
+                            timeout_keep_alive=settings.http_timeout_keep_alive_s)
+    sweeper = Sweeper(catalog, settings.sweep_interval).start()
     try:
         uvicorn.Server(config).run()
     finally:

@@ -24,6 +24,8 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from catalog.errors import BodyTooLarge, CatalogError, InvalidData
+from catalog.web.abuse import client_address, error_headers, hold_back
+from catalog.web.accesslog import log_access, loggable_path, withhold_tokens
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog
@@ -32,11 +34,6 @@ log = logging.getLogger("catalog.web")
 
 _EVENTS_PATH = re.compile(r"/jobs/([^/]+)/events")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def log_access(method: str, path: str, status: int, started: float) -> None:
-    """The access log line: method, path (never the query: it may hold a token), status."""
-    log.info("%s %s %d %.1fms", method, path, status, (time.perf_counter() - started) * 1000)
 
 
 def too_large(limit: int) -> BodyTooLarge:
@@ -57,10 +54,19 @@ def declared_length(headers: list[tuple[bytes, bytes]], limit: int) -> None:
                 raise too_large(limit)
 
 
-async def send_json(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+async def send_json(send: Send, status: int, body: bytes,
+                    extra_headers: dict[str, str] | None = None) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in (extra_headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, error: CatalogError, delay_s: float = 0.0) -> None:
+    """An error in the one JSON shape, with its headers (Retry-After), held back if limited."""
+    await hold_back(error, delay_s)
+    await send_json(send, error.status, error_body(error), error_headers(error))
 
 
 # Starlette's JSONResponse rendering (the FastAPI routes' errors), with one encoder for all.
@@ -68,7 +74,9 @@ _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",",
 
 
 def error_body(error: CatalogError) -> bytes:
-    return _encode(error.to_dict()).encode()
+    """The error's JSON, with anything shaped like a token withheld (it may quote one)."""
+    return _encode({"error": {"code": error.code,
+                              "message": withhold_tokens(error.message)}}).encode()
 
 
 class CatalogApp(FastAPI):
@@ -115,23 +123,24 @@ class CatalogApp(FastAPI):
                 body = await _read_body(receive, limit)
             except CatalogError as exc:
                 status = exc.status
-                await send_json(send, status, error_body(exc))
+                await send_error(send, exc)
                 return
             if body is None:  # the client went away: there is no one to answer
                 status = 499
                 return
             try:
                 outcome = await catalog.handle_event_async(uuid, body, token, "webhook",
-                                                           idempotency_key)
+                                                           idempotency_key,
+                                                           client_address(scope))
             except CatalogError as exc:
                 if exc.status >= 500:
-                    log.error("POST %s failed: %s", scope["path"], exc.code)
+                    log.error("POST %s failed: %s", loggable_path(scope["path"]), exc.code)
                 status = exc.status
-                await send_json(send, status, error_body(exc))
+                await send_error(send, exc, catalog.settings.rate_limit_delay_s)
                 return
             await send_json(send, 200, outcome.model_dump_json().encode())
         except Exception:
-            log.exception("POST %s: unexpected error", scope["path"])
+            log.exception("POST %s: unexpected error", loggable_path(scope["path"]))
             status = 500
             await send_json(send, 500, b'{"error":{"code":"internal_error",'
                                        b'"message":"internal error"}}')
