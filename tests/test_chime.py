@@ -138,12 +138,14 @@ async def test_a_failure_is_retried_then_final_and_its_report_kept(
     job = catalog.get_job(uuid)
     assert job.state == "FAILED" and job.queue is not None and job.queue.attempt == 2
     assert [e.data["error"] for e in job.history if e.name == "fail"] == ["bad 1", "bad 2"]
+    reports = [e for e in catalog.audit_log(uuid) if e.code == "chime_report_kept"]
+    assert [e.data["results"] for e in reports] == [{"error": "bad 2"}, {"error": "bad 1"}]
     # A report for an attempt that is over changes nothing, and is kept beside the job.
     late = {**taken, "status": "success", "results": {"late": True}}
     assert (await client.put("/buckets/work", json=[late], headers=WORKER)).json() is True
     assert catalog.get_job(uuid).version == job.version
-    [kept] = [e for e in catalog.audit_log(uuid) if e.code == "chime_report_kept"]
-    assert kept.data["results"] == {"late": True}
+    kept = next(e for e in catalog.audit_log(uuid) if e.code == "chime_report_kept")
+    assert kept.data["results"] == {"late": True} and "attempt 2" in kept.reason
     final = (await client.post("/buckets/view", json={"query": {
         "status": "failure", "$expr": {"$gte": ["$attempt", "$retries"]},
         "creation": {"$gt": time.time() - 3600}}, "projection": {"id": True, "_id": False}}

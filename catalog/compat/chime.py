@@ -39,7 +39,7 @@ from catalog.models import MAX_TIMEOUT_S, AuditEntry, Job, format_date, utc_now
 from catalog.queue import cancel, retry, submit, sweep, withdraw
 from catalog.queue.archive import complete
 from catalog.queue.core import pipeline_uuids
-from catalog.queue.models import MAX_RESULTS_BYTES, Completion, SubmitRequest, WorkFilter
+from catalog.queue.models import Completion, SubmitRequest, WorkFilter
 from catalog.store.base import JobQuery
 
 SOURCE = "api"  # of the job's history entries (an event source the catalog knows)
@@ -310,10 +310,6 @@ def report(catalog: Catalog, document: Any) -> None:
     """The runner's ``PUT /work``: a success or failure of the attempt its job's holder runs
     is that attempt's end (``complete``); anything else is kept in the audit log."""
     works = _works(document, need_id=True)
-    for work in works:
-        size = len(repr(work.results or {}).encode())
-        if size > 2 * MAX_RESULTS_BYTES:
-            raise InvalidInput(f"results of Work {work.id} are too large ({size} bytes)")
     jobs = [catalog.get_job(str(work.id), history=False) for work in works]
     for work, job in zip(works, jobs, strict=True):
         lease = job.queue.lease if job.queue is not None else None
@@ -334,6 +330,10 @@ def report(catalog: Catalog, document: Any) -> None:
             complete(catalog, job.uuid, completion, SOURCE)
         except LeaseNotHeld as exc:
             _keep(catalog, job, work, f"not applied: {exc.message}")
+            continue
+        if completion.error is not None and (work.results or work.products or work.plots):
+            # A failed attempt's job keeps its error, not what it reported: kept beside it.
+            _keep(catalog, job, work, f"the report of failed attempt {lease.attempt}")
 
 
 # marks, views and counts --------------------------------------------------------------------
@@ -731,7 +731,8 @@ def add_chime_routes(app: FastAPI, catalog: Catalog) -> None:
     for base in ("/buckets", "/results"):
         app.add_api_route(f"{base}/version", version, methods=["GET", "HEAD"],
                           include_in_schema=False)
-        app.add_api_route(f"{base}/", version, methods=["GET"], include_in_schema=False)
+        for root in (base, f"{base}/"):
+            app.add_api_route(root, version, methods=["GET"], include_in_schema=False)
 
     def route(path: str, method: str) -> Callable[[Any], Any]:
         def register(endpoint: Any) -> Any:
