@@ -645,7 +645,7 @@ def results_status(catalog: Catalog) -> dict[str, int]:
 
 
 # the audits ---------------------------------------------------------------------------------
-def _queued_jobs(catalog: Catalog, state: str) -> Iterator[Job]:
+def _submitted_in(catalog: Catalog, state: str) -> Iterator[Job]:
     cursor: str | None = None
     while True:
         page = catalog.store.find_jobs(JobQuery(state=state, limit=PAGE, cursor=cursor))
@@ -660,7 +660,7 @@ def _queued_jobs(catalog: Catalog, state: str) -> Iterator[Job]:
 def audit_failed(catalog: Catalog) -> int:
     """Queue again the failed Works that have attempts left (``catalog.queue.retry``)."""
     retried = 0
-    for job in list(_queued_jobs(catalog, "FAILED")):
+    for job in list(_submitted_in(catalog, "FAILED")):
         assert job.queue is not None
         if job.queue.attempt < job.queue.retries:
             try:
@@ -683,7 +683,7 @@ def audit_stale(catalog: Catalog, days: float) -> int:
         raise InvalidInput(f"days must be a number of days, not {days}")
     cutoff = datetime.now(UTC) - timedelta(days=min(days, 36500))
     cancelled = 0
-    for job in list(_queued_jobs(catalog, "QUEUED")):
+    for job in list(_submitted_in(catalog, "QUEUED")):
         assert job.queue is not None
         if job.queue.queued is not None and job.queue.queued < cutoff:
             try:
