@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog import __version__
 from catalog.catalog import Catalog, parse_body, parse_document
+from catalog.compat.chime import add_chime_routes
 from catalog.errors import CatalogError, InvalidInput
 from catalog.jobs import create_job
 from catalog.lineage import DEFAULT_LIMIT, FORMATS, MAX_LIMIT
@@ -240,6 +241,7 @@ def create_app(catalog: Catalog) -> FastAPI:
         return {"uuid": uuid, "deleted": True}
 
     add_queue_routes(app, catalog)
+    add_chime_routes(app, catalog)
 
     @app.get("/lineage/{uuid}", responses={400: {}, 422: {}})
     def get_lineage(uuid: str, direction: str = "up",
