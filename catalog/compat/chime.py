@@ -41,6 +41,7 @@ from catalog.queue.archive import complete
 from catalog.queue.core import pipeline_uuids
 from catalog.queue.models import Completion, SubmitRequest, WorkFilter
 from catalog.store.base import JobQuery
+from catalog.web.abuse import client_address
 
 SOURCE = "api"  # of the job's history entries (an event source the catalog knows)
 MARKS_SOURCE = "chime"  # of this surface's marks in the audit log
@@ -548,7 +549,7 @@ def view(catalog: Catalog, document: Any, results: bool = False,
 
 def counts(catalog: Catalog, pipeline: str | None = None) -> dict[str, int]:
     """Buckets' ``/status``: jobs by Work status (every submitted one, hidden ones too)."""
-    uuids = None if pipeline is None else pipeline_uuids(catalog, [pipeline])
+    uuids = None if pipeline is None else list(pipeline_uuids(catalog, [pipeline]))
     totals = {"total": 0, "queued": 0, "running": 0, "success": 0, "failure": 0}
     if uuids == []:
         return totals
@@ -708,7 +709,8 @@ def _writer(catalog: Catalog, request: Request, action: str) -> None:
     token = _token(request)
     if token is None and catalog.settings.chime_anonymous_writes:
         return
-    catalog.keys.check_worker(token, action)
+    # A refusal is counted, not written one by one (catalog.refusals), and rate-limited.
+    catalog.check_worker(token, action, "api", client_address(request.scope))
 
 
 async def _document(request: Request) -> Any:

@@ -46,6 +46,13 @@ TOKENS: dict[tuple[str, str], str] = {
     ("post", "/jobs/{uuid}/complete"): "worker",
     ("post", "/jobs/{uuid}/cancel"): "job",
     ("post", "/jobs/{uuid}/retry"): "job",
+    # CHIME/FRB's writes (catalog.compat.chime): the worker key or the admin token
+    **{key: "chime" for key in (
+        ("post", "/buckets/work"), ("post", "/buckets/work/withdraw"),
+        ("put", "/buckets/work"), ("delete", "/buckets/work"),
+        ("get", "/buckets/audit/failed"), ("get", "/buckets/audit/expired"),
+        ("get", "/buckets/audit/stale/{days}"), ("post", "/results/results"),
+        ("put", "/results/results"), ("delete", "/results/results"))},
 }
 
 # What every route may answer: a Content-Length that is not a number (400), a body over
@@ -82,6 +89,21 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/jobs/{uuid}/complete"): (401, 403, 404, 409, 422, 429, 503),
     ("post", "/jobs/{uuid}/cancel"): (401, 403, 404, 409, 422, 429, 503),
     ("post", "/jobs/{uuid}/retry"): (401, 403, 404, 409, 429, 503),
+    # CHIME/FRB Buckets and Results: probes, then what each call may refuse
+    **{(method, f"/{base}{tail}"): () for base in ("buckets", "results")
+       for method, tail in (("get", "/version"), ("head", "/version"), ("get", ""),
+                            ("get", "/"))},
+    **{key: (401, 403, 404, 409, 422, 429, 503) for key in (
+        ("post", "/buckets/work"), ("post", "/buckets/work/withdraw"),
+        ("put", "/buckets/work"), ("delete", "/buckets/work"),
+        ("get", "/buckets/audit/failed"), ("get", "/buckets/audit/expired"),
+        ("get", "/buckets/audit/stale/{days}"), ("post", "/results/results"),
+        ("put", "/results/results"), ("delete", "/results/results"))},
+    **{key: (404, 422) for key in (
+        ("post", "/buckets/view"), ("get", "/buckets/status"),
+        ("get", "/buckets/status/details/{pipeline}"), ("get", "/buckets/status/pipelines"),
+        ("post", "/results/view"), ("post", "/results/view/count"),
+        ("get", "/results/status"))},
 }
 
 # Answers in more than JSON: (method, path) -> media type -> schema of a 200 answer.
@@ -137,6 +159,11 @@ ERROR_SCHEMA: dict[str, Any] = {
 SECURITY_SCHEMES: dict[str, Any] = {
     "bearerToken": {"type": "http", "scheme": "bearer",
                     "description": "A job's token (hex) or the admin token."},
+    "accessToken": {"type": "apiKey", "in": "header", "name": "x-access-token",
+                    "description": "workflow-core's header: the worker key or the admin "
+                    "token."},
+    "rawAuthorization": {"type": "apiKey", "in": "header", "name": "authorization",
+                         "description": "chime-frb-api's header: the raw token, no 'Bearer'."},
     "queryToken": {"type": "apiKey", "in": "query", "name": "token",
                    "description": "The same token as ?token= (webhook senders that cannot "
                    "set a header). Never logged."},
@@ -146,10 +173,13 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "admin": [{"bearerToken": []}, {"queryToken": []}],
     "ingest": [{"bearerToken": []}],
     "worker": [{"bearerToken": []}, {"queryToken": []}],
+    "chime": [{"accessToken": []}, {"rawAuthorization": []}],
 }
 _WHO = {"job": "the job's token or the admin token", "admin": "the admin token",
         "ingest": "the ingestion key (setting openlineage_key) or the admin token",
-        "worker": "the worker key ('catalog token worker') or the admin token"}
+        "worker": "the worker key ('catalog token worker') or the admin token",
+        "chime": "the worker key or the admin token, as CHIME/FRB's clients send it "
+                 "(unless the setting chime_anonymous_writes lets a tokenless client write)"}
 
 
 def uuid_pattern(*kinds: UUIDType) -> str:
