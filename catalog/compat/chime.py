@@ -41,7 +41,6 @@ from catalog.queue.archive import complete
 from catalog.queue.core import pipeline_uuids
 from catalog.queue.models import Completion, SubmitRequest, WorkFilter
 from catalog.store.base import JobQuery
-from catalog.web.abuse import client_address
 
 SOURCE = "api"  # of the job's history entries (an event source the catalog knows)
 MARKS_SOURCE = "chime"  # of this surface's marks in the audit log
@@ -709,6 +708,8 @@ def _writer(catalog: Catalog, request: Request, action: str) -> None:
     token = _token(request)
     if token is None and catalog.settings.chime_anonymous_writes:
         return
+    from catalog.web.abuse import client_address  # catalog.web imports this module
+
     # A refusal is counted, not written one by one (catalog.refusals), and rate-limited.
     catalog.check_worker(token, action, "api", client_address(request.scope))
 

@@ -238,9 +238,11 @@ _UPDATE_HEAD_AND_STATE = ("UPDATE jobs SET state = ?, version = version + 1, las
                           "updated = ? WHERE uuid = ? AND version = ?")
 _JOB_COLUMNS = ("uuid, pipeline_uuid, state, version, last_event, created, updated, doc, "
                 "queue")
-# Columns the queue reads in its indexes, derived from the queue document when it is written.
-_SET_QUEUE = ("UPDATE jobs SET queue = ?, priority = ?, queued = ?, lease_expiry = ? "
-              "WHERE uuid = ?")
+# An event of the queue moves the head and sets the queue document with the columns its
+# indexes read (derived from it), in one statement.
+_UPDATE_HEAD_AND_QUEUE = ("UPDATE jobs SET state = ?, version = version + 1, last_event = ?, "
+                          "updated = ?, queue = ?, priority = ?, queued = ?, lease_expiry = ? "
+                          "WHERE uuid = ? AND version = ?")
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _UPSERT_FILE = (
     "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, created, "
@@ -713,7 +715,11 @@ class SQLiteStore:
             _INSERT_HISTORY,
             (uuid, version + 1, entry["uuid"], entry["event_id"], _dumps(entry)),
         )
-        if new_state == state:  # most events: leave the state index alone
+        if "queue" in changes:  # the queue's events: head and queue columns in one statement
+            updated = conn.execute(_UPDATE_HEAD_AND_QUEUE, (
+                new_state, entry["name"], entry["date"],
+                *SQLiteStore._queue_columns(changes["queue"]), uuid, version))
+        elif new_state == state:  # most events: leave the state index alone
             updated = conn.execute(_UPDATE_HEAD, (entry["name"], entry["date"], uuid, version))
         else:
             updated = conn.execute(_UPDATE_HEAD_AND_STATE,
@@ -721,8 +727,6 @@ class SQLiteStore:
         if updated.rowcount != 1:  # cannot happen under the write lock; never write blind
             conn.execute("DELETE FROM history WHERE job_uuid = ? AND seq = ?", (uuid, version + 1))
             raise ConcurrencyConflict(f"job {uuid} changed while an event was applied")
-        if "queue" in changes:
-            conn.execute(_SET_QUEUE, (*SQLiteStore._queue_columns(changes["queue"]), uuid))
         if "results" in changes:
             results = changes["results"]
             conn.execute("UPDATE jobs SET results = ? WHERE uuid = ?",
