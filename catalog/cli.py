@@ -225,9 +225,15 @@ def index(
         "--fixity/--no-fixity", help="Force sha256 on (or off) for every request.")] = None,
     fail_on_error: Annotated[bool, typer.Option(
         help="Send 'fail' when indexing fails (else the job stays INDEXING).")] = False,
+    accept_changes: Annotated[bool, typer.Option(
+        help="Take changed content as its record's new version (the old one is kept).")
+    ] = False,
     json_: JsonOption = False,
 ) -> None:
-    """Index a finished job's files with fixity checksums (index -> indexed)."""
+    """Index a finished job's files with fixity checksums (index -> indexed).
+
+    Content that differs from its recorded checksums stays marked changed, the recorded
+    checksums the truth, unless --accept-changes is given."""
     from catalog.indexer import index_job
 
     as_json = json_ or _state.json
@@ -236,12 +242,20 @@ def index(
     with _catalog() as catalog, _progress("indexing", not as_json) as progress, \
             JSONSpool() as spool:
         result = index_job(catalog, uuid, token, None, fixity, rehash, fail_on_error, "cli",
-                           progress, sink=spool if as_json else _discard)
+                           progress, sink=spool if as_json else _discard,
+                           accept_changes=accept_changes)
         if as_json:
             _write_spooled(spool, result.to_dict(), "files")
             return
     summary = (f"{result.uuid}: {result.indexed} file(s) indexed ({result.hashed} hashed, "
                f"{result.unchanged} unchanged) -> {result.state}")
+    if result.accepted:
+        summary += f"\n{result.accepted} changed file(s) accepted as new versions"
+    if result.changed:
+        summary += (f"\n{result.changed} file(s) CHANGED since recorded, kept as changed "
+                    "(--accept-changes to take the new content): "
+                    + "; ".join(result.changed_files[:10]) + ("; ..." if result.changed > 10
+                                                               else ""))
     if result.unmatched_requests:
         summary += "\nmatched nothing: " + "; ".join(result.unmatched_requests)
     _emit(None, False, summary)

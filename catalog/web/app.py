@@ -205,7 +205,8 @@ def create_app(catalog: Catalog) -> FastAPI:
         try:
             result = await run_in_threadpool(index_job, catalog, uuid, _token(request),
                                              options.requests, options.fixity, options.rehash,
-                                             options.fail_on_error, "api", None, spool)
+                                             options.fail_on_error, "api", None, spool,
+                                             accept_changes=options.accept_changes)
             length, chunks = spool.document(result.to_dict(), "files")
         except BaseException:
             spool.close()
