@@ -280,14 +280,24 @@ def _write_spooled(spool: JSONSpool, document: dict[str, Any], key: str) -> None
 def verify(
     uuid: Annotated[str | None, typer.Argument(help="Job UUID (or --all).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every catalogued file.")] = False,
+    older_than: Annotated[str | None, typer.Option(
+        help="Only files last checked longer ago than this (90s, 15m, 12h, 7d), oldest first."
+    )] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="With --older-than: at most this many files (default: setting fixity_batch).")
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
-    """Re-read files: ok, changed, missing, unreadable, uncatalogued; exit 1 unless all ok."""
+    """Re-read files: ok, changed, missing, unreadable, uncatalogued, ignored; exit 1 unless
+    all ok (files no index request selects are listed as ignored, not an error)."""
+    from catalog.fixity_schedule import parse_duration, verify_oldest
     from catalog.verify import FileVerdict
     from catalog.verify import verify as run_verify
 
-    if (uuid is None) == (not all_):
-        raise InvalidInput("give a job UUID or --all (not both)")
+    if (uuid is not None) + all_ + (older_than is not None) != 1:
+        raise InvalidInput("give a job UUID, --all or --older-than (one of them)")
+    if limit is not None and older_than is None:
+        raise InvalidInput("--limit goes with --older-than")
     as_json = json_ or _state.json
     problems: list[FileVerdict] = []  # for people, only what is wrong is listed
 
@@ -297,16 +307,24 @@ def verify(
     # Verdicts go to a spool (JSON, on disk past a few MiB) or only the wrong ones are kept.
     with _catalog() as catalog, _progress("verifying", not as_json) as progress, \
             JSONSpool() as spool:
-        report = run_verify(catalog, uuid, progress,
-                            (lambda verdicts: spool(map(vars, verdicts))) if as_json
-                            else keep_problems)
+        sink = (lambda verdicts: spool(map(vars, verdicts))) if as_json else keep_problems
+        if older_than is None:
+            report = run_verify(catalog, uuid, progress, sink)
+        else:
+            report = verify_oldest(catalog, parse_duration(older_than),
+                                   catalog.settings.fixity_batch if limit is None else limit,
+                                   progress, sink,
+                                   "cli").report
         if as_json:
             _write_spooled(spool, report.to_dict(), "files")
     if not as_json:
         lines = [f"{v.outcome:8} {v.path}" + (f" ({', '.join(v.changed)})" if v.changed else "")
                  for v in problems]
         lines += [f"{'error':8} {entry}" for entry in report.unreadable]
-        lines += [f"{'new':8} {path} (not catalogued)" for path in report.uncatalogued]
+        lines += [f"{'new':8} {path} (selected by an index request, not catalogued)"
+                  for path in report.uncatalogued]
+        lines += [f"{'ignored':8} {path} (no index request selects it)"
+                  for path in report.ignored]
         lines += [f"{'skipped':8} {path} (another storage system: not read here)"
                   for path in report.other_storage]
         counts = report.counts()
@@ -316,6 +334,23 @@ def verify(
         _emit(None, False, "\n".join(lines))
     if not report.ok:
         raise SystemExit(1)
+
+
+@app.command()
+def bag(
+    uuid: str,
+    destination: Annotated[Path, typer.Argument(help="A new directory for the bag.")],
+    token: TokenOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Export a job's files as a BagIt bag, its manifest the recorded checksums re-verified
+    as each file is copied (a file that no longer matches stops it, naming the file)."""
+    from catalog.bag import export_bag
+
+    with _catalog() as catalog:
+        result = export_bag(catalog, uuid, destination, token, "cli")
+    _emit(result.to_dict(), json_,
+          f"{result.path}: bag of {result.files} file(s), {result.bytes} bytes, of {uuid}")
 
 
 @pipeline_app.command("add")

@@ -16,6 +16,7 @@ and a non-zero exit code on the command line)::
     ├── BodyTooLarge                   413 body_too_large
     ├── UnknownEvent                   422 unknown_event
     ├── IndexingError                  422 indexing_failed   (files could not be read)
+    ├── FixityMismatch                 409 fixity_mismatch   (content not as recorded: no bag)
     ├── TokenRequired                  401 token_required
     ├── TokenInvalid                   403 token_invalid
     │   └── AdminRequired              403 admin_required
@@ -48,6 +49,7 @@ __all__ = [
     "EntityNotFound",
     "EventNotAllowed",
     "FileNotFound",
+    "FixityMismatch",
     "IndexingError",
     "InvalidData",
     "InvalidInput",
@@ -138,6 +140,14 @@ class BodyTooLarge(CatalogError):
 class IndexingError(CatalogError):
     status = 422
     code = "indexing_failed"
+
+
+class FixityMismatch(CatalogError):
+    """A file is not as its record says (changed, gone, unreadable) where an export needs it
+    to be: the export stops, naming it."""
+
+    status = 409
+    code = "fixity_mismatch"
 
 
 class OtherStorageSystem(CatalogError):

@@ -28,6 +28,8 @@ DEFAULTS = {
     "event_retries": 64,
     "openlineage_key": "",
     "product_roots": "",
+    "fixity_interval": "0",
+    "fixity_batch": 1000,
     "chime_anonymous_writes": False,
 }
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "catalog.toml"

@@ -1510,7 +1510,7 @@ def test_unlink_job_files_keeps_the_records_and_their_fixity(store: Store) -> No
 
     unlinked = {
         "ours": {**only_ours, "child_of": [], "generated_by": [], "fixity": [check],
-                 "status": "ok", "updated": check["date"]},
+                 "status": "ok", "updated": check["date"], "checked": check["date"]},
         "shared": {**shared, "child_of": [OTHER_JOB], "generated_by": []},
         "generated": {**generated, "generated_by": []},
     }

@@ -40,6 +40,7 @@ from catalog.models import (
 )
 from catalog.openlineage import ingest
 from catalog.spool import stream_document
+from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.queue_routes import add_queue_routes
 from catalog.web.webhook import (
     CatalogApp,
@@ -257,6 +258,7 @@ def create_app(catalog: Catalog) -> FastAPI:
         return {"uuid": uuid, "deleted": True}
 
     add_queue_routes(app, catalog)
+    add_fixity_routes(app, catalog)
 
     @app.get("/lineage/{uuid}", responses={400: {}, 422: {}})
     def get_lineage(uuid: str, direction: str = "up",

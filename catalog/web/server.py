@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from catalog.catalog import Catalog
+from catalog.fixity_schedule import FixitySchedule
 from catalog.web.app import create_app
 
 
@@ -21,4 +22,12 @@ def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
     logging._srcfile = None
     config = uvicorn.Config(create_app(catalog), host=host, port=port, access_log=False,
                             log_level=log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run()
+    # Scheduled fixity (setting fixity_interval) in a thread of its own, stopped with the server.
+    schedule = FixitySchedule.from_settings(catalog)
+    if schedule is not None:
+        schedule.start()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if schedule is not None:
+            schedule.stop()
