@@ -321,3 +321,29 @@ def test_sqlite_migration_8_takes_the_last_check_from_existing_records(
         assert "files_checked" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("archive_root", ["local"], indirect=True)
+def test_serve_runs_the_schedule_and_stops_it_with_the_server(
+        catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from catalog.web import server
+
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    scheduled = Catalog(catalog.store, catalog.settings.model_copy(
+        update={"fixity_interval": "1s", "fixity_batch": 3}), KEYS)
+    seen: list[int] = []
+
+    def run_until_a_scheduled_run(self: Any) -> None:  # stands in for the server's life
+        deadline = time.monotonic() + 30
+        while not scheduled.store.find_fixity_runs(1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen.extend(run["checked"] for run in scheduled.store.find_fixity_runs(10))
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_until_a_scheduled_run)
+    server.serve(scheduled, port=0, log_level="warning")
+    assert seen and seen[0] == 3
+    assert not [t for t in threading.enumerate() if t.name == "fixity-schedule"]
