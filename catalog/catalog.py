@@ -69,7 +69,7 @@ from catalog.tokens import Keys, create_secret_file, keys_from_env_or_file
 
 _SIDE_EFFECTS = frozenset({"reset"})
 HISTORY_PAGE = 1000  # history entries read at a time when a job's history is streamed
-FILE_STATUSES = ("ok", "changed", "missing", "unchecked")
+FILE_STATUSES = ("ok", "changed", "missing", "unreadable", "unchecked")
 FILE_KINDS = ("archive", "product", "plot")
 LEVELS: tuple[str, ...] = get_args(Level)
 SOURCES = frozenset({"python", "cli", "api", "webhook", "reactor"})

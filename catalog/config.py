@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from catalog.errors import ConfigurationError
+from catalog.errors import ConfigurationError, InvalidInput
 
 CONFIG_ENV = "CATALOG_CONFIG"
 DEFAULT_CONFIG_FILE = "catalog.toml"
@@ -102,10 +102,28 @@ class Settings(BaseModel):
         15.0, ge=0, description="Seconds between the server's sweeps of expired leases (0: "
         "none; workers sweep too).",
     )
+    fixity_interval: str = Field(
+        "0", description="How often 'catalog serve' re-reads the files whose last fixity check "
+        "is oldest (90s, 15m, 12h, 7d, 1d12h; 0: never).",
+    )
+    fixity_batch: int = Field(
+        1000, ge=1, description="How many files each scheduled fixity run re-reads.",
+    )
     chime_anonymous_writes: bool = Field(
         False, description="Let the CHIME/FRB Buckets and Results surfaces take writes without "
         "a token, as chime-frb-api 3.4 sends none (only on a trusted network).",
     )
+
+    @field_validator("fixity_interval")
+    @classmethod
+    def _a_duration(cls, value: str) -> str:
+        from catalog.fixity_schedule import parse_duration
+
+        try:
+            parse_duration(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return value
 
     @field_validator("openlineage_key")
     @classmethod

@@ -17,6 +17,7 @@ and a non-zero exit code on the command line)::
     ├── RateLimited                    429 rate_limited      (too many refusals from one address)
     ├── UnknownEvent                   422 unknown_event
     ├── IndexingError                  422 indexing_failed   (files could not be read)
+    ├── FixityMismatch                 409 fixity_mismatch   (content not as recorded: no bag)
     ├── TokenRequired                  401 token_required
     ├── TokenInvalid                   403 token_invalid
     │   └── AdminRequired              403 admin_required
@@ -49,6 +50,7 @@ __all__ = [
     "EntityNotFound",
     "EventNotAllowed",
     "FileNotFound",
+    "FixityMismatch",
     "IndexingError",
     "InvalidData",
     "InvalidInput",
@@ -165,6 +167,14 @@ class RateLimited(CatalogError):
 class IndexingError(CatalogError):
     status = 422
     code = "indexing_failed"
+
+
+class FixityMismatch(CatalogError):
+    """A file is not as its record says (changed, gone, unreadable) where an export needs it
+    to be: the export stops, naming it."""
+
+    status = 409
+    code = "fixity_mismatch"
 
 
 class OtherStorageSystem(CatalogError):

@@ -36,6 +36,7 @@ __all__ = [
     "hash_file",
     "hash_many",
     "hash_stream",
+    "hashers",
     "normalise_algorithms",
 ]
 
@@ -90,6 +91,12 @@ def normalise_algorithms(names: Iterable[str] | None = None) -> tuple[str, ...]:
             f"known: {', '.join(ALGORITHMS)}"
         )
     return tuple(name for name in ALGORITHMS if name in wanted)
+
+
+def hashers(algorithms: Iterable[str]) -> dict[str, _Digest]:
+    """A fresh digest object (``update``, ``hexdigest``) for each of ``algorithms``
+    (normalised: ``xxh3_128`` included), for a caller that reads the bytes itself."""
+    return {name: _CONSTRUCTORS[name]() for name in normalise_algorithms(algorithms)}
 
 
 def hash_stream(

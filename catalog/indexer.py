@@ -34,10 +34,9 @@ from catalog.errors import (
     OtherStorageSystem,
     UnsafePath,
 )
-from catalog.fixity import check, hash_many, normalise_algorithms
+from catalog.fixity import hash_many, normalise_algorithms
 from catalog.gcpause import gc_paused
 from catalog.identifiers import UUIDType, parse_uuid
-from catalog.jobs import parse_index_requests
 from catalog.models import (
     ArchiveIndexRequest,
     Job,
@@ -45,19 +44,23 @@ from catalog.models import (
     format_date,
     utc_now,
 )
-from catalog.patterns import Pattern
 from catalog.references import Resolver, file_uuid
+from catalog.selection import Claimed, Request, claim, requests_of
 from catalog.states import next_state
-from catalog.storage import FileInfo, relative_to
+from catalog.storage import FileInfo
 from catalog.store.base import Doc
+from catalog.versions import settle
 
 Progress = Callable[[str, int], None]
-Request = ArchiveIndexRequest | ProductIndexRequest
 FAST_ONLY = ("xxh3_128",)
 UPSERT_CHUNK = 5000  # file records per store write (about 0.3 s of SQLite's write lock)
+NAMED = 100  # changed files a result names (it counts them all)
 
 
 Sink = Callable[[list[Doc]], None]
+# Told of the files whose changed content a run accepts, a chunk at a time, before they are
+# written: [{"uuid", "path", "version"}] (index_job records them in the job's history).
+Accept = Callable[[list[Doc]], None]
 
 
 @dataclass
@@ -71,14 +74,22 @@ class IndexResult:
     unchanged: int = 0
     unmatched_requests: list[str] = field(default_factory=list)
     indexed: int = 0  # records indexed: hashed + unchanged
+    # content that differs from its record's checksums, kept marked changed (the first NAMED
+    # of them named), and changes accepted as new versions
+    changed: int = 0
+    changed_files: list[str] = field(default_factory=list)
+    accepted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The run's JSON document: ``{"uuid", "state", "files", "hashed", "unchanged",
-        "unmatched_requests"}`` (with a ``JSONSpool`` as the sink, its ``document``)."""
+        "changed", "changed_files", "accepted", "unmatched_requests"}`` (with a ``JSONSpool``
+        as the sink, its ``document``)."""
         return {
             "uuid": self.uuid, "state": self.state,
             "files": self.files,
             "hashed": self.hashed, "unchanged": self.unchanged,
+            "changed": self.changed, "changed_files": self.changed_files,
+            "accepted": self.accepted,
             "unmatched_requests": self.unmatched_requests,
         }
 
@@ -109,41 +120,6 @@ def is_plot(kind_of_media: str) -> bool:
         kind_of_media.startswith("image/") and kind_of_media not in _NOT_PLOTS)
 
 
-def _requests_of(job: Job, requests: Iterable[Any] | None) -> list[Request]:
-    if requests is None:
-        return [*job.archive_patterns, *job.product_patterns]
-    archive: list[Any] = []
-    product: list[Any] = []
-    for value in requests:
-        target = product if isinstance(value, ProductIndexRequest) or (
-            isinstance(value, dict) and ("derived_from" in value or "derived_using" in value)
-        ) else archive
-        target.append(value)
-    return [*parse_index_requests(ArchiveIndexRequest, archive, "archive requests"),
-            *parse_index_requests(ProductIndexRequest, product, "product requests")]
-
-
-Claimed = list[tuple[FileInfo, int]]  # files, each with the number of its request
-
-
-def _claim(files: Iterable[FileInfo], archive_path: str, requests: list[Request]
-           ) -> tuple[Claimed, list[str]]:
-    """Each file to the first request with a pattern found in its relative path, and the
-    requests that claimed nothing."""
-    compiled = [[Pattern(p) for p in request.patterns] for request in requests]
-    claimed, used = [], [False] * len(requests)
-    for info in files:
-        relative = relative_to(info.path, archive_path)
-        for number, patterns in enumerate(compiled):
-            if any(p.search(relative) for p in patterns):  # or PatternTooCostly
-                claimed.append((info, number))
-                used[number] = True
-                break
-    unmatched = [f"{type(r).__name__} {r.patterns}" for r, hit in zip(requests, used, strict=True)
-                 if not hit]
-    return claimed, unmatched
-
-
 Links = tuple[list[str], list[str]]  # a request's derived_from and derived_using, resolved
 _NO_LINKS: Links = ([], [])
 
@@ -171,8 +147,13 @@ def _mtime(info: FileInfo) -> datetime:
 
 def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = None,
                 fixity: bool | None = None, rehash: bool = False,
-                progress: Progress | None = None, sink: Sink | None = None) -> IndexResult:
+                progress: Progress | None = None, sink: Sink | None = None,
+                accept: Accept | None = None) -> IndexResult:
     """Index the files of ``job`` (no events): the part of ``index_job`` that touches data.
+
+    Content that differs from its record's checksums stays marked ``changed`` with them as
+    the truth (``catalog.versions``), unless ``accept`` is given: it is then the record's next
+    version, and ``accept`` is told of each chunk's accepted files before they are written.
 
     The claimed files go through in chunks of ``UPSERT_CHUNK``: each is hashed, written, then
     handed to ``sink`` (which sees every written record once) or, without one, kept in
@@ -180,7 +161,7 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
     A file that cannot be read is left out and the others go on; the run then raises
     IndexingError naming the unreadable files, with every readable one written."""
     with gc_paused():  # thousands of records per chunk (catalog.gcpause)
-        return _index_files(catalog, job, requests, fixity, rehash, progress, sink)
+        return _index_files(catalog, job, requests, fixity, rehash, progress, sink, accept)
 
 
 @dataclass
@@ -198,8 +179,8 @@ def _plan(catalog: Catalog, job: Job, requests: Iterable[Any] | None) -> _Plan:
     """List and claim the files and resolve the references: everything that can refuse a run
     before it starts (a request, the storage, a reference that does not resolve)."""
     archive_path = check_storage_system(catalog, job)
-    chosen = _requests_of(job, requests)
-    claimed, unmatched = _claim(catalog.storage.list(archive_path), archive_path, chosen)
+    chosen = requests_of(job, requests)
+    claimed, unmatched = claim(catalog.storage.list(archive_path), archive_path, chosen)
     plan = _Plan(chosen, claimed, unmatched)
     if claimed:
         # References to files of this very run resolve to them (each file's uuid made on
@@ -212,7 +193,8 @@ def _plan(catalog: Catalog, job: Job, requests: Iterable[Any] | None) -> _Plan:
 
 def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
                  fixity: bool | None, rehash: bool, progress: Progress | None,
-                 sink: Sink | None, plan: _Plan | None = None) -> IndexResult:
+                 sink: Sink | None, accept: Accept | None,
+                 plan: _Plan | None = None) -> IndexResult:
     if plan is None:
         plan = _plan(catalog, job, requests)
     claimed, references = plan.claimed, plan.references
@@ -220,7 +202,7 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
     if not claimed or references is None:
         return result
     run = _Run(catalog, job, plan.chosen, plan.links, fixity, rehash, progress,
-               format_date(utc_now()))
+               format_date(utc_now()), accept)
     if references.new_references:  # before any record names them
         catalog.add_entities(list(references.new_references.values()))
     unreadable: list[str] = []
@@ -304,6 +286,7 @@ class _Run:
     rehash: bool
     progress: Progress | None
     stamp: str  # the run's date, formatted once
+    accept: Accept | None
 
     def chunk(self, claimed: Claimed, result: IndexResult,
               unreadable: list[str]) -> tuple[list[Doc], list[Doc]]:
@@ -325,12 +308,18 @@ class _Run:
             wanted = full if (request.fixity if self.fixity is None else self.fixity) \
                 else FAST_ONLY
             old = existing.get(uuids[info.path])
+            # A record found changed, missing or unreadable is read again whatever its file's
+            # listing says (bit rot keeps the size and date): only content that matches its
+            # checksums makes it ok again.
             unchanged = (
-                old is not None and not self.rehash and old["size"] == info.size
+                old is not None and not self.rehash and old.get("status") == "ok"
+                and old["size"] == info.size
                 and old["mtime"] == format_date(_mtime(info)) and old.get("etag") == info.etag
                 and all(a in old.get("checksums", {}) for a in wanted)
             )
             if not unchanged:
+                if old is not None and old.get("checksums"):  # compared on every one of them
+                    wanted = normalise_algorithms([*wanted, *old["checksums"]])
                 to_hash.setdefault(wanted, []).append(info.path)
         # Hashing (threads reading files, the digests without the GIL) runs beside the
         # building of the records' other parts here: on small files each is a third of the time.
@@ -352,6 +341,7 @@ class _Run:
                 digests.update(future.result())
         indexed: list[Doc] = []
         changed: list[Doc] = []
+        accepted: list[Doc] = []
         for record in records:
             found = digests.get(record["path"])
             old = existing.get(record["uuid"])
@@ -360,10 +350,17 @@ class _Run:
                 continue
             if found is not None:
                 size, checksums = found
-                record["checksums"] = checksums
-                record["fixity"] = [*(old or {}).get("fixity", []),
-                                    check(self.stamp, "indexed", size, checksums, [])]
+                outcome = settle(record, old, size, checksums, self.stamp,
+                                 self.job.uuid if self.accept is not None else None)
+                record["checked"] = self.stamp
                 result.hashed += 1
+                if outcome == "changed":
+                    result.changed += 1
+                    if len(result.changed_files) < NAMED:
+                        result.changed_files.append(record["path"])
+                elif outcome == "accepted":
+                    accepted.append({"uuid": record["uuid"], "path": record["path"],
+                                     "version": record["version"]})
             else:
                 assert old is not None
                 record["checksums"], record["fixity"] = old["checksums"], old.get("fixity", [])
@@ -374,6 +371,12 @@ class _Run:
                     continue
             indexed.append(record)
             changed.append(record)
+        if accepted:
+            assert self.accept is not None
+            # Said in the job's history before the new versions are written: an acceptance
+            # is never written unsaid (a run stopped between the two says it again).
+            self.accept(accepted)
+            result.accepted += len(accepted)
         return indexed, changed
 
 
@@ -398,6 +401,8 @@ def _record(info: FileInfo, request: Request, links: Links, uuid: str, old: Doc 
         "media_type": kind_of_media, "kind": kind,
         "level": request.level if isinstance(request, ArchiveIndexRequest) else None,
         "checksums": {}, "status": "ok", "fixity": [],
+        "checked": (old or {}).get("checked"), "version": (old or {}).get("version", 1),
+        "versions": (old or {}).get("versions", []),
         "child_of": child_of, "generated_by": generated_by,
         "derived_from": list(links[0]), "derived_using": list(links[1]),
         "note": request.note, "created": (old or {}).get("created", stamp),
@@ -428,9 +433,13 @@ def _may_index(job: Job) -> bool:
 def index_job(catalog: Catalog, uuid: str, token: str | None,
               requests: Iterable[Any] | None = None, fixity: bool | None = None,
               rehash: bool = False, fail_on_error: bool = False, source: str = "python",
-              progress: Progress | None = None, sink: Sink | None = None) -> IndexResult:
+              progress: Progress | None = None, sink: Sink | None = None, *,
+              accept_changes: bool = False) -> IndexResult:
     """Send ``index``, index the job's files, send ``indexed``; see the module docstring.
-    ``sink`` receives the written records chunk by chunk (``index_files``).
+    ``sink`` receives the written records chunk by chunk (``index_files``). With
+    ``accept_changes``, changed content becomes its record's next version, each chunk of
+    them named in an ``update`` event (``{"accepted_changes": [{"uuid", "path",
+    "version"}]}``) before it is written.
 
     What can refuse the run before a file is read (the requests, the storage system, listing
     the archive path, a reference that does not resolve) is found before ``index`` is sent: a
@@ -444,15 +453,23 @@ def index_job(catalog: Catalog, uuid: str, token: str | None,
         job = catalog.get_job(uuid, history=False)
         check_storage_system(catalog, job)
         if requests is not None:
-            requests = _requests_of(job, requests)
+            requests = requests_of(job, requests)
         if _may_index(job):  # else handle_event refuses it below, and audits the refusal
             with gc_paused():
                 plan = _plan(catalog, job, requests)
-    catalog.handle_event(uuid, {"name": "index", "data": {"rehash": rehash}}, token, source)
+    catalog.handle_event(uuid, {"name": "index", "data": {
+        "rehash": rehash, **({"accept_changes": True} if accept_changes else {})}},
+        token, source)
     job = catalog.get_job(uuid, history=False)
+
+    def accept(files: list[Doc]) -> None:
+        catalog.handle_event(uuid, {"name": "update", "data": {"accepted_changes": files}},
+                             token, source)
+
     try:
         with gc_paused():
-            result = _index_files(catalog, job, requests, fixity, rehash, progress, sink, plan)
+            result = _index_files(catalog, job, requests, fixity, rehash, progress, sink,
+                                  accept if accept_changes else None, plan)
     except (CatalogError, OSError) as exc:
         message = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
         try:
@@ -468,6 +485,8 @@ def index_job(catalog: Catalog, uuid: str, token: str | None,
         raise IndexingError(message) from exc
     outcome = catalog.handle_event(
         uuid, {"name": "indexed", "data": {"files": result.indexed, "hashed": result.hashed,
-                                           "unchanged": result.unchanged}}, token, source)
+                                           "unchanged": result.unchanged,
+                                           "changed": result.changed,
+                                           "accepted": result.accepted}}, token, source)
     result.state = outcome.state
     return result

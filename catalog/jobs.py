@@ -249,12 +249,13 @@ class ManagedPipelineJobInstance(_JobHandle):
 
     def index(self, token: str | None = None, requests: Iterable[Any] | None = None,
               fixity: bool | None = None, rehash: bool = False,
-              fail_on_error: bool = False) -> IndexResult:
+              fail_on_error: bool = False, accept_changes: bool = False) -> IndexResult:
         """Index this job's files (``index`` -> INDEXING -> ``indexed`` -> FINISHED)."""
         from catalog.indexer import index_job
 
         result = index_job(self.catalog, self.uuid, token if token is not None else self.token,
-                           requests, fixity, rehash, fail_on_error, self.source)
+                           requests, fixity, rehash, fail_on_error, self.source,
+                           accept_changes=accept_changes)
         self.refresh()
         return result
 

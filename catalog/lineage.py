@@ -14,6 +14,7 @@ from catalog.catalog import Catalog
 from catalog.errors import InvalidInput, MalformedIdentifier
 from catalog.identifiers import UUIDType, parse_uuid, uuid_type
 from catalog.store.base import chunked
+from catalog.versions import current_since, version_at
 
 DIRECTIONS = ("up", "down", "both")
 FORMATS = ("json", "prov-json", "prov-n")  # the catalog's JSON, W3C PROV-JSON, PROV-N
@@ -56,7 +57,8 @@ def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5,
             limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """``{"root", "direction", "depth", "limit", "truncated", "nodes": [...], "edges": [{"from",
     "relation", "to"}]}`` within ``depth``, with at most ``limit`` edges (and so at most
-    ``limit`` + 1 nodes).
+    ``limit`` + 1 nodes). A file that has had several versions shows its ``version`` and
+    earlier ``versions``, and an edge to it says which ``version`` its source used.
 
     A graph with more edges within ``depth`` comes back cut to ``limit`` of them (the store's
     choice of which) and ``truncated`` true: a lower depth, or a walk from one of its nodes,
@@ -101,11 +103,23 @@ def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5,
     # File records (most of a large answer) are read a batch at a time, and only what a node
     # shows of them is kept: whole records of a large answer would take gigabytes.
     files: dict[str, dict[str, Any]] = {}
+    # Files with earlier versions (rare): whoever used them is told which version it was.
+    versioned: dict[str, dict[str, Any]] = {}
     for batch in chunked([n for n in distance if n.startswith(UUIDType.file.prefix)], _BATCH):
-        files.update({uuid: {key: record[key] for key in _FILE_FIELDS}
-                      for uuid, record in catalog.store.get_files(batch).items()})
+        for uuid, record in catalog.store.get_files(batch).items():
+            files[uuid] = {key: record[key] for key in _FILE_FIELDS}
+            if record.get("versions"):
+                files[uuid].update(version=record["version"], versions=record["versions"])
+                versioned[uuid] = record
     nodes = [_describe(catalog, node, distance[node], files)
              for node in sorted(distance, key=lambda n: (distance[n], n))]
+    found_edges: list[dict[str, Any]] = [
+        {"from": src, "relation": relation, "to": dst} for src, relation, dst in sorted(edges)]
+    for edge in found_edges:
+        if edge["to"] in versioned:
+            used = _time_of_use(catalog, edge["from"])
+            if used is not None:
+                edge["version"] = version_at(versioned[edge["to"]], used)
     return {
         "root": root,
         "direction": direction,
@@ -113,9 +127,24 @@ def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5,
         "limit": limit,
         "truncated": truncated,
         "nodes": nodes,
-        "edges": [{"from": src, "relation": relation, "to": dst}
-                  for src, relation, dst in sorted(edges)],
+        "edges": found_edges,
     }
+
+
+def _time_of_use(catalog: Catalog, uuid: str) -> str | None:
+    """When ``uuid`` took what it links to: a job when it was created (its inputs are named
+    then), a file when its current content was recorded, another entity when created."""
+    kind = uuid_type(uuid)
+    if kind is UUIDType.pipelinejob:
+        job = catalog.store.get_job(uuid, history=False)
+        return None if job is None else str(job["created"])
+    if kind is UUIDType.file:
+        record = catalog.store.get_file(uuid)
+        return None if record is None else current_since(record)
+    if kind in (UUIDType.reference, UUIDType.product):
+        entity = catalog.store.get_entity(uuid)
+        return None if entity is None else str(entity["created"])
+    return None
 
 
 def as_text(graph: dict[str, Any]) -> str:

@@ -262,7 +262,7 @@ class Entity(_Strict):
 
 
 FileUUID = Annotated[str, _typed(UUIDType.file)]
-FixityOutcome = Literal["indexed", "ok", "changed", "missing"]
+FixityOutcome = Literal["indexed", "ok", "changed", "missing", "unreadable", "accepted"]
 
 
 class FixityCheck(_Strict):
@@ -275,6 +275,21 @@ class FixityCheck(_Strict):
     changed: list[str] = Field(
         default_factory=list, description="Digests (or 'size') that differ from the record."
     )
+
+
+class FileVersion(_Strict):
+    """Content a file record held as its truth before a change was accepted (an earlier
+    version): its checksums stay the reference for whoever used it while it was current."""
+
+    version: int = Field(ge=1)
+    checksums: dict[str, str] = Field(default_factory=dict)
+    size: int = Field(ge=0)
+    mtime: UTCDate
+    etag: str | None = None
+    recorded: UTCDate = Field(description="When this content became the record's truth.")
+    superseded: UTCDate = Field(description="When a change to it was accepted.")
+    accepted_by: str | None = Field(
+        None, description="The job whose index accepted the content that replaced it.")
 
 
 class FileRecord(_Strict):
@@ -291,8 +306,13 @@ class FileRecord(_Strict):
     kind: Literal["archive", "product", "plot"]
     level: Level | None = None
     checksums: dict[str, str] = Field(default_factory=dict)
-    status: Literal["ok", "changed", "missing", "unchecked"] = "unchecked"
+    status: Literal["ok", "changed", "missing", "unreadable", "unchecked"] = "unchecked"
     fixity: list[FixityCheck] = Field(default_factory=list)
+    checked: UTCDate | None = Field(None, description="When the file was last read.")
+    version: int = Field(1, ge=1, description="Which content the checksums are: 1 until a "
+                         "change is accepted (--accept-changes), then one more each time.")
+    versions: list[FileVersion] = Field(
+        default_factory=list, description="Earlier versions, oldest first.")
     child_of: list[AnyUUID] = Field(default_factory=list)
     generated_by: list[AnyUUID] = Field(default_factory=list)
     derived_from: list[AnyUUID] = Field(default_factory=list)
@@ -341,6 +361,9 @@ class IndexOptions(_Strict):
     )
     fixity: bool | None = Field(None, description="Force sha256 on or off for every request.")
     rehash: bool = Field(False, description="Re-read files even when unchanged.")
+    accept_changes: bool = Field(
+        False, description="Take changed content as the new version of its record (the old "
+        "checksums kept as an earlier version), instead of keeping it marked changed.")
     fail_on_error: bool = Field(False, description="Send 'fail' when indexing fails.")
 
 

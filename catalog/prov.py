@@ -99,6 +99,9 @@ def to_prov(graph: dict[str, Any]) -> ProvDocument:
     catalog = doc.add_namespace(NAMESPACE_PREFIX, NAMESPACE_URI)
     nodes = {str(node["uuid"]): node for node in graph["nodes"]}
     edges = sorted((str(e["from"]), str(e["relation"]), str(e["to"])) for e in graph["edges"])
+    # The version of a file an edge's source used, where the file has had several.
+    versions = {(str(e["from"]), str(e["relation"]), str(e["to"])): e["version"]
+                for e in graph["edges"] if "version" in e}
     for src, _, dst in edges:
         for uuid in (src, dst):
             nodes.setdefault(uuid, {"uuid": uuid})
@@ -111,8 +114,10 @@ def to_prov(graph: dict[str, Any]) -> ProvDocument:
     for src, relation, dst in edges:
         classes = (_record_class(kinds[src]), _record_class(kinds[dst]))
         if relation in _USAGE_ROLES and classes == (_ACTIVITY, _ENTITY):
-            doc.used(catalog[src], catalog[dst],
-                     other_attributes={PROV_ROLE: catalog[_USAGE_ROLES[relation]]})
+            attributes: dict[QualifiedName, Any] = {PROV_ROLE: catalog[_USAGE_ROLES[relation]]}
+            if (src, relation, dst) in versions:
+                attributes[catalog["version"]] = versions[(src, relation, dst)]
+            doc.used(catalog[src], catalog[dst], other_attributes=attributes)
             used.add((src, dst))
         elif relation == "generated_by" and classes == (_ACTIVITY, _AGENT):
             doc.wasAssociatedWith(catalog[src], catalog[dst])

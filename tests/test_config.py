@@ -29,6 +29,8 @@ DEFAULTS = {
     "openlineage_key": "",
     "product_roots": "",
     "sweep_interval": 15.0,
+    "fixity_interval": "0",
+    "fixity_batch": 1000,
     "chime_anonymous_writes": False,
     "refusal_flush_s": 10.0,
     "refusal_max_keys": 1000,

@@ -162,9 +162,20 @@ def test_reindex_reads_only_what_changed(catalog: Catalog) -> None:
         real = Path(catalog.settings.archive_root) / path.lstrip("/")
         os.utime(real, (1_000_000, 1_000_000))
     changed = instance.index(job.token)
-    assert (changed.hashed, changed.unchanged) == (1, 3)
-    assert records(catalog, job)["data/a.csv"]["checksums"] == digests(b"x,y\n9,9\n")
-    assert len(records(catalog, job)["data/a.csv"]["fixity"]) == 2
+    assert (changed.hashed, changed.unchanged, changed.changed) == (1, 3, 1)
+    # New content is not the truth until accepted (tests/test_versions.py): read, and kept
+    # marked changed against the recorded checksums.
+    record = records(catalog, job)["data/a.csv"]
+    assert record["checksums"] == digests(FILES["data/a.csv"])
+    assert [c["outcome"] for c in record["fixity"]] == ["indexed", "changed"]
+    assert record["fixity"][-1]["checksums"] == digests(b"x,y\n9,9\n")
+    assert record["status"] == "changed"
+
+    catalog.storage.write(path, FILES["data/a.csv"])  # the recorded content back, new mtime
+    restored = instance.index(job.token)
+    assert (restored.hashed, restored.unchanged, restored.changed) == (1, 3, 0)
+    assert records(catalog, job)["data/a.csv"]["status"] == "ok"
+    assert instance.index(job.token).hashed == 0  # the new listing stands
 
     rehashed = instance.index(job.token, rehash=True)
     assert (rehashed.hashed, rehashed.unchanged) == (4, 0)
@@ -309,14 +320,21 @@ def test_index_needs_the_job_token_and_a_finished_job(catalog: Catalog) -> None:
     assert records(catalog, job) == {}
 
 
-def test_verify_reports_ok_changed_missing_and_uncatalogued(catalog: Catalog) -> None:
+def test_verify_reports_ok_changed_missing_uncatalogued_and_ignored(catalog: Catalog) -> None:
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     report = verify(catalog, job.uuid)
     assert report.counts() == {"ok": 4, "changed": 0, "missing": 0, "unreadable": 0,
-                               "uncatalogued": 1, "other_storage": 0}
-    assert not report.ok  # notes.txt is there but not catalogued
-    assert report.uncatalogued == [f"{job.archive_path}/notes.txt"]
+                               "uncatalogued": 0, "ignored": 1, "other_storage": 0}
+    assert report.ok  # notes.txt is there, but no index request selects it: ignored
+    assert (report.ignored, report.uncatalogued) == ([f"{job.archive_path}/notes.txt"], [])
+    # A new file that a request selects, and that has no record, is uncatalogued.
+    catalog.storage.write(f"{job.archive_path}/data/late.csv", b"x,y\n")
+    report = verify(catalog, job.uuid)
+    assert report.uncatalogued == [f"{job.archive_path}/data/late.csv"] and not report.ok
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)  # catalogued now
+    assert verify(catalog, job.uuid).counts()["ok"] == 5
+    catalog.storage.write(f"{job.archive_path}/data/late.csv", b"x,y\n")  # as it was
 
     flipped = bytearray(FILES["data/b.csv"])
     flipped[100] ^= 0x01  # one bit
@@ -326,7 +344,7 @@ def test_verify_reports_ok_changed_missing_and_uncatalogued(catalog: Catalog) ->
     prefix = job.archive_path + "/"
     outcomes = {v.path[len(prefix):]: (v.outcome, v.changed) for v in report.files}
     assert outcomes == {
-        "data/a.csv": ("ok", []),
+        "data/a.csv": ("ok", []), "data/late.csv": ("ok", []),
         "data/b.csv": ("changed", ["xxh3_128", "sha256"]),
         "plots/p.png": ("missing", []),
         "plots/summary.pdf": ("missing", []),
@@ -334,7 +352,8 @@ def test_verify_reports_ok_changed_missing_and_uncatalogued(catalog: Catalog) ->
     assert not report.ok
     stored = records(catalog, job)
     assert stored["data/b.csv"]["status"] == "changed"
-    assert [c["outcome"] for c in stored["data/b.csv"]["fixity"]] == ["indexed", "ok", "changed"]
+    assert [c["outcome"] for c in stored["data/b.csv"]["fixity"]] == [
+        "indexed", "ok", "ok", "ok", "changed"]
     assert stored["plots/p.png"]["status"] == "missing"
 
 
@@ -390,7 +409,7 @@ def test_verify_takes_records_a_page_at_a_time(catalog: Catalog,
     assert pages == [[("ok", 3)] * 2 + [("missing", 3)], [("missing", 4)]]
     assert report.files == [] and not report.ok
     assert report.counts() == {"ok": 2, "changed": 0, "missing": 2, "unreadable": 0,
-                               "uncatalogued": 1, "other_storage": 0}
+                               "uncatalogued": 0, "ignored": 1, "other_storage": 0}
     assert report.to_dict()["files"] == []
     for relative in ("plots/p.png", "plots/summary.pdf"):  # back for what follows
         catalog.storage.write(f"{job.archive_path}/{relative}", FILES[relative])
@@ -451,9 +470,13 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_verify_goes_on(
     assert report.unreadable == [f"{broken}: PermissionError: [Errno 13] Permission denied: "
                                  f"'{broken}'"]
     assert report.counts()["ok"] == 3 and report.counts()["unreadable"] == 1
+    assert [v.outcome for v in report.files if v.path == broken] == ["unreadable"]
     assert not report.ok
     found = records(catalog, job)
-    assert [c["outcome"] for c in found["data/b.csv"]["fixity"]] == ["indexed"]  # nothing read
+    # Recorded as such (with nothing read), so a scheduled check moves on past it.
+    assert [c["outcome"] for c in found["data/b.csv"]["fixity"]] == ["indexed", "unreadable"]
+    assert found["data/b.csv"]["status"] == "unreadable"
+    assert found["data/b.csv"]["fixity"][-1]["checksums"] == {}
     assert [c["outcome"] for c in found["data/a.csv"]["fixity"]] == ["indexed", "ok"]
 
 
@@ -472,7 +495,7 @@ def test_a_catalogued_file_turned_into_a_symlink_out_of_the_root_is_reported(
     assert [entry.split(": ", 1)[0] for entry in report.unreadable] == [
         f"{job.archive_path}/data/a.csv"]  # once: the listing goes on past it
     assert "outside the archive root" in report.unreadable[0]
-    assert report.uncatalogued == [f"{job.archive_path}/notes.txt"]
+    assert report.ignored == [f"{job.archive_path}/notes.txt"]
     assert report.counts()["ok"] == 3 and not report.ok
 
 
@@ -518,7 +541,7 @@ def test_a_symlink_out_of_the_root_is_never_read_and_named_when_a_request_matche
     report = verify(catalog, job.uuid)  # verify names it, and lists the rest
     assert report.unreadable == [f"{job.archive_path}/genome.fa: a symlink pointing out of "
                                  "the archive root"]
-    assert report.uncatalogued == [f"{job.archive_path}/notes.txt"] and not report.ok
+    assert report.ignored == [f"{job.archive_path}/notes.txt"] and not report.ok
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -559,8 +582,8 @@ def test_index_over_http(catalog: Catalog) -> None:
     assert response.headers["content-length"] == str(len(response.content))
     assert response.headers["content-type"] == "application/json"
     document = response.json()
-    assert list(document) == ["uuid", "state", "files", "hashed", "unchanged",
-                              "unmatched_requests"]
+    assert list(document) == ["uuid", "state", "files", "hashed", "unchanged", "changed",
+                              "changed_files", "accepted", "unmatched_requests"]
     assert response.content == json.dumps(document, ensure_ascii=False,
                                           separators=(",", ":")).encode()
     assert (document["uuid"], document["state"]) == (job.uuid, "FINISHED")
@@ -598,7 +621,7 @@ def test_index_and_verify_on_the_command_line(catalog: Catalog, tmp_path: Path) 
     assert checked.returncode == 1
     report = json.loads(checked.stdout)
     assert report["counts"] == {"ok": 2, "changed": 0, "missing": 2, "unreadable": 0,
-                                "uncatalogued": 0, "other_storage": 0}
+                                "uncatalogued": 0, "ignored": 0, "other_storage": 0}
     human = cli("verify", job.uuid)
     assert human.returncode == 1 and "missing" in human.stdout
     neither = cli("--json", "verify")
@@ -804,7 +827,7 @@ def test_index_in_chunks_hands_each_record_to_the_sink_once(
     assert {r["uuid"]: r for r in streamed} == {r["uuid"]: r for r in records(catalog,
                                                                               job).values()}
     assert catalog.get_job(job.uuid).history[-1].data == {
-        "files": 10, "hashed": 10, "unchanged": 0}
+        "files": 10, "hashed": 10, "unchanged": 0, "changed": 0, "accepted": 0}
     again = indexer.index_job(catalog, job.uuid, job.token)  # no sink: the records kept
     assert (len(again.files), again.indexed, again.unchanged) == (10, 10, 10)
 

@@ -1469,8 +1469,9 @@ def test_record_fixity_appends_checks_in_order(store: Store) -> None:
     store.record_fixity([(record["uuid"], check, status) for check, status in checks[1:]])
     store.record_fixity([])
 
+    last = at(30).strftime("%Y-%m-%dT%H:%M:%S.123Z")
     expected = {**record, "fixity": [indexed, *(c for c, _ in checks)], "status": "missing",
-                "updated": at(30).strftime("%Y-%m-%dT%H:%M:%S.123Z")}
+                "updated": last, "checked": last}
     assert store.get_file(record["uuid"]) == expected
     assert store.get_file(neighbour["uuid"]) == neighbour
     assert store.find_files(status="missing").items == [expected]
@@ -1509,7 +1510,7 @@ def test_unlink_job_files_keeps_the_records_and_their_fixity(store: Store) -> No
 
     unlinked = {
         "ours": {**only_ours, "child_of": [], "generated_by": [], "fixity": [check],
-                 "status": "ok", "updated": check["date"]},
+                 "status": "ok", "updated": check["date"], "checked": check["date"]},
         "shared": {**shared, "child_of": [OTHER_JOB], "generated_by": []},
         "generated": {**generated, "generated_by": []},
     }
@@ -1599,7 +1600,7 @@ def test_file_records_neither_carry_the_database_id_nor_share_the_callers_docs(
     assert [record, check] == originals
 
     expected = {**originals[0], "fixity": [*originals[0]["fixity"], originals[1]],
-                "status": "ok", "updated": originals[1]["date"]}
+                "status": "ok", "updated": originals[1]["date"], "checked": originals[1]["date"]}
     returned: list[Any] = [
         store.get_file(record["uuid"]), store.get_files([record["uuid"]]),
         store.find_files().items, store.find_files(child_of=FILE_JOB).items,

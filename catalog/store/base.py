@@ -475,8 +475,9 @@ class Store(Protocol):
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
         """For each ``(uuid, check, status)``, in order: append ``check`` (a ``FixityCheck``
-        dump) to the record's ``fixity`` list, set its ``status``, and its ``updated`` to
-        ``check["date"]``; the record's ``checksums`` stay the reference they were.
+        dump) to the record's ``fixity`` list, set its ``status``, and its ``updated`` and
+        ``checked`` to ``check["date"]``; the record's ``checksums`` stay the reference they
+        were.
 
         All in one write (a verify of thousands of files is not thousands of commits). Raises
         FileNotFound, writing nothing, when a uuid names no record.
@@ -489,6 +490,20 @@ class Store(Protocol):
         The records stay, with their fixity history and other links (and ``updated`` as it
         was); the edges go. Returns how many records were changed.
         """
+        ...
+
+    def oldest_checks(self, storage_system: str, before: str, limit: int) -> list[Doc]:
+        """Up to ``limit`` file records of ``storage_system`` whose last check (``checked``)
+        is before the date ``before``, never-checked ones first, then oldest first (by an
+        index: a scheduled check does not scan the catalog)."""
+        ...
+
+    def append_fixity_run(self, summary: Doc) -> None:
+        """Keep the summary of one scheduled fixity run (a ``FixityRun`` dump)."""
+        ...
+
+    def find_fixity_runs(self, limit: int = 100) -> list[Doc]:
+        """Summaries of scheduled fixity runs, most recent first."""
         ...
 
     # audit -------------------------------------------------------------------------------

@@ -172,6 +172,7 @@ class MongoStore:
         self._entities: Collection[Doc] = database["entities"]
         self._files: Collection[Doc] = database["files"]
         self._audit: Collection[Doc] = database["audit"]
+        self._fixity_runs: Collection[Doc] = database["fixity_runs"]
         self._create_indexes()
         self._move_embedded_histories()
 
@@ -224,6 +225,9 @@ class MongoStore:
             for head in ("status", "child_of"):
                 self._files.create_index([(head, ASCENDING), *_BY_PATH])
             self._files.create_index([("created", ASCENDING), ("uuid", ASCENDING)])
+            # Scheduled fixity takes the oldest checks first (a missing one sorts first).
+            self._files.create_index([("storage_system", ASCENDING), ("checked", ASCENDING),
+                                      ("uuid", ASCENDING)])
             for field in ENTITY_LINK_FIELDS:
                 if field != "child_of":
                     self._files.create_index([(field, ASCENDING)])
@@ -652,7 +656,8 @@ class MongoStore:
             if uuid not in found:  # records are never deleted: checked first, nothing written
                 raise FileNotFound(uuid)
         updates = [({"uuid": uuid}, {"$push": {"fixity": copy.deepcopy(check)},
-                                     "$set": {"status": status, "updated": check["date"]}})
+                                     "$set": {"status": status, "updated": check["date"],
+                                              "checked": check["date"]}})
                    for uuid, check, status in checks]
         with self._guard:
             if self._mock:
@@ -669,6 +674,23 @@ class MongoStore:
                 {"$pull": {field: job_uuid for field in FILE_JOB_LINK_FIELDS}},
             )
         return result.modified_count
+
+    def oldest_checks(self, storage_system: str, before: str, limit: int) -> list[Doc]:
+        check_limit(limit)
+        query = {"storage_system": storage_system,
+                 "$or": [{"checked": {"$lt": before}}, {"checked": None}]}
+        with self._guard:
+            return list(self._files.find(query, _NO_ID).sort(
+                [("checked", ASCENDING), ("uuid", ASCENDING)]).limit(limit))
+
+    def append_fixity_run(self, summary: Doc) -> None:
+        with self._guard:
+            self._fixity_runs.insert_one(copy.deepcopy(summary))
+
+    def find_fixity_runs(self, limit: int = 100) -> list[Doc]:
+        check_limit(limit)
+        with self._guard:
+            return list(self._fixity_runs.find({}, _NO_ID).sort("_id", DESCENDING).limit(limit))
 
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:

@@ -223,6 +223,21 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX jobs_pipeline_state ON jobs (pipeline_uuid, state)
         """,
     ),
+    (
+        8,
+        "scheduled fixity: a file's last check in a column ('' for never) indexed by storage "
+        "system, so the oldest checks are found without a scan; a summary of each scheduled run",
+        """
+        ALTER TABLE files ADD COLUMN checked TEXT NOT NULL DEFAULT '';
+        UPDATE files SET checked = coalesce(json_extract(doc, '$.checked'),
+                                            json_extract(doc, '$.fixity[#-1].date'), '');
+        CREATE INDEX files_checked ON files (storage_system, checked, uuid);
+        CREATE TABLE fixity_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            doc TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -246,16 +261,18 @@ _UPDATE_HEAD_AND_QUEUE = ("UPDATE jobs SET state = ?, version = version + 1, las
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _UPSERT_FILE = (
     "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, created, "
-    "doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "doc, checked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (uuid) DO UPDATE SET path = excluded.path, "
     "storage_system = excluded.storage_system, status = excluded.status, "
     "kind = excluded.kind, level = excluded.level, media_type = excluded.media_type, "
-    "created = excluded.created, doc = excluded.doc"
+    "created = excluded.created, doc = excluded.doc, "
+    "checked = max(files.checked, excluded.checked)"
 )
 # A check appended to a record's fixity list (made first if the doc has none), with its status.
 _APPEND_CHECK = (
-    "UPDATE files SET status = ?, doc = json_set(json_insert(doc, '$.fixity', json('[]')), "
-    "'$.fixity[#]', json(?), '$.status', ?, '$.updated', ?) WHERE uuid = ?"
+    "UPDATE files SET status = ?, checked = ?, "
+    "doc = json_set(json_insert(doc, '$.fixity', json('[]')), "
+    "'$.fixity[#]', json(?), '$.status', ?, '$.updated', ?, '$.checked', ?) WHERE uuid = ?"
 )
 _INSERT_CHECKSUM = "INSERT OR IGNORE INTO file_checksums (algorithm, digest, uuid) VALUES (?, ?, ?)"
 _LINK_SOURCE_TABLES = {"job": "jobs", "file": "files", "entity": "entities"}
@@ -906,7 +923,7 @@ class SQLiteStore:
                 _UPSERT_FILE,
                 [(doc["uuid"], doc["path"], doc["storage_system"], doc["status"],
                   doc.get("kind"), doc.get("level"), doc.get("media_type"), doc.get("created"),
-                  _dumps(doc))
+                  _dumps(doc), doc.get("checked") or "")
                  for _, doc in sorted(latest.items())],
             )
             conn.executemany(
@@ -994,8 +1011,8 @@ class SQLiteStore:
             # Appended by SQLite's JSON functions: no record is parsed and rewritten in Python.
             appended = conn.executemany(
                 _APPEND_CHECK,
-                [(status, _dumps(check), status, check["date"], uuid)
-                 for uuid, check, status in checks],
+                [(status, check["date"], _dumps(check), status, check["date"], check["date"],
+                  uuid) for uuid, check, status in checks],
             ).rowcount
             if appended != len(checks):
                 wanted = unique([uuid for uuid, _, _ in checks])
@@ -1027,6 +1044,23 @@ class SQLiteStore:
                  for relation in FILE_JOB_LINK_FIELDS],
             )
             return len(rows)
+
+    def oldest_checks(self, storage_system: str, before: str, limit: int) -> list[Doc]:
+        check_limit(limit)
+        rows = self._connection().execute(
+            "SELECT doc FROM files WHERE storage_system = ? AND checked < ? "
+            "ORDER BY checked, uuid LIMIT ?", (storage_system, before, limit)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def append_fixity_run(self, summary: Doc) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO fixity_runs (doc) VALUES (?)", (_dumps(summary),))
+
+    def find_fixity_runs(self, limit: int = 100) -> list[Doc]:
+        check_limit(limit)
+        rows = self._connection().execute(
+            "SELECT doc FROM fixity_runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [json.loads(row[0]) for row in rows]
 
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:

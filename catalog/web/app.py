@@ -43,6 +43,7 @@ from catalog.spool import stream_document
 from catalog.web.abuse import client_address, error_headers, hold_back
 from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens
 from catalog.web.audit import add_audit_routes
+from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.openapi import complete as complete_openapi
 from catalog.web.queue_routes import add_queue_routes
 from catalog.web.webhook import (
@@ -188,7 +189,8 @@ def create_app(catalog: Catalog) -> FastAPI:
         try:
             result = await run_in_threadpool(index_job, catalog, uuid, _token(request),
                                              options.requests, options.fixity, options.rehash,
-                                             options.fail_on_error, "api", None, spool)
+                                             options.fail_on_error, "api", None, spool,
+                                             accept_changes=options.accept_changes)
             length, chunks = spool.document(result.to_dict(), "files")
         except BaseException:
             spool.close()
@@ -242,6 +244,7 @@ def create_app(catalog: Catalog) -> FastAPI:
 
     add_queue_routes(app, catalog)
     add_chime_routes(app, catalog)
+    add_fixity_routes(app, catalog)
 
     @app.get("/lineage/{uuid}", responses={400: {}, 422: {}})
     def get_lineage(uuid: str, direction: str = "up",

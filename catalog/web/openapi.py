@@ -46,6 +46,7 @@ TOKENS: dict[tuple[str, str], str] = {
     ("post", "/jobs/{uuid}/complete"): "worker",
     ("post", "/jobs/{uuid}/cancel"): "job",
     ("post", "/jobs/{uuid}/retry"): "job",
+    ("post", "/jobs/{uuid}/bag"): "job",
     # CHIME/FRB's writes (catalog.compat.chime): the worker key or the admin token
     **{key: "chime" for key in (
         ("post", "/buckets/work"), ("post", "/buckets/work/withdraw"),
@@ -89,6 +90,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/jobs/{uuid}/complete"): (401, 403, 404, 409, 422, 429, 503),
     ("post", "/jobs/{uuid}/cancel"): (401, 403, 404, 409, 422, 429, 503),
     ("post", "/jobs/{uuid}/retry"): (401, 403, 404, 409, 429, 503),
+    ("post", "/jobs/{uuid}/bag"): (401, 403, 404, 409, 422, 429, 503),
+    ("get", "/fixity/runs"): (422,),
     # CHIME/FRB Buckets and Results: probes, then what each call may refuse
     **{(method, f"/{base}{tail}"): () for base in ("buckets", "results")
        for method, tail in (("get", "/version"), ("head", "/version"), ("get", ""),

@@ -8,6 +8,7 @@ import logging
 import uvicorn
 
 from catalog.catalog import Catalog
+from catalog.fixity_schedule import FixitySchedule
 from catalog.queue.sweeper import Sweeper
 from catalog.web.app import create_app
 from catalog.web.timeouts import deadline_protocol
@@ -29,7 +30,13 @@ def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
                             http=deadline_protocol(settings.http_request_timeout_s),
                             timeout_keep_alive=settings.http_timeout_keep_alive_s)
     sweeper = Sweeper(catalog, settings.sweep_interval).start()
+    # Scheduled fixity (setting fixity_interval) in a thread of its own, stopped with the server.
+    schedule = FixitySchedule.from_settings(catalog)
+    if schedule is not None:
+        schedule.start()
     try:
         uvicorn.Server(config).run()
     finally:
+        if schedule is not None:
+            schedule.stop()
         sweeper.stop()

@@ -1,0 +1,192 @@
+"""BagIt export (RFC 8493): a job's files as a bag whose manifest is the recorded checksums.
+
+Each file of the job's records is copied into ``data/`` (its path relative to the job's
+archive path), read once: every recorded digest is computed as it is copied and compared with
+the record, so a file that no longer matches (changed, truncated, gone, unreadable) stops the
+export, naming it, and nothing is left behind. ``manifest-sha256.txt`` holds the recorded
+sha256 (a record without one, indexed with fixity off, gets the sha256 of the copy, which its
+recorded ``xxh3_128`` vouched for). ``bag-info.txt`` names the job, its pipeline and the
+catalog's URL for it. The bag is written beside the destination and renamed into place whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import uuid as uuid_module
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from catalog import __version__
+from catalog.catalog import Catalog
+from catalog.errors import CatalogError, FixityMismatch, InvalidInput
+from catalog.fixity import compare, hashers
+from catalog.identifiers import UUIDType, parse_uuid
+from catalog.indexer import check_storage_system
+from catalog.models import Job
+from catalog.store.base import Doc
+
+__all__ = ["BagResult", "export_bag", "export_bag_tar"]
+
+BLOCK = 1024 * 1024
+PAGE = 1000  # records read at a time
+
+
+@dataclass
+class BagResult:
+    """Where the bag is, and its payload (``Payload-Oxum``)."""
+
+    uuid: str
+    path: str
+    files: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"uuid": self.uuid, "path": self.path, "files": self.files, "bytes": self.bytes}
+
+
+def export_bag(catalog: Catalog, uuid: str, destination: str | Path, token: str | None,
+               source: str = "python") -> BagResult:
+    """Write job ``uuid``'s files as a BagIt bag at ``destination`` (a new directory; its
+    parent must exist). The job's token or the admin token is required (a refusal is
+    audited). Raises FixityMismatch naming the first file that is not as recorded."""
+    job = _job(catalog, uuid, token, source)
+    target = Path(destination)
+    if target.exists() or target.is_symlink():
+        raise InvalidInput(f"{target} exists: a bag is written to a new directory")
+    if not target.parent.is_dir():
+        raise InvalidInput(f"{target.parent} is not a directory: the bag's parent must exist")
+    partial = target.parent / f".{target.name}.{uuid_module.uuid4().hex}.partial"
+    partial.mkdir()
+    try:
+        files, size = _write_bag(catalog, job, partial)
+        os.rename(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return BagResult(job.uuid, str(target), files, size)
+
+
+def export_bag_tar(catalog: Catalog, uuid: str, token: str | None, directory: str | Path,
+                   source: str = "api") -> Path:
+    """``export_bag`` into ``directory`` (a scratch directory the caller removes), then the
+    bag as one uncompressed tar file there (``<uuid>.tar``, the bag as its top directory)."""
+    bag = export_bag(catalog, uuid, Path(directory) / parse_uuid(uuid), token, source)
+    archive = Path(directory) / f"{bag.uuid}.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(bag.path, arcname=bag.uuid)
+    shutil.rmtree(bag.path)
+    return archive
+
+
+def _job(catalog: Catalog, uuid: str, token: str | None, source: str) -> Job:
+    job_uuid = parse_uuid(uuid, UUIDType.pipelinejob)
+    catalog.authorize(job_uuid, token, "bag", source)
+    job = catalog.get_job(job_uuid, history=False)
+    check_storage_system(catalog, job)
+    return job
+
+
+def _records(catalog: Catalog, job: Job) -> Iterator[Doc]:
+    cursor = None
+    while True:
+        page = catalog.store.find_files(child_of=job.uuid, limit=PAGE, cursor=cursor)
+        yield from page.items
+        if page.next is None:
+            return
+        cursor = page.next
+
+
+def _write_bag(catalog: Catalog, job: Job, bag: Path) -> tuple[int, int]:
+    """The payload, manifest and tag files of ``job``'s bag in ``bag``: (files, bytes)."""
+    files = size = 0
+    prefix = job.archive_path.rstrip("/") + "/"
+    with open(bag / "manifest-sha256.txt", "w", encoding="utf-8", newline="\n") as manifest:
+        for record in _records(catalog, job):
+            path = record["path"]
+            # A record of the job is under its archive path; one that is not keeps its path.
+            relative = path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
+            sha256, copied = _copy_verified(catalog, record, bag / "data" / relative)
+            manifest.write(f"{sha256}  data/{_encode(relative)}\n")
+            files += 1
+            size += copied
+    _write_text(bag / "bagit.txt", "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n")
+    pipeline = catalog.store.get_pipeline(job.pipeline_uuid) or {}
+    name = " ".join(str(part) for part in (pipeline.get("name"), pipeline.get("version"))
+                    if part)
+    info = {
+        "Bag-Software-Agent": f"catalog {__version__}",
+        "Bagging-Date": datetime.now(UTC).date().isoformat(),
+        "External-Identifier": job.uuid,
+        "Catalog-Job-UUID": job.uuid,
+        "Catalog-Pipeline": f"{name} ({job.pipeline_uuid})".lstrip(),
+        "Catalog-URL": f"{catalog.settings.base_url.rstrip('/')}/jobs/{job.uuid}",
+        "Catalog-Archive-Path": job.archive_path,
+        "Payload-Oxum": f"{size}.{files}",
+    }
+    _write_text(bag / "bag-info.txt",
+                "".join(f"{label}: {_one_line(value)}\n" for label, value in info.items()))
+    tags = []
+    for name in ("bagit.txt", "bag-info.txt", "manifest-sha256.txt"):
+        digest = hashers(["sha256"])["sha256"]
+        digest.update((bag / name).read_bytes())
+        tags.append(f"{digest.hexdigest()}  {name}\n")
+    _write_text(bag / "tagmanifest-sha256.txt", "".join(tags))
+    return files, size
+
+
+def _copy_verified(catalog: Catalog, record: Doc, target: Path) -> tuple[str, int]:
+    """Copy ``record``'s file to ``target``, computing every recorded digest (and sha256) on
+    the way; its sha256 and size, or FixityMismatch if the copy is not what was recorded."""
+    recorded: dict[str, str] = record.get("checksums") or {}
+    if not recorded:
+        raise FixityMismatch(f"{record['path']} has no recorded checksum to export it by "
+                             "(index the job first)", path=record["path"])
+    digests = hashers([*recorded, "sha256"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    try:
+        with catalog.storage.open(record["path"]) as stream, open(target, "wb") as out:
+            size = _copy(stream, out, digests)
+    except FileNotFoundError:
+        raise FixityMismatch(f"{record['path']} is missing: the bag was not written",
+                             path=record["path"]) from None
+    except (OSError, CatalogError) as exc:
+        why = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
+        raise FixityMismatch(f"{record['path']} could not be read ({why}): the bag was not "
+                             "written", path=record["path"]) from None
+    found = {name: digest.hexdigest() for name, digest in digests.items()}
+    outcome, changed = compare(recorded, record["size"], size, found)
+    if outcome != "ok":
+        raise FixityMismatch(
+            f"{record['path']} does not match its record ({', '.join(changed)} differ): the "
+            "bag was not written", path=record["path"], changed=changed)
+    return recorded.get("sha256", found["sha256"]), size
+
+
+def _copy(stream: IO[bytes], out: IO[bytes], digests: dict[str, Any]) -> int:
+    size = 0
+    while chunk := stream.read(BLOCK):
+        size += len(chunk)
+        for digest in digests.values():
+            digest.update(chunk)
+        out.write(chunk)
+    return size
+
+
+def _encode(path: str) -> str:
+    """A payload path as RFC 8493 writes it in a manifest: %, CR and LF percent-encoded."""
+    return path.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _one_line(value: str) -> str:
+    return " ".join(str(value).splitlines())
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
