@@ -52,7 +52,7 @@ from catalog.models import (
     utc_now,
     utc_now_text,
 )
-from catalog.states import ADMIN_EVENTS, EVENTS, QUEUE_EVENTS, STATES, next_state
+from catalog.states import ADMIN_EVENTS, ENDED_STATES, EVENTS, QUEUE_EVENTS, STATES, next_state
 from catalog.storage import Storage, check_storage_path, open_storage
 from catalog.store import JobQuery, Page, Store, open_store
 from catalog.store.base import (
@@ -439,7 +439,8 @@ class Catalog:
             except CatalogError as exc:
                 prepared.error = exc
             else:
-                if applied.entry["name"] in _SIDE_EFFECTS:
+                if applied.entry["name"] in _SIDE_EFFECTS or (
+                        applied.entry["state"] in ENDED_STATES and not applied.duplicate):
                     await asyncio.to_thread(self._after_event, prepared.uuid, applied)
                 return self._outcome(prepared, applied)
         await asyncio.to_thread(self._audit, prepared.uuid, prepared.document, source,
@@ -478,7 +479,12 @@ class Catalog:
     def _after_event(self, uuid: str, applied: Applied) -> None:
         """What an accepted event does beyond the state: ``reset`` empties the job's archive
         path (inside the archive root only) and unlinks its file records, which keep their
-        fixity history. Replays run it again, so a retry completes an interrupted reset."""
+        fixity history. Replays run it again, so a retry completes an interrupted reset.
+        An event that ends the job decides the jobs waiting on it (DESIGN §11)."""
+        if applied.entry["state"] in ENDED_STATES:
+            from catalog.queue.release import after_event
+
+            after_event(self, uuid, applied)
         if applied.entry["name"] != "reset":
             return
         job = self.store.get_job(uuid, history=False)
@@ -611,12 +617,17 @@ class Catalog:
 
     # the queue (catalog.queue) ----------------------------------------------------------------
     def submit(self, pipeline: str, data: dict[str, Any] | None = None,
-               source: str = "python", **queue: Any) -> Any:
+               source: str = "python", when: Any = None, **queue: Any) -> Any:
         """Have a job run: create it (or find it) and queue it; ``queue`` holds the
         submission's other fields (priority, timeout, retries, site, tags, user, upstream
-        ids...). Returns a ``SubmitOutcome`` (memoised when it had finished already)."""
+        ids...). ``when`` is a condition on other jobs (``a.finished & ~b.failed`` or its
+        JSON form): the job waits until it holds. Returns a ``SubmitOutcome`` (memoised when
+        it had finished already), itself usable in another's condition."""
         from catalog.queue import submit
+        from catalog.queue.conditions import as_json
 
+        if when is not None:
+            queue["when"] = as_json(when)
         return submit(self, {"pipeline": pipeline, "data": data or {}, **queue}, source)
 
     def cancel(self, uuid: str, reason: str = "cancelled by a user",

@@ -36,15 +36,20 @@ def submit(
     site: Annotated[str | None, typer.Option(help="Site that should run it.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     user: Annotated[str | None, typer.Option(help="Who asks for it.")] = None,
+    when: Annotated[str | None, typer.Option(
+        help='A condition on other jobs as JSON, e.g. \'{"all": [{"job": UUID, "is": '
+        '"finished"}]}\': the job waits until it holds, and is cancelled if it never can.'
+    )] = None,
     json_: JsonOption = False,
 ) -> None:
-    """Have a job run: create it (or find it: same pipeline, upstream and data) and queue it."""
+    """Have a job run: create it (or find it: same pipeline, upstream and data) and queue it
+    (or have it wait for its condition)."""
     with _catalog() as catalog:
         outcome = catalog.submit(
             pipeline, _json_arg(data, "data"), source="cli", measurement_id=measurement,
             sample_id=sample, experiment_id=experiment, observation_id=observation,
             priority=priority, retries=retries, timeout=timeout, site=site, tags=tag or [],
-            user=user)
+            user=user, when=_json_arg(when, "when"))
         document = outcome.model_dump(mode="json")
     _emit(document, json_, "\n".join(f"{k}: {v}" for k, v in document.items()))
 
