@@ -630,6 +630,14 @@ class Catalog:
             queue["when"] = as_json(when)
         return submit(self, {"pipeline": pipeline, "data": data or {}, **queue}, source)
 
+    def wait(self, uuids: list[str], any: bool = False, timeout: float | None = None) -> Any:
+        """Wait until the jobs have ended (the first of them with ``any``) or ``timeout``
+        seconds passed, woken by the ending event whichever process applied it: a
+        ``WaitOutcome`` (``jobs``: their states; ``timed_out``)."""
+        from catalog.queue.waits import wait
+
+        return wait(self, uuids, any, timeout)
+
     def cancel(self, uuid: str, reason: str = "cancelled by a user",
                source: str = "python") -> EventOutcome:
         """Cancel a job that has not ended; a running one's worker stops its work."""

@@ -55,6 +55,20 @@ def submit(
 
 
 @app.command()
+def wait(
+    uuid: Annotated[list[str], typer.Argument(help="The jobs to wait for.")],
+    any_: Annotated[bool, typer.Option("--any", help="Until the first of them ends.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Give up after S seconds.")] = None,
+) -> None:
+    """Wait until the jobs end; print {"jobs": {uuid: state}, "timed_out"}. Exit 0 when they
+    finished, 1 when one failed or was cancelled, 124 when the time ran out."""
+    with _catalog() as catalog:
+        outcome = catalog.wait(uuid, any=any_, timeout=timeout)
+    _emit(outcome.model_dump(mode="json"), True)
+    raise SystemExit(outcome.exit_code())
+
+
+@app.command()
 def cancel(
     uuid: str,
     reason: Annotated[str, typer.Option(help="Why, for the job's history.")] =

@@ -7,8 +7,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalog.models import MAX_TIMEOUT_S, ArchiveMode, JobUUID, QueueInfo, UpstreamIds
-from catalog.queue.conditions import Expr, Ref
+from catalog.queue.conditions import Expr, Ref, outcome
+from catalog.states import ENDED_STATES
 
+TIMEOUT_EXIT = 124  # ``catalog wait``: the time ran out (as coreutils' timeout says it)
 MAX_RESULTS_BYTES = 4 * 1024 * 1024  # what workflow-core keeps of results (shallow size 4 MB)
 PathList = Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]],
                      Field(max_length=10000)]
@@ -88,6 +90,21 @@ class SubmitOutcome(_Strict):
     @property
     def ended(self) -> Expr:
         return Ref(self.uuid).ended
+
+
+class WaitOutcome(_Strict):
+    """What a wait saw: the awaited jobs' states, and whether its time ran out first."""
+
+    jobs: dict[str, str] = Field(description="Each awaited job's state, by UUID.")
+    timed_out: bool = Field(description="The time ran out before the jobs ended.")
+
+    def exit_code(self) -> int:
+        """``catalog wait``'s exit status: 0 when the ended jobs finished, 1 when one failed
+        or was cancelled, TIMEOUT_EXIT when the time ran out."""
+        if self.timed_out:
+            return TIMEOUT_EXIT
+        return 1 if any(state in ENDED_STATES and outcome(state) != "finished"
+                        for state in self.jobs.values()) else 0
 
 
 class WorkFilter(_Strict):

@@ -31,7 +31,10 @@ def after_event(catalog: Catalog, uuid: str, applied: Applied) -> None:
 
 def release(catalog: Catalog, uuid: str) -> list[tuple[str, str]]:
     """Decide the jobs waiting on ``uuid`` (if it has ended), and on those cancelled, down
-    the graph: the (job, new state) pairs of what moved."""
+    the graph: the (job, new state) pairs of what moved. Wakes this process's waiters."""
+    from catalog.queue.waits import notify
+
+    notify()
     moved: list[tuple[str, str]] = []
     ended = deque([uuid])
     while ended:
@@ -47,6 +50,7 @@ def release(catalog: Catalog, uuid: str) -> list[tuple[str, str]]:
             if state is not None:
                 moved.append((dependent, state))
                 if state == "CANCELLED":
+                    notify()
                     ended.append(dependent)
     return moved
 
