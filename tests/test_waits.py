@@ -190,3 +190,24 @@ def test_a_cancellation_down_the_graph_wakes_the_waiters(catalog: Catalog) -> No
     thread.join()
     assert outcome.jobs == {b: "CANCELLED"} and outcome.exit_code() == 1
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_catalog_submit_takes_a_condition_as_json(catalog: Catalog, tmp_path: Path) -> None:
+    a = queued(catalog, 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CATALOG_")}
+    env["CATALOG_DB"] = catalog.settings.db
+    when = json.dumps({"not": {"job": a, "is": "failed"}})
+    done = subprocess.run([str(SCRIPT), "submit", "--pipeline", "step", "--data",
+                           '{"command": ["step", "2"]}', "--when", when, "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    b = json.loads(done.stdout)
+    assert b["state"] == "WAITING"
+    end(catalog, a)
+    assert catalog.get_job(b["uuid"], history=False).state == "QUEUED"
+    refused = subprocess.run([str(SCRIPT), "submit", "--pipeline", "step", "--data", "{}",
+                              "--when", '{"job": "x", "is": "ended"}', "--json"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert json.loads(refused.stderr)["error"]["code"] == "invalid_condition"
