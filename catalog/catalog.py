@@ -54,7 +54,7 @@ from catalog.models import (
     utc_now_text,
 )
 from catalog.refusals import AnonymousRefusals
-from catalog.states import ADMIN_EVENTS, EVENTS, QUEUE_EVENTS, STATES, next_state
+from catalog.states import ADMIN_EVENTS, ENDED_STATES, EVENTS, QUEUE_EVENTS, STATES, next_state
 from catalog.storage import Storage, check_storage_path, open_storage
 from catalog.store import JobQuery, Page, Store, open_store
 from catalog.store.base import (
@@ -494,7 +494,8 @@ class Catalog:
                 prepared.error = exc
             else:
                 failure = None
-                if applied.entry["name"] in _SIDE_EFFECTS:
+                if applied.entry["name"] in _SIDE_EFFECTS or (
+                        applied.entry["state"] in ENDED_STATES and not applied.duplicate):
                     failure = await asyncio.to_thread(self._after_event, prepared.uuid, applied,
                                                       source)
                 return self._outcome(prepared, applied, failure)
@@ -551,9 +552,14 @@ class Catalog:
         """What an accepted event does beyond the state: ``reset`` empties the job's archive
         path (inside the archive root only) and unlinks its file records, which keep their
         fixity history. Replays run it again, so a retry completes an interrupted reset.
+        An event that ends the job decides the jobs waiting on it (DESIGN §11).
 
         The event stands whatever happens here: a failure is recorded in the audit log
         (code ``cleanup_failed``) and returned, to be answered with the applied event."""
+        if applied.entry["state"] in ENDED_STATES:
+            from catalog.queue.release import after_event
+
+            after_event(self, uuid, applied)
         if applied.entry["name"] != "reset":
             return None
         try:
@@ -718,13 +724,26 @@ class Catalog:
 
     # the queue (catalog.queue) ----------------------------------------------------------------
     def submit(self, pipeline: str, data: dict[str, Any] | None = None,
-               source: str = "python", **queue: Any) -> Any:
+               source: str = "python", when: Any = None, **queue: Any) -> Any:
         """Have a job run: create it (or find it) and queue it; ``queue`` holds the
         submission's other fields (priority, timeout, retries, site, tags, user, upstream
-        ids...). Returns a ``SubmitOutcome`` (memoised when it had finished already)."""
+        ids...). ``when`` is a condition on other jobs (``a.finished & ~b.failed`` or its
+        JSON form): the job waits until it holds. Returns a ``SubmitOutcome`` (memoised when
+        it had finished already), itself usable in another's condition."""
         from catalog.queue import submit
+        from catalog.queue.conditions import as_json
 
+        if when is not None:
+            queue["when"] = as_json(when)
         return submit(self, {"pipeline": pipeline, "data": data or {}, **queue}, source)
+
+    def wait(self, uuids: list[str], any: bool = False, timeout: float | None = None) -> Any:
+        """Wait until the jobs have ended (the first of them with ``any``) or ``timeout``
+        seconds passed, woken by the ending event whichever process applied it: a
+        ``WaitOutcome`` (``jobs``: their states; ``timed_out``)."""
+        from catalog.queue.waits import wait
+
+        return wait(self, uuids, any, timeout)
 
     def cancel(self, uuid: str, reason: str = "cancelled by a user",
                source: str = "python") -> EventOutcome:

@@ -36,17 +36,36 @@ def submit(
     site: Annotated[str | None, typer.Option(help="Site that should run it.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     user: Annotated[str | None, typer.Option(help="Who asks for it.")] = None,
+    when: Annotated[str | None, typer.Option(
+        help='A condition on other jobs as JSON, e.g. \'{"all": [{"job": UUID, "is": '
+        '"finished"}]}\': the job waits until it holds, and is cancelled if it never can.'
+    )] = None,
     json_: JsonOption = False,
 ) -> None:
-    """Have a job run: create it (or find it: same pipeline, upstream and data) and queue it."""
+    """Have a job run: create it (or find it: same pipeline, upstream and data) and queue it
+    (or have it wait for its condition)."""
     with _catalog() as catalog:
         outcome = catalog.submit(
             pipeline, _json_arg(data, "data"), source="cli", measurement_id=measurement,
             sample_id=sample, experiment_id=experiment, observation_id=observation,
             priority=priority, retries=retries, timeout=timeout, site=site, tags=tag or [],
-            user=user)
+            user=user, when=_json_arg(when, "when"))
         document = outcome.model_dump(mode="json")
     _emit(document, json_, "\n".join(f"{k}: {v}" for k, v in document.items()))
+
+
+@app.command()
+def wait(
+    uuid: Annotated[list[str], typer.Argument(help="The jobs to wait for.")],
+    any_: Annotated[bool, typer.Option("--any", help="Until the first of them ends.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Give up after S seconds.")] = None,
+) -> None:
+    """Wait until the jobs end; print {"jobs": {uuid: state}, "timed_out"}. Exit 0 when they
+    finished, 1 when one failed or was cancelled, 124 when the time ran out."""
+    with _catalog() as catalog:
+        outcome = catalog.wait(uuid, any=any_, timeout=timeout)
+    _emit(outcome.model_dump(mode="json"), True)
+    raise SystemExit(outcome.exit_code())
 
 
 @app.command()

@@ -11,6 +11,7 @@ and a non-zero exit code on the command line)::
     │   ├── InvalidData                400 invalid_data      (not canonical JSON)
     │   │   └── SchemaViolation        422 schema_violation  (JSON of the wrong shape)
     │   ├── UnsafePath                 400 unsafe_path       (escapes the archive root)
+    │   ├── InvalidCondition           400 invalid_condition (a job's condition on others)
     │   └── InvalidPattern             400 invalid_pattern
     │       └── PatternTooCostly       400 pattern_too_costly (backtracks without end)
     ├── BodyTooLarge                   413 body_too_large
@@ -52,6 +53,7 @@ __all__ = [
     "FileNotFound",
     "FixityMismatch",
     "IndexingError",
+    "InvalidCondition",
     "InvalidData",
     "InvalidInput",
     "InvalidPattern",
@@ -131,6 +133,12 @@ class InvalidData(InvalidInput):
 class SchemaViolation(InvalidData):
     status = 422
     code = "schema_violation"
+
+
+class InvalidCondition(InvalidInput):
+    """A condition malformed, too large, naming unknown jobs or waiting on itself."""
+
+    code = "invalid_condition"
 
 
 class UnsafePath(InvalidInput):

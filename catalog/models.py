@@ -208,6 +208,8 @@ class QueueInfo(_Strict):
     lease: Lease | None = None
     reason: str | None = Field(None, description="Why its last attempt failed or it was "
                                "cancelled.")
+    when: JSONData | None = Field(None, description="Its condition on other jobs (DESIGN "
+                                  "§11): it waits until the condition is true.")
 
 
 class Job(_Strict):

@@ -602,6 +602,21 @@ def test_delete_job(store: Store) -> None:
     assert store.find_jobs(JobQuery(child_of=SAMPLE)).items == in_order(jobs, ["j2", "j3", "j6"])
 
 
+def test_dependents_come_from_the_reverse_index_each_once_and_go_with_the_job(
+        store: Store) -> None:
+    jobs = insert_jobs(store)
+    j1, j2, j3 = jobs["j1"]["uuid"], jobs["j2"]["uuid"], jobs["j3"]["uuid"]
+    assert store.dependents(j1) == []
+    store.add_dependencies(j3, [j1, j2, j1])
+    store.add_dependencies(j2, [j1])
+    store.add_dependencies(j3, [j1])  # again: kept once
+    assert store.dependents(j1) == sorted([j2, j3])
+    assert store.dependents(j2) == [j3]
+    assert store.dependents(j3) == []
+    assert store.delete_job(j3) is True
+    assert store.dependents(j1) == [j2] and store.dependents(j2) == []
+
+
 # audit ---------------------------------------------------------------------------------------
 
 

@@ -71,6 +71,13 @@ SEMANTIC_REFUSALS: dict[tuple[str, str], tuple[list[str], str]] = {
     ("POST", "/jobs/{uuid}/index"): (["400", "422"], "index requests whose patterns compile and "
                                                      "whose references resolve"),
     ("POST", "/api/v1/lineage"): (["400", "422"], "an OpenLineage RunEvent (its own schema)"),
+    ("GET", "/jobs/wait"): (["400"], "each uuid is a job's typed UUID"),
+    **{(method, path): (["400", "422"], "a Work (or a query) whose text JSON can carry (no lone "
+                                        "surrogate), whose pipeline and values the queue takes")
+       for method, path in (("POST", "/buckets/work"), ("PUT", "/buckets/work"),
+                            ("POST", "/buckets/work/withdraw"), ("POST", "/buckets/view"),
+                            ("POST", "/results/results"), ("PUT", "/results/results"),
+                            ("POST", "/results/view"), ("POST", "/results/view/count"))},
 }
 _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 CHECKS_CONFIG = SchemathesisConfig.from_dict({"operations": [

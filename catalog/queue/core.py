@@ -17,13 +17,16 @@ from catalog.catalog import Catalog, parse_document
 from catalog.errors import (
     CatalogError,
     EventNotAllowed,
+    InvalidCondition,
     InvalidInput,
     JobNotFound,
     LeaseNotHeld,
 )
 from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
 from catalog.models import QueueInfo, format_date, utc_now
+from catalog.queue.conditions import Value, check, evaluate, find_cycle
 from catalog.queue.models import SubmitOutcome, SubmitRequest, Withdrawn, WorkFilter
+from catalog.queue.release import after_event, release, settle
 from catalog.states import allowed_events, next_state
 from catalog.store.base import Applied, ClaimLost, Decide, Doc
 
@@ -49,7 +52,9 @@ def _later(now: datetime, seconds: int) -> str:
 
 
 def _apply(catalog: Catalog, uuid: str, decide: Decide) -> Applied:
-    return catalog.store.apply_event(uuid, None, decide)
+    applied = catalog.store.apply_event(uuid, None, decide)
+    after_event(catalog, uuid, applied)
+    return applied
 
 
 # submitting -------------------------------------------------------------------------------
@@ -68,33 +73,75 @@ def submit(catalog: Catalog, request: SubmitRequest | dict[str, Any],
         catalog, request.pipeline, request.data, measurement_id=request.measurement_id,
         sample_id=request.sample_id, experiment_id=request.experiment_id,
         observation_id=request.observation_id, agent=request.agent, source=source)
+    dependencies: list[str] = []
+    if request.when is not None:  # checked before anything is stored
+        when, dependencies = _check_condition(catalog, managed.uuid, request.when)
+        request = request.model_copy(update={"when": when})
     info = request.queue_info()
-    job = managed.setup(info, _queue_data(info, resubmitted=False))
+    conditional = request.when is not None
+    job = managed.setup(None if conditional else info,
+                        _queue_data(info, resubmitted=False))
     created = bool(managed.created)
 
     def outcome(state: str, queued: bool) -> SubmitOutcome:
         return SubmitOutcome(uuid=job.uuid, state=state, memoised=state in DONE_STATES,
                              queued=queued, created=created, archive_path=job.archive_path)
 
-    if created:
+    if created and not conditional:
         return outcome(job.state, True)
     if job.state in DONE_STATES or job.state in IN_FLIGHT_STATES:
         return outcome(job.state, False)
+    if conditional:
+        # Before the wait: a dependency ending from now on finds this job in the index.
+        catalog.store.add_dependencies(job.uuid, dependencies)
 
     def decide(head: Doc) -> Outcome:
         if head["state"] in IN_FLIGHT_STATES or head["state"] in DONE_STATES:
             raise _InFlight(head["state"])
         event = "retry" if head["state"] == "FAILED" else "queue"
+        if conditional:
+            assert request.when is not None
+            heads = {uuid: catalog.store.get_job(uuid, history=False) for uuid in dependencies}
+            if evaluate(request.when, heads) is not Value.TRUE:
+                event = "wait"  # settled below when already false
         state = next_state(job.uuid, head["state"], event)  # EventNotAllowed: RESET, RETIRED...
         entry = catalog.history_entry(job.uuid, event, _queue_data(
             info, resubmitted=head["state"] != "CREATED"), source, state)
-        return state, entry, {"queue": {**info.model_dump(mode="json"), "queued": entry["date"]}}
+        queued = entry["date"] if state == "QUEUED" else None
+        return state, entry, {"queue": {**info.model_dump(mode="json"), "queued": queued}}
 
     try:
         applied = _apply(catalog, job.uuid, decide)
     except _InFlight as exc:
         return outcome(str(exc), False)
-    return outcome(applied.entry["state"], True)
+    state = str(applied.entry["state"])
+    if state == "WAITING":
+        # A dependency that ended between the evaluation and the wait found the job not yet
+        # waiting: deciding again now leaves no window in which it would wait for ever.
+        state = settle(catalog, job.uuid) or state
+    return outcome(state, True)
+
+
+def _check_condition(catalog: Catalog, uuid: str, when: dict[str, Any]
+                     ) -> tuple[dict[str, Any], list[str]]:
+    """The condition's canonical form and the jobs it names; InvalidCondition when it is
+    malformed, too large, names an unknown job or would make ``uuid`` wait on itself."""
+    condition, places = check(when)
+    for named, place in places.items():
+        if catalog.store.get_job(named, history=False) is None:
+            raise InvalidCondition(f"{place}: no job {named}", job=named, place=place)
+
+    def condition_of(job: str) -> dict[str, Any] | None:
+        head = catalog.store.get_job(job, history=False)
+        queue = (head or {}).get("queue") or {}
+        return queue.get("when")
+
+    jobs = list(places)
+    cycle = find_cycle(uuid, jobs, condition_of)
+    if cycle is not None:
+        raise InvalidCondition(f"{places[cycle[1]]}: a cycle: " + " waits on ".join(cycle),
+                               cycle=cycle, place=places[cycle[1]])
+    return condition, jobs
 
 
 def _queue_data(info: QueueInfo, resubmitted: bool) -> Doc:
@@ -323,6 +370,8 @@ def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000,
     retried = _settled(failed, catalog.store.apply_events([
         (uuid, None, _retrier(catalog, attempts[uuid][-1], SOURCE)) for uuid in failed]),
         on_error)
+    for uuid in set(failed) - set(retried):  # final failures: their dependents are decided
+        release(catalog, uuid)
     return {"expired": len(expired), "failed": len(failed), "retried": len(retried)}
 
 

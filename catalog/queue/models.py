@@ -7,7 +7,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalog.models import MAX_TIMEOUT_S, ArchiveMode, JobUUID, QueueInfo, UpstreamIds
+from catalog.queue.conditions import Expr, Ref, outcome
+from catalog.states import ENDED_STATES
 
+TIMEOUT_EXIT = 124  # ``catalog wait``: the time ran out (as coreutils' timeout says it)
 MAX_RESULTS_BYTES = 4 * 1024 * 1024  # what workflow-core keeps of results (shallow size 4 MB)
 PathList = Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]],
                      Field(max_length=10000)]
@@ -43,6 +46,10 @@ class SubmitRequest(_Strict):
     plots: ArchiveMode = "copy"
     config: dict[str, Any] = Field(default_factory=dict)
     agent: str | None = Field(None, max_length=256)
+    when: dict[str, Any] | None = Field(
+        None, description="A condition on other jobs: {\"job\": UUID, \"is\": finished|failed|"
+        "cancelled|ended}, {\"all\": [...]}, {\"any\": [...]}, {\"not\": ...}; the job "
+        "waits until it is true and is cancelled if it can no longer be.")
 
     @model_validator(mode="after")
     def _one_way_to_run(self) -> SubmitRequest:
@@ -53,7 +60,8 @@ class SubmitRequest(_Strict):
     def queue_info(self) -> QueueInfo:
         return QueueInfo(priority=self.priority, timeout=self.timeout, retries=self.retries,
                          site=self.site, tags=self.tags, user=self.user, events=self.events,
-                         products=self.products, plots=self.plots, config=self.config)
+                         products=self.products, plots=self.plots, config=self.config,
+                         when=self.when)
 
 
 class SubmitOutcome(_Strict):
@@ -65,6 +73,38 @@ class SubmitOutcome(_Strict):
     queued: bool = Field(description="This submission queued it (or made it wait).")
     created: bool = Field(description="The job was new.")
     archive_path: str
+
+    # A submitted job in a condition (DESIGN §11): ``b = submit(..., when=a.finished)``.
+    @property
+    def finished(self) -> Expr:
+        return Ref(self.uuid).finished
+
+    @property
+    def failed(self) -> Expr:
+        return Ref(self.uuid).failed
+
+    @property
+    def cancelled(self) -> Expr:
+        return Ref(self.uuid).cancelled
+
+    @property
+    def ended(self) -> Expr:
+        return Ref(self.uuid).ended
+
+
+class WaitOutcome(_Strict):
+    """What a wait saw: the awaited jobs' states, and whether its time ran out first."""
+
+    jobs: dict[str, str] = Field(description="Each awaited job's state, by UUID.")
+    timed_out: bool = Field(description="The time ran out before the jobs ended.")
+
+    def exit_code(self) -> int:
+        """``catalog wait``'s exit status: 0 when the ended jobs finished, 1 when one failed
+        or was cancelled, TIMEOUT_EXIT when the time ran out."""
+        if self.timed_out:
+            return TIMEOUT_EXIT
+        return 1 if any(state in ENDED_STATES and outcome(state) != "finished"
+                        for state in self.jobs.values()) else 0
 
 
 class WorkFilter(_Strict):

@@ -397,6 +397,15 @@ class Store(Protocol):
         """(pipeline uuid, state, number of jobs) for every pair that has jobs."""
         ...
 
+    def add_dependencies(self, dependent: str, dependencies: list[str]) -> None:
+        """Note that ``dependent``'s condition names ``dependencies`` (the reverse index;
+        adding a pair twice keeps one)."""
+        ...
+
+    def dependents(self, dependency: str) -> list[str]:
+        """The jobs whose condition names ``dependency``, from an index, ordered."""
+        ...
+
     # entities and links ------------------------------------------------------------------
     def upsert_entities(self, docs: list[Doc]) -> None:
         """Insert each entity (``uuid``, ``kind``, ``created``, ...) unless its uuid exists.

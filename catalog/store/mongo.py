@@ -173,6 +173,7 @@ class MongoStore:
         self._files: Collection[Doc] = database["files"]
         self._audit: Collection[Doc] = database["audit"]
         self._fixity_runs: Collection[Doc] = database["fixity_runs"]
+        self._dependencies: Collection[Doc] = database["dependencies"]
         self._create_indexes()
         self._move_embedded_histories()
 
@@ -235,6 +236,9 @@ class MongoStore:
                 self._files.create_index([(f"checksums.{algorithm}", ASCENDING)])
             # find_audit sorts by _id: ObjectIds grow with insertion order within a process.
             self._audit.create_index([("job_uuid", ASCENDING), ("_id", DESCENDING)])
+            self._dependencies.create_index([("dependency", ASCENDING), ("dependent", ASCENDING)],
+                                            unique=True)
+            self._dependencies.create_index([("dependent", ASCENDING)])
 
     def _move_embedded_histories(self) -> None:
         """Jobs stored by earlier versions carry their history: move it to ``history``."""
@@ -495,6 +499,21 @@ class MongoStore:
             rows = list(self._jobs.aggregate(stages))
         return [(row["_id"]["p"], row["_id"]["s"], int(row["n"])) for row in rows]
 
+    def add_dependencies(self, dependent: str, dependencies: list[str]) -> None:
+        with self._guard:
+            for dependency in unique(dependencies):
+                self._dependencies.update_one(
+                    {"dependency": dependency, "dependent": dependent},
+                    {"$setOnInsert": {"dependency": dependency, "dependent": dependent}},
+                    upsert=True)
+
+    def dependents(self, dependency: str) -> list[str]:
+        with self._guard:
+            rows = list(self._dependencies.find({"dependency": dependency},
+                                                {"_id": 0, "dependent": 1})
+                        .sort("dependent", ASCENDING))
+        return [row["dependent"] for row in rows]
+
     def delete_job(self, uuid: str) -> bool:
         with self._guard:
             head = self._jobs.find_one({"uuid": uuid}, _HEAD)
@@ -506,6 +525,7 @@ class MongoStore:
         # delete) can never belong to a job made again with this UUID, which is created later.
         with self._guard:
             self._history.delete_many({"job_uuid": uuid, "job_created": head["created"]})
+            self._dependencies.delete_many({"dependent": uuid})
         return deleted.deleted_count == 1
 
     # entities and links ------------------------------------------------------------------

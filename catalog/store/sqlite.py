@@ -238,6 +238,20 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    # 8 to 10 are taken by work on other branches; numbers only need to be ordered.
+    (
+        11,
+        "conditions: the reverse index of a job's dependencies, so that a job's end reaches "
+        "the jobs waiting on it (and only them) without a scan",
+        """
+        CREATE TABLE dependencies (
+            dependency TEXT NOT NULL,
+            dependent TEXT NOT NULL,
+            PRIMARY KEY (dependency, dependent)
+        ) WITHOUT ROWID;
+        CREATE INDEX dependencies_dependent ON dependencies (dependent)
+        """,
+    ),
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -824,7 +838,20 @@ class SQLiteStore:
             deleted = conn.execute("DELETE FROM jobs WHERE uuid = ?", (uuid,)).rowcount
             conn.execute("DELETE FROM history WHERE job_uuid = ?", (uuid,))
             conn.execute("DELETE FROM links WHERE src = ?", (uuid,))
+            conn.execute("DELETE FROM dependencies WHERE dependent = ?", (uuid,))
             return deleted == 1
+
+    def add_dependencies(self, dependent: str, dependencies: list[str]) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO dependencies (dependency, dependent) VALUES (?, ?)",
+                [(dependency, dependent) for dependency in unique(dependencies)])
+
+    def dependents(self, dependency: str) -> list[str]:
+        rows = self._connection().execute(
+            "SELECT dependent FROM dependencies WHERE dependency = ? ORDER BY dependent",
+            (dependency,))
+        return [uuid for uuid, in rows]
 
     # entities and links ------------------------------------------------------------------
     def upsert_entities(self, docs: list[Doc]) -> None:

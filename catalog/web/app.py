@@ -45,7 +45,7 @@ from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens
 from catalog.web.audit import add_audit_routes
 from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.openapi import complete as complete_openapi
-from catalog.web.queue_routes import add_queue_routes
+from catalog.web.queue_routes import add_queue_routes, add_wait_route
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -209,6 +209,8 @@ def create_app(catalog: Catalog) -> FastAPI:
                                  created_after=created_after, created_before=created_before,
                                  text=text, sort=sort)
         return {"jobs": page.items, "next": page.next}
+
+    add_wait_route(app, catalog)  # before /jobs/{uuid}, which would take "wait" for a UUID
 
     # A job's history is streamed a page at a time (catalog.spool.stream_document): a job of
     # a million events is answered without holding them, in JSONResponse's rendering.

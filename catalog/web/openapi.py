@@ -92,6 +92,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/jobs/{uuid}/retry"): (401, 403, 404, 409, 429, 503),
     ("post", "/jobs/{uuid}/bag"): (401, 403, 404, 409, 422, 429, 503),
     ("get", "/fixity/runs"): (422,),
+    ("get", "/jobs/wait"): (404, 422),
     # CHIME/FRB Buckets and Results: probes, then what each call may refuse
     **{(method, f"/{base}{tail}"): () for base in ("buckets", "results")
        for method, tail in (("get", "/version"), ("head", "/version"), ("get", ""),

@@ -21,6 +21,7 @@ from catalog.queue.models import (
     HeartbeatRequest,
     SubmitOutcome,
     SubmitRequest,
+    WaitOutcome,
     Withdrawn,
     WithdrawRequest,
 )
@@ -48,6 +49,25 @@ async def _document(request: Request, required: bool = True) -> Any:
     if not required and not body.strip():
         return {}
     return parse_body(body)
+
+
+MAX_WAIT_S = 300.0  # a long-poll answers within this, timed out or not: proxies cut longer ones
+
+
+def add_wait_route(app: FastAPI, catalog: Catalog) -> None:
+    """``GET /jobs/wait``: a long-poll until the jobs end (anyone may read a job's state)."""
+
+    @app.get("/jobs/wait", response_model=WaitOutcome, responses=_REFUSALS)
+    async def get_wait(
+            uuid: Annotated[list[str], Query(description="The jobs to wait for.")],
+            any: Annotated[bool, Query(description="Until the first of them ends.")] = False,
+            timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description=(
+                "Seconds to wait at most; the answer says timed_out."))] = 30.0,
+    ) -> dict[str, Any]:
+        """Wait until the jobs end (the first of them with ``any``), woken by the ending
+        event: their states, and whether the time ran out first."""
+        outcome = await run_in_threadpool(catalog.wait, uuid, any, timeout)
+        return dict(outcome.model_dump(mode="json"))
 
 
 def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:

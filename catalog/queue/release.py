@@ -1,0 +1,87 @@
+"""Release and cancellation (DESIGN §11): when a job ends, the jobs waiting on it are decided.
+
+Only the dependents the reverse index names are read, so an event on a job nobody waits on
+costs one index lookup. A WAITING job whose condition became true gets ``queue``; false,
+``cancel`` with the reason (which job, which state), and its own dependents are decided in
+turn, so a cancellation runs down the graph in one pass (a loop, never a recursion).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from catalog.queue.conditions import Value, atoms, cause, evaluate, has_ended
+from catalog.states import ENDED_STATES, next_state
+from catalog.store.base import Applied, ClaimLost, Doc
+
+if TYPE_CHECKING:
+    from catalog.catalog import Catalog
+
+SOURCE = "queue"
+
+
+def after_event(catalog: Catalog, uuid: str, applied: Applied) -> None:
+    """Decide ``uuid``'s dependents if the event ended it (every path that applies an event
+    calls this after its commit)."""
+    if applied.duplicate or applied.entry["state"] not in ENDED_STATES:
+        return
+    release(catalog, uuid)
+
+
+def release(catalog: Catalog, uuid: str) -> list[tuple[str, str]]:
+    """Decide the jobs waiting on ``uuid`` (if it has ended), and on those cancelled, down
+    the graph: the (job, new state) pairs of what moved. Wakes this process's waiters."""
+    from catalog.queue.waits import notify
+
+    notify()
+    moved: list[tuple[str, str]] = []
+    ended = deque([uuid])
+    while ended:
+        job = ended.popleft()
+        dependents = catalog.store.dependents(job)
+        if not dependents:
+            continue
+        head = catalog.store.get_job(job, history=False)
+        if head is not None and not has_ended(head):
+            continue  # a failure the queue retries, or re-queued meanwhile
+        for dependent in dependents:
+            state = settle(catalog, dependent)
+            if state is not None:
+                moved.append((dependent, state))
+                if state == "CANCELLED":
+                    notify()
+                    ended.append(dependent)
+    return moved
+
+
+def settle(catalog: Catalog, uuid: str) -> str | None:
+    """Queue or cancel a WAITING job whose condition is decided; its new state, or None
+    when it stays as it is (not waiting, or its condition still pending)."""
+    head = catalog.store.get_job(uuid, history=False)
+    if head is None or head["state"] != "WAITING" or not (head.get("queue") or {}).get("when"):
+        return None
+    condition: dict[str, Any] = head["queue"]["when"]
+    heads = {job: catalog.store.get_job(job, history=False) for _, _, job in atoms(condition)}
+    value = evaluate(condition, heads)
+    if value is Value.PENDING:
+        return None
+
+    def decide(current: Doc) -> tuple[str, Doc, Doc]:
+        if current["state"] != "WAITING":
+            raise ClaimLost(uuid)  # decided meanwhile by another release
+        queue = dict(current["queue"])
+        if value is Value.TRUE:
+            state = next_state(uuid, current["state"], "queue")
+            entry = catalog.history_entry(uuid, "queue", {"condition": "true"}, SOURCE, state)
+            return state, entry, {"queue": {**queue, "queued": entry["date"]}}
+        reason = f"its condition can no longer be met: {cause(condition, heads)}"
+        state = next_state(uuid, current["state"], "cancel")
+        entry = catalog.history_entry(uuid, "cancel", {"reason": reason}, SOURCE, state)
+        return state, entry, {"queue": {**queue, "reason": reason}}
+
+    try:
+        applied = catalog.store.apply_event(uuid, None, decide)
+    except ClaimLost:
+        return None
+    return str(applied.entry["state"])
