@@ -490,3 +490,20 @@ class Store(Protocol):
     def find_audit(self, job_uuid: str | None = None, limit: int = 100) -> list[Doc]:
         """Most recent first."""
         ...
+
+    # OpenLineage (store/openlineage_sqlite.py, store/openlineage_mongo.py) --------------------
+    def add_lineage_event(self, doc: Doc) -> bool:
+        """Keep an OpenLineage event (``event_id``, ``run_id``, ``parent_run_id``, ``job``,
+        ``datasets``: uuids, ...) unless its ``event_id`` is stored; whether it was new."""
+        ...
+
+    def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,
+                       job: str | None = None, dataset: str | None = None,
+                       limit: int = 1000) -> list[Doc]:
+        """The last ``limit`` events with the one filter given, oldest first."""
+        ...
+
+    def find_datasets(self, namespace: str | None = None, limit: int = 100,
+                      cursor: str | None = None) -> Page:
+        """Reference entities with a namespace, by (namespace, name, uuid)."""
+        ...

@@ -64,6 +64,8 @@ from catalog.store.base import (
     sorted_page,
     unique,
 )
+from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
+from catalog.store.openlineage_sqlite import OpenLineageSQLite
 from catalog.store.sqlite_loop import LoopEventsRegistry
 
 # Numbered migrations; each runs once, in order, recorded in schema_migrations.
@@ -223,6 +225,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX jobs_pipeline_state ON jobs (pipeline_uuid, state)
         """,
     ),
+    OPENLINEAGE_MIGRATION,
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -310,7 +313,7 @@ class _PendingEvent:
     future: Future[Applied] = field(default_factory=Future)
 
 
-class SQLiteStore:
+class SQLiteStore(OpenLineageSQLite):
     """Store backed by one SQLite file."""
 
     kind = "sqlite"

@@ -1,0 +1,1 @@
+"""Other systems' wire protocols over the same library (DESIGN §13)."""
