@@ -25,7 +25,12 @@ from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
 from openlineage.client.facet_v2 import nominal_time_run
 from openlineage.client.serde import Serde
-from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, HttpTransport
+from openlineage.client.transport.http import (
+    ApiKeyTokenProvider,
+    HttpCompression,
+    HttpConfig,
+    HttpTransport,
+)
 
 from catalog import Catalog
 from catalog.errors import ConfigurationError, EntityNotFound, TokenInvalid
@@ -528,12 +533,14 @@ class LossyProxy:
         self.thread.join()
 
 
-def openlineage_client(url: str, key: str = KEY) -> OpenLineageClient:
+def openlineage_client(url: str, key: str = KEY,
+                       compression: HttpCompression | None = None) -> OpenLineageClient:
     """The real client, over HTTP, retrying 5xx replies quickly (urllib3's Retry settings)."""
     retry = {"total": 3, "connect": 3, "read": 3, "status": 3, "backoff_factor": 0.01,
              "status_forcelist": [500, 502, 503, 504], "allowed_methods": ["POST"]}
     config = HttpConfig(url=url, endpoint="api/v1/lineage", timeout=10.0,
-                        auth=ApiKeyTokenProvider({"apiKey": key}), retry=retry)
+                        auth=ApiKeyTokenProvider({"apiKey": key}), retry=retry,
+                        compression=compression)
     return OpenLineageClient(transport=HttpTransport(config))
 
 
