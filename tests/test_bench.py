@@ -34,6 +34,9 @@ def run(script: str, *args: str) -> dict[str, Any]:
                      id="fixity"),
         pytest.param("lineage.py", ("--sizes", "400,800", "--queries", "3"), "ratios",
                      id="lineage"),
+        pytest.param("openlineage.py", ("--events", "6", "--threads", "2", "--rounds", "1",
+                                        "--runs", "20", "--queries", "2"), "ratio",
+                     id="openlineage"),
     ],
 )
 def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str, ...],
@@ -45,3 +48,8 @@ def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str
     if script == "webhooks.py":  # every acknowledged event is in the history exactly once
         assert document["catalog"]["history_ok"] is True
         assert document["catalog"]["errors"] == document["baseline"]["errors"] == 0
+    if script == "openlineage.py":  # every event acknowledged, the runs joined 10 deep
+        ingestion = document["ingestion"]
+        assert ingestion["openlineage"]["errors"] == ingestion["webhook"]["errors"] == 0
+        assert ingestion["openlineage"]["last_run_linked"] is True
+        assert document["deep_lineage"]["runs_deep"] == 10

@@ -308,6 +308,39 @@ def test_job_and_dataset_events_are_applied(server: str) -> None:
     assert {f"{tag}/a", f"{tag}/b", f"{tag}/c"} <= {d["name"] for d in listed}
 
 
+@pytest.mark.slow
+def test_marquez_listings_read_the_graph(server: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    run_id = str(uuid.uuid4())
+    nominal = {"nominalTime": {"_producer": PRODUCER, "_schemaURL": "https://example.org/n",
+                               "nominalStartTime": when(0)}}
+    schema = schema_dataset.SchemaDatasetFacet(
+        fields=[schema_dataset.SchemaDatasetFacetFields(name="flux", type="double")])
+    complete = event(RunState.COMPLETE, run_id, f"m-{tag}", 7)
+    complete.outputs = [OutputDataset(namespace="s3://lake", name=f"{tag}/out",
+                                      facets={"schema": schema})]
+    emit_all(server, [event(RunState.START, run_id, f"m-{tag}", 2, [f"{tag}/in"],
+                            run_facets=nominal), complete])
+    quoted = "s3:%2F%2Flake"
+    listed = httpx.get(f"{server}/api/v1/namespaces/{quoted}/datasets",
+                       params={"limit": 1000}).json()
+    names = {d["name"] for d in listed["datasets"]}
+    assert {f"{tag}/in", f"{tag}/out"} <= names
+    one = httpx.get(f"{server}/api/v1/namespaces/{quoted}/datasets/{tag}%2Fout").json()
+    assert (one["id"], [f["name"] for f in one["fields"]]) == (
+        {"namespace": "s3://lake", "name": f"{tag}/out"}, ["flux"])
+    runs = httpx.get(f"{server}/api/v1/namespaces/airflow:%2F%2Flab/jobs/m-{tag}/runs").json()
+    (run,) = runs["runs"]
+    assert (run["id"], run["state"], run["startedAt"], run["endedAt"], run["durationMs"]) == (
+        run_id, "COMPLETED", when(2), when(7), 5000)
+    assert run["nominalStartTime"] == when(0)
+    assert httpx.get(f"{server}/api/v1/jobs/runs/{run_id}").json()["id"] == run_id
+    missing = httpx.get(f"{server}/api/v1/namespaces/{quoted}/nothing")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    bad = httpx.get(f"{server}/api/v1/namespaces/{quoted}/datasets", params={"limit": "0"})
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_input")
+
+
 # -- in process ----------------------------------------------------------------------------------
 
 RUN_A, RUN_B = "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "0189c6e2-5b7e-7c3a-9d3e-1f2a3b4c5d6e"

@@ -9,14 +9,22 @@ takes ``depth`` job-or-dataset steps each way from the node.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from catalog.catalog import Catalog
 from catalog.errors import EntityNotFound, InvalidInput, PipelineNotFound
 from catalog.identifiers import UUIDType
-from catalog.openlineage_views import dataset_uuid, run_times
+from catalog.openlineage_views import (
+    dataset_uuid,
+    get_dataset,
+    get_run,
+    list_datasets,
+    run_times,
+)
 
-__all__ = ["lineage_graph", "parse_node_id"]
+__all__ = ["lineage_graph", "marquez_dataset", "marquez_datasets", "marquez_run", "marquez_runs",
+           "parse_node_id"]
 
 MAX_DEPTH = 20
 _MAX_NODES = 10_000
@@ -147,3 +155,66 @@ def lineage_graph(catalog: Catalog, node_id: str, depth: int = 20) -> dict[str, 
                             if a == node_id_]
         nodes.append(node)
     return {"graph": nodes, "root": root}
+
+
+def _marquez_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run view (catalog.openlineage_views.get_run) in Marquez's Run shape."""
+    started, ended = run["startedAt"], run["endedAt"]
+    duration = None
+    if started and ended:
+        duration = int((datetime.fromisoformat(ended) - datetime.fromisoformat(started))
+                       .total_seconds() * 1000)
+    nominal = run["standard"]["nominalTime"] or {}
+    return {"id": run["runId"], "createdAt": run["events"][0]["received"],
+            "updatedAt": run["events"][-1]["received"],
+            "nominalStartTime": nominal.get("nominalStartTime"),
+            "nominalEndTime": nominal.get("nominalEndTime"), "state": run["state"],
+            "startedAt": started, "endedAt": ended, "durationMs": duration,
+            "jobVersion": {"namespace": run["job"]["namespace"], "name": run["job"]["name"]},
+            "inputDatasetVersions": [{"datasetVersionId": {"namespace": d["namespace"],
+                                                           "name": d["name"]}}
+                                     for d in run["inputs"]],
+            "outputDatasetVersions": [{"datasetVersionId": {"namespace": d["namespace"],
+                                                            "name": d["name"]}}
+                                      for d in run["outputs"]],
+            "facets": run["facets"]["run"], "parent": run["parent"],
+            "terminal": run["terminal"], "disagreement": run["disagreement"]}
+
+
+def marquez_run(catalog: Catalog, run_id: str) -> dict[str, Any]:
+    """``GET /api/v1/jobs/runs/{id}``."""
+    return _marquez_run(get_run(catalog, run_id))
+
+
+def marquez_runs(catalog: Catalog, namespace: str, job: str, limit: int = 100) -> dict[str, Any]:
+    """``GET /api/v1/namespaces/{namespace}/jobs/{job}/runs``: newest first."""
+    try:
+        pipeline = catalog.get_pipeline(f"{namespace}/{job}").uuid
+    except PipelineNotFound:
+        raise EntityNotFound(f"no job {namespace} {job}") from None
+    events = catalog.store.lineage_events(job=pipeline, limit=max(1, min(limit * 4, 1000)))
+    run_ids = list(dict.fromkeys(e["run_id"] for e in reversed(events) if e.get("run_id")))
+    runs = [_marquez_run(get_run(catalog, run_id)) for run_id in run_ids[:limit]]
+    return {"totalCount": len(runs), "runs": runs}
+
+
+def marquez_datasets(catalog: Catalog, namespace: str, limit: int = 100) -> dict[str, Any]:
+    """``GET /api/v1/namespaces/{namespace}/datasets``: the first ``limit`` by name."""
+    rows = list_datasets(catalog, namespace, limit)["datasets"]
+    datasets = [marquez_dataset(catalog, row["namespace"], row["name"]) for row in rows]
+    return {"totalCount": len(datasets), "datasets": datasets}
+
+
+def marquez_dataset(catalog: Catalog, namespace: str, name: str) -> dict[str, Any]:
+    """``GET /api/v1/namespaces/{namespace}/datasets/{dataset}``."""
+    found = get_dataset(catalog, namespace, name, versions=20)
+    schema = found["facets"].get("schema") or {}
+    versions = found["versions"]
+    return {"id": {"namespace": found["namespace"], "name": found["name"]},
+            "type": "DB_TABLE", "name": found["name"], "physicalName": found["name"],
+            "namespace": found["namespace"], "sourceName": found["namespace"],
+            "createdAt": found["created"],
+            "updatedAt": versions[-1]["eventTime"] if versions else found["created"],
+            "fields": schema.get("fields", []), "facets": found["facets"], "uri": found["uri"],
+            "lastModifiedAt": next((v["eventTime"] for v in reversed(versions)
+                                    if v["role"] == "outputs"), None)}

@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import zlib
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from catalog.catalog import Catalog, parse_body
-from catalog.compat.marquez import lineage_graph
-from catalog.errors import BodyTooLarge, InvalidData, InvalidInput
+from catalog.compat.marquez import (
+    lineage_graph,
+    marquez_dataset,
+    marquez_datasets,
+    marquez_run,
+    marquez_runs,
+)
+from catalog.errors import BodyTooLarge, InvalidData, InvalidInput, NotFound
 from catalog.openlineage import ingest
 from catalog.openlineage_views import get_dataset, get_run, list_datasets
 
@@ -83,6 +90,36 @@ def add_openlineage_routes(app: FastAPI, catalog: Catalog) -> None:
                 raise InvalidInput("a dataset's name needs its namespace")
             return get_dataset(catalog, namespace, name)
         return list_datasets(catalog, namespace, limit, cursor)
+
+    def namespace_document(parts: list[str], limit: int) -> dict[str, Any]:
+        if len(parts) == 2 and parts[1] == "datasets":
+            return marquez_datasets(catalog, parts[0], limit)
+        if len(parts) == 3 and parts[1] == "datasets":
+            return marquez_dataset(catalog, parts[0], parts[2])
+        if len(parts) == 4 and parts[1] == "jobs" and parts[3] == "runs":
+            return marquez_runs(catalog, parts[0], parts[2], limit)
+        raise NotFound(f"no route /api/v1/namespaces/{'/'.join(parts)}: the namespace, dataset "
+                       "and job names are URL-encoded parts")
+
+    async def marquez_namespace(request: Request) -> JSONResponse:
+        """Marquez's ``{namespace}/datasets``, ``{namespace}/datasets/{name}`` and
+        ``{namespace}/jobs/{job}/runs``, each part URL-encoded as Marquez clients send it (a
+        plain route: its parts are split before decoding, which a path parameter cannot)."""
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        tail = raw.decode("latin-1").split("?")[0].split("/api/v1/namespaces/", 1)[1]
+        text = request.query_params.get("limit", "100")
+        if not text.isdigit() or not 1 <= int(text) <= 1000:
+            raise InvalidInput(f"limit must be between 1 and 1000, got {text!r}")
+        document = await run_in_threadpool(
+            namespace_document, [unquote(part) for part in tail.split("/")], int(text))
+        return JSONResponse(document)
+
+    app.router.add_route("/api/v1/namespaces/{path:path}", marquez_namespace, methods=["GET"])
+
+    @app.get("/api/v1/jobs/runs/{run_id}", responses=_REFUSALS)
+    def marquez_run_route(run_id: str) -> dict[str, Any]:
+        """Marquez's run by its id."""
+        return marquez_run(catalog, run_id)
 
     @app.get("/api/v1/openlineage/runs/{run_id}", responses=_REFUSALS)
     def run(run_id: str) -> dict[str, Any]:
