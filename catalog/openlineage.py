@@ -4,7 +4,7 @@ An OpenLineage job (namespace + name) is the pipeline ``<namespace>/<name>``; a 
 that pipeline whose data is ``{"openlineage": {"runId": ...}}``, so its UUID follows from the
 runId. Event types map to events::
 
-    START -> run    RUNNING -> run (first) or update    COMPLETE -> finish
+    START -> run    RUNNING -> run (to a CREATED job) or update    COMPLETE -> finish
     FAIL, ABORT -> fail (the run's view tells them apart)    OTHER (or none) -> update
 
 Events are merged in whatever order they arrive (DESIGN §13), never refused for being late: a
@@ -273,7 +273,39 @@ def _link_datasets(catalog: Catalog, job_uuid: str, event: RunEvent | JobEvent,
         catalog.add_links(job_uuid, "acted_on", [entity.uuid for entity in inputs])
     for entity in outputs:
         catalog.add_links(entity.uuid, "generated_by", [job_uuid or str(pipeline_uuid)])
+    for output, dataset in zip(outputs, _unique_outputs(event.outputs or []), strict=True):
+        sources = _entities(catalog, _column_sources(dataset))
+        if sources:
+            catalog.add_entities(sources)
+            catalog.add_links(output.uuid, "derived_from", [source.uuid for source in sources])
     return inputs, outputs
+
+
+def _unique_outputs(datasets: list[LineageDataset]) -> list[LineageDataset]:
+    """The first of each dataset, in the order ``_entities`` keeps them."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for dataset in datasets:
+        key = normalise(dataset.namespace, dataset.name)
+        if key not in seen:
+            seen.add(key)
+            kept.append(dataset)
+    return kept
+
+
+def _column_sources(dataset: LineageDataset) -> list[LineageDataset]:
+    """The datasets a columnLineage facet says the output's columns come from."""
+    facet = (dataset.facets or {}).get("columnLineage")
+    fields = facet.get("fields") if isinstance(facet, dict) else None
+    sources = []
+    for column in fields.values() if isinstance(fields, dict) else []:
+        for source in (column.get("inputFields") or []) if isinstance(column, dict) else []:
+            if (isinstance(source, dict) and isinstance(source.get("namespace"), str)
+                    and isinstance(source.get("name"), str)
+                    and source["namespace"] and source["name"]):
+                sources.append(LineageDataset(namespace=source["namespace"][:1024],
+                                              name=source["name"][:1024]))
+    return sources
 
 
 def _record(catalog: Catalog, identifier: str, kind: str, event: dict[str, Any], time: str,
@@ -335,15 +367,15 @@ def ingest(catalog: Catalog, event: Any, token: str | None, source: str = "api")
     )
     job = managed.setup()
     kind = parsed.eventType or "OTHER"  # the spec reads a missing type as OTHER
-    started = job.state == INITIAL_STATE
-    if kind in _IMPLY_START and started:
+    created = job.state == INITIAL_STATE
+    if kind in _IMPLY_START and created:
         implied = {"eventType": "START", "impliedBy": kind, "eventTime": parsed.eventTime}
         try:
             managed.run(implied, event_id=event_id(run_id, f"START/{kind}", parsed.eventTime))
         except EventNotAllowed:
             pass  # a concurrent event moved the run on: the end decides below
     identifier = event_id(run_id, kind, parsed.eventTime)
-    name_of = "run" if kind == "RUNNING" and started else EVENTS[kind]
+    name_of = "run" if kind == "RUNNING" and created else EVENTS[kind]
     applied = True
     try:
         outcome = managed.handle({"name": name_of, "data": _event_data(parsed, kind),

@@ -142,6 +142,13 @@ def test_a_chain_of_three_runs_joins_end_to_end(server: str) -> None:
     assert node_y["outEdges"] == [{"origin": f"dataset:s3://lake:{y}",
                                    "destination": f"job:{NS}:step2"}]
 
+    around_job = httpx.get(f"{server}/api/v1/lineage",
+                           params={"nodeId": f"job:{NS}:step1", "depth": 1}).json()["graph"]
+    step1 = next(node for node in around_job if node["id"] == f"job:{NS}:step1")
+    assert step1["inEdges"] == [{"origin": f"dataset:s3://lake:{x}",
+                                 "destination": f"job:{NS}:step1"}]
+    assert step1["data"]["latestRuns"][0]["id"] == runs[1]
+
     found = httpx.get(f"{server}/api/v1/openlineage/datasets",
                       params={"namespace": "s3://lake", "name": y}).json()
     assert (found["written_by"], found["read_by"]) == ([jobs[1]], [jobs[2]])
@@ -500,3 +507,46 @@ def test_datasets_and_runs_on_the_command_line(tmp_path: Path,
     missing = cli("openlineage", "run", "11111111-1111-1111-1111-111111111111", "--json")
     assert missing.error()["code"] == "run_not_found"
     assert cli("openlineage", "run", "not-a-uuid", "--json").error()["code"] == "invalid_input"
+
+
+def test_column_lineage_is_a_derivation_in_prov(catalog: Catalog) -> None:
+    from catalog.prov import to_prov
+
+    column_lineage = {"fields": {"flux": {"inputFields": [
+        {"namespace": "s3://lake", "name": "raw", "field": "counts"}]}}}
+    ingest(catalog, raw_event("COMPLETE", RUN_A, inputs=[{"namespace": "s3://lake",
+                                                          "name": "raw"}],
+                              outputs=[{"namespace": "s3://lake", "name": "cal",
+                                        "facets": {"columnLineage": column_lineage}}]), KEY)
+    assert catalog.get_entity(dataset("cal")).derived_from == [dataset("raw")]
+    document = json.loads(to_prov(catalog.lineage(dataset("cal"), "up", 4)).serialize(
+        format="json"))
+    assert [(r["prov:generatedEntity"], r["prov:usedEntity"])
+            for r in document["wasDerivedFrom"].values()] == [
+        (f"catalog:{dataset('cal')}", f"catalog:{dataset('raw')}")]
+
+
+def test_the_store_keeps_events_once_and_pages_datasets(catalog: Catalog) -> None:
+    store = catalog.store
+    doc = {"event_id": "e1", "run_id": RUN_A, "parent_run_id": RUN_B, "job": "j",
+           "datasets": [dataset("a")], "event": "{}"}
+    assert store.add_lineage_event(doc) is True
+    assert store.add_lineage_event({**doc, "run_id": RUN_B}) is False  # its event_id is kept
+    assert store.add_lineage_event({**doc, "event_id": "e2"}) is True
+    assert [e["event_id"] for e in store.lineage_events(run_id=RUN_A)] == ["e1", "e2"]
+    assert [e["event_id"] for e in store.lineage_events(run_id=RUN_A, limit=1)] == ["e2"]
+    assert [e["event_id"] for e in store.lineage_events(parent_run_id=RUN_B)] == ["e1", "e2"]
+    assert [e["event_id"] for e in store.lineage_events(dataset=dataset("a"))] == ["e1", "e2"]
+    assert store.lineage_events(job="other") == []
+    for name in ("c", "a", "b"):
+        ingest(catalog, raw_event("START", RUN_A, inputs=[{"namespace": "s3://lake",
+                                                           "name": name}]), KEY)
+    ingest(catalog, raw_event("START", RUN_B, inputs=[{"namespace": "gs://other",
+                                                       "name": "z"}]), KEY)
+    first = store.find_datasets("s3://lake", limit=2)
+    assert [d["name"] for d in first.items] == ["a", "b"]
+    assert first.next is not None
+    rest = store.find_datasets("s3://lake", limit=2, cursor=first.next)
+    assert ([d["name"] for d in rest.items], rest.next) == (["c"], None)
+    assert [d["namespace"] for d in store.find_datasets().items] == [
+        "gs://other", "s3://lake", "s3://lake", "s3://lake"]
