@@ -550,3 +550,18 @@ def test_the_store_keeps_events_once_and_pages_datasets(catalog: Catalog) -> Non
     assert ([d["name"] for d in rest.items], rest.next) == (["c"], None)
     assert [d["namespace"] for d in store.find_datasets().items] == [
         "gs://other", "s3://lake", "s3://lake", "s3://lake"]
+
+
+def test_a_product_no_run_wrote_is_not_joined() -> None:
+    url = f"mongomock://alone-{uuid.uuid4().hex}"
+    product = typed_uuid(UUIDType.product, "s3://lake/alone")
+    doc = {"uuid": product, "kind": "product", "name": "alone", "namespace": "s3://lake",
+           "uri": "s3://lake/alone", "created": "2026-11-01T00:00:00.000Z"}
+    first = MongoStore.from_url(url)
+    first.upsert_entities([doc])
+    first.close()
+    reopened = MongoStore.from_url(url)
+    try:
+        assert reopened.get_entity(product) == doc
+    finally:
+        reopened.close()
