@@ -538,9 +538,9 @@ def test_the_store_keeps_events_once_and_pages_datasets(catalog: Catalog) -> Non
     assert [e["event_id"] for e in store.lineage_events(parent_run_id=RUN_B)] == ["e1", "e2"]
     assert [e["event_id"] for e in store.lineage_events(dataset=dataset("a"))] == ["e1", "e2"]
     assert store.lineage_events(job="other") == []
-    for name in ("c", "a", "b"):
-        ingest(catalog, raw_event("START", RUN_A, inputs=[{"namespace": "s3://lake",
-                                                           "name": name}]), KEY)
+    for second, name in enumerate(("c", "a", "b")):  # three events: three times
+        ingest(catalog, raw_event("START", RUN_A, second, inputs=[{"namespace": "s3://lake",
+                                                                   "name": name}]), KEY)
     ingest(catalog, raw_event("START", RUN_B, inputs=[{"namespace": "gs://other",
                                                        "name": "z"}]), KEY)
     first = store.find_datasets("s3://lake", limit=2)

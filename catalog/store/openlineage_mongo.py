@@ -10,6 +10,7 @@ a namespace and ``generated_by``) are joined to the reference of the same namesp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -19,7 +20,15 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from catalog.identifiers import UUIDType
-from catalog.store.base import ENTITY_LINK_FIELDS, Doc, Page, check_limit, decode_cursor, page_of
+from catalog.store.base import (
+    ENTITY_LINK_FIELDS,
+    Doc,
+    Link,
+    Page,
+    check_limit,
+    decode_cursor,
+    page_of,
+)
 
 _NO_ID: Doc = {"_id": 0}
 _DATASET_ORDER = [("namespace", ASCENDING), ("name", ASCENDING), ("uuid", ASCENDING)]
@@ -58,7 +67,19 @@ class OpenLineageMongo:
                         field: {"$each": targets} for field, targets in links.items()}})
                 self._entities.delete_one({"uuid": product["uuid"]})
 
-    def add_lineage_event(self, doc: Doc) -> bool:
+    def upsert_entities(self, docs: list[Doc]) -> None:
+        raise NotImplementedError  # MongoStore's
+
+    def add_links(self, src: str, relation: str, targets: list[str]) -> None:
+        raise NotImplementedError  # MongoStore's
+
+    def add_lineage_event(self, doc: Doc, entities: Sequence[Doc] = (),
+                          links: Sequence[Link] = ()) -> bool:
+        # Datasets and links first (each idempotent): an event stored is an event applied.
+        if entities:
+            self.upsert_entities(list(entities))
+        for src, relation, targets in links:
+            self.add_links(src, relation, targets)
         try:
             with self._guard:
                 self._ol_events.insert_one(dict(doc))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from catalog.store.base import Doc, Page, check_limit, decode_cursor, page_of
+from catalog.store.base import Doc, Link, Page, check_limit, decode_cursor, page_of
 
 # The OpenLineage products of earlier versions (a dataset a run wrote: a namespace, and
 # generated_by) join the reference of the same namespace and name (the dataset read): their
@@ -75,7 +76,17 @@ class OpenLineageSQLite:
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # SQLiteStore's
 
-    def add_lineage_event(self, doc: Doc) -> bool:
+    @staticmethod
+    def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
+        raise NotImplementedError  # SQLiteStore's
+
+    @staticmethod
+    def _link(conn: sqlite3.Connection, src: str, relation: str, targets: list[str]) -> None:
+        raise NotImplementedError  # SQLiteStore's
+
+    def add_lineage_event(self, doc: Doc, entities: Sequence[Doc] = (),
+                          links: Sequence[Link] = ()) -> bool:
+        # One transaction (one sync) for the event, its datasets and their links.
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO ol_events (event_id, run_id, parent_run_id, job, doc) "
@@ -87,6 +98,9 @@ class OpenLineageSQLite:
             seq = cursor.lastrowid
             conn.executemany("INSERT OR IGNORE INTO ol_event_datasets (dataset, seq) "
                              "VALUES (?, ?)", [(uuid, seq) for uuid in doc.get("datasets", [])])
+            self._insert_entities(conn, list(entities))
+            for src, relation, targets in links:
+                self._link(conn, src, relation, targets)
             return True
 
     def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,
