@@ -616,7 +616,7 @@ def token_admin(json_: JsonOption = False) -> None:
     _emit({"token": token}, json_, token)
 
 
-from catalog import cli_queue  # noqa: E402, F401 (the queue's commands, on the same app)
+from catalog import cli_openlineage, cli_queue  # noqa: E402, F401 (their commands, on the app)
 
 
 def main(argv: list[str] | None = None) -> None:

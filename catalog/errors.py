@@ -26,7 +26,8 @@ and a non-zero exit code on the command line)::
     │   ├── JobNotFound                404 job_not_found
     │   ├── PipelineNotFound           404 pipeline_not_found
     │   ├── EntityNotFound             404 entity_not_found  (a reference, product, ...)
-    │   └── FileNotFound               404 file_not_found    (a file record)
+    │   ├── FileNotFound               404 file_not_found    (a file record)
+    │   └── RunNotFound                404 run_not_found     (an OpenLineage runId)
     ├── EventNotAllowed                409 event_not_allowed
     ├── QueueEventRefused              409 queue_event       (sent by the queue, not as an event)
     ├── LeaseNotHeld                   409 lease_not_held    (a worker acting on a job it lacks)
@@ -63,6 +64,7 @@ __all__ = [
     "NotFound",
     "PatternTooCostly",
     "PipelineNotFound",
+    "RunNotFound",
     "QueueEventRefused",
     "RateLimited",
     "SchemaViolation",
@@ -221,6 +223,10 @@ class AdminRequired(TokenInvalid):
 class NotFound(CatalogError):
     status = 404
     code = "not_found"
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
 
 
 class JobNotFound(NotFound):

@@ -40,6 +40,11 @@ def _describe(catalog: Catalog, uuid: str, depth: int,
         if job is not None:
             node.update(state=job["state"], pipeline_uuid=job["pipeline_uuid"],
                         archive_path=job["archive_path"])
+            run = (job.get("data") or {}).get("openlineage")
+            if isinstance(run, dict) and "runId" in run:  # times and parent from its events
+                from catalog.openlineage_views import run_times
+
+                node.update(run_id=run["runId"], **run_times(catalog, run["runId"]))
     elif kind is UUIDType.file:
         node.update(files.get(uuid, {}))
     elif kind is UUIDType.pipeline:

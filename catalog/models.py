@@ -401,9 +401,10 @@ class LineageOutcome(EventOutcome):
 
     pipeline_uuid: PipelineUUID
     applied: bool = Field(
-        True, description="False for an OTHER event after its run ended: its datasets were "
-        "linked and it was recorded in the audit log, but the job's state and history, which "
-        "take no update then, are unchanged (state and last_event are the job's own).")
+        True, description="False for an event the job's state no longer takes (a START or "
+        "OTHER after its run ended, a second terminal event): it was kept with the run's events "
+        "and its datasets linked, the refusal is in the audit log, and the job's state and "
+        "history are unchanged (state and last_event are the job's own).")
 
 
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (

@@ -35,6 +35,7 @@ Nodes and edges are added in sorted order, so one graph always serialises to the
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, cast
 
 from prov.constants import PROV, PROV_LABEL, PROV_ROLE, PROV_TYPE
@@ -49,7 +50,13 @@ NAMESPACE_URI = "urn:catalog:"
 
 _ACTIVITY, _AGENT, _ENTITY = "activity", "agent", "entity"
 # Roles of the usages a job's edges become: (relation, role).
+# A job node's times (an OpenLineage run's eventTimes): prov:startTime and prov:endTime.
+_TIMES = ("startTime", "endTime")
 _USAGE_ROLES = {"child_of": "child_of", "acted_on": "input", "acted_using": "parameter"}
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 def _record_class(kind: str) -> str:
@@ -82,11 +89,12 @@ def _add_node(doc: ProvDocument, catalog: Namespace, node: dict[str, Any], kind:
     if label:
         attributes.append((PROV_LABEL, str(label)))
     attributes += [(catalog[key], _attribute(node[key])) for key in sorted(node)
-                   if key not in ("uuid", "type", "depth") and node[key] is not None]
+                   if key not in ("uuid", "type", "depth", *_TIMES) and node[key] is not None]
     identifier = catalog[str(node["uuid"])]
     record_class = _record_class(kind)
     if record_class == _ACTIVITY:
-        doc.activity(identifier, other_attributes=attributes)
+        start, end = (_time(node.get(key)) for key in _TIMES)
+        doc.activity(identifier, start, end, other_attributes=attributes)
     elif record_class == _AGENT:
         doc.agent(identifier, attributes)
     else:

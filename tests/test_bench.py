@@ -38,6 +38,9 @@ def run(script: str, *args: str) -> dict[str, Any]:
                      id="lineage"),
         pytest.param("work_queue.py", ("--jobs", "20", "--http-jobs", "3", "--sweep-jobs",
                                        "2000", "--expired", "20"), "ratio", id="work_queue"),
+        pytest.param("openlineage.py", ("--events", "6", "--threads", "2", "--rounds", "1",
+                                        "--runs", "20", "--queries", "2"), "ratio",
+                     id="openlineage"),
     ],
 )
 def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str, ...],
@@ -52,3 +55,8 @@ def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str
     elif script == "webhooks.py":  # every acknowledged event is in the history exactly once
         assert document["catalog"]["history_ok"] is True
         assert document["catalog"]["errors"] == document["baseline"]["errors"] == 0
+    if script == "openlineage.py":  # every event acknowledged, the runs joined 10 deep
+        ingestion = document["ingestion"]
+        assert ingestion["openlineage"]["errors"] == ingestion["webhook"]["errors"] == 0
+        assert ingestion["openlineage"]["last_run_linked"] is True
+        assert document["deep_lineage"]["runs_deep"] == 10

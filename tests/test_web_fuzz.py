@@ -72,6 +72,11 @@ SEMANTIC_REFUSALS: dict[tuple[str, str], tuple[list[str], str]] = {
                                                      "whose references resolve"),
     ("POST", "/api/v1/lineage"): (["400", "422"], "an OpenLineage RunEvent (its own schema)"),
     ("GET", "/jobs/wait"): (["400"], "each uuid is a job's typed UUID"),
+    ("GET", "/api/v1/lineage"): (["400"], "nodeId is dataset:NAMESPACE:NAME or job:NAMESPACE:NAME"),
+    ("GET", "/api/v1/openlineage/datasets"): (["400"], "a cursor is the one a previous page gave; "
+                                                      "a name needs its namespace"),
+    ("GET", "/api/v1/jobs/runs/{run_id}"): (["400"], "a run id is a UUID"),
+    ("GET", "/api/v1/openlineage/runs/{run_id}"): (["400"], "a run id is a UUID"),
     **{(method, path): (["400", "422"], "a Work (or a query) whose text JSON can carry (no lone "
                                         "surrogate), whose pipeline and values the queue takes")
        for method, path in (("POST", "/buckets/work"), ("PUT", "/buckets/work"),

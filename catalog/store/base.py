@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -57,6 +57,7 @@ INDEXED_CHECKSUMS = ("xxh3_128", "sha256", "md5")
 _ALGORITHM = re.compile(r"[a-z0-9_]{1,32}")
 
 LinkSource = Literal["job", "file", "entity"]
+Link = tuple[str, str, list[str]]  # (src, relation, targets), as add_links takes them
 
 
 def check_limit(limit: int) -> None:
@@ -520,4 +521,23 @@ class Store(Protocol):
 
     def find_audit(self, job_uuid: str | None = None, limit: int = 100) -> list[Doc]:
         """Most recent first."""
+        ...
+
+    # OpenLineage (store/openlineage_sqlite.py, store/openlineage_mongo.py) --------------------
+    def add_lineage_event(self, doc: Doc, entities: Sequence[Doc] = (),
+                          links: Sequence[Link] = ()) -> bool:
+        """Keep an OpenLineage event (``event_id``, ``run_id``, ``parent_run_id``, ``job``,
+        ``datasets``: uuids, ...) unless its ``event_id`` is stored, with its ``entities``
+        (as ``upsert_entities``) and ``links`` (as ``add_links``); whether it was new."""
+        ...
+
+    def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,
+                       job: str | None = None, dataset: str | None = None,
+                       limit: int = 1000) -> list[Doc]:
+        """The last ``limit`` events with the one filter given, oldest first."""
+        ...
+
+    def find_datasets(self, namespace: str | None = None, limit: int = 100,
+                      cursor: str | None = None) -> Page:
+        """Reference entities with a namespace, by (namespace, name, uuid)."""
         ...

@@ -85,6 +85,7 @@ from catalog.store.base import (
     sorted_page,
     unique,
 )
+from catalog.store.openlineage_mongo import OpenLineageMongo
 
 DEFAULT_DATABASE = "catalog"
 _NO_ID: Doc = {"_id": 0}
@@ -143,7 +144,7 @@ def _all_of(clauses: list[Doc]) -> Doc:
     return {"$and": clauses} if clauses else {}
 
 
-class MongoStore:
+class MongoStore(OpenLineageMongo):
     """Store backed by a MongoDB database (or a mongomock one in tests)."""
 
     kind = "mongo"
@@ -176,6 +177,7 @@ class MongoStore:
         self._dependencies: Collection[Doc] = database["dependencies"]
         self._create_indexes()
         self._move_embedded_histories()
+        self._open_lineage()
 
     @classmethod
     def from_url(cls, url: str, retries: int = 64) -> MongoStore:

@@ -64,6 +64,8 @@ from catalog.store.base import (
     sorted_page,
     unique,
 )
+from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
+from catalog.store.openlineage_sqlite import OpenLineageSQLite
 from catalog.store.sqlite_loop import LoopEventsRegistry
 
 # Numbered migrations; each runs once, in order, recorded in schema_migrations.
@@ -238,7 +240,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
-    # 8 to 10 are taken by work on other branches; numbers only need to be ordered.
+    OPENLINEAGE_MIGRATION,
     (
         11,
         "conditions: the reverse index of a job's dependencies, so that a job's end reaches "
@@ -344,7 +346,7 @@ class _PendingEvent:
     future: Future[Applied] = field(default_factory=Future)
 
 
-class SQLiteStore:
+class SQLiteStore(OpenLineageSQLite):
     """Store backed by one SQLite file."""
 
     kind = "sqlite"
@@ -856,18 +858,23 @@ class SQLiteStore:
     # entities and links ------------------------------------------------------------------
     def upsert_entities(self, docs: list[Doc]) -> None:
         with self._write() as conn:
-            for doc in docs:
-                inserted = conn.execute(
-                    "INSERT OR IGNORE INTO entities (uuid, kind, created, doc) VALUES (?, ?, ?, ?)",
-                    (doc["uuid"], doc["kind"], doc["created"], _dumps(doc)),
-                ).rowcount
-                if inserted:
-                    conn.executemany(
-                        _INSERT_LINK,
-                        [(doc["uuid"], relation, target, None)
-                         for relation in ENTITY_LINK_FIELDS
-                         for target in unique(doc.get(relation, []))],
-                    )
+            self._insert_entities(conn, docs)
+
+    @staticmethod
+    def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
+        """upsert_entities within the caller's write transaction."""
+        for doc in docs:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO entities (uuid, kind, created, doc) VALUES (?, ?, ?, ?)",
+                (doc["uuid"], doc["kind"], doc["created"], _dumps(doc)),
+            ).rowcount
+            if inserted:
+                conn.executemany(
+                    _INSERT_LINK,
+                    [(doc["uuid"], relation, target, None)
+                     for relation in ENTITY_LINK_FIELDS
+                     for target in unique(doc.get(relation, []))],
+                )
 
     def get_entity(self, uuid: str) -> Doc | None:
         row = self._connection().execute(
@@ -876,22 +883,27 @@ class SQLiteStore:
         return None if row is None else dict(json.loads(row[0]))
 
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:
-        table = _LINK_SOURCE_TABLES[check_link(src, relation)]
         with self._write() as conn:
-            # The list field lives in the doc's JSON: read, extend and rewrite it under the
-            # write lock, leaving the head (state, version, updated) alone.
-            row = conn.execute(f"SELECT doc, {_LINK_KEY_COLUMNS[table]} FROM {table} "
-                               "WHERE uuid = ?", (src,)).fetchone()
-            if row is None:
-                raise link_source_not_found(src)
-            doc, key = json.loads(row[0]), row[1]
-            present = doc.get(relation, [])
-            new = [target for target in unique(targets) if target not in present]
-            if not new:
-                return
-            doc[relation] = [*present, *new]
-            conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
-            conn.executemany(_INSERT_LINK, [(src, relation, target, key) for target in new])
+            self._link(conn, src, relation, targets)
+
+    @staticmethod
+    def _link(conn: sqlite3.Connection, src: str, relation: str, targets: list[str]) -> None:
+        """add_links within the caller's write transaction."""
+        table = _LINK_SOURCE_TABLES[check_link(src, relation)]
+        # The list field lives in the doc's JSON: read, extend and rewrite it under the
+        # write lock, leaving the head (state, version, updated) alone.
+        row = conn.execute(f"SELECT doc, {_LINK_KEY_COLUMNS[table]} FROM {table} "
+                           "WHERE uuid = ?", (src,)).fetchone()
+        if row is None:
+            raise link_source_not_found(src)
+        doc, key = json.loads(row[0]), row[1]
+        present = doc.get(relation, [])
+        new = [target for target in unique(targets) if target not in present]
+        if not new:
+            return
+        doc[relation] = [*present, *new]
+        conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
+        conn.executemany(_INSERT_LINK, [(src, relation, target, key) for target in new])
 
     def edges(self, uuids: list[str], direction: str,
               limit: int | None = None) -> list[tuple[str, str, str]]:

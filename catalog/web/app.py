@@ -34,17 +34,16 @@ from catalog.models import (
     IndexOptions,
     Job,
     JobRequest,
-    LineageOutcome,
     Pipeline,
     PipelineRequest,
 )
-from catalog.openlineage import ingest
 from catalog.spool import stream_document
 from catalog.web.abuse import client_address, error_headers, hold_back
 from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens
 from catalog.web.audit import add_audit_routes
 from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.openapi import complete as complete_openapi
+from catalog.web.openlineage_routes import add_openlineage_routes
 from catalog.web.queue_routes import add_queue_routes, add_wait_route
 from catalog.web.webhook import (
     CatalogApp,
@@ -160,15 +159,6 @@ def create_app(catalog: Catalog) -> FastAPI:
                                                        idempotency_key, client)
         return Response(outcome.model_dump_json(), media_type="application/json")
 
-    @app.post("/api/v1/lineage", response_model=LineageOutcome,
-              responses={400: {}, 401: {}, 403: {}, 409: {}, 413: {}, 422: {}},
-              openapi_extra=_body_schema(None))
-    async def lineage(request: Request) -> JSONResponse:
-        """OpenLineage RunEvent (ingestion key or admin token as ``Authorization: Bearer``)."""
-        body = await _json_body(request)
-        outcome = await run_in_threadpool(ingest, catalog, body, _token(request), "api")
-        return JSONResponse(outcome)
-
     @app.post("/jobs/{uuid}/index", responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {},
                                                 422: {}},
               openapi_extra=_body_schema(IndexOptions, required=False))
@@ -247,6 +237,7 @@ def create_app(catalog: Catalog) -> FastAPI:
     add_queue_routes(app, catalog)
     add_chime_routes(app, catalog)
     add_fixity_routes(app, catalog)
+    add_openlineage_routes(app, catalog)
 
     @app.get("/lineage/{uuid}", responses={400: {}, 422: {}})
     def get_lineage(uuid: str, direction: str = "up",

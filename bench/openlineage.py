@@ -1,0 +1,225 @@
+"""OpenLineage ingestion against the webhook on the same ``catalog serve``, and the lineage of a
+dataset deep in a large graph. Prints one JSON document.
+
+1. Events/s: 8 client threads (one keep-alive ``http.client`` connection each) send START and
+   COMPLETE pairs, each event with 2 input and 2 output datasets (a run's datasets are shared
+   with the run before it, so runs join), to ``POST /api/v1/lineage``; in the same run, on the
+   same server, the same threads send ``update`` events to one RUNNING job's webhook (the
+   baseline of bench/webhooks.py). Rounds alternate, webhook first; figures pool every round.
+2. Lineage: a catalog of ``--runs`` runs (by the library, SQLite with ``synchronous=OFF`` to
+   load it quickly) holding a chain of 10 runs; ``catalog.lineage`` upstream of the chain's
+   last dataset (depth 20: 10 runs) and Marquez's graph of it (depth 10), ``--queries`` times
+   each: p50 and p95 in ms.
+
+Usage: ``python bench/openlineage.py [--events N] [--threads N] [--rounds N] [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from webhooks import CATALOG, HOST, call, free_port, running, versions
+
+KEY = "bench-openlineage-key-0123456789abcdef"
+NS = "bench://scheduler"
+PRODUCER = "https://example.org/bench"
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
+
+
+class Load:
+    """Requests from ``threads`` keep-alive connections; pooled figures."""
+
+    def __init__(self, port: int, path: str, headers: dict[str, str],
+                 body: Callable[[int, int], bytes]) -> None:
+        self.port, self.path, self.headers, self.body = port, path, headers, body
+        self.latencies: list[float] = []
+        self.seconds = 0.0
+        self.errors = 0
+
+    def run(self, threads: int, events: int, round_: int) -> None:
+        latencies: list[list[float]] = [[] for _ in range(threads)]
+        errors = [0] * threads
+        barrier = threading.Barrier(threads + 1)
+
+        def client(t: int) -> None:
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+            conn.connect()
+            barrier.wait()
+            for i in range(events):
+                body = self.body(t, round_ * events + i)
+                started = time.perf_counter()
+                try:
+                    conn.request("POST", self.path, body, self.headers)
+                    answer = conn.getresponse()
+                    answer.read()
+                    errors[t] += answer.status != 200
+                except (OSError, http.client.HTTPException):
+                    errors[t] += 1
+                    conn.close()
+                    conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+                latencies[t].append(time.perf_counter() - started)
+            conn.close()
+
+        workers = [threading.Thread(target=client, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        self.seconds += time.perf_counter() - started
+        self.latencies += [x for per_thread in latencies for x in per_thread]
+        self.errors += sum(errors)
+
+    def figures(self) -> dict[str, Any]:
+        return {"events_per_s": round(len(self.latencies) / self.seconds, 1),
+                "p50_ms": percentile(self.latencies, 0.5),
+                "p99_ms": percentile(self.latencies, 0.99), "errors": self.errors,
+                "events": len(self.latencies)}
+
+
+def run_id(t: int, pair: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench/{t}/{pair}"))
+
+
+def lineage_event(kind: str, t: int, pair: int, seconds: int) -> dict[str, Any]:
+    """One event of run (t, pair): it reads the datasets run (t, pair - 1) wrote."""
+    def datasets(of: int) -> list[dict[str, str]]:
+        return [{"namespace": "s3://bench", "name": f"t{t}/run{of}/part{n}"} for n in (0, 1)]
+
+    return {"eventType": kind, "eventTime": f"2026-11-21T12:00:{seconds:02d}Z",
+            "producer": PRODUCER, "run": {"runId": run_id(t, pair)},
+            "job": {"namespace": NS, "name": f"step{t}"},
+            "inputs": datasets(pair - 1), "outputs": datasets(pair)}
+
+
+def openlineage_body(t: int, i: int) -> bytes:
+    kind = "START" if i % 2 == 0 else "COMPLETE"
+    return json.dumps(lineage_event(kind, max(t, 0) + (100 if t < 0 else 0), i // 2,
+                                    i % 2)).encode()
+
+
+def webhook_body(t: int, i: int) -> bytes:
+    return json.dumps({"name": "update", "data": {"thread": t, "i": i},
+                       "event_id": f"t{t}-e{i}"}).encode()
+
+
+def ingestion(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CATALOG_")}
+    env["CATALOG_DB"] = f"sqlite:///{tmp}/catalog.db"
+    env["CATALOG_OPENLINEAGE_KEY"] = KEY
+    subprocess.run([str(CATALOG), "init"], cwd=tmp, env=env, check=True, capture_output=True)
+    admin = json.loads(subprocess.run([str(CATALOG), "token", "admin", "--json"], cwd=tmp,
+                                      env=env, check=True, capture_output=True).stdout)["token"]
+    port = free_port()
+    with ExitStack() as stack:
+        stack.enter_context(running([str(CATALOG), "serve", "--host", HOST, "--port", str(port)],
+                                    tmp, env, f"http://{HOST}:{port}/health",
+                                    tmp / "catalog.log"))
+        call(port, "POST", "/pipelines", {"name": "bench"}, admin)
+        _, job = call(port, "POST", "/jobs", {"pipeline": "bench"}, admin)
+        path = f"/jobs/{job['uuid']}/events?token={job['token']}"
+        call(port, "POST", path, {"name": "run"})
+        json_type = {"Content-Type": "application/json"}
+        webhook = Load(port, path, json_type, webhook_body)
+        lineage = Load(port, "/api/v1/lineage", {**json_type, "Authorization": f"Bearer {KEY}"},
+                       openlineage_body)
+        for target in (webhook, lineage):  # warm-up: 50 requests each
+            target.run(1, 50, -1)
+            target.latencies, target.seconds = [], 0.0
+        for round_ in range(args.rounds):
+            for target in (webhook, lineage):
+                target.run(args.threads, args.events, round_)
+        # Every run's datasets are linked: the last run of thread 0 reads what the one before
+        # wrote, and the whole chain is upstream of its outputs.
+        pairs = args.rounds * args.events // 2
+        _, view = call(port, "GET", f"/api/v1/openlineage/runs/{run_id(0, pairs - 1)}")
+        linked = view.get("state") == "COMPLETED" and len(view.get("inputs", [])) == 2
+    hook, ol = webhook.figures(), lineage.figures()
+    return {"openlineage": {**ol, "last_run_linked": linked}, "webhook": hook,
+            "ratio": round(ol["events_per_s"] / hook["events_per_s"], 3)}
+
+
+def deep_lineage(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from catalog import Catalog
+    from catalog.compat.marquez import lineage_graph
+    from catalog.openlineage import ingest
+    from catalog.openlineage_views import dataset_uuid
+
+    os.chdir(tmp)
+    catalog, _ = Catalog.init(f"sqlite:///{tmp}/deep.db", openlineage_key=KEY,
+                              sqlite_synchronous="OFF")
+    started = time.perf_counter()
+    chains = max(1, args.runs // 10)
+    for chain in range(chains):
+        for pair in range(10):
+            for kind, second in (("START", 0), ("COMPLETE", 1)):
+                ingest(catalog, lineage_event(kind, chain, pair, second), KEY)
+    load_seconds = time.perf_counter() - started
+    last = dataset_uuid(catalog, "s3://bench", "t0/run9/part0")
+    times: dict[str, list[float]] = {"lineage": [], "marquez": []}
+    nodes = 0
+    for _ in range(args.queries):
+        began = time.perf_counter()
+        graph = catalog.lineage(last, "up", 20)
+        times["lineage"].append(time.perf_counter() - began)
+        nodes = len(graph["nodes"])
+        began = time.perf_counter()
+        lineage_graph(catalog, "dataset:s3://bench:t0/run9/part0", 10)
+        times["marquez"].append(time.perf_counter() - began)
+    runs_deep = sum(1 for n in graph["nodes"] if n["type"] == "pipelinejob")
+    catalog.close()
+    return {"runs": chains * 10, "load_seconds": round(load_seconds, 1),
+            "runs_deep": runs_deep, "nodes": nodes,
+            **{f"{name}_p50_ms": percentile(values, 0.5) for name, values in times.items()},
+            **{f"{name}_p95_ms": percentile(values, 0.95) for name, values in times.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200, help="Events per thread per round.")
+    parser.add_argument("--threads", type=int, default=8, help="Client threads.")
+    parser.add_argument("--rounds", type=int, default=2, help="Alternating rounds.")
+    parser.add_argument("--runs", type=int, default=100_000, help="Runs in the deep graph.")
+    parser.add_argument("--queries", type=int, default=50, help="Lineage queries timed.")
+    args = parser.parse_args()
+    args.events -= args.events % 2  # whole START + COMPLETE pairs
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest = ingestion(args, Path(tmp))
+        deep = deep_lineage(args, Path(tmp))
+    result = {
+        "benchmark": "openlineage",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "sqlite": sqlite3.sqlite_version,
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                    **versions("uvicorn", "fastapi", "openlineage-python")},
+        "n": {"threads": args.threads, "events_per_thread": args.events, "rounds": args.rounds},
+        "ingestion": ingest,
+        "deep_lineage": deep,
+        "ratio": {"events_per_s": ingest["ratio"],
+                  "lineage_p95_ms": deep["lineage_p95_ms"]},
+        "target": {"events_per_s": ">= 0.5", "lineage_p95_ms": "<= 50"},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

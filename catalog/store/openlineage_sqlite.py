@@ -1,0 +1,142 @@
+"""OpenLineage's records in SQLite (migration 9): the events as received, and datasets.
+
+``ol_events`` keeps every distinct event (its ``event_id`` unique) in the order received;
+``ol_event_datasets`` indexes them by the datasets they name, so a dataset's versions and
+runs are read without a scan. Datasets are the ``reference`` entities (one per namespace and
+name); they are listed through an index on their namespace and name.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from catalog.store.base import Doc, Link, Page, check_limit, decode_cursor, page_of
+
+# The OpenLineage products of earlier versions (a dataset a run wrote: a namespace, and
+# generated_by) join the reference of the same namespace and name (the dataset read): their
+# UUIDs differ in the type prefix alone. Products no run wrote are left as they are.
+MIGRATION = (
+    9,
+    "OpenLineage: events as received, indexed by run, parent run, job and dataset; one record "
+    "per dataset whatever its role (the products of earlier versions join their references)",
+    """
+    CREATE TABLE ol_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        run_id TEXT,
+        parent_run_id TEXT,
+        job TEXT,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX ol_events_run ON ol_events (run_id, seq) WHERE run_id IS NOT NULL;
+    CREATE INDEX ol_events_parent ON ol_events (parent_run_id, seq)
+        WHERE parent_run_id IS NOT NULL;
+    CREATE INDEX ol_events_job ON ol_events (job, seq) WHERE job IS NOT NULL;
+    CREATE TABLE ol_event_datasets (
+        dataset TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (dataset, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX entities_dataset ON entities (json_extract(doc, '$.namespace'),
+        json_extract(doc, '$.name'), uuid) WHERE kind = 'reference';
+    CREATE TEMP TABLE ol_split AS SELECT uuid AS product, '109' || substr(uuid, 4) AS reference
+        FROM entities WHERE kind = 'product' AND json_extract(doc, '$.namespace') IS NOT NULL
+        AND uuid IN (SELECT src FROM links WHERE relation = 'generated_by');
+    INSERT OR IGNORE INTO entities (uuid, kind, created, doc)
+        SELECT s.reference, 'reference', e.created,
+               json_set(e.doc, '$.uuid', s.reference, '$.kind', 'reference')
+        FROM ol_split s JOIN entities e ON e.uuid = s.product;
+    INSERT OR IGNORE INTO links (src, relation, dst, src_key)
+        SELECT s.reference, l.relation, l.dst, NULL
+        FROM ol_split s JOIN links l ON l.src = s.product;
+    UPDATE entities SET doc = json_set(doc, '$.generated_by', json((
+            SELECT json_group_array(dst) FROM (SELECT dst FROM links
+                WHERE links.src = entities.uuid AND links.relation = 'generated_by'
+                ORDER BY dst))))
+        WHERE uuid IN (SELECT reference FROM ol_split);
+    DELETE FROM links WHERE src IN (SELECT product FROM ol_split);
+    DELETE FROM entities WHERE uuid IN (SELECT product FROM ol_split);
+    DROP TABLE ol_split
+    """,
+)
+
+_DATASET_KEY = ("json_extract(doc, '$.namespace')", "json_extract(doc, '$.name')", "uuid")
+
+
+class OpenLineageSQLite:
+    """The OpenLineage part of ``SQLiteStore`` (which provides the two methods below)."""
+
+    def _connection(self) -> sqlite3.Connection:
+        raise NotImplementedError  # SQLiteStore's
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError  # SQLiteStore's
+
+    @staticmethod
+    def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
+        raise NotImplementedError  # SQLiteStore's
+
+    @staticmethod
+    def _link(conn: sqlite3.Connection, src: str, relation: str, targets: list[str]) -> None:
+        raise NotImplementedError  # SQLiteStore's
+
+    def add_lineage_event(self, doc: Doc, entities: Sequence[Doc] = (),
+                          links: Sequence[Link] = ()) -> bool:
+        # One transaction (one sync) for the event, its datasets and their links.
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO ol_events (event_id, run_id, parent_run_id, job, doc) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (doc["event_id"], doc.get("run_id"), doc.get("parent_run_id"), doc.get("job"),
+                 json.dumps(doc, separators=(",", ":"))))
+            if cursor.rowcount != 1:
+                return False
+            seq = cursor.lastrowid
+            conn.executemany("INSERT OR IGNORE INTO ol_event_datasets (dataset, seq) "
+                             "VALUES (?, ?)", [(uuid, seq) for uuid in doc.get("datasets", [])])
+            self._insert_entities(conn, list(entities))
+            for src, relation, targets in links:
+                self._link(conn, src, relation, targets)
+            return True
+
+    def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,
+                       job: str | None = None, dataset: str | None = None,
+                       limit: int = 1000) -> list[Doc]:
+        check_limit(limit)
+        if dataset is not None:
+            sql = ("SELECT e.doc FROM ol_event_datasets d JOIN ol_events e ON e.seq = d.seq "
+                   "WHERE d.dataset = ? ORDER BY d.seq DESC LIMIT ?")
+            params: list[Any] = [dataset, limit]
+        else:
+            column, value = next((c, v) for c, v in (("run_id", run_id),
+                                                      ("parent_run_id", parent_run_id),
+                                                      ("job", job)) if v is not None)
+            sql = (f"SELECT doc FROM ol_events WHERE {column} = ? "
+                   "ORDER BY seq DESC LIMIT ?")
+            params = [value, limit]
+        rows = self._connection().execute(sql, params).fetchall()
+        return [json.loads(row[0]) for row in reversed(rows)]
+
+    def find_datasets(self, namespace: str | None = None, limit: int = 100,
+                      cursor: str | None = None) -> Page:
+        check_limit(limit)
+        where, params = ["kind = 'reference'"], []
+        namespace_column, name_column, _ = _DATASET_KEY
+        if namespace is not None:
+            where.append(f"{namespace_column} = ?")
+            params.append(namespace)
+        if cursor is not None:
+            after = decode_cursor(cursor, 3)
+            where.append(f"({', '.join(_DATASET_KEY)}) > (?, ?, ?)")
+            params += after
+        rows = self._connection().execute(
+            f"SELECT doc FROM entities WHERE {' AND '.join(where)} AND {namespace_column} "
+            f"IS NOT NULL ORDER BY {', '.join(_DATASET_KEY)} LIMIT ?",
+            [*params, limit + 1]).fetchall()
+        docs = [json.loads(row[0]) for row in rows]
+        return page_of(docs, limit, "namespace", "name", "uuid")
+

@@ -1,0 +1,127 @@
+"""OpenLineage over HTTP: ``POST /api/v1/lineage`` (what Marquez takes: gzip bodies too, the
+key in the ``Authorization`` header only) and the reads: runs, datasets, and Marquez's lineage
+graph (catalog.compat.marquez). Each route parses, calls the library and renders."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from catalog.catalog import Catalog, parse_body
+from catalog.compat.marquez import (
+    lineage_graph,
+    marquez_dataset,
+    marquez_datasets,
+    marquez_run,
+    marquez_runs,
+)
+from catalog.errors import BodyTooLarge, InvalidData, InvalidInput, NotFound
+from catalog.openlineage import ingest
+from catalog.openlineage_views import get_dataset, get_run, list_datasets
+
+_REFUSALS: dict[int | str, dict[str, Any]] = {400: {}, 401: {}, 403: {}, 404: {}, 413: {},
+                                             422: {}}
+# An event after decompression at most: a schema facet of thousands of columns passes.
+MIN_EVENT_BYTES = 8 * 1024 * 1024
+
+
+def _key(request: Request) -> str | None:
+    """The bearer key of the ``Authorization`` header; a key in the URL is refused (URLs are
+    logged, by proxies if not here)."""
+    if "token" in request.query_params or "api_key" in request.query_params:
+        raise InvalidInput("send the key in the Authorization header (Bearer), not in the URL")
+    scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body, gunzipped when ``Content-Encoding: gzip``; 413 past ``limit`` bytes."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        data = body
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+        try:
+            data = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            raise InvalidData(f"the body is not valid {encoding} data") from None
+        if not inflater.eof and len(data) <= limit:
+            raise InvalidData(f"the {encoding} body is truncated")
+    else:
+        raise InvalidInput(f"Content-Encoding {encoding!r} is not supported (gzip is)")
+    if len(data) > limit:
+        raise BodyTooLarge(f"the event is larger than {limit} bytes once decompressed")
+    return data
+
+
+def add_openlineage_routes(app: FastAPI, catalog: Catalog) -> None:
+    limit = max(MIN_EVENT_BYTES, catalog.settings.max_body_bytes)
+
+    @app.post("/api/v1/lineage", responses={**_REFUSALS, 409: {}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"type": "object"}}}}})
+    async def post_lineage(request: Request) -> JSONResponse:
+        """An OpenLineage RunEvent, JobEvent or DatasetEvent (``Authorization: Bearer`` with
+        the ingestion key or the admin token; ``Content-Encoding: gzip`` accepted)."""
+        token = _key(request)
+        body = decompressed(await request.body(), request.headers.get("content-encoding"),
+                            limit)
+        outcome = await run_in_threadpool(ingest, catalog, parse_body(body), token, "api")
+        return JSONResponse(outcome)
+
+    @app.get("/api/v1/lineage", responses=_REFUSALS)
+    def marquez_lineage(node_id: Annotated[str, Query(alias="nodeId")],
+                        depth: Annotated[int, Query(ge=0, le=20)] = 20) -> dict[str, Any]:
+        """Marquez's lineage graph around ``dataset:NS:NAME`` or ``job:NS:NAME``."""
+        return lineage_graph(catalog, node_id, depth)
+
+    @app.get("/api/v1/openlineage/datasets", responses=_REFUSALS)
+    def datasets(namespace: str | None = None, name: str | None = None,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                 cursor: str | None = None) -> dict[str, Any]:
+        """Datasets by namespace; with ``namespace`` and ``name``, that one dataset whole."""
+        if name is not None:
+            if namespace is None:
+                raise InvalidInput("a dataset's name needs its namespace")
+            return get_dataset(catalog, namespace, name)
+        return list_datasets(catalog, namespace, limit, cursor)
+
+    def namespace_document(parts: list[str], limit: int) -> dict[str, Any]:
+        if len(parts) == 2 and parts[1] == "datasets":
+            return marquez_datasets(catalog, parts[0], limit)
+        if len(parts) == 3 and parts[1] == "datasets":
+            return marquez_dataset(catalog, parts[0], parts[2])
+        if len(parts) == 4 and parts[1] == "jobs" and parts[3] == "runs":
+            return marquez_runs(catalog, parts[0], parts[2], limit)
+        raise NotFound(f"no route /api/v1/namespaces/{'/'.join(parts)}: the namespace, dataset "
+                       "and job names are URL-encoded parts")
+
+    async def marquez_namespace(request: Request) -> JSONResponse:
+        """Marquez's ``{namespace}/datasets``, ``{namespace}/datasets/{name}`` and
+        ``{namespace}/jobs/{job}/runs``, each part URL-encoded as Marquez clients send it (a
+        plain route: its parts are split before decoding, which a path parameter cannot)."""
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        tail = raw.decode("latin-1").split("?")[0].split("/api/v1/namespaces/", 1)[1]
+        text = request.query_params.get("limit", "100")
+        if not text.isdigit() or not 1 <= int(text) <= 1000:
+            raise InvalidInput(f"limit must be between 1 and 1000, got {text!r}")
+        document = await run_in_threadpool(
+            namespace_document, [unquote(part) for part in tail.split("/")], int(text))
+        return JSONResponse(document)
+
+    app.router.add_route("/api/v1/namespaces/{path:path}", marquez_namespace, methods=["GET"])
+
+    @app.get("/api/v1/jobs/runs/{run_id}", responses=_REFUSALS)
+    def marquez_run_route(run_id: str) -> dict[str, Any]:
+        """Marquez's run by its id."""
+        return marquez_run(catalog, run_id)
+
+    @app.get("/api/v1/openlineage/runs/{run_id}", responses=_REFUSALS)
+    def run(run_id: str) -> dict[str, Any]:
+        """A run: state, times, terminal events, parent and children, datasets, facets."""
+        return get_run(catalog, run_id)
