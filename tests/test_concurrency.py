@@ -5,12 +5,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import uuid as uuid_module
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MONGO_BACKENDS
 
 from catalog import Catalog, ManagedPipelineJob
 from catalog.models import EventOutcome
@@ -105,24 +105,23 @@ def _both(group: int) -> list[str]:
     return [event_id for pair in zip(mine, theirs, strict=True) for event_id in pair]
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
-def backend(request: pytest.FixtureRequest, environment: Path) -> Iterator[
+@pytest.fixture(params=["sqlite", *MONGO_BACKENDS])
+def backend(request: pytest.FixtureRequest, environment: Path,
+            database_url: Callable[[str], str]) -> Iterator[
         tuple[Catalog, Callable[[], Catalog]]]:
-    """The catalog, and how each thread gets its own: a new one on SQLite, the same on mongomock.
+    """The catalog, and how each thread gets its own: a new one, but on mongomock the same.
 
-    mongomock lives in this process, so one shared Catalog is what many servers on one
-    MongoDB would be; with SQLite every thread opens the file as a separate server would.
+    With SQLite every thread opens the file, and on a MongoDB server (the wire server, or a real
+    one) its own client, as a separate server process would. mongomock lives in this process,
+    so there one shared Catalog is what many servers on one MongoDB would be.
     """
-    if request.param == "sqlite":
-        url = f"sqlite:///{environment}/c.db"
-    else:
-        url = f"mongomock://{uuid_module.uuid4().hex}"
+    url = database_url(request.param)
     catalog = Catalog.open(url)
     opened: list[Catalog] = []
     lock = threading.Lock()
 
     def per_thread() -> Catalog:
-        if request.param != "sqlite":
+        if request.param == "mongomock":
             return catalog
         own = Catalog.open(url)
         with lock:
@@ -175,7 +174,7 @@ def test_concurrent_duplicates_are_applied_once(
 
 
 def process_worker(url: str, uuid: str, token: str, group: int, start: Any, results: Any) -> None:
-    """Runs in a spawned process: its own catalog on the shared file, 50 events."""
+    """Runs in a spawned process: its own catalog on the shared database, 50 events."""
     try:
         with Catalog.open(url) as catalog:
             start.wait(timeout=60)
@@ -185,8 +184,11 @@ def process_worker(url: str, uuid: str, token: str, group: int, start: Any, resu
 
 
 @pytest.mark.slow
-def test_concurrent_processes_on_one_sqlite_file(environment: Path) -> None:
-    url = f"sqlite:///{environment}/c.db"
+@pytest.mark.parametrize("backend_name", ["sqlite", *MONGO_BACKENDS[1:]])
+def test_concurrent_processes_on_one_database(environment: Path, backend_name: str,
+                                              database_url: Callable[[str], str]) -> None:
+    """Processes each with its own catalog: on one SQLite file, or one MongoDB server."""
+    url = database_url(backend_name)
     with Catalog.open(url) as catalog:
         job = running_job(catalog)
         token = job.token
