@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench bench-lineage schemas docs clean
+.PHONY: run test lint bench bench-lineage bench-mongo schemas docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(VENV)/.test-installed
 # Lineage and checksum lookups at 10,000 and 1,000,000 files (the large load takes minutes).
 bench-lineage: $(VENV)/.run-installed
 	$(BIN)/python bench/lineage.py
+
+# The jobs and webhook benchmarks on SQLite and on a MongoDB-wire server, side by side.
+bench-mongo: $(VENV)/.test-installed
+	$(BIN)/python bench/store_mongo.py
 
 # Regenerate what the docs tests keep current.
 schemas: $(VENV)/.run-installed

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import pymongo
 import pytest
 from hypothesis import strategies as st
+from mongowire import start_wire_server, stop_wire_server
 from s3server import create_bucket, delete_bucket, s3_client, start_moto_server, stop_moto_server
 
 from catalog import Catalog, ManagedPipelineJob
@@ -29,7 +31,11 @@ from catalog.tokens import Keys
 
 LINEAGE_KEYS = Keys(b"l" * 32, b"a" * 32)
 MONGODB_URI_ENV = "CATALOG_TEST_MONGODB_URI"
-STORE_BACKENDS = ["sqlite", "mongomock"] + (["mongodb"] if os.environ.get(MONGODB_URI_ENV) else [])
+# mongomock in this process; "mongowire": a MongoDB-wire server started by the session
+# (tests/mongowire.py); "mongodb": the real server at $CATALOG_TEST_MONGODB_URI, when set.
+MONGO_BACKENDS = ["mongomock", "mongowire"] + (
+    ["mongodb"] if os.environ.get(MONGODB_URI_ENV) else [])
+STORE_BACKENDS = ["sqlite", *MONGO_BACKENDS]
 
 # Any JSON value the catalog accepts in data (catalog.identifiers.check_json).
 json_values = st.recursive(
@@ -56,22 +62,57 @@ def _with_database(uri: str, name: str) -> str:
     return parts._replace(path=f"/{name}", query=urlencode(query, doseq=True)).geturl()
 
 
-@pytest.fixture(params=STORE_BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of an empty catalog on one backend."""
-    name = f"catalog_test_{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/catalog.db"
-    elif request.param == "mongomock":
-        yield f"mongomock://{name}"
-    else:
-        import pymongo
+@pytest.fixture(scope="session")
+def mongowire_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URI (no database) of a MongoDB-wire server shared by the session, on 127.0.0.1 and
+    its own data directory, stopped by its PID at the end."""
+    home = tmp_path_factory.mktemp("mongowire")
+    uri, process = start_wire_server(home, home / "server.log")
+    try:
+        yield uri
+    finally:
+        stop_wire_server(process)
+        assert process.poll() is not None, f"the wire server (pid {process.pid}) did not exit"
 
-        url = _with_database(os.environ[MONGODB_URI_ENV], name)
-        yield url
-        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url)
+
+@pytest.fixture(scope="session")
+def mongowire_client(mongowire_uri: str) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+    """A pymongo client on the session's wire server: ``mongowire_client[name]`` is a database
+    (use a name of the test's own, e.g. from ``database_url``, and drop it after)."""
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongowire_uri)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """``database_url(backend)``: the URL of a new, empty catalog on ``backend`` (one of
+    ``STORE_BACKENDS``), on a database no other test uses; MongoDB ones are dropped after."""
+    dropped: list[tuple[str, str]] = []
+
+    def new(backend: str) -> str:
+        name = f"catalog_test_{uuid.uuid4().hex}"
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path}/{name}.db"
+        if backend == "mongomock":
+            return f"mongomock://{name}"
+        uri = (request.getfixturevalue("mongowire_uri") if backend == "mongowire"
+               else os.environ[MONGODB_URI_ENV])
+        dropped.append((uri, name))
+        return _with_database(uri, name)
+
+    yield new
+    for uri, name in dropped:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            _with_database(uri, name))
         with client:
             client.drop_database(name)
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, database_url: Callable[[str], str]) -> str:
+    """The URL of an empty catalog on one backend."""
+    return database_url(str(request.param))
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""One contract, every backend: SQLite, mongomock and (when configured) a real MongoDB."""
+"""One contract, every backend: SQLite, mongomock, a MongoDB-wire server and (when configured) a
+real MongoDB."""
 
 from __future__ import annotations
 
@@ -133,7 +134,8 @@ def all_pages(fetch: Callable[[str | None], Page], limit: int) -> list[list[Doc]
 
 def test_kind(store: Store, request: pytest.FixtureRequest) -> None:
     backend = request.node.callspec.params["store_url"]
-    assert store.kind == {"sqlite": "sqlite", "mongomock": "mongo", "mongodb": "mongo"}[backend]
+    assert store.kind == {"sqlite": "sqlite", "mongomock": "mongo", "mongowire": "mongo",
+                          "mongodb": "mongo"}[backend]
 
 
 def test_reopening_the_url_sees_the_same_catalog(store_url: str) -> None:
@@ -1142,19 +1144,23 @@ def backend_of(request: pytest.FixtureRequest) -> str:
 
 
 def edges_from(store: Store, src: str) -> set[tuple[str, str]]:
-    """(relation, target) of every edge out of a file: the links table, or the doc's lists."""
+    """(relation, target) of every edge out of a file: the links table, or the doc's lists
+    and the links added to it since (Mongo's ``links``)."""
     if store.kind == "sqlite":
         with sqlite3.connect(store.path) as conn:  # type: ignore[attr-defined]
             rows = conn.execute("SELECT relation, dst FROM links WHERE src = ?", (src,))
             return {(relation, dst) for relation, dst in rows}
     doc = store.database["files"].find_one({"uuid": src})  # type: ignore[attr-defined]
     assert doc is not None
+    added = store.database["links"].find({"src": src})  # type: ignore[attr-defined]
     return {(relation, dst) for relation in ("child_of", "generated_by", "derived_from",
-                                             "derived_using") for dst in doc[relation]}
+                                             "derived_using") for dst in doc[relation]} | {
+        (link["rel"], link["dst"]) for link in added}
 
 
 def sources_of(store: Store, relation: str, dst: str) -> set[str]:
-    """Every record with an edge ``relation`` to ``dst``: reverse index, or a multikey query."""
+    """Every file with an edge ``relation`` to ``dst``: reverse index, or a multikey query and
+    the links added since (Mongo's ``links``)."""
     if store.kind == "sqlite":
         with sqlite3.connect(store.path) as conn:  # type: ignore[attr-defined]
             rows = conn.execute(
@@ -1162,7 +1168,10 @@ def sources_of(store: Store, relation: str, dst: str) -> set[str]:
             )
             return {src for (src,) in rows}
     files = store.database["files"]  # type: ignore[attr-defined]
-    return {doc["uuid"] for doc in files.find({relation: dst})}
+    added = store.database["links"].find(  # type: ignore[attr-defined]
+        {"dst": dst, "rel": relation, "kind": "file"})
+    return {doc["uuid"] for doc in files.find({relation: dst})} | {
+        link["src"] for link in added}
 
 
 def thousand_files() -> list[Doc]:
@@ -1538,7 +1547,7 @@ def test_unlink_job_files_keeps_the_records_and_their_fixity(store: Store) -> No
     assert store.find_files(child_of=OTHER_JOB).items == [unlinked["shared"], theirs]
     assert sources_of(store, "child_of", FILE_JOB) == set()
     assert sources_of(store, "generated_by", FILE_JOB) == (
-        {PRODUCT} if store.kind == "sqlite" else set()  # Mongo keeps entity links in entities
+        {PRODUCT} if store.kind == "sqlite" else set()  # Mongo's are not the files' here
     )
     assert edges_from(store, only_ours["uuid"]) == {("derived_from", UNKNOWN_FILE)}
     assert edges_from(store, shared["uuid"]) == {("child_of", OTHER_JOB)}
@@ -1654,7 +1663,9 @@ def test_mongo_bulk_upsert_runs_one_unordered_bulk_write_and_retries_lost_races(
         def __getattr__(self, name: str) -> Any:
             return getattr(self.collection, name)
 
-        def bulk_write(self, requests: list[UpdateOne[Doc]], ordered: bool = True) -> None:
+        def bulk_write(self, requests: list[UpdateOne[Doc]], ordered: bool = True,
+                       session: Any = None) -> None:
+            assert session is None  # mongomock has no transactions
             self.calls.append(([op._filter["uuid"] for op in requests], ordered))
             errors = []
             for index, op in enumerate(requests):

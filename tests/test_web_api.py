@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import textwrap
-import uuid as uuid_module
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from conftest import MONGO_BACKENDS
 from fastapi.routing import APIRoute
 
 from catalog import Catalog, ManagedPipelineJob, __version__
@@ -36,7 +36,7 @@ from catalog.web import create_app
 KEYS = Keys(b"x" * 32, b"y" * 32)
 BOGUS_TOKEN = "0123456789abcdef" * 4  # the shape of a token, valid for nothing
 DATA = {"parameters": {"window": 5}, "inputs": ["file://raw/a.fits"]}
-BACKENDS = ["sqlite", "mongomock"]
+BACKENDS = ["sqlite", *MONGO_BACKENDS]
 CREATED_ALLOWED = "cancel, create, fail, queue, reset, resource, run, update, wait"
 TAPIS_STATUSES = (
     "ARCHIVING, ARCHIVING_FAILED, ARCHIVING_FINISHED, BLOCKED, CLEANING_UP, FAILED, FINISHED, "
@@ -66,7 +66,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def open_catalog(
-    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    database_url: Callable[[str], str],
 ) -> Iterator[Callable[..., Catalog]]:
     """Open catalogs on the test's backend (archive root under ``tmp_path``); all closed after."""
     for name in list(os.environ):
@@ -76,9 +77,7 @@ def open_catalog(
     opened: list[Catalog] = []
 
     def open_one(**overrides: Any) -> Catalog:
-        url = (f"sqlite:///{tmp_path}/c{len(opened)}.db" if backend == "sqlite"
-               else f"mongomock://{uuid_module.uuid4().hex}")
-        catalog = Catalog.open(url, keys=KEYS, **overrides)
+        catalog = Catalog.open(database_url(backend), keys=KEYS, **overrides)
         opened.append(catalog)
         return catalog
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from conftest import MONGO_BACKENDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -142,18 +143,16 @@ def with_request_bodies(document: dict[str, Any]) -> dict[str, Any]:
 
 
 # Both stores: what one keeps, the other may refuse (MongoDB: 64-bit integers, no NUL in keys).
-@pytest.fixture(params=["sqlite", "mongomock"])
-def service(request: pytest.FixtureRequest, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+@pytest.fixture(params=["sqlite", *MONGO_BACKENDS])
+def service(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            database_url: Callable[[str], str]) -> Iterator[Service]:
     for name in list(os.environ):
         if name.startswith("CATALOG_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    url = (f"sqlite:///{tmp_path}/c.db" if request.param == "sqlite"
-           else f"mongomock://fuzz-{tmp_path.name}")
     # Every request comes from one address: no rate limit, or the fuzzer would see only 429s.
-    catalog = Catalog.open(url, keys=Keys(b"x" * 32, b"y" * 32), refusal_burst=10**9,
-                           rate_limit_delay_s=0)
+    catalog = Catalog.open(database_url(request.param), keys=Keys(b"x" * 32, b"y" * 32),
+                           refusal_burst=10**9, rate_limit_delay_s=0)
     pipeline, _ = catalog.add_pipeline("align", "1.0", [{"image": "align:1.0"}])
     job = ManagedPipelineJob(catalog, "align", {"n": 1}, measurement_id="measurement.lab.1")
     job.setup()

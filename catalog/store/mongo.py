@@ -1,10 +1,22 @@
 """The MongoDB store: a document per job (its head) and one per history entry, compare-and-set.
 
-Six collections, ``pipelines``, ``jobs``, ``history``, ``entities``, ``files`` and ``audit``,
-with unique indexes on ``uuid`` and an index for every query path, created (idempotently) when
-the store is opened.
-Links live only in their source document's list fields (``$addToSet``); multikey indexes on
-those fields serve the reverse direction.
+Collections ``pipelines``, ``jobs``, ``history``, ``entities``, ``files``, ``links``, ``audit``
+and ``schema_migrations``, with unique indexes on ``uuid`` and an index for every query path,
+created (idempotently) when the store is opened; then the migrations not recorded in
+``schema_migrations`` run, in order (``MIGRATIONS``).
+No document grows with use. A record's link lists as written with it stay in its document
+(multikey indexes serve the reverse direction); links added later are documents of ``links``
+(``mongo_links``), merged into the lists when a record is read. A job's history is in
+``history`` (below); a file's fixity log is in its record (one entry per check: see the
+remaining note in ``record_fixity``).
+
+Writes that span documents and must be seen whole (a file record replaced and its added links
+dropped, a job's files unlinked, a job deleted with its history and links) run in a transaction
+when the server has them (a replica set or a sharded cluster: told by its ``hello``). Without
+them (a standalone server, mongomock) each write is atomic alone and they run in an order that
+leaves nothing dangling that a later read would trust: a reader may see the first write without
+the second for that moment, and a process stopped between them leaves links that the next
+upsert or unlink of the record clears.
 
 A job's history is not embedded in its document: a job that takes events for months would pass
 MongoDB's 16 MB document limit (and every event would rewrite the whole document). Each entry is
@@ -38,6 +50,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pymongo
@@ -85,6 +98,7 @@ from catalog.store.base import (
     sorted_page,
     unique,
 )
+from catalog.store.mongo_links import Links, Session, in_transaction, merged
 from catalog.store.openlineage_mongo import OpenLineageMongo
 
 DEFAULT_DATABASE = "catalog"
@@ -144,6 +158,20 @@ def _all_of(clauses: list[Doc]) -> Doc:
     return {"$and": clauses} if clauses else {}
 
 
+def utc_now_text() -> str:
+    """Now, in the stored text form of dates."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _has_transactions(database: Database[Doc]) -> bool:
+    """Whether the server runs multi-document transactions: a replica set member or mongos."""
+    try:
+        hello = database.client.admin.command("hello")
+    except NotImplementedError:  # mongomock, given without mock=True (tests of a real path)
+        return False
+    return "setName" in hello or hello.get("msg") == "isdbgrid"
+
+
 class MongoStore(OpenLineageMongo):
     """Store backed by a MongoDB database (or a mongomock one in tests)."""
 
@@ -175,8 +203,11 @@ class MongoStore(OpenLineageMongo):
         self._audit: Collection[Doc] = database["audit"]
         self._fixity_runs: Collection[Doc] = database["fixity_runs"]
         self._dependencies: Collection[Doc] = database["dependencies"]
+        self._links = Links(database["links"], self._guard)
+        self._schema: Collection[Doc] = database["schema_migrations"]
+        self._transactions = not mock and _has_transactions(database)
         self._create_indexes()
-        self._move_embedded_histories()
+        self.migrate()
         self._open_lineage()
 
     @classmethod
@@ -241,6 +272,59 @@ class MongoStore(OpenLineageMongo):
             self._dependencies.create_index([("dependency", ASCENDING), ("dependent", ASCENDING)],
                                             unique=True)
             self._dependencies.create_index([("dependent", ASCENDING)])
+        self._links.create_indexes()
+
+    def migrate(self) -> None:
+        """Run the migrations not recorded in ``schema_migrations``, in order, and record each.
+
+        Each is idempotent: two stores opened at once on an old database may both run one."""
+        with self._guard:
+            done = {doc["_id"] for doc in self._schema.find({}, {"_id": 1})}
+        for version, name, step in ((1, "history in its own collection",
+                                     MongoStore._move_embedded_histories),
+                                    (2, "links added later in their own collection",
+                                     MongoStore._move_added_links)):
+            if version in done:
+                continue
+            step(self)
+            with self._guard:
+                self._schema.update_one(
+                    {"_id": version},
+                    {"$setOnInsert": {"name": name, "applied": utc_now_text()}}, upsert=True)
+
+    def migrations(self) -> list[tuple[int, str]]:
+        """The migrations recorded, as (version, name), in order."""
+        with self._guard:
+            return [(int(doc["_id"]), str(doc["name"]))
+                    for doc in self._schema.find({}).sort("_id", ASCENDING)]
+
+    def _move_added_links(self) -> None:
+        """Earlier versions added links to their source's lists (``$addToSet``), so a product
+        written by many runs grew one document without bound. What was added cannot be told
+        from what was written with the record: an entity's lists, and a job's lists but for
+        ``child_of`` (fixed at its creation: its identity), move to ``links`` whole, in their
+        order; file records keep theirs (each upsert rewrites them whole)."""
+        for collection, kind, fields in ((self._entities, "entity", ENTITY_LINK_FIELDS),
+                                         (self._jobs, "job", JOB_LINK_FIELDS[1:])):
+            query: Doc = {"$or": [{f"{field}.0": {"$exists": True}} for field in fields]}
+            while True:
+                with self._guard:
+                    batch = list(collection.find(
+                        query, {"_id": 0, "uuid": 1, "created": 1, **dict.fromkeys(fields, 1)}
+                    ).limit(500))
+                if not batch:
+                    break
+                for doc in batch:
+                    links = [{"src": doc["uuid"], "rel": field, "dst": target, "kind": kind,
+                              "at": n, **({"created": doc["created"]} if kind == "job"
+                                          and field == "generated_by" else {})}
+                             for n, (field, target) in enumerate(
+                                 (field, target) for field in fields
+                                 for target in doc.get(field) or [])]
+                    self._links.insert(links)  # first: the lists go only once they are there
+                    with self._guard:
+                        collection.update_one({"uuid": doc["uuid"]},
+                                              {"$set": dict.fromkeys(fields, [])})
 
     def _move_embedded_histories(self) -> None:
         """Jobs stored by earlier versions carry their history: move it to ``history``."""
@@ -357,12 +441,16 @@ class MongoStore(OpenLineageMongo):
         found, created = self._insert(self._jobs, doc, stored)
         if created:
             return found, True
+        found = self._links.attach([found], JOB_LINK_FIELDS)[0]
         return ({**found, "history": self._entries(found)} if "history" in doc else found), False
 
     def get_job(self, uuid: str, history: bool = True) -> Doc | None:
         with self._guard:
             doc = self._jobs.find_one({"uuid": uuid}, _WITHOUT_HISTORY)
-        if doc is None or not history:
+        if doc is None:
+            return None
+        doc = self._links.attach([doc], JOB_LINK_FIELDS)[0]
+        if not history:
             return doc
         return {**doc, "history": self._entries(doc)}
 
@@ -375,10 +463,10 @@ class MongoStore(OpenLineageMongo):
 
     def find_jobs(self, query: JobQuery) -> Page:
         clauses: list[Doc] = []
-        for field in ("state", "pipeline_uuid", "child_of", "agent"):
+        for field in ("state", "pipeline_uuid", "agent"):
             value = getattr(query, field)
             if value is not None:
-                clauses.append({field: value})  # child_of matches one element of the array
+                clauses.append({field: value})
         created: Doc = {}
         if query.created_after is not None:
             created["$gte"] = query.created_after
@@ -386,18 +474,27 @@ class MongoStore(OpenLineageMongo):
             created["$lt"] = query.created_before
         if created:
             clauses.append({"created": created})
+        others = list(clauses)
+        if query.child_of is not None:
+            clauses.append({"child_of": query.child_of})  # matches one element of the array
         order = _sorted(query.sort, query.cursor, clauses)
         with self._guard:
             rows = list(
                 self._jobs.find(_all_of(clauses), _LISTED).sort(order)
                 .limit(query.limit + 1)
             )
-        return sorted_page(rows, query.limit, query.sort)
+        if query.child_of is not None:  # and the jobs linked to it later
+            rows = merged(rows, self._links.linked_page(
+                self._jobs, "job", "child_of", query.child_of, query.sort, query.cursor,
+                others, query.limit + 1, _WITHOUT_HISTORY), query.sort, query.limit + 1)
+        return sorted_page(self._links.attach(rows, JOB_LINK_FIELDS), query.limit, query.sort)
 
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
         for attempt in range(self._retries):
             if attempt:
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**(attempt - 1))))
+                # Capped at 0.25 s: eight writers racing one job over a slow wire ran out of
+                # 64 attempts capped at 50 ms (tests/test_store_contract.py, under load).
+                time.sleep(random.uniform(0, min(0.25, 0.001 * 2**(attempt - 1))))
             with self._guard:
                 head = self._jobs.find_one({"uuid": uuid}, _HEAD)
             if head is None:
@@ -521,14 +618,24 @@ class MongoStore(OpenLineageMongo):
             head = self._jobs.find_one({"uuid": uuid}, _HEAD)
         if head is None:
             return False
-        with self._guard:
-            deleted = self._jobs.delete_one({"uuid": uuid, "created": head["created"]})
-        # Entries are tagged with the job's created: any left behind (a writer racing the
-        # delete) can never belong to a job made again with this UUID, which is created later.
-        with self._guard:
-            self._history.delete_many({"job_uuid": uuid, "job_created": head["created"]})
-            self._dependencies.delete_many({"dependent": uuid})
-        return deleted.deleted_count == 1
+        deleted: list[int] = []
+
+        def delete(session: Session) -> None:
+            deleted.clear()
+            with self._guard:
+                deleted.append(self._jobs.delete_one(
+                    {"uuid": uuid, "created": head["created"]}, session=session).deleted_count)
+            # Entries are tagged with the job's created: any left behind (a writer racing the
+            # delete) never belong to a job made again with this UUID, which is created later.
+            with self._guard:
+                self._history.delete_many({"job_uuid": uuid, "job_created": head["created"]},
+                                          session=session)
+            with self._guard:
+                self._dependencies.delete_many({"dependent": uuid}, session=session)
+            self._links.delete({"src": uuid}, session)
+
+        in_transaction(self.database.client, self._transactions, delete)
+        return deleted == [1]
 
     # entities and links ------------------------------------------------------------------
     def upsert_entities(self, docs: list[Doc]) -> None:
@@ -548,21 +655,20 @@ class MongoStore(OpenLineageMongo):
 
     def get_entity(self, uuid: str) -> Doc | None:
         with self._guard:
-            return self._entities.find_one({"uuid": uuid}, _NO_ID)
+            doc = self._entities.find_one({"uuid": uuid}, _NO_ID)
+        return None if doc is None else self._links.attach([doc], ENTITY_LINK_FIELDS)[0]
 
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:
-        collection = {"job": self._jobs, "file": self._files,
-                      "entity": self._entities}[check_link(src, relation)]
-        targets = unique(targets)  # $addToSet dedupes $each itself; mongomock does not
+        """Links not in the source's own list go to ``links`` (``mongo_links``): no document
+        grows with the links added to it."""
+        kind = check_link(src, relation)
+        collection = {"job": self._jobs, "file": self._files, "entity": self._entities}[kind]
         with self._guard:
-            if not targets:
-                found = collection.find_one({"uuid": src}, {"_id": 1}) is not None
-            else:
-                found = collection.update_one(
-                    {"uuid": src}, {"$addToSet": {relation: {"$each": targets}}}
-                ).matched_count == 1
-        if not found:
+            source = collection.find_one({"uuid": src}, {
+                "_id": 0, "uuid": 1, "created": 1, "path": 1, relation: 1})
+        if source is None:
             raise link_source_not_found(src)
+        self._links.add(kind, source, relation, targets)
 
     def edges(self, uuids: list[str], direction: str,
               limit: int | None = None) -> list[tuple[str, str, str]]:
@@ -574,6 +680,13 @@ class MongoStore(OpenLineageMongo):
         wanted = unique(uuids)
         named = set(wanted)
         found: list[tuple[str, str, str]] = []
+        # Links added later first: with a limit, those of a product of many runs are read no
+        # further than wanted, from their index.
+        seen = set()
+        for edge in self._links.edges(wanted, direction, limit):
+            if edge not in seen:
+                seen.add(edge)
+                found.append(edge)
         for collection, fields in ((self._jobs, JOB_LINK_FIELDS),
                                    (self._files, ENTITY_LINK_FIELDS),
                                    (self._entities, ENTITY_LINK_FIELDS)):
@@ -592,8 +705,10 @@ class MongoStore(OpenLineageMongo):
             for doc in documents:
                 for field in fields:
                     for target in doc.get(field, []):
-                        if direction == "up" or target in named:
-                            found.append((doc["uuid"], field, target))
+                        edge = (doc["uuid"], field, target)
+                        if (direction == "up" or target in named) and edge not in seen:
+                            seen.add(edge)
+                            found.append(edge)
         return found if limit is None else found[:limit]
 
     # files -------------------------------------------------------------------------------
@@ -602,43 +717,55 @@ class MongoStore(OpenLineageMongo):
         latest = {uuid: copy.deepcopy(doc) for uuid, doc in latest_files(docs).items()}
         if not latest:
             return
+        uuids = list(latest)
+        # A replaced record's lists become its edges: the links added to it since go too.
+        replaced_links: Doc = {"src": {"$in": uuids}, "kind": "file"}
         if self._mock:
             with self._guard:
                 for uuid, doc in latest.items():
                     self._files.update_one({"uuid": uuid}, _file_upsert(doc), upsert=True)
+            self._links.delete(replaced_links)
             return
-        pending = list(latest)
+        pending = uuids
+
+        def write(session: Session) -> None:
+            with self._guard:
+                self._files.bulk_write(
+                    [UpdateOne({"uuid": uuid}, _file_upsert(latest[uuid]), upsert=True)
+                     for uuid in pending],
+                    ordered=False, session=session,
+                )
+            self._links.delete(replaced_links, session)
+
         for _ in range(self._retries):
             try:
-                with self._guard:
-                    self._files.bulk_write(
-                        [UpdateOne({"uuid": uuid}, _file_upsert(latest[uuid]), upsert=True)
-                         for uuid in pending],
-                        ordered=False,
-                    )
+                in_transaction(self.database.client, self._transactions, write)
                 return
             except BulkWriteError as exc:
                 # Two upserts of one new uuid can race to insert it; the loser is retried
-                # (then as a replace). Anything else is a failure.
+                # (then as a replace). Anything else is a failure. In a transaction nothing
+                # was written: all are retried.
                 errors = exc.details.get("writeErrors", [])
                 if exc.details.get("writeConcernErrors") or any(
                     e.get("code") != _DUPLICATE_KEY for e in errors
                 ):
                     raise
-                pending = [pending[e["index"]] for e in errors]
+                if not self._transactions:
+                    pending = [pending[e["index"]] for e in errors]
         raise ConcurrencyConflict(f"could not upsert {len(pending)} file records: they kept racing")
 
     def get_file(self, uuid: str) -> Doc | None:
         with self._guard:
-            return self._files.find_one({"uuid": uuid}, _NO_ID)
+            doc = self._files.find_one({"uuid": uuid}, _NO_ID)
+        return None if doc is None else self._links.attach([doc], ENTITY_LINK_FIELDS)[0]
 
     def get_files(self, uuids: list[str]) -> dict[str, Doc]:
         wanted = unique(uuids)
         if not wanted:
             return {}
         with self._guard:
-            found = {doc["uuid"]: doc
-                     for doc in self._files.find({"uuid": {"$in": wanted}}, _NO_ID)}
+            docs = list(self._files.find({"uuid": {"$in": wanted}}, _NO_ID))
+        found = {doc["uuid"]: doc for doc in self._links.attach(docs, ENTITY_LINK_FIELDS)}
         return {uuid: found[uuid] for uuid in wanted if uuid in found}
 
     def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
@@ -651,8 +778,6 @@ class MongoStore(OpenLineageMongo):
         clauses: list[Doc] = []
         if checksum is not None:
             clauses.append({f"checksums.{check_algorithm(checksum[0])}": checksum[1]})
-        if child_of is not None:
-            clauses.append({"child_of": child_of})  # matches one element of the array
         if path_prefix:
             # A range rather than a regex: exact for any text, and served by the path index.
             upper = prefix_upper_bound(path_prefix)
@@ -662,10 +787,17 @@ class MongoStore(OpenLineageMongo):
                              ("media_type", media_type)):
             if value is not None:
                 clauses.append({field: value})
+        others = list(clauses)
+        if child_of is not None:
+            clauses.append({"child_of": child_of})  # matches one element of the array
         order = _sorted(sort, cursor, clauses)
         with self._guard:
             rows = list(self._files.find(_all_of(clauses), _NO_ID).sort(order).limit(limit + 1))
-        return sorted_page(rows, limit, sort)
+        if child_of is not None:  # and the records linked to it later
+            rows = merged(rows, self._links.linked_page(
+                self._files, "file", "child_of", child_of, sort, cursor, others, limit + 1,
+                _NO_ID), sort, limit + 1)
+        return sorted_page(self._links.attach(rows, ENTITY_LINK_FIELDS), limit, sort)
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
         if not checks:
@@ -690,12 +822,23 @@ class MongoStore(OpenLineageMongo):
                                        ordered=True)
 
     def unlink_job_files(self, job_uuid: str) -> int:
-        with self._guard:
-            result = self._files.update_many(
-                {"$or": [{field: job_uuid} for field in FILE_JOB_LINK_FIELDS]},
-                {"$pull": {field: job_uuid for field in FILE_JOB_LINK_FIELDS}},
-            )
-        return result.modified_count
+        linked = {"$or": [{field: job_uuid} for field in FILE_JOB_LINK_FIELDS]}
+        changed: set[str] = set()
+
+        def unlink(session: Session) -> None:
+            changed.clear()
+            with self._guard:
+                changed.update(doc["uuid"] for doc in self._files.find(
+                    linked, {"_id": 0, "uuid": 1}, session=session))
+                self._files.update_many(
+                    linked, {"$pull": {field: job_uuid for field in FILE_JOB_LINK_FIELDS}},
+                    session=session)
+            changed.update(self._links.sources("file", FILE_JOB_LINK_FIELDS, job_uuid, session))
+            self._links.delete({"dst": job_uuid, "rel": {"$in": list(FILE_JOB_LINK_FIELDS)},
+                                "kind": "file"}, session)
+
+        in_transaction(self.database.client, self._transactions, unlink)
+        return len(changed)
 
     def oldest_checks(self, storage_system: str, before: str, limit: int) -> list[Doc]:
         check_limit(limit)
