@@ -1,0 +1,183 @@
+"""The workers behind the QCG surface: the catalog's worker loop and local engine, in threads of
+``catalog serve``, bounded by the cores the surface advertises.
+
+A QCG job runs as its description says (working directory, environment, stdout and stderr
+files) and takes as many of the cores as it asked for; its exit code is kept in its results.
+Cancelling a running job takes its lease away: its worker finds that at the next heartbeat
+(``LEASE_S / 3``) and kills the process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from catalog.catalog import Catalog
+from catalog.compat.qcg import working_directory
+from catalog.engines.base import Execution
+from catalog.engines.call import Outputs
+from catalog.engines.local import LocalEngine, LocalRun, _die_with_parent, command_argv
+from catalog.errors import CatalogError
+from catalog.queue import WorkFilter, heartbeat, withdraw
+from catalog.queue.models import Withdrawn
+from catalog.worker import LocalQueue, Worker, WorkerOptions, worker_name
+
+LEASE_S = 6  # heartbeats every 2 s: a cancelled job is killed within about that
+IDLE_S = 1.0  # bound on an idle worker's wait (a submit or an ending wakes it sooner)
+_log = logging.getLogger(__name__)
+
+
+class QcgRun(LocalRun):
+    """A child process group in the job's own working directory, with its env and files."""
+
+    def __init__(self, argv: list[str], workdir: Path, timeout: int,
+                 qcg: dict[str, Any], logdir: Path) -> None:
+        self.workdir = workdir
+        self.timeout = timeout
+        self.result_file = None
+        self.stdout = _path(workdir, qcg.get("stdout"), logdir / "stdout.txt")
+        self.stderr = _path(workdir, qcg.get("stderr"), logdir / "stderr.txt")
+        self._deadline = time.monotonic() + timeout
+        self._killed: str | None = None
+        self._timed_out = False
+        env = {**os.environ, **(qcg.get("env") or {})}
+        for path in (self.stdout, self.stderr):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(self.stdout, "wb"))
+            err = out if self.stderr == self.stdout else \
+                files.enter_context(open(self.stderr, "wb"))
+            self.process = subprocess.Popen(
+                argv, cwd=workdir, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env, preexec_fn=_die_with_parent)
+        self.native_id = str(self.process.pid)
+
+    def result(self) -> Execution:
+        """QCG's commands print what they like: the exit code is the result."""
+        code = self.process.poll()
+        execution = Execution(code, stdout=self.stdout, stderr=self.stderr,
+                              native_id=self.native_id, timed_out=self._timed_out,
+                              killed=self._killed is not None)
+        if self._killed is not None:
+            execution.error = self._killed
+        elif code != 0:
+            execution.error = f"the command exited with code {code}"
+        else:
+            execution.outputs = Outputs({"exit_code": 0}, [], [])
+        return execution
+
+
+def _path(workdir: Path, given: Any, default: Path) -> Path:
+    if not isinstance(given, str) or not given:
+        return default
+    path = Path(given)
+    return path if path.is_absolute() else workdir / path
+
+
+class QcgEngine(LocalEngine):
+    """The local engine, for work that carries a QCG description (``data["qcg"]``)."""
+
+    name = "local"
+
+    def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> LocalRun:
+        qcg = work.get("qcg")
+        if not isinstance(qcg, dict):
+            return super().start(work, workdir, timeout)
+        wd = working_directory(qcg)
+        wd.mkdir(parents=True, exist_ok=True)
+        return QcgRun(command_argv(work["command"]), wd, timeout, qcg, workdir)
+
+
+class QcgPool:
+    """``cores`` worker threads; a job holds as many cores as it asked for while it runs."""
+
+    def __init__(self, catalog: Catalog, cores: int, pipeline: str) -> None:
+        self.catalog = catalog
+        self.cores = cores
+        self.work_filter = WorkFilter(pipelines=[pipeline], tags=["qcg"])
+        self.free = cores
+        self.cond = threading.Condition()
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.root = Path(tempfile.mkdtemp(prefix="catalog-qcg-"))
+        self.threads = [threading.Thread(target=self._loop, name=f"catalog-qcg-worker-{n}",
+                                         daemon=True) for n in range(cores)]
+
+    def busy(self) -> int:
+        with self.cond:
+            return self.cores - self.free
+
+    def start(self) -> QcgPool:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+        with self.cond:
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _take(self, count: int, job: Withdrawn | None, worker: str) -> bool:
+        """Wait for ``count`` free cores (renewing ``job``'s lease meanwhile)."""
+        with self.cond:
+            while self.free < count:
+                if self.stop_event.is_set():
+                    return False
+                self.cond.wait(LEASE_S / 3)
+                if job is not None:
+                    try:
+                        heartbeat(self.catalog, job.uuid, worker, LEASE_S)
+                    except CatalogError:
+                        return False  # cancelled while it waited for cores
+            self.free -= count
+            return True
+
+    def _give(self, count: int) -> None:
+        with self.cond:
+            self.free += count
+            self.cond.notify_all()
+
+    def _loop(self) -> None:
+        name = worker_name()
+        worker = Worker(LocalQueue(self.catalog, source="qcg"), WorkerOptions(
+            work_filter=self.work_filter, lease=LEASE_S, name=name, workdir=self.root),
+            engine=QcgEngine(), stop=self.stop_event)
+        while not self.stop_event.is_set():
+            if not self._take(1, None, name):
+                return
+            try:
+                job = withdraw(self.catalog, self.work_filter, name, LEASE_S, "qcg")
+            except CatalogError as exc:
+                _log.warning("the QCG workers could not withdraw: %s", exc.message)
+                job = None
+            if job is None:
+                self._give(1)
+                self.wake.wait(IDLE_S)
+                self.wake.clear()
+                continue
+            self.wake.set()  # there may be more: the next idle thread looks too
+            need = max(1, int((job.data.get("qcg") or {}).get("cores", 1)))
+            if need > 1:
+                # Give the one core back and wait for all at once: two threads each holding
+                # one and waiting for another would wait for ever.
+                self._give(1)
+                if not self._take(need, job, name):
+                    continue
+            extra = need - 1
+            try:
+                worker.run_one(job)
+            except CatalogError as exc:
+                _log.warning("QCG job %s: %s", job.uuid, exc.message)
+            finally:
+                self._give(1 + extra)
+                self.wake.set()  # its dependents may be queued now
