@@ -216,7 +216,8 @@ def test_cancel_kills_a_running_job_and_omits_its_dependents(
     body = f'''
 wd = {str(tmp_path / "wd")!r}
 jobs = Jobs()
-jobs.add(name="long", exec="/bin/sh", args=["-c", "sleep 30; touch too-late"], wd=wd)
+jobs.add(name="long", exec="/bin/sh", args=["-c", "echo $$ > pid; sleep 30; touch late"],
+         wd=wd)
 jobs.add(name="next", exec="/bin/true", after="long", wd=wd)
 m.submit(jobs)
 deadline = time.time() + 30
@@ -237,13 +238,16 @@ m.finish()
     assert [state for _, state in history(long)] == ["QUEUED", "EXECUTING", "CANCELED"]
     job = catalog_job(server, long["runtime"]["job"])
     assert job["state"] == "CANCELLED" and "cancelJob" in job["queue"]["reason"]
-    time.sleep(LEASE_GRACE_S)  # the worker's next heartbeat has found the lease gone
-    assert not (tmp_path / "wd" / "too-late").exists()
-    assert httpx.get(f"{server.base_url}/queue/status", timeout=30).json()["total"].get(
-        "RUNNING", 0) == 0
+    # The worker's next heartbeat finds the lease gone and kills the process group.
+    pid = int((tmp_path / "wd" / "pid").read_text())
+    deadline = time.monotonic() + KILL_WITHIN_S
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, f"the cancelled job's process {pid} still runs"
+        time.sleep(0.1)
+    assert not (tmp_path / "wd" / "late").exists()
 
 
-LEASE_GRACE_S = 3
+KILL_WITHIN_S = 10  # heartbeats every 2 s, then SIGTERM
 
 
 def request(server: QcgServer, body: bytes) -> dict[str, Any]:

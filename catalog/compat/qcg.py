@@ -11,16 +11,23 @@ its condition, and the names map to job UUIDs per manager session (one client co
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
-import string
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from catalog.catalog import Catalog
+from catalog.compat.qcg_jobs import (
+    Planned,
+    QcgError,
+    plan,
+    qcg_date,
+    run_time,
+    working_directory,
+)
 from catalog.errors import CatalogError
 from catalog.models import MAX_TIMEOUT_S
 from catalog.queue import SubmitRequest, cancel, submit
@@ -40,18 +47,9 @@ STATES: dict[str, str] = {
 }
 OMITTED_REASON = "its condition can no longer be met"
 FINAL = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
-# Job description keys understood, by element; anything else is refused, never ignored.
-JOB_KEYS = frozenset({"name", "execution", "resources", "dependencies", "iteration"})
-EXECUTION_KEYS = frozenset({"exec", "script", "args", "env", "wd", "stdout", "stderr"})
-RESOURCE_KEYS = frozenset({"numCores", "numNodes", "wt"})
-BAD_NAME = re.compile(r"[$,{}()'\"\s:]")  # QCG's refused characters, and ':' (iterations)
-MAX_ITERATIONS = 64 * 1024  # the client's own bound
 MAX_JOBS_PER_REQUEST = 100_000
 EXIT_CODE = re.compile(r"exited with code (-?\d+)")
-
-
-class QcgError(Exception):
-    """A request refused: answered ``{"code": 1, "message": ...}``, nothing changed."""
+_log = logging.getLogger(__name__)
 
 
 def answer(data: Any = None, message: str | None = None) -> dict[str, Any]:
@@ -91,15 +89,7 @@ class Session:
     names: dict[str, Named] = field(default_factory=dict)
     publisher: str | None = None  # the PUB socket's address, once the client asked
     ended: bool = False
-
-
-@dataclass
-class Planned:
-    name: str
-    iteration: int | None
-    data: dict[str, Any]
-    after: list[str]
-    cores: int
+    seen: float = 0.0  # time.monotonic() of its last request
 
 
 def qcg_state(head: dict[str, Any] | None) -> str:
@@ -120,29 +110,6 @@ def whole_state(states: list[str]) -> str:
                 return final
         return "SUCCEED"
     return "EXECUTING" if any(s != "QUEUED" for s in states) else "QUEUED"
-
-
-def _qcg_date(text: str) -> str:
-    """The catalog's ``2026-11-21T12:00:00.123Z`` as QCG writes it: ``str(datetime)``."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _rtime(start: str | None, stop: str | None) -> str | None:
-    """Run time as QCG writes it (``H:MM:SS.ffffff``, what its JobInfo parses)."""
-    if not start or not stop:
-        return None
-    delta = datetime.fromisoformat(stop.replace("Z", "+00:00")) - \
-        datetime.fromisoformat(start.replace("Z", "+00:00"))
-    micros = max(0, int(delta.total_seconds() * 1_000_000))
-    seconds, micro = divmod(micros, 1_000_000)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}.{micro:06d}"
-
-
-def working_directory(qcg: dict[str, Any]) -> Path:
-    """A job's ``wd``; as QCG's, relative to the manager's (``catalog serve``'s) own."""
-    return Path.cwd() / str(qcg["wd"]) if qcg.get("wd") else Path.cwd()
 
 
 # --- the requests --------------------------------------------------------------------------
@@ -182,6 +149,9 @@ class QcgService:
             return refusal(str(exc))
         except CatalogError as exc:
             return refusal(exc.message)
+        except Exception as exc:  # the wire must answer, and live on, whatever happened
+            _log.exception("QCG request %s failed", request["request"])
+            return refusal(f"Failed to process request: {type(exc).__name__}")
 
     # status and resources -------------------------------------------------------------------
     def system_status(self, session: Session, request: dict[str, Any]) -> dict[str, Any]:
@@ -229,15 +199,15 @@ class QcgService:
         planned: list[Planned] = []
         known: set[str] = set()
         for job in jobs:
-            plans = self._plan(job)
+            plans = plan(job, self.cores)
             if plans[0].name in session.names or plans[0].name in known:
                 raise QcgError(f"Job {plans[0].name} already exist")
-            for plan in plans:
-                for after in plan.after:
+            for one in plans:
+                for after in one.after:
                     if not self._resolvable(session, after, planned):
-                        raise QcgError(f"Job {plan.name}: unknown dependency {after!r}")
-                planned.append(plan)
-                known.add(plan.name)
+                        raise QcgError(f"Job {one.name}: unknown dependency {after!r}")
+                planned.append(one)
+                known.add(one.name)
                 if len(planned) > MAX_JOBS_PER_REQUEST:
                     raise QcgError(f"Invalid request: more than {MAX_JOBS_PER_REQUEST} jobs")
         # Everything is checked: from here on, only the catalog can refuse (and does not).
@@ -245,117 +215,26 @@ class QcgService:
             self.catalog.add_pipeline(PIPELINE)
             self._pipeline_added = True
         names: list[str] = []
-        for plan in planned:
+        for one in planned:
             when = None
-            if plan.after:
-                uuids = [u for after in plan.after for u in self._resolve(session, after)]
+            if one.after:
+                uuids = [u for after in one.after for u in self._resolve(session, after)]
                 when = {"all": [{"job": u, "is": "finished"} for u in dict.fromkeys(uuids)]}
             outcome = submit(self.catalog, SubmitRequest(
-                pipeline=PIPELINE, data=plan.data, retries=0, timeout=MAX_TIMEOUT_S,
+                pipeline=PIPELINE, data=one.data, retries=0,
+                timeout=min(one.timeout or MAX_TIMEOUT_S, MAX_TIMEOUT_S),
                 tags=["qcg"], when=when), SOURCE)
-            named = session.names.get(plan.name)
-            if plan.iteration is None:
-                session.names[plan.name] = Named([outcome.uuid])
-                names.append(plan.name)
+            named = session.names.get(one.name)
+            if one.iteration is None:
+                session.names[one.name] = Named([outcome.uuid])
+                names.append(one.name)
             elif named is None:
-                session.names[plan.name] = Named([outcome.uuid], start=plan.iteration)
-                names.append(plan.name)
+                session.names[one.name] = Named([outcome.uuid], start=one.iteration)
+                names.append(one.name)
             else:
                 named.uuids.append(outcome.uuid)
         self.submitted.set()
         return answer({"submitted": len(names), "jobs": names}, f"{len(names)} jobs submitted")
-
-    def _plan(self, job: Any) -> list[Planned]:
-        if not isinstance(job, dict):
-            raise QcgError("Invalid request: Wrong submit request - wrong job data")
-        name = job.get("name")
-        if not isinstance(name, str) or not name:
-            raise QcgError("Invalid request: Missing name in job description")
-        if BAD_NAME.search(name) or len(name) > 200:
-            raise QcgError(f"Job identifier '({name})' contains invalid characters")
-        unknown = set(job) - JOB_KEYS
-        if unknown:
-            raise QcgError(f"Wrong submit request: job {name}: unknown {sorted(unknown)}")
-        iteration = job.get("iteration")
-        if iteration is None:
-            return [self._one(name, job, None)]
-        if not isinstance(iteration, dict) or set(iteration) - {"start", "stop"} or \
-                not isinstance(iteration.get("stop"), int) or \
-                not isinstance(iteration.get("start", 0), int):
-            raise QcgError("Invalid request: Wrong format of iteration directive: "
-                           "{'start': int, 'stop': int} (values are not supported)")
-        start, stop = int(iteration.get("start", 0)), int(iteration["stop"])
-        if not 0 < stop - start <= MAX_ITERATIONS:
-            raise QcgError("Invalid request: Wrong format of iteration directive: start index "
-                           f"larger then stop one, or more than {MAX_ITERATIONS} iterations")
-        template = string.Template(json.dumps({k: v for k, v in job.items() if k != "name"}))
-        return [self._one(name, json.loads(template.safe_substitute(it=index,
-                                                                    jname=f"{name}:{index}")),
-                          index) for index in range(start, stop)]
-
-    def _one(self, name: str, job: dict[str, Any], iteration: int | None) -> Planned:
-        where = name if iteration is None else f"{name}:{iteration}"
-        execution = job.get("execution")
-        if not isinstance(execution, dict):
-            raise QcgError("Invalid request: Missing execution element in job description")
-        unknown = set(execution) - EXECUTION_KEYS
-        if unknown:
-            raise QcgError(f"Wrong submit request: job {where}: execution keys {sorted(unknown)}"
-                           " are not supported")
-        if ("exec" in execution) == ("script" in execution):
-            raise QcgError(f"Wrong submit request: job {where}: one of exec or script")
-        args = execution.get("args", [])
-        args = [args] if isinstance(args, str) else args
-        if "exec" in execution:
-            if not isinstance(execution["exec"], str) or not execution["exec"] or \
-                    not isinstance(args, list) or not all(isinstance(a, str | int | float)
-                                                         for a in args):
-                raise QcgError(f"Wrong submit request: job {where}: exec is a string, args "
-                               "a list of strings")
-            command = [execution["exec"], *[str(a) for a in args]]
-        else:
-            if not isinstance(execution["script"], str):
-                raise QcgError(f"Wrong submit request: job {where}: script is a string")
-            command = ["/bin/bash", "-c", execution["script"]]
-        env = execution.get("env", {})
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                for k, v in env.items()):
-            raise QcgError(f"Wrong submit request: job {where}: env maps names to strings")
-        for key in ("wd", "stdout", "stderr"):
-            if key in execution and (not isinstance(execution[key], str) or
-                                     not execution[key]):
-                raise QcgError(f"Wrong submit request: job {where}: {key} is a path")
-        cores = self._cores(where, job.get("resources"))
-        dependencies = job.get("dependencies") or {}
-        after = dependencies.get("after", []) if isinstance(dependencies, dict) else None
-        after = [after] if isinstance(after, str) else after
-        if not isinstance(after, list) or not all(isinstance(a, str) for a in after) or \
-                set(dependencies) - {"after"}:
-            raise QcgError(f"Wrong submit request: job {where}: dependencies are "
-                           "{'after': [names]}")
-        data = {"command": command, "qcg": {
-            "name": name, "iteration": iteration, "env": env, "cores": cores,
-            **{key: execution[key] for key in ("wd", "stdout", "stderr") if key in execution}}}
-        return Planned(name, iteration, data, list(after), cores)
-
-    def _cores(self, where: str, resources: Any) -> int:
-        if resources is None:
-            return 1
-        if not isinstance(resources, dict) or set(resources) - RESOURCE_KEYS:
-            raise QcgError(f"Wrong submit request: job {where}: resources are "
-                           f"{sorted(RESOURCE_KEYS)}")
-        nodes = resources.get("numNodes")
-        if nodes not in (None, 1, {"exact": 1}):
-            raise QcgError(f"Not enough resources for job {where}: one node here")
-        spec = resources.get("numCores", 1)
-        if isinstance(spec, dict):
-            spec = spec.get("exact", spec.get("min", 1))
-        if isinstance(spec, bool) or not isinstance(spec, int) or spec < 1:
-            raise QcgError(f"Wrong submit request: job {where}: numCores is a positive number")
-        if spec > self.cores:
-            raise QcgError(f"Not enough resources for job {where}: {spec} cores wanted, "
-                           f"{self.cores} here")
-        return spec
 
     def _resolvable(self, session: Session, after: str, planned: list[Planned]) -> bool:
         if session.names.get(after) is not None or \
@@ -472,11 +351,11 @@ class QcgService:
                     "reason", "")).startswith(OMITTED_REASON):
                 state = "OMITTED"
             if state != last:
-                lines.append(f"{_qcg_date(str(entry['date']))}: {state}")
+                lines.append(f"{qcg_date(str(entry['date']))}: {state}")
                 last = state
         runtime: dict[str, Any] = {"job": uuid, "wd": str(working_directory(qcg))}
         if queue.get("start"):
-            runtime["rtime"] = _rtime(queue.get("start"), queue.get("stop"))
+            runtime["rtime"] = run_time(queue.get("start"), queue.get("stop"))
         results = head.get("results") or {}
         reason = queue.get("reason") or ""
         match = EXIT_CODE.search(str(reason))

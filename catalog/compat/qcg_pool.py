@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.catalog import Catalog
-from catalog.compat.qcg import working_directory
+from catalog.compat.qcg_jobs import working_directory
 from catalog.engines.base import Execution
 from catalog.engines.call import Outputs
 from catalog.engines.local import LocalEngine, LocalRun, _die_with_parent, command_argv

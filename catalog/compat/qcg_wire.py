@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -29,6 +30,8 @@ from catalog.queue.waits import MAX_JOBS, wait
 
 POLL_MS = 1000  # bound on the wire thread's wait for a request or an event
 MAX_SESSIONS = 256
+IDLE_SESSION_S = 3600.0  # a session silent this long may be forgotten to make room
+MAX_CORES = 1024  # one worker thread each
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 ADDRESS = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>\d{1,5}|\*)$")
 _log = logging.getLogger(__name__)
@@ -62,8 +65,8 @@ class QcgServer:
 
     def __init__(self, catalog: Catalog, address: str, cores: int,
                  allow_remote: bool = False) -> None:
-        if cores < 1:
-            raise ConfigurationError(f"--qcg-cores must be at least 1, not {cores}")
+        if not 1 <= cores <= MAX_CORES:
+            raise ConfigurationError(f"--qcg-cores is 1 to {MAX_CORES}, not {cores}")
         self.host, self.port = check_address(address, allow_remote)
         self.catalog = catalog
         self.pool = QcgPool(catalog, cores, PIPELINE)
@@ -121,18 +124,23 @@ class QcgServer:
                 if len(frames) < 3:
                     continue  # not a REQ socket's envelope: nothing to answer to
                 identity, body = frames[0], frames[-1]
-                reply = self._request(identity.hex(), body)
+                try:
+                    reply = self._request(identity.hex(), body)
+                except Exception:  # one request must not take the surface down
+                    _log.exception("QCG request failed")
+                    reply = {"code": 1, "message": "Failed to process request"}
                 self.router.send_multipart([identity, b"", json.dumps(reply).encode()])
 
     def _request(self, ident: str, body: bytes) -> dict[str, Any]:
         with self.service.lock:
             if ident not in self.service.sessions and \
                     len(self.service.sessions) >= MAX_SESSIONS:
-                self._forget_ended()
+                self._forget_sessions()
                 if len(self.service.sessions) >= MAX_SESSIONS:
                     return {"code": 1, "message": f"more than {MAX_SESSIONS} sessions: "
                             "finish one first"}
             session = self.service.session(ident)
+            session.seen = time.monotonic()
             if session.publisher is None and not session.ended and _asks_status(body):
                 session.publisher = self._publisher(session)
             reply = self.service.handle(session, body)
@@ -141,9 +149,15 @@ class QcgServer:
                 self.publishers.pop(ident).close(linger=0)
             return reply
 
-    def _forget_ended(self) -> None:
-        for ident in [i for i, s in self.service.sessions.items() if s.ended]:
+    def _forget_sessions(self) -> None:
+        """Make room: forget the finished sessions, and those idle for ``IDLE_SESSION_S``
+        (a client that went away without ``finish``); their jobs stay in the catalog."""
+        idle = time.monotonic() - IDLE_SESSION_S
+        for ident in [i for i, s in self.service.sessions.items() if s.ended or s.seen < idle]:
             del self.service.sessions[ident]
+            socket = self.publishers.pop(ident, None)
+            if socket is not None:
+                socket.close(linger=0)
 
     def _publisher(self, session: Session) -> str:
         socket = self.context.socket(zmq.PUB)
@@ -161,25 +175,29 @@ class QcgServer:
     def _follow(self) -> None:
         """Publish the ends of the sessions' jobs, woken by the event that ends one."""
         while not self.stop_event.is_set():
-            pending = self.service.pending()
-            if not pending:
-                self.service.submitted.wait(POLL_MS / 1000)
-                self.service.submitted.clear()
-            else:
-                try:
-                    wait(self.catalog, pending[:MAX_JOBS], any_=True, timeout=POLL_MS / 1000)
-                except CatalogError as exc:
-                    _log.warning("QCG events: %s", exc.message)
-                    self.stop_event.wait(POLL_MS / 1000)
             try:
-                events = self.service.ended_events()
+                self._follow_once()
+            except Exception:  # a lost round delays events by POLL_MS, never stops them
+                _log.exception("QCG events")
+                self.stop_event.wait(POLL_MS / 1000)
+
+    def _follow_once(self) -> None:
+        """One round: wait for an end (or a submit), publish what ended."""
+        pending = self.service.pending()
+        if not pending:
+            self.service.submitted.wait(POLL_MS / 1000)
+            self.service.submitted.clear()
+        else:
+            try:
+                wait(self.catalog, pending[:MAX_JOBS], any_=True, timeout=POLL_MS / 1000)
             except CatalogError as exc:
                 _log.warning("QCG events: %s", exc.message)
-                continue
-            for session, topic, data in events:
-                self.outbox.send_json({"session": session, "topic": topic, "data": data})
-            if events:
-                self.pool.wake.set()
+                self.stop_event.wait(POLL_MS / 1000)
+        events = self.service.ended_events()
+        for session, topic, data in events:
+            self.outbox.send_json({"session": session, "topic": topic, "data": data})
+        if events:
+            self.pool.wake.set()
 
 
 def _asks_status(body: bytes) -> bool:
