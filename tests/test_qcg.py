@@ -250,6 +250,36 @@ m.finish()
 KILL_WITHIN_S = 10  # heartbeats every 2 s, then SIGTERM
 
 
+def test_jobs_hold_the_cores_they_ask_for_and_a_wall_time_ends_a_job(
+        venv: Path, server: QcgServer, tmp_path: Path) -> None:
+    body = f'''
+wd = {str(tmp_path / "wd")!r}
+jobs = Jobs()
+for name in ("wide1", "wide2"):
+    jobs.add(name=name, exec="/bin/sh", args=["-c", "sleep 1"], numCores={CORES}, wd=wd)
+jobs.add(name="slow", exec="/bin/sh", args=["-c", "sleep 20"], wt="2s", wd=wd)
+m.submit(jobs)
+deadline = time.time() + 30
+while m.status("wide1")["jobs"]["wide1"]["data"]["status"] != "EXECUTING":
+    assert time.time() < deadline
+    time.sleep(0.05)
+out(m.resources())
+out(m.wait4(["wide1", "wide2", "slow"], timeout=60))
+out(m.info(["wide1", "wide2", "slow"]))
+m.finish()
+'''
+    resources, waited, info = client(venv, server, tmp_path, body)
+    assert resources["used_cores"] == CORES and resources["free_cores"] == 0
+    assert waited == {"wide1": "SUCCEED", "wide2": "SUCCEED", "slow": "FAILED"}
+    spans = {}
+    for name in ("wide1", "wide2"):
+        lines = dict((state, t) for t, state in history(info["jobs"][name]["data"]))
+        spans[name] = (lines["EXECUTING"], lines["SUCCEED"])
+    first, second = sorted(spans.values())
+    assert second[0] >= first[1]  # each took every core: one after the other
+    assert "timed out after 2 s" in info["jobs"]["slow"]["data"]["messages"]
+
+
 def request(server: QcgServer, body: bytes) -> dict[str, Any]:
     """One request on a REQ socket of this process (any bytes at all), its answer."""
     context = zmq.Context()
@@ -307,6 +337,8 @@ def job(name: str, **fields: Any) -> dict[str, Any]:
      "Wrong format of iteration directive"),
     ({"request": "submit", "jobs": [job("vals", iteration={"values": ["a"]})]},
      "values are not supported"),
+    ({"request": "submit", "jobs": [job("w", resources={"wt": "soon"})]},
+     "wt 'soon' is not a wall time"),
     ({"request": "jobStatus", "jobNames": ["ghost"]}, "Job 'ghost' doesn't exist"),
     ({"request": "jobInfo", "jobNames": []}, "missing job names"),
     ({"request": "status", "options": "all"}, "options are not an object"),

@@ -23,6 +23,7 @@ from catalog.catalog import Catalog
 from catalog.compat.qcg_jobs import (
     Planned,
     QcgError,
+    cores_tag,
     plan,
     qcg_date,
     run_time,
@@ -223,7 +224,7 @@ class QcgService:
             outcome = submit(self.catalog, SubmitRequest(
                 pipeline=PIPELINE, data=one.data, retries=0,
                 timeout=min(one.timeout or MAX_TIMEOUT_S, MAX_TIMEOUT_S),
-                tags=["qcg"], when=when), SOURCE)
+                tags=["qcg", cores_tag(one.cores)], when=when), SOURCE)
             named = session.names.get(one.name)
             if one.iteration is None:
                 session.names[one.name] = Named([outcome.uuid])

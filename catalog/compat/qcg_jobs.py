@@ -27,6 +27,12 @@ WALL_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 WALL_TIME = re.compile(r"^(?:(?P<n>\d+)(?P<unit>[smhd])|(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+))$")
 
 
+def cores_tag(cores: int) -> str:
+    """The tag a job asking for ``cores`` cores carries: a worker with n cores free withdraws
+    only jobs tagged for 1 to n, so a job never runs before its cores are free."""
+    return f"qcg-cores-{cores}"
+
+
 class QcgError(Exception):
     """A request refused: answered ``{"code": 1, "message": ...}``, nothing changed."""
 

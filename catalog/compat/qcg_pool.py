@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -20,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from catalog.catalog import Catalog
-from catalog.compat.qcg_jobs import working_directory
+from catalog.compat.qcg_jobs import cores_tag, working_directory
 from catalog.engines.base import Execution
 from catalog.engines.call import Outputs
 from catalog.engines.local import LocalEngine, LocalRun, _die_with_parent, command_argv
 from catalog.errors import CatalogError
-from catalog.queue import WorkFilter, heartbeat, withdraw
+from catalog.queue import WorkFilter, withdraw
 from catalog.queue.models import Withdrawn
 from catalog.worker import LocalQueue, Worker, WorkerOptions, worker_name
 
@@ -96,7 +97,8 @@ class QcgEngine(LocalEngine):
 
 
 class QcgPool:
-    """``cores`` worker threads; a job holds as many cores as it asked for while it runs."""
+    """``cores`` worker threads; a job holds as many cores as it asked for while it runs, and
+    is withdrawn only when they are free (so it is never RUNNING while it waits for them)."""
 
     def __init__(self, catalog: Catalog, cores: int, pipeline: str) -> None:
         self.catalog = catalog
@@ -126,21 +128,27 @@ class QcgPool:
             self.cond.notify_all()
         for thread in self.threads:
             thread.join(timeout=30)
+        shutil.rmtree(self.root, ignore_errors=True)
 
-    def _take(self, count: int, job: Withdrawn | None, worker: str) -> bool:
-        """Wait for ``count`` free cores (renewing ``job``'s lease meanwhile)."""
+    def _withdraw(self, worker: str) -> tuple[Withdrawn | None, int]:
+        """A queued job that fits the free cores, and the cores it holds from now on."""
         with self.cond:
-            while self.free < count:
+            while self.free < 1:
                 if self.stop_event.is_set():
-                    return False
-                self.cond.wait(LEASE_S / 3)
-                if job is not None:
-                    try:
-                        heartbeat(self.catalog, job.uuid, worker, LEASE_S)
-                    except CatalogError:
-                        return False  # cancelled while it waited for cores
-            self.free -= count
-            return True
+                    return None, 0
+                self.cond.wait(IDLE_S)
+            work_filter = self.work_filter.model_copy(update={
+                "tags": [cores_tag(n) for n in range(1, self.free + 1)]})
+            try:
+                job = withdraw(self.catalog, work_filter, worker, LEASE_S, "qcg")
+            except CatalogError as exc:
+                _log.warning("the QCG workers could not withdraw: %s", exc.message)
+                return None, 0
+            if job is None:
+                return None, 0
+            cores = max(1, int((job.data.get("qcg") or {}).get("cores", 1)))
+            self.free -= cores
+            return job, cores
 
     def _give(self, count: int) -> None:
         with self.cond:
@@ -153,31 +161,16 @@ class QcgPool:
             work_filter=self.work_filter, lease=LEASE_S, name=name, workdir=self.root),
             engine=QcgEngine(), stop=self.stop_event)
         while not self.stop_event.is_set():
-            if not self._take(1, None, name):
-                return
-            try:
-                job = withdraw(self.catalog, self.work_filter, name, LEASE_S, "qcg")
-            except CatalogError as exc:
-                _log.warning("the QCG workers could not withdraw: %s", exc.message)
-                job = None
+            job, cores = self._withdraw(name)
             if job is None:
-                self._give(1)
                 self.wake.wait(IDLE_S)
                 self.wake.clear()
                 continue
             self.wake.set()  # there may be more: the next idle thread looks too
-            need = max(1, int((job.data.get("qcg") or {}).get("cores", 1)))
-            if need > 1:
-                # Give the one core back and wait for all at once: two threads each holding
-                # one and waiting for another would wait for ever.
-                self._give(1)
-                if not self._take(need, job, name):
-                    continue
-            extra = need - 1
             try:
                 worker.run_one(job)
             except CatalogError as exc:
                 _log.warning("QCG job %s: %s", job.uuid, exc.message)
             finally:
-                self._give(1 + extra)
+                self._give(cores)
                 self.wake.set()  # its dependents may be queued now
