@@ -280,6 +280,38 @@ m.finish()
     assert "timed out after 2 s" in info["jobs"]["slow"]["data"]["messages"]
 
 
+def test_sessions_are_apart_and_a_finished_job_is_not_run_again(
+        venv: Path, server: QcgServer, tmp_path: Path) -> None:
+    body = f'''
+wd = {str(tmp_path / "wd")!r}
+other = Manager(sys.argv[1], {{"log_file": sys.argv[2] + ".other"}})
+count = ["-c", "echo ran >> runs.txt; sleep 0.5"]
+other.submit(Jobs().add(name="theirs", exec="/bin/true", wd=wd)
+             .add(name="shared", exec="/bin/true", wd=wd))
+m.submit(Jobs().add(name="mine", exec="/bin/sh", args=count, wd=wd)
+         .add(name="shared", exec="/bin/sh", args=["-c", "exit 0"], wd=wd))
+out(sorted(m.list()))
+out(sorted(other.list()))
+first = m.wait4_any_job_finish(60)
+second = m.wait4_any_job_finish(60)
+out(sorted([first, second]))
+other.wait4all(60)
+m.finish()
+other.finish()
+again = Manager(sys.argv[1], {{"log_file": sys.argv[2] + ".again"}})
+again.submit(Jobs().add(name="mine", exec="/bin/sh", args=count, wd=wd))
+started = time.time()
+out(again.wait4("mine", timeout=60))
+out(time.time() - started)
+again.finish()
+'''
+    mine, theirs, events, again, seconds = client(venv, server, tmp_path, body)
+    assert mine == ["mine", "shared"] and theirs == ["shared", "theirs"]
+    assert events == [["mine", "SUCCEED"], ["shared", "SUCCEED"]]  # never "theirs"
+    assert again == {"mine": "SUCCEED"} and seconds < 0.5  # memoised: answered, not run
+    assert (tmp_path / "wd" / "runs.txt").read_text() == "ran\n"
+
+
 def request(server: QcgServer, body: bytes) -> dict[str, Any]:
     """One request on a REQ socket of this process (any bytes at all), its answer."""
     context = zmq.Context()
