@@ -305,10 +305,10 @@ out(again.wait4("mine", timeout=60))
 out(time.time() - started)
 again.finish()
 '''
-    mine, theirs, events, again, seconds = client(venv, server, tmp_path, body)
+    mine, theirs, events, again, _ = client(venv, server, tmp_path, body)
     assert mine == ["mine", "shared"] and theirs == ["shared", "theirs"]
     assert events == [["mine", "SUCCEED"], ["shared", "SUCCEED"]]  # never "theirs"
-    assert again == {"mine": "SUCCEED"} and seconds < 0.5  # memoised: answered, not run
+    assert again == {"mine": "SUCCEED"}  # memoised: answered, not run (runs.txt says so)
     assert (tmp_path / "wd" / "runs.txt").read_text() == "ran\n"
 
 

@@ -73,7 +73,7 @@ class Named:
 
     uuids: list[str]
     start: int | None = None  # iterations' first index (None: not iterated)
-    reported: set[int] = field(default_factory=set)  # positions whose end was published
+    finals: dict[int, str] = field(default_factory=dict)  # ends published, by position
     reported_whole: bool = False
 
     def iteration(self, index: int) -> str | None:
@@ -424,7 +424,7 @@ class QcgService:
                     if not s.ended and s.publisher is not None
                     for named in s.names.values()
                     for position, uuid in enumerate(named.uuids)
-                    if position not in named.reported]
+                    if position not in named.finals]
 
     def ended_events(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(session, topic, data) for the jobs that ended since last asked: ``IFI`` per
@@ -439,17 +439,22 @@ class QcgService:
                 for name, named in session.names.items():
                     if named.reported_whole:
                         continue
-                    states = [qcg_state(h) for h in self._heads(named.uuids)]
-                    for position, state in enumerate(states):
-                        if state in FINAL and position not in named.reported:
-                            named.reported.add(position)
-                            fresh = True
-                            if named.start is not None:
-                                events.append((session.ident, "IFI", {
-                                    "manager": manager, "job": name,
-                                    "it": named.start + position, "state": state}))
-                    if len(named.reported) == len(named.uuids):
+                    # Only what has not ended yet is read: a sweep's ended part costs nothing.
+                    for position, uuid in enumerate(named.uuids):
+                        if position in named.finals:
+                            continue
+                        state = qcg_state(self.catalog.store.get_job(uuid, history=False))
+                        if state not in FINAL:
+                            continue
+                        named.finals[position] = state
+                        fresh = True
+                        if named.start is not None:
+                            events.append((session.ident, "IFI", {
+                                "manager": manager, "job": name,
+                                "it": named.start + position, "state": state}))
+                    if len(named.finals) == len(named.uuids):
                         named.reported_whole = True
+                        states = [named.finals[p] for p in range(len(named.uuids))]
                         state = states[0] if named.start is None else whole_state(states)
                         events.append((session.ident, "JFI", {"manager": manager, "job": name,
                                                               "state": state}))
