@@ -420,6 +420,32 @@ def test_cancel_and_remove_of_what_cannot_be_answer_per_job_errors(
         connection.close()
 
 
+def test_the_server_stops_promptly_with_a_job_in_hand_and_its_process_goes_too(
+        venv: Path, tmp_path: Path) -> None:
+    (tmp_path / "catalog").mkdir()
+    server = QcgServer.init(tmp_path / "catalog")
+    server.start()
+    try:
+        body = f'''
+wd = {str(tmp_path / "wd")!r}
+m.submit(Jobs().add(name="long", exec="/bin/sh", args=["-c", "echo $$ > pid; sleep 60"],
+                    wd=wd))
+deadline = time.time() + 30
+while m.status("long")["jobs"]["long"]["data"]["status"] != "EXECUTING":
+    assert time.time() < deadline
+    time.sleep(0.05)
+'''
+        client(venv, server, tmp_path, body)
+        pid = int((tmp_path / "wd" / "pid").read_text())
+    finally:
+        code = server.stop()  # SIGINT; fails the test if it takes longer than 15 s
+    assert code == 0, server.output()[-3000:]
+    deadline = time.monotonic() + KILL_WITHIN_S
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, f"the job's process {pid} outlived the server"
+        time.sleep(0.1)
+
+
 def test_a_non_loopback_address_is_refused_without_the_explicit_flag(tmp_path: Path) -> None:
     server = Server.init(tmp_path)
     port = free_port()

@@ -31,6 +31,7 @@ from catalog.queue.models import Withdrawn
 from catalog.worker import LocalQueue, Worker, WorkerOptions, worker_name
 
 LEASE_S = 6  # heartbeats every 2 s: a cancelled job is killed within about that
+STOP_S = 5.0  # how long stopping waits for the jobs in hand
 IDLE_S = 1.0  # bound on an idle worker's wait (a submit or an ending wakes it sooner)
 _log = logging.getLogger(__name__)
 
@@ -126,9 +127,13 @@ class QcgPool:
         self.wake.set()
         with self.cond:
             self.cond.notify_all()
+        # A job in hand is not waited for past STOP_S: the server is going, its children
+        # die with it (PR_SET_PDEATHSIG), their leases expire and the sweep fails them.
+        deadline = time.monotonic() + STOP_S
         for thread in self.threads:
-            thread.join(timeout=30)
-        shutil.rmtree(self.root, ignore_errors=True)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in self.threads):
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def _withdraw(self, worker: str) -> tuple[Withdrawn | None, int]:
         """A queued job that fits the free cores, and the cores it holds from now on."""
