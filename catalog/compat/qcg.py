@@ -205,6 +205,10 @@ class QcgService:
                 raise QcgError(f"Job {plans[0].name} already exist")
             for one in plans:
                 for after in one.after:
+                    base, _, index = after.partition(":")
+                    if base == one.name and not (index.isdigit() and one.iteration is not None
+                                                 and int(index) < one.iteration):
+                        raise QcgError(f"Job {one.name}: it cannot wait on itself ({after!r})")
                     if not self._resolvable(session, after, planned):
                         raise QcgError(f"Job {one.name}: unknown dependency {after!r}")
                 planned.append(one)
@@ -219,7 +223,7 @@ class QcgService:
         for one in planned:
             when = None
             if one.after:
-                uuids = [u for after in one.after for u in self._resolve(session, after)]
+                uuids = [u for after in one.after for u in self._lookup(session, after)]
                 when = {"all": [{"job": u, "is": "finished"} for u in dict.fromkeys(uuids)]}
             outcome = submit(self.catalog, SubmitRequest(
                 pipeline=PIPELINE, data=one.data, retries=0,
@@ -258,9 +262,6 @@ class QcgService:
         if strict:
             raise QcgError(f"Job '{name}' doesn't exist")
         return []
-
-    def _resolve(self, session: Session, after: str) -> list[str]:
-        return self._lookup(session, after)
 
     # reading ---------------------------------------------------------------------------------
     def _heads(self, uuids: list[str]) -> list[dict[str, Any] | None]:
