@@ -256,7 +256,7 @@ def test_jobs_hold_the_cores_they_ask_for_and_a_wall_time_ends_a_job(
 wd = {str(tmp_path / "wd")!r}
 jobs = Jobs()
 for name in ("wide1", "wide2"):
-    jobs.add(name=name, exec="/bin/sh", args=["-c", "sleep 1"], numCores={CORES}, wd=wd)
+    jobs.add(name=name, exec="/bin/sh", args=["-c", "sleep 2"], numCores={CORES}, wd=wd)
 jobs.add(name="slow", exec="/bin/sh", args=["-c", "sleep 20"], wt="2s", wd=wd)
 m.submit(jobs)
 deadline = time.time() + 30
