@@ -8,6 +8,7 @@ document on stdout with ``--json``, a short human rendering otherwise. Errors go
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,12 +169,33 @@ def serve(
     base_url: Annotated[str | None, typer.Option(
         envvar="CATALOG_BASE_URL", help="Public URL used in webhooks.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    qcg_address: Annotated[str | None, typer.Option(
+        help="Also serve QCG-PilotJob's manager protocol (ZeroMQ) at tcp://HOST:PORT "
+        "(port 0: any free one).")] = None,
+    qcg_allow_remote: Annotated[bool, typer.Option(
+        help="Allow --qcg-address off the loopback interface (its protocol carries no "
+        "credentials).")] = False,
+    qcg_cores: Annotated[int | None, typer.Option(
+        help="Cores the QCG surface advertises and runs jobs on (default: this machine's).")
+    ] = None,
 ) -> None:
     """Serve the webhooks and the JSON API (FastAPI on uvicorn)."""
     from catalog.web import serve as run_server
 
     catalog = Catalog.open(_state.db, base_url=base_url or f"http://{host}:{port}")
     _ = catalog.keys  # fail now, not on the first request, when there is no secret
+    qcg = None
+    if qcg_address is not None:
+        from catalog.compat.qcg_wire import QcgServer
+
+        try:
+            qcg = QcgServer(catalog, qcg_address, qcg_cores or os.cpu_count() or 1,
+                            qcg_allow_remote).start()
+        except CatalogError:
+            catalog.close()
+            raise
+        Console(stderr=True).print(f"QCG-PilotJob manager protocol on {qcg.address}",
+                                   markup=False, highlight=False)
     Console(stderr=True).print(
         f"catalog serving {catalog.settings.db} on http://{host}:{port} "
         f"(admin token: `catalog token admin`; secret in {catalog.settings.secret_file})",
@@ -181,6 +203,8 @@ def serve(
     try:
         run_server(catalog, host, port, log_level)
     finally:
+        if qcg is not None:
+            qcg.stop()
         catalog.close()
 
 
