@@ -510,10 +510,27 @@ def job_event(
 
 @job_app.command("delete")
 def job_delete(uuid: str, token: TokenOption = None, json_: JsonOption = False) -> None:
-    """Delete a job and its history (admin token)."""
+    """Delete a job, leaving a tombstone (admin token); see `job purge`."""
     with _catalog() as catalog:
         catalog.delete_job(uuid, token, source="cli")
     _emit({"uuid": uuid, "deleted": True}, json_, f"deleted job {uuid}")
+
+
+@job_app.command("purge")
+def job_purge(
+    uuid: str,
+    token: TokenOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: the job is erased for good.")]
+    = False,
+    files: Annotated[bool, typer.Option(
+        "--files", help="Empty the job's archive directory too.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Erase a job, its history and its links (admin token, --yes)."""
+    with _catalog() as catalog:
+        outcome = catalog.purge_job(uuid, token, uuid if yes else None, files, source="cli")
+    _emit(outcome, json_, f"purged job {outcome['uuid']}" + (
+        f" and {outcome['files_removed']} archive file(s)" if files else ""))
 
 
 @job_app.command("audit")
