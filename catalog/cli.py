@@ -29,7 +29,7 @@ from catalog.spool import JSONSpool
 from catalog.tokens import keys_from_env_or_file
 
 # Exit codes by HTTP status class of the error; documented in the README.
-EXIT_CODES = {400: 2, 422: 2, 401: 3, 403: 3, 404: 4, 409: 5}
+EXIT_CODES = {400: 2, 422: 2, 401: 3, 403: 3, 404: 4, 409: 5, 410: 4}
 
 app = typer.Typer(help="Provenance and data-catalog job manager.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)

@@ -128,7 +128,8 @@ OTHER_CONTENT: dict[tuple[str, str], dict[str, Any]] = {
 IDEMPOTENT_CREATIONS = frozenset({("post", "/jobs"), ("post", "/pipelines")})
 
 _REASONS = {400: "Invalid input", 401: "Token required", 403: "Token invalid",
-            404: "Not found", 409: "Conflict with the current state", 413: "Body too large",
+            404: "Not found", 409: "Conflict with the current state",
+            410: "Gone: deleted (a tombstone until purged)", 413: "Body too large",
             422: "Unprocessable document", 429: "Too many refused requests",
             500: "Internal error", 503: "Concurrency conflict: send again"}
 
