@@ -75,11 +75,14 @@ def test_delete_leaves_a_tombstone(catalog: Catalog) -> None:
     catalog.handle_event(doomed.uuid, {"name": "run"}, doomed.token)
     catalog.handle_event(doomed.uuid, {"name": "finish"}, doomed.token)
 
+    pipeline = catalog.get_job(doomed.uuid).pipeline_uuid
+    assert (pipeline, "FINISHED", 1) in catalog.store.queue_counts()
+
     catalog.delete_job(doomed.uuid, admin)
 
     assert listed(catalog) == {kept.uuid}
-    assert ("step" not in {p for p, state, _ in catalog.store.queue_counts()
-                           if state == "FINISHED"})
+    assert catalog.store.queue_counts() == [(pipeline, "CREATED", 1)]  # queue status's counts
+    assert [job["uuid"] for job in catalog.find_jobs(text="n").items] == [kept.uuid]  # search
     with pytest.raises(JobDeleted) as gone:
         catalog.get_job(doomed.uuid)
     assert (gone.value.status, gone.value.code) == (410, "job_deleted")
