@@ -104,11 +104,15 @@ def purge(catalog: Catalog, uuid: str, token: str | None, confirm: str | None,
         raise ConfirmationRequired(
             f"purging erases job {uuid} for good: confirm with the job's UUID "
             f"(got {confirm!r})")
-    tombstone = catalog.store.get_tombstone(uuid)
-    if tombstone is None:
-        if catalog.store.get_job(uuid, history=False) is None:
-            raise JobNotFound(uuid)
+    # A live job is deleted first, even beside a tombstone (a deletion a crash interrupted
+    # on a store without transactions): its records are never erased under it.
+    if catalog.store.get_job(uuid, history=False) is not None:
         tombstone = delete(catalog, uuid, token, source, reason="deleted to be purged")
+    else:
+        found = catalog.store.get_tombstone(uuid)
+        if found is None:
+            raise JobNotFound(uuid)
+        tombstone = found
     removed: int | None = None
     if files:  # before the records: a failure leaves the tombstone, to purge again
         archive_path = check_storage_path(tombstone["archive_path"], what="archive path")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MONGO_BACKENDS
 
 from catalog import Catalog, ManagedPipelineJob
 from catalog import deletion as deletion_module
@@ -23,6 +24,7 @@ from catalog.indexer import file_uuid
 from catalog.models import FileRecord, utc_now
 from catalog.prov import as_prov_n
 from catalog.queue import cancel
+from catalog.store.base import Doc
 from catalog.tokens import Keys
 
 KEYS = Keys(b"d" * 32, b"e" * 32)
@@ -244,3 +246,56 @@ def test_bad_tokens_and_unknown_jobs(catalog: Catalog, action: str) -> None:
         act(job.uuid[:-4] + "0000" if not job.uuid.endswith("0000") else job.uuid[:-4] + "1111",
             catalog.admin_token())
     assert unknown.value.status == 404
+
+
+# MongoDB: the move without transactions ------------------------------------------------------
+@pytest.fixture
+def mongo_catalog(database_url: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  request: pytest.FixtureRequest) -> Iterator[Catalog]:
+    monkeypatch.chdir(tmp_path)
+    opened = Catalog.open(database_url(request.param), keys=KEYS)
+    opened.add_pipeline("step")
+    yield opened
+    opened.close()
+
+
+@pytest.mark.parametrize("mongo_catalog", MONGO_BACKENDS, indirect=True)
+def test_an_event_during_the_move_is_kept(mongo_catalog: Catalog) -> None:
+    catalog = mongo_catalog
+    job = make_job(catalog, 1)
+    seen: list[int] = []
+
+    def check(head: Doc) -> None:
+        seen.append(head["version"])
+        if len(seen) == 1:  # another writer's event lands between the read and the move
+            catalog.handle_event(job.uuid, {"name": "update", "data": {"late": True}},
+                                 job.token)
+
+    deleted = {"date": "2026-12-04T00:00:00.000Z", "source": "python", "reason": "test"}
+    tombstone = catalog.store.tombstone_job(job.uuid, deleted, check)
+
+    assert seen == [1, 2]
+    assert tombstone is not None and tombstone["version"] == 2
+    assert catalog.store.get_tombstone(job.uuid) == tombstone
+    assert catalog.store.get_job(job.uuid) is None
+
+
+@pytest.mark.parametrize("mongo_catalog", MONGO_BACKENDS, indirect=True)
+def test_a_move_cut_short_is_finished_by_purging(mongo_catalog: Catalog) -> None:
+    catalog = mongo_catalog
+    job = make_job(catalog, 1)
+    files = add_files(catalog, job.uuid, 2)
+    # A crash between writing the tombstone and removing the job (no transactions): both.
+    store: Any = catalog.store
+    head = store.get_job(job.uuid, history=False)
+    store.database["tombstones"].insert_one(
+        {**head, "deleted": {"date": "2026-12-04T00:00:00.000Z", "source": "python",
+                             "reason": "cut short"}})
+    assert catalog.get_job(job.uuid).state == "CREATED"  # the job still stands
+
+    catalog.purge_job(job.uuid, catalog.admin_token(), job.uuid)
+
+    with pytest.raises(JobNotFound):
+        catalog.get_job(job.uuid)
+    assert store.get_tombstone(job.uuid) is None
+    assert [catalog.get_file(uuid).child_of for uuid in files] == [[], []]

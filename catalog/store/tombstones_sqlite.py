@@ -62,7 +62,7 @@ class TombstonesSQLite:
             check(head)  # inside the transaction: no claim slips in between
             tombstone = {**head, "deleted": deleted}
             conn.execute("DELETE FROM jobs WHERE uuid = ?", (uuid,))
-            conn.execute("INSERT INTO tombstones (uuid, deleted, doc) VALUES (?, ?, ?)",
+            conn.execute("INSERT OR REPLACE INTO tombstones (uuid, deleted, doc) VALUES (?, ?, ?)",
                          (uuid, deleted["date"], _dumps(tombstone)))
             return tombstone
 
