@@ -1,4 +1,4 @@
-"""Deleted jobs in SQLite (migration 12): a tombstone per job deleted and not yet purged.
+"""Deleted jobs in SQLite (migration 13): a tombstone per job deleted and not yet purged.
 
 A deletion moves the job's head from ``jobs`` to ``tombstones`` in one transaction, so the job
 leaves every listing, queue index and count without a filter in any of their queries; its
@@ -22,7 +22,7 @@ import orjson
 from catalog.store.base import FILE_JOB_LINK_FIELDS, Doc, check_limit
 
 MIGRATION = (
-    12,
+    13,
     "delete and purge: the tombstones of deleted jobs, out of the jobs table so that no "
     "listing or queue index sees them",
     """
