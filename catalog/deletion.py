@@ -102,8 +102,8 @@ def purge(catalog: Catalog, uuid: str, token: str | None, confirm: str | None,
     catalog.check_admin(token, f"purge job {uuid}", source)
     if not isinstance(confirm, str) or confirm.strip().lower() != uuid:
         raise ConfirmationRequired(
-            f"purging erases job {uuid} for good: confirm with the job's UUID "
-            f"(got {confirm!r})")
+            f"purging erases job {uuid} for good: confirm with the job's UUID (\"confirm\" "
+            f"over HTTP, --yes on the command line; got {confirm!r})")
     # A live job is deleted first, even beside a tombstone (a deletion a crash interrupted
     # on a store without transactions): its records are never erased under it.
     if catalog.store.get_job(uuid, history=False) is not None:
