@@ -13,6 +13,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ValidationError
 
 from catalog.config import Settings, load_settings
+from catalog.deletion import gone_or, missing
 from catalog.errors import (
     AdminRequired,
     AmbiguousPipeline,
@@ -21,7 +22,6 @@ from catalog.errors import (
     FileNotFound,
     InvalidData,
     InvalidInput,
-    JobNotFound,
     PipelineNotFound,
     QueueEventRefused,
     SchemaViolation,
@@ -370,7 +370,7 @@ class Catalog:
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
         doc = self.store.get_job(uuid, history=history)
         if doc is None:
-            raise JobNotFound(uuid)
+            raise missing(self, uuid)
         return Job.model_validate(doc)
 
     def job_and_history_pages(self, uuid: str, page: int | None = None
@@ -384,7 +384,7 @@ class Catalog:
         uuid = parse_uuid(uuid, UUIDType.pipelinejob)
         head = self.store.get_job(uuid, history=False)
         if head is None:
-            raise JobNotFound(uuid)
+            raise missing(self, uuid)
 
         def pages() -> Iterator[list[Doc]]:
             after = 0
@@ -470,7 +470,7 @@ class Catalog:
             try:
                 applied = self.store.apply_event(*prepared.arguments())
             except CatalogError as exc:
-                prepared.error = exc
+                prepared.error = gone_or(self, exc)
             else:
                 # The event stands even if its side effect fails; resending it redoes that.
                 failure = self._after_event(prepared.uuid, applied, source)
@@ -491,7 +491,7 @@ class Catalog:
             try:
                 applied = await self.store.apply_event_async(*prepared.arguments())
             except CatalogError as exc:
-                prepared.error = exc
+                prepared.error = await asyncio.to_thread(gone_or, self, exc)
             else:
                 failure = None
                 if applied.entry["name"] in _SIDE_EFFECTS or (
@@ -618,7 +618,7 @@ class Catalog:
             if name is None:
                 job = self.store.get_job(uuid, history=False)
                 if job is None:
-                    raise JobNotFound(uuid)
+                    raise missing(self, uuid)
                 name = job.get("status_mapping")
                 if name is None:
                     raise SchemaViolation(
@@ -713,14 +713,18 @@ class Catalog:
             raise
 
     def delete_job(self, uuid: str, token: str | None, source: str = "python") -> None:
-        """Remove a job and its history (admin only); the deletion is audited."""
-        uuid = parse_uuid(uuid, UUIDType.pipelinejob)
-        self.check_admin(token, f"delete job {uuid}", source)
-        if not self.store.delete_job(uuid):
-            raise JobNotFound(uuid)
-        entry = AuditEntry(job_uuid=uuid, name="delete", date=utc_now(), source=source,
-                           code="deleted", reason="deleted by an administrator")
-        self.store.append_audit(entry.model_dump(mode="json"))
+        """Delete a job (admin only), leaving a tombstone (``catalog.deletion``); audited."""
+        from catalog.deletion import delete
+
+        delete(self, uuid, token, source)
+
+    def purge_job(self, uuid: str, token: str | None, confirm: str | None,
+                  files: bool = False, source: str = "python") -> dict[str, Any]:
+        """Erase a job for good (admin only, ``confirm`` naming it; ``files``: its archive
+        directory too), deleting it first if need be (``catalog.deletion``); audited."""
+        from catalog.deletion import purge
+
+        return purge(self, uuid, token, confirm, files, source)
 
     # the queue (catalog.queue) ----------------------------------------------------------------
     def submit(self, pipeline: str, data: dict[str, Any] | None = None,

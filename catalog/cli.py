@@ -30,7 +30,7 @@ from catalog.spool import JSONSpool
 from catalog.tokens import keys_from_env_or_file
 
 # Exit codes by HTTP status class of the error; documented in the README.
-EXIT_CODES = {400: 2, 422: 2, 401: 3, 403: 3, 404: 4, 409: 5}
+EXIT_CODES = {400: 2, 422: 2, 401: 3, 403: 3, 404: 4, 409: 5, 410: 4}
 
 app = typer.Typer(help="Provenance and data-catalog job manager.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -534,10 +534,27 @@ def job_event(
 
 @job_app.command("delete")
 def job_delete(uuid: str, token: TokenOption = None, json_: JsonOption = False) -> None:
-    """Delete a job and its history (admin token)."""
+    """Delete a job, leaving a tombstone (admin token); see `job purge`."""
     with _catalog() as catalog:
         catalog.delete_job(uuid, token, source="cli")
     _emit({"uuid": uuid, "deleted": True}, json_, f"deleted job {uuid}")
+
+
+@job_app.command("purge")
+def job_purge(
+    uuid: str,
+    token: TokenOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: the job is erased for good.")]
+    = False,
+    files: Annotated[bool, typer.Option(
+        "--files", help="Empty the job's archive directory too.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Erase a job, its history and its links (admin token, --yes)."""
+    with _catalog() as catalog:
+        outcome = catalog.purge_job(uuid, token, uuid if yes else None, files, source="cli")
+    _emit(outcome, json_, f"purged job {outcome['uuid']}" + (
+        f" and {outcome['files_removed']} archive file(s)" if files else ""))
 
 
 @job_app.command("audit")

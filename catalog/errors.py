@@ -12,6 +12,7 @@ and a non-zero exit code on the command line)::
     │   │   └── SchemaViolation        422 schema_violation  (JSON of the wrong shape)
     │   ├── UnsafePath                 400 unsafe_path       (escapes the archive root)
     │   ├── InvalidCondition           400 invalid_condition (a job's condition on others)
+    │   ├── ConfirmationRequired       400 confirmation_required (a purge not confirmed)
     │   └── InvalidPattern             400 invalid_pattern
     │       └── PatternTooCostly       400 pattern_too_costly (backtracks without end)
     ├── BodyTooLarge                   413 body_too_large
@@ -28,7 +29,9 @@ and a non-zero exit code on the command line)::
     │   ├── EntityNotFound             404 entity_not_found  (a reference, product, ...)
     │   ├── FileNotFound               404 file_not_found    (a file record)
     │   └── RunNotFound                404 run_not_found     (an OpenLineage runId)
+    ├── JobDeleted                     410 job_deleted       (a tombstone: see purge)
     ├── EventNotAllowed                409 event_not_allowed
+    ├── JobActive                      409 job_active        (delete a job still queued/running)
     ├── QueueEventRefused              409 queue_event       (sent by the queue, not as an event)
     ├── LeaseNotHeld                   409 lease_not_held    (a worker acting on a job it lacks)
     ├── AmbiguousPipeline              409 ambiguous_pipeline
@@ -49,6 +52,7 @@ __all__ = [
     "CatalogError",
     "ConcurrencyConflict",
     "ConfigurationError",
+    "ConfirmationRequired",
     "EntityNotFound",
     "EventNotAllowed",
     "FileNotFound",
@@ -58,6 +62,8 @@ __all__ = [
     "InvalidData",
     "InvalidInput",
     "InvalidPattern",
+    "JobActive",
+    "JobDeleted",
     "JobNotFound",
     "LeaseNotHeld",
     "MalformedIdentifier",
@@ -255,6 +261,34 @@ class FileNotFound(NotFound):
 
     def __init__(self, uuid: str) -> None:
         super().__init__(f"no file record {uuid}", uuid=uuid)
+
+
+class ConfirmationRequired(InvalidInput):
+    """An irreversible action (purge) without the confirmation that names what it erases."""
+
+    code = "confirmation_required"
+
+
+class JobDeleted(CatalogError):
+    """A job deleted by an administrator: its tombstone stands until it is purged."""
+
+    status = 410
+    code = "job_deleted"
+
+    def __init__(self, uuid: str, date: str, source: str) -> None:
+        super().__init__(f"job {uuid} was deleted at {date} (from {source})", uuid=uuid,
+                         date=date)
+
+
+class JobActive(CatalogError):
+    """Deleting a job still waiting, queued or running: it must be cancelled first."""
+
+    status = 409
+    code = "job_active"
+
+    def __init__(self, uuid: str, state: str) -> None:
+        super().__init__(f"job {uuid} is {state}: cancel it before deleting it (a job never "
+                         "keeps running after its deletion)", uuid=uuid, state=state)
 
 
 class EventNotAllowed(CatalogError):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 from catalog.catalog import Catalog, parse_document, validation_message
+from catalog.deletion import refuse_deleted
 from catalog.errors import InvalidInput, InvalidPattern, SchemaViolation
 from catalog.identifiers import (
     UUIDType,
@@ -204,6 +205,7 @@ class ManagedPipelineJob(_JobHandle):
         )
         if self.inputs.references:
             self.catalog.add_entities(self.inputs.references)
+        refuse_deleted(self.catalog, job.uuid)  # a tombstone stands until purged
         doc, self.created = self.catalog.store.insert_job(job.model_dump(mode="json"))
         self._job = Job.model_validate(doc)
         self.archive_path = self._job.archive_path

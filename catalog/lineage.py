@@ -37,6 +37,10 @@ def _describe(catalog: Catalog, uuid: str, depth: int,
     store = catalog.store
     if kind is UUIDType.pipelinejob:
         job = store.get_job(uuid, history=False)
+        if job is None:  # deleted (catalog.deletion): shown from its tombstone, marked so
+            job = store.get_tombstone(uuid)
+            if job is not None:
+                node.update(deleted=job["deleted"]["date"])
         if job is not None:
             node.update(state=job["state"], pipeline_uuid=job["pipeline_uuid"],
                         archive_path=job["archive_path"])
@@ -141,7 +145,7 @@ def _time_of_use(catalog: Catalog, uuid: str) -> str | None:
     then), a file when its current content was recorded, another entity when created."""
     kind = uuid_type(uuid)
     if kind is UUIDType.pipelinejob:
-        job = catalog.store.get_job(uuid, history=False)
+        job = catalog.store.get_job(uuid, history=False) or catalog.store.get_tombstone(uuid)
         return None if job is None else str(job["created"])
     if kind is UUIDType.file:
         record = catalog.store.get_file(uuid)

@@ -19,6 +19,7 @@ from catalog.errors import (
     EventNotAllowed,
     InvalidData,
     InvalidInput,
+    JobDeleted,
     JobNotFound,
     MalformedIdentifier,
     PipelineNotFound,
@@ -471,17 +472,21 @@ def test_delete_with_the_admin_token(catalog: Catalog, managed: ManagedPipelineJ
 
     instance.delete(catalog.admin_token())
 
-    with pytest.raises(JobNotFound):
+    # A tombstone (catalog.deletion): gone (410) until purged.
+    with pytest.raises(JobDeleted):
         catalog.get_job(managed.uuid)
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobDeleted):
         ManagedPipelineJobInstance(catalog, managed.uuid)
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobDeleted):
         catalog.delete_job(managed.uuid, catalog.admin_token())
     assert [job["uuid"] for job in all_jobs(catalog)] == [kept.uuid]
-    assert catalog.audit_log(managed.uuid)[0].code == "deleted"
+    assert catalog.audit_log(managed.uuid)[-1].code == "deleted"
+    with pytest.raises(JobDeleted):
+        ManagedPipelineJob(catalog, "align", DATA, measurement_id="measurement.lab.1").setup()
+    catalog.purge_job(managed.uuid, catalog.admin_token(), managed.uuid)
 
     again = ManagedPipelineJob(catalog, "align", DATA, measurement_id="measurement.lab.1")
-    recreated = again.setup()  # the same identity can be set up afresh
+    recreated = again.setup()  # once purged, the same identity can be set up afresh
     assert again.created is True and recreated.uuid == managed.uuid
     assert [(e.name, e.state) for e in recreated.history] == [("create", "CREATED")]
     assert catalog.get_job(managed.uuid).version == 1

@@ -906,12 +906,12 @@ async def test_delete_job(
         403, error("admin_required", f"the admin token is required to delete job {job.uuid}"))
     assert still_there == before
     assert (deleted.status_code, deleted.json()) == (200, {"uuid": job.uuid, "deleted": True})
-    assert (lookup.status_code, lookup.json()) == (
-        404, error("job_not_found", f"no job {job.uuid}"))
-    assert (again.status_code, again.json()) == (
-        404, error("job_not_found", f"no job {job.uuid}"))
+    # a tombstone (catalog.deletion): gone, since when, until purged (tests/test_delete*.py)
+    assert (lookup.status_code, lookup.json()["error"]["code"]) == (410, "job_deleted")
+    assert lookup.json()["error"]["message"].startswith(f"job {job.uuid} was deleted at ")
+    assert (again.status_code, again.json()) == (410, lookup.json())
     assert [(e.name, e.code, e.source) for e in catalog.audit_log(job.uuid)] == [
-        ("delete", "deleted", "api")]
+        ("delete", "job_deleted", "api"), ("delete", "deleted", "api")]
 
 
 # -- service routes, OpenAPI, the error shape ---------------------------------------------------

@@ -373,6 +373,28 @@ class Store(Protocol):
         """Remove a job, its history and its edges; False if there was none."""
         ...
 
+    # tombstones (catalog.deletion) ------------------------------------------------------
+    def tombstone_job(self, uuid: str, deleted: Doc,
+                      check: Callable[[Doc], None]) -> Doc | None:
+        """Move the job's head (without history) from the jobs to the tombstones, with
+        ``deleted`` (date, source, reason) added, in one atomic step after ``check(head)``
+        (which may raise, changing nothing); the tombstone, or None when there is no such job.
+        The job leaves every listing and index of jobs; its history, links and dependencies
+        stay until ``purge_job``."""
+        ...
+
+    def get_tombstone(self, uuid: str) -> Doc | None:
+        """The tombstone of a deleted (not yet purged) job."""
+        ...
+
+    def purge_job(self, uuid: str, page: int = 1000) -> bool:
+        """Erase a tombstoned job: unlink its file records (``page`` at a time, the records
+        and their fixity stay), then its history, links from and to it, its dependencies both
+        ways and the tombstone, last, in one atomic step where the store has them. An
+        interrupted purge leaves the tombstone and is finished by purging again. False when
+        there is no tombstone."""
+        ...
+
     # the queue ---------------------------------------------------------------------------
     def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
               priority: int | None = None) -> tuple[str, Applied] | None:

@@ -100,6 +100,7 @@ from catalog.store.base import (
 )
 from catalog.store.mongo_links import Links, Session, in_transaction, merged
 from catalog.store.openlineage_mongo import OpenLineageMongo
+from catalog.store.tombstones_mongo import TombstonesMongo
 
 DEFAULT_DATABASE = "catalog"
 _NO_ID: Doc = {"_id": 0}
@@ -172,7 +173,7 @@ def _has_transactions(database: Database[Doc]) -> bool:
     return "setName" in hello or hello.get("msg") == "isdbgrid"
 
 
-class MongoStore(OpenLineageMongo):
+class MongoStore(OpenLineageMongo, TombstonesMongo):
     """Store backed by a MongoDB database (or a mongomock one in tests)."""
 
     kind = "mongo"
@@ -207,6 +208,7 @@ class MongoStore(OpenLineageMongo):
         self._schema: Collection[Doc] = database["schema_migrations"]
         self._transactions = not mock and _has_transactions(database)
         self._create_indexes()
+        self._tombstone_indexes()
         self.migrate()
         self._open_lineage()
 

@@ -67,6 +67,8 @@ from catalog.store.base import (
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
 from catalog.store.openlineage_sqlite import OpenLineageSQLite
 from catalog.store.sqlite_loop import LoopEventsRegistry
+from catalog.store.tombstones_sqlite import MIGRATION as TOMBSTONES_MIGRATION
+from catalog.store.tombstones_sqlite import TombstonesSQLite
 
 # Numbered migrations; each runs once, in order, recorded in schema_migrations.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
@@ -254,6 +256,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX dependencies_dependent ON dependencies (dependent)
         """,
     ),
+    TOMBSTONES_MIGRATION,
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -346,7 +349,7 @@ class _PendingEvent:
     future: Future[Applied] = field(default_factory=Future)
 
 
-class SQLiteStore(OpenLineageSQLite):
+class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
     """Store backed by one SQLite file."""
 
     kind = "sqlite"

@@ -41,6 +41,7 @@ from catalog.spool import stream_document
 from catalog.web.abuse import client_address, error_headers, hold_back
 from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens
 from catalog.web.audit import add_audit_routes
+from catalog.web.deletion_routes import add_deletion_routes
 from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.openapi import complete as complete_openapi
 from catalog.web.openlineage_routes import add_openlineage_routes
@@ -227,13 +228,7 @@ def create_app(catalog: Catalog) -> FastAPI:
                                           catalog.settings.base_url)
         return _render(created, 201 if created.created else 200)
 
-    @app.delete("/jobs/{uuid}")
-    def delete_job(request: Request, uuid: str) -> dict[str, Any]:
-        catalog.check_admin(_token(request), f"delete job {uuid}", "api",
-                            client_address(request.scope))
-        catalog.delete_job(uuid, _token(request), source="api")
-        return {"uuid": uuid, "deleted": True}
-
+    add_deletion_routes(app, catalog)
     add_queue_routes(app, catalog)
     add_chime_routes(app, catalog)
     add_fixity_routes(app, catalog)
