@@ -20,7 +20,6 @@ from rich.table import Table
 from rich.text import Text
 
 from catalog.catalog import Catalog
-from catalog.cli_progress import progress_bar
 from catalog.config import load_settings
 from catalog.errors import CatalogError, InvalidInput
 from catalog.identifiers import loads_json
@@ -261,6 +260,7 @@ def index(
 
     Content that differs from its recorded checksums stays marked changed, the recorded
     checksums the truth, unless --accept-changes is given."""
+    from catalog.cli_progress import progress_bar
     from catalog.indexer import index_job
 
     as_json = json_ or _state.json
@@ -317,6 +317,7 @@ def verify(
 ) -> None:
     """Re-read files: ok, changed, missing, unreadable, uncatalogued, ignored; exit 1 unless
     all ok (files no index request selects are listed as ignored, not an error)."""
+    from catalog.cli_progress import progress_bar
     from catalog.fixity_schedule import parse_duration, verify_oldest
     from catalog.verify import FileVerdict
     from catalog.verify import verify as run_verify
