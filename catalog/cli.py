@@ -32,8 +32,10 @@ from catalog.tokens import keys_from_env_or_file
 # Exit codes by HTTP status class of the error; documented in the README.
 EXIT_CODES = {400: 2, 422: 2, 401: 3, 403: 3, 404: 4, 409: 5, 410: 4}
 
+# Plain help (click's layout): Typer's Rich help shows every flag as "--json <bool>", as if
+# it took a value, --help included.
 app = typer.Typer(help="Provenance and data-catalog job manager.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+                  add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 pipeline_app = typer.Typer(help="Register and list pipelines.", no_args_is_help=True)
 job_app = typer.Typer(help="Create, inspect and drive jobs.", no_args_is_help=True)
 token_app = typer.Typer(help="Show tokens.", no_args_is_help=True)
@@ -48,6 +50,7 @@ class _State:
     db: str | None = None
     json: bool = False
     token_file: Path | None = None
+    wide: bool = False
 
 
 def _token_or_file(token: str | None) -> str | None:
@@ -84,8 +87,12 @@ def _main(
         "--token-file", envvar="CATALOG_TOKEN_FILE",
         help="File holding the job or admin token, used when --token and CATALOG_TOKEN "
         "are not given.")] = None,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Tables as wide as their cells (UUIDs and paths whole), even on a "
+        "narrow terminal; always so when stdout is not a terminal.")] = False,
 ) -> None:
     _state.db = db
+    _state.wide = wide
     _state.json = _state.json or json_
     _state.token_file = token_file
 
@@ -116,10 +123,26 @@ def _emit(document: Any, json_: bool, human: Any = None) -> None:
     elif isinstance(human, str):
         # Plain text as it is: no wrapping (UUIDs stay whole) and no markup ([x] in paths).
         Console().print(human, markup=False, highlight=False, soft_wrap=True)
+    elif isinstance(human, Table):
+        _print_table(human)
     elif human is not None:
         Console().print(human)
     else:
         Console().print_json(data=document)
+
+
+def _print_table(table: Table) -> None:
+    """On a terminal, fitted to its width (unless --wide); otherwise (piped, redirected) or
+    with --wide, every cell whole on one line, so that UUIDs and paths can be copied or cut:
+    Rich would otherwise fold them at 80 columns."""
+    console = Console()
+    if _state.wide or not console.is_terminal:
+        for column in table.columns:
+            column.no_wrap = True
+            column.overflow = "ignore"
+        console = Console(width=console.measure(table, options=console.options.update(
+            max_width=1 << 20)).maximum, force_terminal=console.is_terminal or None)
+    console.print(table)
 
 
 def _json_arg(text: str | None, name: str) -> Any:
@@ -154,11 +177,19 @@ def init(json_: JsonOption = False) -> None:
 
 @app.command()
 def demo(json_: JsonOption = False) -> None:
-    """Run a short end-to-end demonstration on the catalog and say what it did."""
+    """Run a short end-to-end demonstration, creating the catalog first where there is none.
+
+    It says what it did: the catalog (secret created or kept, as 'catalog init'), a pipeline
+    and a job, the events sent to it, an event replayed and one refused."""
     from catalog.demo import run_demo
 
-    with _catalog() as catalog:
-        steps = run_demo(catalog)
+    # In a fresh folder the demo first does what 'catalog init' does (an existing secret and
+    # database are kept as they are), rather than failing half-way for want of a secret.
+    catalog, created = Catalog.init(_state.db)
+    try:
+        steps = run_demo(catalog, initialised=created)
+    finally:
+        catalog.close()
     _emit({"steps": steps}, json_, "\n".join(f"• {s['step']}: {s['result']}" for s in steps))
 
 
@@ -235,35 +266,6 @@ def reactor(
         raise SystemExit(1)
 
 
-@contextmanager
-def _progress(description: str, enabled: bool) -> Iterator[Any]:
-    """A Rich progress bar (files, bytes, rate) on a terminal; nothing otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import (
-        DownloadColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False),
-               TextColumn("{task.fields[files]} files"),
-               DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None, files=0)
-        files = 0
-
-        def done(path: str, size: int) -> None:  # called from hashing threads
-            nonlocal files
-            files += 1
-            bar.update(task, advance=size, files=files)
-
-        yield done
-
-
 @app.command()
 def index(
     uuid: str,
@@ -282,12 +284,13 @@ def index(
 
     Content that differs from its recorded checksums stays marked changed, the recorded
     checksums the truth, unless --accept-changes is given."""
+    from catalog.cli_progress import progress_bar
     from catalog.indexer import index_job
 
     as_json = json_ or _state.json
     # The records go to a spool (JSON, on disk past a few MiB) or nowhere, not into memory:
     # a tree of a million files is printed without holding a million records.
-    with _catalog() as catalog, _progress("indexing", not as_json) as progress, \
+    with _catalog() as catalog, progress_bar("indexing", not as_json) as progress, \
             JSONSpool() as spool:
         result = index_job(catalog, uuid, token, None, fixity, rehash, fail_on_error, "cli",
                            progress, sink=spool if as_json else _discard,
@@ -338,6 +341,7 @@ def verify(
 ) -> None:
     """Re-read files: ok, changed, missing, unreadable, uncatalogued, ignored; exit 1 unless
     all ok (files no index request selects are listed as ignored, not an error)."""
+    from catalog.cli_progress import progress_bar
     from catalog.fixity_schedule import parse_duration, verify_oldest
     from catalog.verify import FileVerdict
     from catalog.verify import verify as run_verify
@@ -353,7 +357,7 @@ def verify(
         problems.extend(v for v in verdicts if v.outcome != "ok")
 
     # Verdicts go to a spool (JSON, on disk past a few MiB) or only the wrong ones are kept.
-    with _catalog() as catalog, _progress("verifying", not as_json) as progress, \
+    with _catalog() as catalog, progress_bar("verifying", not as_json) as progress, \
             JSONSpool() as spool:
         sink = (lambda verdicts: spool(map(vars, verdicts))) if as_json else keep_problems
         if older_than is None:
@@ -466,7 +470,7 @@ def job_create(
             archive_path=archive_path, instanced=instanced, session=session, agent=agent,
             task=task, source="cli",
         )
-        job = managed.setup()
+        job = managed.setup().stored
         document = {"uuid": job.uuid, "state": job.state, "archive_path": job.archive_path,
                     "token": managed.token, "webhook": managed.build_webhook(),
                     "created": managed.created}
@@ -657,7 +661,11 @@ def token_admin(json_: JsonOption = False) -> None:
     _emit({"token": token}, json_, token)
 
 
-from catalog import cli_openlineage, cli_queue  # noqa: E402, F401 (their commands, on the app)
+from catalog import (  # noqa: E402, F401 (their commands, on the app)
+    cli_openlineage,
+    cli_queue,
+    cli_tokens,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

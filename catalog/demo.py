@@ -8,12 +8,18 @@ from catalog.catalog import Catalog
 from catalog.jobs import ManagedPipelineJob, ManagedPipelineJobInstance
 
 
-def run_demo(catalog: Catalog) -> list[dict[str, Any]]:
-    """Register a pipeline, create a job, drive it, replay and refuse events; say what happened."""
+def run_demo(catalog: Catalog, initialised: bool = False) -> list[dict[str, Any]]:
+    """Register a pipeline, create a job, drive it, replay and refuse events; say what happened.
+
+    ``initialised``: the caller has just created the catalog's secret (``Catalog.init``)."""
     steps: list[dict[str, Any]] = []
 
     def step(name: str, result: Any) -> None:
         steps.append({"step": name, "result": result})
+
+    settings = catalog.settings
+    step("catalog", f"{settings.db} (secret {'created' if initialised else 'kept'} in "
+         f"{settings.secret_file}; archive root {settings.archive_root})")
 
     pipeline, added = catalog.add_pipeline(
         "demo-spectra", "1.0", [{"image": "example/spectra:1.0"}],
@@ -23,7 +29,7 @@ def run_demo(catalog: Catalog) -> list[dict[str, Any]]:
          f" ({'registered' if added else 'already registered'})")
     managed = ManagedPipelineJob(catalog, pipeline.uuid, {"parameters": {"window": 5}},
                                  measurement_id="measurement.demo.1", agent="catalog-demo")
-    job = managed.setup()
+    job = managed.setup().stored
     step("job", f"{job.uuid} in {job.state} at {job.archive_path}"
          f" ({'created' if managed.created else 'existing job returned unchanged'})")
     step("webhook", managed.build_webhook())

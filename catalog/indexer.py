@@ -51,6 +51,9 @@ from catalog.storage import FileInfo
 from catalog.store.base import Doc
 from catalog.versions import settle
 
+# ``progress(path, size)`` once a file is read. A progress object that also has
+# ``total(files, size)`` is told what was listed before any file is read, and one with
+# ``skip(files, size)`` which files were found unchanged and so not read (the CLI's bar).
 Progress = Callable[[str, int], None]
 FAST_ONLY = ("xxh3_128",)
 UPSERT_CHUNK = 5000  # file records per store write (about 0.3 s of SQLite's write lock)
@@ -203,6 +206,9 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
         return result
     run = _Run(catalog, job, plan.chosen, plan.links, fixity, rehash, progress,
                format_date(utc_now()), accept)
+    total = getattr(progress, "total", None)
+    if callable(total):  # known from the listing: the bar has its end before the first read
+        total(len(claimed), sum(info.size for info, _ in claimed))
     if references.new_references:  # before any record names them
         catalog.add_entities(list(references.new_references.values()))
     unreadable: list[str] = []
@@ -301,8 +307,10 @@ class _Run:
         # A request matched an entry that must not be read: reported with the unreadable.
         refused: dict[str, Exception] = {info.path: UnsafePath(info.refused)
                                          for info, _ in claimed if info.refused is not None}
+        skipped: list[int] = []  # sizes of the files found unchanged, left unread
         for info, number in claimed:
             if info.refused is not None:
+                skipped.append(info.size)
                 continue
             request = self.requests[number]
             wanted = full if (request.fixity if self.fixity is None else self.fixity) \
@@ -317,10 +325,15 @@ class _Run:
                 and old["mtime"] == format_date(_mtime(info)) and old.get("etag") == info.etag
                 and all(a in old.get("checksums", {}) for a in wanted)
             )
-            if not unchanged:
+            if unchanged:
+                skipped.append(info.size)
+            else:
                 if old is not None and old.get("checksums"):  # compared on every one of them
                     wanted = normalise_algorithms([*wanted, *old["checksums"]])
                 to_hash.setdefault(wanted, []).append(info.path)
+        skip = getattr(self.progress, "skip", None)
+        if skipped and callable(skip):
+            skip(len(skipped), sum(skipped))
         # Hashing (threads reading files, the digests without the GIL) runs beside the
         # building of the records' other parts here: on small files each is a third of the time.
         with ThreadPoolExecutor(1, thread_name_prefix="index-hash") as background:

@@ -176,9 +176,12 @@ class ManagedPipelineJob(_JobHandle):
         self._job: Job | None = None
 
     def setup(self, queued: QueueInfo | None = None, queued_data: dict[str, Any] | None = None
-              ) -> Job:
-        """Store the job, or return the one already stored for this identity, unchanged.
+              ) -> ManagedPipelineJob:
+        """Store the job, or find the one already stored for this identity, unchanged; return
+        this object, so that ``ManagedPipelineJob(...).setup().run()`` reads as it should.
 
+        ``stored`` is the job as stored by this call (the fields of ``Job`` are also read
+        through from it: ``setup().state``, ``setup().acted_on``), ``job`` the job as it is now.
         With ``queued``, a new job is stored already QUEUED (its ``create`` and ``queue``
         entries and queue attributes in one write: a submission costs one commit, not two)."""
         now = utc_now()
@@ -209,7 +212,25 @@ class ManagedPipelineJob(_JobHandle):
         doc, self.created = self.catalog.store.insert_job(job.model_dump(mode="json"))
         self._job = Job.model_validate(doc)
         self.archive_path = self._job.archive_path
+        return self
+
+    @property
+    def stored(self) -> Job:
+        """The job as ``setup()`` stored or found it."""
+        if self._job is None:
+            raise AttributeError("the job is not set up yet: call setup() first")
         return self._job
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names this class does not have: the stored Job's fields (state, acted_on,
+        # history, model_dump, ...), so callers of the old setup(), which returned the Job,
+        # keep working.
+        job = self.__dict__.get("_job")
+        if name.startswith("_") or job is None or not hasattr(job, name):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}"
+                                 + ("" if job is not None or name.startswith("_")
+                                    else " (call setup() first)"))
+        return getattr(job, name)
 
     index = _event_method("index")
 
@@ -279,7 +300,7 @@ def create_job(catalog: Catalog, request: JobRequest | dict[str, Any], source: s
         instanced=request.instanced, session=request.session, agent=request.agent,
         task=request.task, status_mapping=request.status_mapping, source=source,
     )
-    job = managed.setup()
+    job = managed.setup().stored
     return CreatedJob(uuid=job.uuid, state=job.state, archive_path=job.archive_path,
                       token=managed.token, webhook=managed.build_webhook(base_url),
                       created=bool(managed.created))

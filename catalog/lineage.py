@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from catalog.catalog import Catalog
-from catalog.errors import InvalidInput, MalformedIdentifier
+from catalog.errors import InvalidInput, MalformedIdentifier, NotFound
 from catalog.identifiers import UUIDType, parse_uuid, uuid_type
 from catalog.store.base import chunked
 from catalog.versions import current_since, version_at
@@ -62,6 +62,21 @@ def _describe(catalog: Catalog, uuid: str, depth: int,
     return node
 
 
+def _known(catalog: Catalog, uuid: str) -> bool:
+    """Whether the catalog knows ``uuid``: a stored record (job, file, pipeline, entity) or
+    an edge to or from it (an upstream entity is known by the jobs that name it)."""
+    store, kind = catalog.store, uuid_type(uuid)
+    if kind is UUIDType.pipelinejob:
+        found: Any = store.get_job(uuid, history=False)
+    elif kind is UUIDType.file:
+        found = store.get_file(uuid)
+    elif kind is UUIDType.pipeline:
+        found = store.get_pipeline(uuid)
+    else:
+        found = store.get_entity(uuid)
+    return found is not None or any(store.edges([uuid], way, limit=1) for way in ("up", "down"))
+
+
 def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5,
             limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """``{"root", "direction", "depth", "limit", "truncated", "nodes": [...], "edges": [{"from",
@@ -73,6 +88,9 @@ def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5,
     choice of which) and ``truncated`` true: a lower depth, or a walk from one of its nodes,
     sees the rest. Without a bound, what came from a job of a million files would be read,
     held and sent whole for anyone who asked.
+
+    A UUID (or id) the catalog knows nothing about is ``NotFound`` (404), not a graph of one
+    node: a typo must not look like a record without lineage.
     """
     if direction not in DIRECTIONS:
         raise InvalidInput(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
@@ -85,6 +103,9 @@ def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5,
     except MalformedIdentifier:
         # An upstream entity by its id string (measurement.lab.42) is a fine root too.
         root = catalog.parse_upstream(uuid)
+    if not _known(catalog, root):
+        raise NotFound(f"no record {root} in the catalog (nothing has this UUID, and no "
+                       "lineage names it)", uuid=root)
     distance = {root: 0}
     edges: dict[tuple[str, str, str], None] = {}  # in the order found
     truncated = False

@@ -377,7 +377,7 @@ def ingest(catalog: Catalog, event: Any, token: str | None, source: str = "api")
         agent=parsed.producer[:_MAX_AGENT] if parsed.producer else None,
     )
     head = catalog.store.get_job(managed.uuid, history=False)  # most runs have one already
-    state = head["state"] if head is not None else managed.setup().state
+    state = head["state"] if head is not None else managed.setup().stored.state
     kind = parsed.eventType or "OTHER"  # the spec reads a missing type as OTHER
     created = state == INITIAL_STATE
     if kind in _IMPLY_START and created:

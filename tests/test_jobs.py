@@ -261,7 +261,7 @@ def test_setup_stores_what_was_defined(catalog: Catalog, pipeline: Pipeline) -> 
         product_patterns=[{"patterns": [r"\.png$"], "derived_from": ["raw"]}],
         agent="reactor-7", task="reduce",
     )
-    stored = job.setup()
+    stored = job.setup().stored
 
     assert stored.pipeline_uuid == pipeline.uuid
     assert stored.generated_by == [pipeline.uuid]

@@ -80,7 +80,7 @@ def submit(catalog: Catalog, request: SubmitRequest | dict[str, Any],
     info = request.queue_info()
     conditional = request.when is not None
     job = managed.setup(None if conditional else info,
-                        _queue_data(info, resubmitted=False))
+                        _queue_data(info, resubmitted=False)).stored
     created = bool(managed.created)
 
     def outcome(state: str, queued: bool) -> SubmitOutcome:
