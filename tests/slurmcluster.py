@@ -107,6 +107,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def memory_cgroup() -> bool:
+    """Whether slurmd can confine jobs' memory with cgroup v1 here (the memory controller
+    mounted and writable): then memory limits end jobs as OUT_OF_MEMORY; otherwise
+    jobacct_gather's OverMemoryKill ends them (FAILED, signal 9, with slurmstepd's message)."""
+    memory = Path("/sys/fs/cgroup/memory")
+    return (memory / "cgroup.procs").exists() and os.access(memory, os.W_OK) \
+        and os.environ.get("CATALOG_TEST_SLURM_CGROUP", "1") != "0"
+
+
 def _write_conf(home: Path) -> tuple[Path, Path]:
     for sub in ("state", "spool", "log", "munge", "run"):
         (home / sub).mkdir(parents=True, exist_ok=True)
@@ -131,9 +140,7 @@ SlurmctldLogFile={home}/log/slurmctld.log
 SlurmdLogFile={home}/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SwitchType=switch/none
+{_confinement()}SwitchType=switch/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
@@ -145,7 +152,6 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={jobcomp}
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=1
-JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 EnforcePartLimits=ALL
 DefMemPerCPU=64
@@ -159,9 +165,19 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} 
 PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime={PARTITION_MAX_TIME} State=UP \
 OverSubscribe=FORCE:8
 """, encoding="utf-8")
-    (home / "cgroup.conf").write_text("CgroupPlugin=autodetect\nConstrainRAMSpace=no\n",
-                                      encoding="utf-8")
+    (home / "cgroup.conf").write_text(
+        "CgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\nConstrainCores=no\n"
+        "ConstrainRAMSpace=yes\nConstrainSwapSpace=yes\nAllowedSwapSpace=0\n"
+        if memory_cgroup() else "CgroupPlugin=autodetect\nConstrainRAMSpace=no\n",
+        encoding="utf-8")
     return conf, jobcomp
+
+
+def _confinement() -> str:
+    if memory_cgroup():
+        return "ProctrackType=proctrack/cgroup\nTaskPlugin=task/cgroup\n"
+    return "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n" \
+        "JobAcctGatherParams=OverMemoryKill\n"
 
 
 def start(home: Path, timeout: float = 60.0) -> Cluster:

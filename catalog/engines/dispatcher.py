@@ -103,6 +103,8 @@ class Dispatcher:
                         self.client.scancel([native])
                 shutil.rmtree(workdir, ignore_errors=True)
                 continue
+            except CatalogError:
+                continue  # the queue is away a moment: its sweep decides, or the next start
             native = _read(workdir / ".native_id")
             found = by_name.get(uuid) or logged.get(uuid)
             if not native and found is not None:

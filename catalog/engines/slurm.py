@@ -81,7 +81,7 @@ class SlurmEngine:
         workdir.mkdir(parents=True, exist_ok=True)
         argv, result_file = self._argv(work, workdir)
         script = workdir / ".slurm.sh"
-        script.write_text("#!/bin/sh\n" + shlex.join(argv) + "\n", encoding="utf-8")
+        script.write_text("#!/bin/sh\nexec " + shlex.join(argv) + "\n", encoding="utf-8")
         script.chmod(0o700)
         options = [f"--job-name={job_name}", f"--chdir={workdir}",
                    f"--output={workdir / 'stdout.txt'}", f"--error={workdir / 'stderr.txt'}",
