@@ -39,11 +39,12 @@ test: $(VENV)/.test-installed slurm
 	$(BIN)/python -m pytest -q
 
 # The quick benchmarks, each a JSON document with its ratio to a baseline of the same run.
-bench: $(VENV)/.test-installed
+bench: $(VENV)/.test-installed slurm
 	$(BIN)/python bench/jobs.py
 	$(BIN)/python bench/webhooks.py --rounds 3
 	$(BIN)/python bench/fixity.py
 	$(BIN)/python bench/work_queue.py
+	$(BIN)/python bench/engines.py
 
 # Lineage and checksum lookups at 10,000 and 1,000,000 files (the large load takes minutes).
 bench-lineage: $(VENV)/.run-installed
