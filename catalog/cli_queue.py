@@ -145,11 +145,20 @@ def run(
         help="Work for this catalog server (default: the local catalog).")] = None,
     token: Annotated[str | None, typer.Option(
         "--token", envvar="CATALOG_WORKER_KEY", help="Worker key, with --url.")] = None,
+    engine: Annotated[str, typer.Option(
+        help="Where the work runs: local (child processes) or slurm (sbatch on the cluster "
+        "SLURM_CONF names; jobs followed by a dispatcher).")] = "local",
+    max_in_flight: Annotated[int, typer.Option(
+        help="With --engine slurm: most jobs submitted and not yet ended.")] = 100,
+    name: Annotated[str | None, typer.Option(
+        help="With --engine slurm: the dispatcher's name, kept across restarts so that it "
+        "finds its jobs again (default: slurm:HOST).")] = None,
     json_: JsonOption = False,
 ) -> None:
     """Run queued jobs: withdraw, execute under the job's timeout, archive, index, report.
 
-    SIGTERM or SIGINT lets the job in hand end, then stops."""
+    SIGTERM or SIGINT lets the job in hand end, then stops (with --engine slurm: stops
+    following; a restart finds the jobs in flight again)."""
     from catalog.engines.local import command_argv
     from catalog.queue.models import WorkFilter
     from catalog.worker import HTTPQueue, LocalQueue, Worker, WorkerOptions
@@ -161,6 +170,12 @@ def run(
         raise ConfigurationError("give a FUNCTION or --command, not both")
     if lease < 5:
         raise ConfigurationError("--lease must be at least 5 seconds")
+    if engine not in ("local", "slurm"):
+        raise ConfigurationError(f"unknown engine {engine!r}: local or slurm")
+    if max_in_flight < 1:
+        raise ConfigurationError("--max-in-flight must be at least 1")
+    if engine == "slurm" and (function is not None or command is not None):
+        raise ConfigurationError("--engine slurm runs each job's own function or command")
     work_filter = WorkFilter(pipelines=pipelines, site=site, tags=tag, users=user)
     options = WorkerOptions(work_filter, function=function,
                             command=command_argv(command) if command is not None else None,
@@ -171,6 +186,8 @@ def run(
         signal.signal(sig, lambda *_: stop.set())
 
     def work(queue: Any) -> list[Any]:
+        if engine == "slurm":
+            return _dispatch(queue, options, max_in_flight, name, stop)
         return Worker(queue, options, stop=stop).run()
 
     if url is not None:
@@ -183,3 +200,23 @@ def run(
                                   for a in attempts]
     _emit({"worker": options.name, "attempts": rows}, json_,
           _table(rows, ["uuid", "state", "error"], f"worker {options.name}"))
+
+
+def _dispatch(queue: Any, options: Any, max_in_flight: int, name: str | None,
+              stop: threading.Event) -> list[Any]:
+    import tempfile
+
+    from catalog.engines.dispatcher import Dispatcher, DispatchOptions, dispatcher_name
+    from catalog.engines.slurm import SlurmEngine
+    from catalog.engines.slurm_client import available
+
+    reason = available()
+    if reason is not None:
+        raise ConfigurationError(f"--engine slurm: {reason}")
+    root = options.workdir or Path(tempfile.gettempdir()) / "catalog-slurm"
+    dispatch = DispatchOptions(options.work_filter, root, name=name or dispatcher_name(),
+                               max_in_flight=max_in_flight, lease=options.lease,
+                               sleep=options.sleep, lives=options.lives,
+                               sweep_every=options.sweep_every)
+    options.name = dispatch.name
+    return Dispatcher(queue, SlurmEngine(), dispatch, stop).run()

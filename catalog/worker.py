@@ -203,7 +203,7 @@ class Worker:
             execution = self._execute(job, workdir)
             if execution is None:  # the lease went (cancelled, or expired): not ours to report
                 return Attempt(job.uuid, "abandoned", "the lease was lost")
-            completion = _completion(self.options.name, execution, workdir)
+            completion = completion_of(self.options.name, execution, workdir)
             try:
                 state = self._report(job, completion)
             except LeaseNotHeld as exc:
@@ -241,7 +241,9 @@ class Worker:
         return run.result()
 
 
-def _completion(worker: str, execution: Execution, workdir: Path) -> Completion:
+def completion_of(worker: str, execution: Execution, workdir: Path) -> Completion:
+    """The report of an attempt that ended as ``execution`` in ``workdir`` (products and plots
+    named relative to it made absolute)."""
     logs = [str(path) for path in (execution.stdout, execution.stderr)
             if path is not None and path.exists()]
     if execution.error is not None or execution.outputs is None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from catalog.engines import LocalEngine, Outputs, parse_outputs
-from catalog.engines.base import outputs_of_line
+from catalog.engines.base import Resources, outputs_of_line
 from catalog.engines.local import command_argv
 
 MODULE = '''
@@ -121,3 +121,54 @@ def test_parse_outputs() -> None:
     assert parse_outputs(({"a": 1}, [], ["p.png"])) == Outputs({"a": 1}, [], ["p.png"])
     with pytest.raises(ValueError):
         parse_outputs(({"a": 1}, "x", []))
+
+
+def test_kill_ends_the_group_at_once_and_says_why(workdir: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild"
+    started = LocalEngine().start(
+        {"function": "base.leaves_a_child", "parameters": {"pid_file": str(pid_file)}},
+        workdir, 60)
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the work never started its child"
+        time.sleep(0.05)
+    began = time.monotonic()
+    started.kill("cancelled by a user")
+    assert time.monotonic() - began < 5
+    result = started.result()
+    assert (result.killed, result.timed_out, result.error) == (True, False,
+                                                                 "cancelled by a user")
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _running(grandchild):
+        assert time.monotonic() < deadline, "the work's own child outlived the kill"
+        time.sleep(0.05)
+
+
+def test_a_command_that_does_not_exist_is_refused_before_anything_runs(workdir: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no-such-program-here"):
+        LocalEngine().start({"command": ["no-such-program-here", "x"]}, workdir, 10)
+
+
+@pytest.mark.parametrize(("asked", "expected"), [
+    ({}, Resources(1, None, 30)),
+    ({"resources": {"cores": 2, "memory": "2G", "time": 90}}, Resources(2, 2048, 90)),
+    ({"resources": {"memory": 300}}, Resources(1, 300, 30)),
+    ({"resources": {"memory": "512K"}}, Resources(1, 1, 30)),
+])
+def test_resources_are_read_from_the_job(asked: dict[str, Any], expected: Resources) -> None:
+    assert Resources.of(asked, 30) == expected
+
+
+@pytest.mark.parametrize(("asked", "message"), [
+    ({"resources": []}, "not a JSON object"),
+    ({"resources": {"gpus": 1}}, "unknown resources"),
+    ({"resources": {"cores": 0}}, "resources.cores"),
+    ({"resources": {"cores": True}}, "resources.cores"),
+    ({"resources": {"time": "1h"}}, "resources.time"),
+    ({"resources": {"memory": "lots"}}, "resources.memory"),
+    ({"resources": {"memory": -5}}, "resources.memory"),
+])
+def test_bad_resources_are_refused_saying_which(asked: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Resources.of(asked, 30)

@@ -61,3 +61,86 @@ class Engine(Protocol):
         """Start ``work`` (``{"function": "pkg.mod.f", "parameters": {...}}`` or
         ``{"command": [...]}``) with ``workdir`` as its working directory and for its logs."""
         ...
+
+
+_MEMORY_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks of a cluster: cores, memory (MB) and wall time (s); taken from the
+    job's data ``{"resources": {"cores": 2, "memory": "512M", "time": 600}}``, the time
+    defaulting to the job's timeout."""
+
+    cores: int = 1
+    memory_mb: int | None = None
+    time_s: int = 3600
+
+    @classmethod
+    def of(cls, work: dict[str, Any], timeout: int) -> Resources:
+        """The resources ``work`` asks for (ValueError, saying which, when they are bad)."""
+        asked = work.get("resources")
+        asked = {} if asked is None else asked
+        if not isinstance(asked, dict):
+            raise ValueError("the job's resources are not a JSON object")
+        unknown = sorted(set(asked) - {"cores", "memory", "time"})
+        if unknown:
+            raise ValueError(f"unknown resources {unknown}: cores, memory and time are known")
+        cores = asked.get("cores", 1)
+        if not isinstance(cores, int) or isinstance(cores, bool) or not 1 <= cores <= 4096:
+            raise ValueError(f"resources.cores {cores!r} is not a whole number from 1 to 4096")
+        time_s = asked.get("time", timeout)
+        if not isinstance(time_s, int) or isinstance(time_s, bool) or time_s < 1:
+            raise ValueError(f"resources.time {time_s!r} is not a whole number of seconds")
+        memory = asked.get("memory")
+        return cls(cores, None if memory is None else _memory_mb(memory), time_s)
+
+
+def _memory_mb(memory: Any) -> int:
+    if isinstance(memory, int) and not isinstance(memory, bool) and memory > 0:
+        return memory
+    if isinstance(memory, str) and memory[:-1].isdigit() and memory[-1:].upper() in \
+            _MEMORY_UNITS and int(memory[:-1]) > 0:
+        return max(1, int(int(memory[:-1]) * _MEMORY_UNITS[memory[-1].upper()]))
+    raise ValueError(f"resources.memory {memory!r} is not MB or a size such as '512M' or '2G'")
+
+
+def read_execution(code: int | None, stdout: Path, stderr: Path, result_file: Path | None,
+                   native_id: str) -> Execution:
+    """How a finished piece of work ended, read from its files: a function's own report in
+    ``result_file``, else a command's exit code and last line of output."""
+    execution = Execution(code, stdout=stdout, stderr=stderr, native_id=native_id)
+    if result_file is not None:  # a function: its own report
+        try:
+            document = json.loads(result_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            execution.error = f"the function's process ended with code {code} and no " \
+                              "result (see its stderr)"
+            return execution
+        if "error" in document:
+            execution.error = str(document["error"])
+        else:
+            execution.outputs = Outputs(document["results"], document["products"],
+                                        document["plots"])
+        return execution
+    if code != 0:
+        execution.error = f"the command exited with code {code}"
+        return execution
+    execution.outputs = outputs_of_line(last_line(stdout)) or Outputs({"returncode": code})
+    return execution
+
+
+_LAST_LINE_BYTES = 64 * 1024
+
+
+def last_line(path: Path) -> str:
+    """The last line of a (possibly large) output file; empty when there is none."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - _LAST_LINE_BYTES))
+            lines = handle.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
