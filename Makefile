@@ -29,7 +29,9 @@ SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 slurm:
 	@if command -v slurmctld >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -f /etc/debian_version ]; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 \
+		     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null; }; } \
 		|| echo "make slurm: apt-get could not install $(SLURM_PACKAGES): the Slurm tests will skip"; \
 	else echo "make slurm: not root on Debian: the Slurm tests will skip"; fi
 
