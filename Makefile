@@ -34,6 +34,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/webhooks.py --rounds 3
 	$(BIN)/python bench/fixity.py
 	$(BIN)/python bench/work_queue.py
+	$(BIN)/python bench/conditions.py
 
 # Lineage and checksum lookups at 10,000 and 1,000,000 files (the large load takes minutes).
 bench-lineage: $(VENV)/.run-installed
