@@ -37,9 +37,9 @@ FALLBACK_S = 1.0  # a check at least this often when no cross-process wake-up is
 WATCHED_FALLBACK_S = 10.0  # ...and when one is (inotify, a change stream): a safety net
 # A commit's last write to the WAL comes before its fsync and the WAL index's update (a
 # shared mapping, which inotify does not see): a read right after the write may not see the
-# commit yet. After the files change, look again at these delays (the last one repeated no
-# more), then sleep until the next change.
-SETTLE_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+# commit yet (an fsync later, seconds on a loaded disk). After the files change, look again
+# at these delays (none repeated), then sleep until the next change.
+SETTLE_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 MAX_JOBS = 1000
 
 
@@ -88,7 +88,9 @@ def wait(catalog: Catalog, uuids: list[str], any_: bool = False,
         raise InvalidInput(f"a timeout is not negative, got {timeout}")
     jobs = list(dict.fromkeys(parse_uuid(uuid, UUIDType.pipelinejob) for uuid in uuids))
     deadline = None if timeout is None else time.monotonic() + timeout
-    settling = len(SETTLE_S)  # no files changed yet
+    # As after a change: a commit whose writes came before the watch began may land after
+    # the first read.
+    settling = 0
     with _watch(catalog) as (woken, watcher):
         while True:
             woken.clear()  # before reading: an end from now on wakes the wait below
