@@ -46,6 +46,7 @@ bench: $(VENV)/.test-installed slurm
 	$(BIN)/python bench/webhooks.py --rounds 3
 	$(BIN)/python bench/fixity.py
 	$(BIN)/python bench/work_queue.py
+	$(BIN)/python bench/conditions.py
 	$(BIN)/python bench/engines.py
 
 # Lineage and checksum lookups at 10,000 and 1,000,000 files (the large load takes minutes).

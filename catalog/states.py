@@ -38,7 +38,8 @@ INITIAL_STATE = "CREATED"
 TRANSITIONS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("create", ("CREATED",), "CREATED"),
     # The queue (DESIGN §10): submit sends wait or queue, a worker's withdraw sends run.
-    ("wait", ("CREATED", "CANCELLED"), "WAITING"),
+    # A failed or cancelled job submitted again waits if its condition is not yet met.
+    ("wait", ("CREATED", "FAILED", "CANCELLED"), "WAITING"),
     ("queue", ("CREATED", "WAITING", "CANCELLED"), "QUEUED"),
     ("run", ("CREATED", "QUEUED", "RUNNING"), "RUNNING"),
     ("update", ("CREATED", "RUNNING", "VALIDATING", "INDEXING"), None),

@@ -38,6 +38,8 @@ def run(script: str, *args: str) -> dict[str, Any]:
                      id="lineage"),
         pytest.param("work_queue.py", ("--jobs", "20", "--http-jobs", "3", "--sweep-jobs",
                                        "2000", "--expired", "20"), "ratio", id="work_queue"),
+        pytest.param("conditions.py", ("--fanout", "200", "--graph", "16", "--waits", "3"),
+                     "ratio", id="conditions"),
         pytest.param("openlineage.py", ("--events", "6", "--threads", "2", "--rounds", "1",
                                         "--runs", "20", "--queries", "2"), "ratio",
                      id="openlineage"),

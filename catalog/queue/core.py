@@ -295,16 +295,20 @@ def end_attempt(catalog: Catalog, uuid: str, worker: str, error: str | None,
                                            attempts))
     if error is not None and not applied.duplicate:
         try:
-            applied = _apply(catalog, uuid, _retrier(catalog, attempts[-1], source))
+            applied = _apply(catalog, uuid, _retrier(catalog, attempts, source))
         except ClaimLost:
             pass  # the failure is final, or someone acted on it meanwhile
     return str(applied.entry["state"])
 
 
-def _retrier(catalog: Catalog, attempt: int, source: str) -> Decide:
-    """The decide of an automatic ``retry`` after attempt ``attempt`` failed."""
+def _retrier(catalog: Catalog, attempts: list[int], source: str) -> Decide:
+    """The decide of an automatic ``retry`` after the attempt ``_ender`` noted in
+    ``attempts`` failed (none noted: the failure did not happen, nothing to retry)."""
 
     def decide(head: Doc) -> Outcome:
+        if not attempts:
+            raise ClaimLost(head["uuid"])
+        attempt = attempts[-1]
         queue = dict(head.get("queue") or {})
         if head["state"] != "FAILED" or queue.get("attempt") != attempt:
             raise ClaimLost(head["uuid"])  # someone acted on the failure meanwhile
@@ -364,12 +368,14 @@ def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000,
     now_text = format_date(now or utc_now())
     expired = catalog.store.expired_leases(now_text, limit)
     attempts: dict[str, list[int]] = {uuid: [] for uuid in expired}
-    failed = _settled(expired, catalog.store.apply_events([
-        (uuid, None, _ender(catalog, None, "lease expired", None, SOURCE, now_text,
-                            attempts[uuid])) for uuid in expired]), on_error)
-    retried = _settled(failed, catalog.store.apply_events([
-        (uuid, None, _retrier(catalog, attempts[uuid][-1], SOURCE)) for uuid in failed]),
-        on_error)
+    events: list[tuple[str, str | None, Decide]] = []
+    for uuid in expired:  # each job's fail then its retry: one write of the job on SQLite
+        events.append((uuid, None, _ender(catalog, None, "lease expired", None, SOURCE,
+                                          now_text, attempts[uuid])))
+        events.append((uuid, None, _retrier(catalog, attempts[uuid], SOURCE)))
+    outcomes = catalog.store.apply_events(events)
+    failed = _settled(expired, outcomes[0::2], on_error)
+    retried = _settled(expired, outcomes[1::2], on_error)
     for uuid in set(failed) - set(retried):  # final failures: their dependents are decided
         release(catalog, uuid)
     return {"expired": len(expired), "failed": len(failed), "retried": len(retried)}

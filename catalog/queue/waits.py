@@ -35,7 +35,37 @@ if TYPE_CHECKING:
 
 FALLBACK_S = 1.0  # a check at least this often when no cross-process wake-up is to be had
 WATCHED_FALLBACK_S = 10.0  # ...and when one is (inotify, a change stream): a safety net
+# A commit's last write to the WAL comes before its fsync and the WAL index's update (a
+# shared mapping, which inotify does not see): a read right after the write may not see the
+# commit yet (an fsync later, seconds on a loaded disk). After the files change, look again
+# at these delays (none repeated), then sleep until the next change.
+SETTLE_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 MAX_JOBS = 1000
+
+
+class _Woken(threading.Event):
+    """A waiter's wake-up: an Event, and a pipe whose read end a watcher can ``select`` on
+    along with its own files, so that ``notify`` interrupts the sleep at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def set(self) -> None:
+        super().set()
+        with contextlib.suppress(OSError):  # full (already woken) or closed
+            os.write(self.write_fd, b"\0")
+
+    def clear(self) -> None:
+        super().clear()
+        with contextlib.suppress(OSError):
+            while os.read(self.read_fd, 4096):
+                pass
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
 
 _listeners: set[threading.Event] = set()
 _listeners_lock = threading.Lock()
@@ -58,6 +88,9 @@ def wait(catalog: Catalog, uuids: list[str], any_: bool = False,
         raise InvalidInput(f"a timeout is not negative, got {timeout}")
     jobs = list(dict.fromkeys(parse_uuid(uuid, UUIDType.pipelinejob) for uuid in uuids))
     deadline = None if timeout is None else time.monotonic() + timeout
+    # As after a change: a commit whose writes came before the watch began may land after
+    # the first read.
+    settling = 0
     with _watch(catalog) as (woken, watcher):
         while True:
             woken.clear()  # before reading: an end from now on wakes the wait below
@@ -68,9 +101,13 @@ def wait(catalog: Catalog, uuids: list[str], any_: bool = False,
             if remaining is not None and remaining <= 0:
                 return WaitOutcome(jobs=states, timed_out=True)
             bound = WATCHED_FALLBACK_S if watcher is not None else FALLBACK_S
+            if settling < len(SETTLE_S):
+                bound = SETTLE_S[settling]
+                settling += 1
             bound = bound if remaining is None else min(bound, remaining)
             if watcher is not None:
-                watcher.wait(bound, woken)
+                if watcher.wait(bound, woken):
+                    settling = 0
             else:
                 woken.wait(bound)
 
@@ -90,7 +127,7 @@ def _states(catalog: Catalog, jobs: list[str]) -> tuple[dict[str, str], list[str
 
 @contextlib.contextmanager
 def _watch(catalog: Catalog) -> Iterator[tuple[threading.Event, _Watcher | None]]:
-    woken = threading.Event()
+    woken = _Woken()
     with _listeners_lock:
         _listeners.add(woken)
     watcher = _watcher(catalog, woken)
@@ -101,10 +138,13 @@ def _watch(catalog: Catalog) -> Iterator[tuple[threading.Event, _Watcher | None]
             _listeners.discard(woken)
         if watcher is not None:
             watcher.close()
+        woken.close()
 
 
 class _Watcher:
-    def wait(self, timeout: float, woken: threading.Event) -> None:
+    def wait(self, timeout: float, woken: threading.Event) -> bool:
+        """Sleep until woken, the watched files change or ``timeout``; whether they changed
+        (then a commit may still be landing: ``SETTLE_S``)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -151,16 +191,18 @@ class _Inotify(_Watcher):
             return None
         return cls(fd, os.fsencode(database.name))
 
-    def wait(self, timeout: float, woken: threading.Event) -> None:
-        # This process's own commits write the files too: the inotify file alone wakes it.
+    def wait(self, timeout: float, woken: threading.Event) -> bool:
+        # This process's own commits write the files too; notify() wakes it through the pipe.
         deadline = time.monotonic() + timeout
+        watched = [self.fd] + ([woken.read_fd] if isinstance(woken, _Woken) else [])
         while not woken.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
-            readable, _, _ = select.select([self.fd], [], [], remaining)
-            if readable and self._ours():
-                return
+                return False
+            readable, _, _ = select.select(watched, [], [], remaining)
+            if self.fd in readable and self._ours():
+                return True
+        return False
 
     def _ours(self) -> bool:
         """Drain what inotify has; whether any of it is about the database's files."""
@@ -208,8 +250,9 @@ class _ChangeStream(_Watcher):
                 if self.stream.try_next() is not None:
                     woken.set()
 
-    def wait(self, timeout: float, woken: threading.Event) -> None:
+    def wait(self, timeout: float, woken: threading.Event) -> bool:
         woken.wait(timeout)
+        return False
 
     def close(self) -> None:
         self.closed.set()

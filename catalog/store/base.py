@@ -366,7 +366,8 @@ class Store(Protocol):
                      ) -> list[Applied | Exception]:
         """``apply_event`` for each (uuid, event_id, decide), in order, in as few commits as
         the backend allows (a sweep fails thousands of jobs at once); each item's outcome or
-        the error that refused it alone."""
+        the error that refused it alone. A job named twice gets its events in their order, the
+        later one deciding on the head the earlier left (a sweep's ``fail`` then ``retry``)."""
         ...
 
     def delete_job(self, uuid: str) -> bool:

@@ -376,16 +376,26 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
 
     def apply_events(self, events: list[tuple[str, str | None, Decide]]
                      ) -> list[Applied | Exception]:
-        """Each its own compare-and-set, on the pool of ``submit_event``."""
-        futures = [self.submit_event(*event) for event in events]
-        outcomes: list[Applied | Exception] = []
-        for future in futures:
-            error = future.exception()
-            if error is None:
-                outcomes.append(future.result())
-            else:
-                outcomes.append(error if isinstance(error, Exception) else StoreError(
-                    repr(error)))
+        """Each its own compare-and-set, on the pool of ``submit_event``; a job's events in
+        their order (its n-th event waits for the round of (n-1)-th events to end)."""
+        rounds: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for index, (uuid, _, _) in enumerate(events):
+            n = seen.get(uuid, 0)
+            seen[uuid] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(index)
+        outcomes: list[Applied | Exception] = [StoreError("not applied")] * len(events)
+        for indexes in rounds:
+            futures = [(index, self.submit_event(*events[index])) for index in indexes]
+            for index, future in futures:
+                error = future.exception()
+                if error is None:
+                    outcomes[index] = future.result()
+                else:
+                    outcomes[index] = error if isinstance(error, Exception) else StoreError(
+                        repr(error))
         return outcomes
 
     async def apply_event_async(self, uuid: str, event_id: str | None,

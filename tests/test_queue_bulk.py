@@ -1,0 +1,152 @@
+"""The queue's bulk paths on every store: apply_events with a job named twice, the sweep's
+fail-and-retry written together, a fan-out released and a cancellation propagated in rounds,
+a failed job submitted again behind a pending condition, and a waiter woken at once by an
+event of its own process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from catalog import Catalog
+from catalog.errors import JobNotFound
+from catalog.models import utc_now
+from catalog.queue import end_attempt, submit, sweep, withdraw
+from catalog.queue.waits import WATCHED_FALLBACK_S
+from catalog.states import next_state
+from catalog.store.base import Applied, ClaimLost, Doc
+from catalog.tokens import Keys
+
+KEYS = Keys(b"q" * 32, b"b" * 32)
+
+
+@pytest.fixture
+def catalog(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[Catalog]:
+    monkeypatch.chdir(tmp_path)
+    opened = Catalog.open(store_url, keys=KEYS, sqlite_synchronous="NORMAL")
+    opened.add_pipeline("step")
+    yield opened
+    opened.close()
+
+
+def work(n: Any, **queue: Any) -> dict[str, Any]:
+    return {"pipeline": "step", "data": {"n": n}, **queue}
+
+
+def run(catalog: Catalog, uuid: str, error: str | None = None) -> str:
+    job = withdraw(catalog, {"pipelines": ["step"]}, "w")
+    assert job is not None and job.uuid == uuid
+    return end_attempt(catalog, uuid, "w", error)
+
+
+def state(catalog: Catalog, uuid: str) -> str:
+    return catalog.get_job(uuid, history=False).state
+
+
+def test_apply_events_gives_a_job_named_twice_its_events_in_order(catalog: Catalog) -> None:
+    a, b = submit(catalog, work(1)).uuid, submit(catalog, work(2)).uuid
+    seen: list[tuple[str, str, int]] = []
+
+    def event(name: str) -> Any:
+        def decide(head: Doc) -> tuple[str, Doc]:
+            seen.append((head["uuid"], head["state"], head["version"]))
+            new = next_state(head["uuid"], head["state"], name)
+            return new, catalog.history_entry(head["uuid"], name, {}, "test", new)
+        return decide
+
+    def refuse(head: Doc) -> tuple[str, Doc]:
+        raise ClaimLost(head["uuid"])
+
+    before = {u: catalog.get_job(u).version for u in (a, b)}
+    missing = "107" + a[3:-4] + "ffff"
+    outcomes = catalog.store.apply_events([
+        (a, None, event("cancel")), (b, None, refuse), (a, None, event("queue")),
+        (missing, None, refuse), (a, None, event("cancel"))])
+    assert [type(o) for o in outcomes] == [Applied, ClaimLost, Applied, JobNotFound, Applied]
+    assert seen == [(a, "QUEUED", before[a]), (a, "CANCELLED", before[a] + 1),
+                    (a, "QUEUED", before[a] + 2)]
+    job = catalog.get_job(a)
+    assert job.state == "CANCELLED" and job.version == before[a] + 3
+    assert [e.name for e in job.history][-3:] == ["cancel", "queue", "cancel"]
+    assert catalog.get_job(b).version == before[b]  # a refusal writes nothing
+
+
+def test_the_sweep_writes_each_fail_and_its_retry(catalog: Catalog) -> None:
+    retried = [submit(catalog, work(n, retries=2)).uuid for n in range(30)]
+    final = submit(catalog, work("last", retries=1)).uuid
+    for _ in range(31):
+        assert withdraw(catalog, {"pipelines": ["step"]}, "w", lease=10) is not None
+    outcome = sweep(catalog, utc_now() + timedelta(seconds=60))
+    assert outcome == {"expired": 31, "failed": 31, "retried": 30}
+    for uuid in retried:
+        job = catalog.get_job(uuid)
+        assert job.state == "QUEUED" and job.version == len(job.history)
+        assert [(e.name, e.state) for e in job.history[-3:]] == [
+            ("run", "RUNNING"), ("fail", "FAILED"), ("retry", "QUEUED")]
+        assert job.queue is not None and job.queue.lease is None
+    assert state(catalog, final) == "FAILED"
+
+
+def test_a_fan_out_is_released_and_a_cancellation_propagates_in_rounds(
+        catalog: Catalog) -> None:
+    root = submit(catalog, work("root")).uuid
+    fan = [submit(catalog, work(n, when={"job": root, "is": "finished"})).uuid
+           for n in range(40)]
+    assert {state(catalog, u) for u in fan} == {"WAITING"}
+    assert run(catalog, root) == "FINISHED"
+    assert {state(catalog, u) for u in fan} == {"QUEUED"}
+    for uuid in fan:  # out of the way of the next withdraw
+        catalog.cancel(uuid)
+    other = submit(catalog, work("other", retries=0)).uuid
+    chained = [submit(catalog, work(f"c{n}", when={"job": other, "is": "finished"})).uuid
+               for n in range(5)]
+    below = [submit(catalog, work(f"d{n}", when={"job": chained[n], "is": "finished"})).uuid
+             for n in range(5)]
+    assert {state(catalog, u) for u in chained + below} == {"WAITING"}
+    assert run(catalog, other, "broken") == "FAILED"
+    for uuid in chained + below:
+        job = catalog.get_job(uuid)
+        assert job.state == "CANCELLED"
+        cause = chained[below.index(uuid)] if uuid in below else other
+        assert cause in job.history[-1].data["reason"]
+
+
+def test_a_failed_job_submitted_again_waits_for_its_condition(catalog: Catalog) -> None:
+    job = submit(catalog, work("j", retries=0)).uuid
+    assert run(catalog, job, "broken") == "FAILED"
+    dependency = submit(catalog, work("dependency")).uuid
+    again = submit(catalog, work("j", retries=0, when={"job": dependency, "is": "finished"}))
+    assert (again.uuid, again.state, again.queued) == (job, "WAITING", True)
+    assert catalog.get_job(job).history[-1].name == "wait"
+    assert run(catalog, dependency) == "FINISHED"
+    assert state(catalog, job) == "QUEUED"
+
+
+def test_a_waiter_is_woken_at_once_by_an_event_of_its_own_process(catalog: Catalog) -> None:
+    latencies = []
+    for n in range(3):
+        uuid = submit(catalog, work(f"w{n}")).uuid
+        assert withdraw(catalog, {"pipelines": ["step"]}, "w") is not None
+        returned: list[float] = []
+
+        def wait(uuid: str = uuid, returned: list[float] = returned) -> None:
+            catalog.wait([uuid], timeout=60)
+            returned.append(time.monotonic())
+
+        waiting = threading.Thread(target=wait)
+        waiting.start()
+        threading.Event().wait(0.2)  # asleep on its watch by now
+        end_attempt(catalog, uuid, "w", None)
+        ended = time.monotonic()
+        waiting.join(timeout=60)
+        assert returned
+        latencies.append(returned[0] - ended)
+    # It slept the whole safety net before (WATCHED_FALLBACK_S on SQLite).
+    assert max(latencies) < min(WATCHED_FALLBACK_S, 1.0) / 2, latencies
