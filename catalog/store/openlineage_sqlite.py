@@ -65,6 +65,12 @@ MIGRATION = (
 )
 
 _DATASET_KEY = ("json_extract(doc, '$.namespace')", "json_extract(doc, '$.name')", "uuid")
+# An OpenLineage job's pipeline names its namespace in its one component.
+_JOB_NAMESPACE = "json_extract(doc, '$.components[0].openlineage.namespace')"
+_NAMESPACES = (
+    f"SELECT {_JOB_NAMESPACE} AS name, created FROM pipelines WHERE {_JOB_NAMESPACE} IS NOT NULL "
+    f"UNION ALL SELECT {_DATASET_KEY[0]}, created FROM entities WHERE kind = 'reference' "
+    f"AND {_DATASET_KEY[0]} IS NOT NULL")
 
 
 class OpenLineageSQLite:
@@ -121,8 +127,37 @@ class OpenLineageSQLite:
         rows = self._connection().execute(sql, params).fetchall()
         return [json.loads(row[0]) for row in reversed(rows)]
 
+    def lineage_namespaces(self, name: str | None = None, limit: int = 100,
+                           offset: int = 0) -> tuple[list[Doc], int]:
+        check_limit(limit)
+        where, params = ("WHERE name = ?", [name]) if name is not None else ("", [])
+        conn = self._connection()
+        rows = conn.execute(
+            f"SELECT name, MIN(created), MAX(created) FROM ({_NAMESPACES}) {where} "
+            "GROUP BY name ORDER BY name LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+        total = conn.execute(f"SELECT COUNT(DISTINCT name) FROM ({_NAMESPACES}) {where}",
+                             params).fetchone()[0]
+        return [{"name": n, "created": c, "updated": u} for n, c, u in rows], total
+
+    def lineage_jobs(self, namespace: str, limit: int = 100,
+                     offset: int = 0) -> tuple[list[Doc], int]:
+        check_limit(limit)
+        conn = self._connection()
+        rows = conn.execute(f"SELECT doc FROM pipelines WHERE {_JOB_NAMESPACE} = ? "
+                            "ORDER BY name, uuid LIMIT ? OFFSET ?",
+                            (namespace, limit, offset)).fetchall()
+        total = conn.execute(f"SELECT COUNT(*) FROM pipelines WHERE {_JOB_NAMESPACE} = ?",
+                             (namespace,)).fetchone()[0]
+        return [json.loads(row[0]) for row in rows], total
+
+    def count_datasets(self, namespace: str) -> int:
+        row = self._connection().execute(
+            f"SELECT COUNT(*) FROM entities WHERE kind = 'reference' AND {_DATASET_KEY[0]} = ?",
+            (namespace,)).fetchone()
+        return int(row[0])
+
     def find_datasets(self, namespace: str | None = None, limit: int = 100,
-                      cursor: str | None = None) -> Page:
+                      cursor: str | None = None, offset: int = 0) -> Page:
         check_limit(limit)
         where, params = ["kind = 'reference'"], []
         namespace_column, name_column, _ = _DATASET_KEY
@@ -135,8 +170,8 @@ class OpenLineageSQLite:
             params += after
         rows = self._connection().execute(
             f"SELECT doc FROM entities WHERE {' AND '.join(where)} AND {namespace_column} "
-            f"IS NOT NULL ORDER BY {', '.join(_DATASET_KEY)} LIMIT ?",
-            [*params, limit + 1]).fetchall()
+            f"IS NOT NULL ORDER BY {', '.join(_DATASET_KEY)} LIMIT ? OFFSET ?",
+            [*params, limit + 1, offset]).fetchall()
         docs = [json.loads(row[0]) for row in rows]
         return page_of(docs, limit, "namespace", "name", "uuid")
 
