@@ -148,6 +148,8 @@ def test_a_marquez_client_reads_namespaces_jobs_and_runs_over_http(server: str) 
         code = missing.json()["error"]["code"]
         assert (missing.status_code, code.endswith("not_found")) == (404, True), path
     for path, params in (("/namespaces", {"offset": "-1"}),
+                         ("/namespaces", {"offset": str(2**63)}),
+                         (f"/namespaces/{quoted}/jobs", {"offset": str(2**63)}),
                          (f"/namespaces/{quoted}/jobs", {"offset": "x"}),
                          (f"/namespaces/{quoted}/jobs", {"limit": "1001"})):
         bad = httpx.get(f"{api}{path}", params=params)

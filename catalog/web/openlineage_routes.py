@@ -32,6 +32,7 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {400: {}, 401: {}, 403: {}, 404: {}
                                              422: {}}
 # An event after decompression at most: a schema facet of thousands of columns passes.
 MIN_EVENT_BYTES = 8 * 1024 * 1024
+MAX_OFFSET = 10**9  # Marquez's offset, bounded: SQLite's integers are 64-bit
 
 
 def _key(request: Request) -> str | None:
@@ -69,8 +70,9 @@ def _paging(request: Request) -> tuple[int, int]:
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise InvalidInput(f"limit must be between 1 and 1000, got {limit!r}")
     offset = request.query_params.get("offset", "0")
-    if not offset.isdigit() or int(offset) > 10**9:
-        raise InvalidInput(f"offset must be a whole number of at most 10**9, got {offset!r}")
+    if not offset.isdigit() or int(offset) > MAX_OFFSET:
+        raise InvalidInput(f"offset must be a whole number of at most {MAX_OFFSET}, "
+                           f"got {offset!r}")
     return int(limit), int(offset)
 
 
@@ -136,7 +138,7 @@ def add_openlineage_routes(app: FastAPI, catalog: Catalog) -> None:
 
     @app.get("/api/v1/namespaces", responses=_REFUSALS)
     def namespaces(limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
         """Marquez's namespaces: those of the OpenLineage jobs and datasets, by name."""
         return marquez_namespaces(catalog, limit, offset)
 
