@@ -17,7 +17,7 @@ from typing import Any
 from catalog.catalog import Catalog
 from catalog.errors import EntityNotFound, InvalidInput, RunNotFound
 from catalog.identifiers import UUIDType
-from catalog.openlineage import TERMINAL, _run_id, normalise
+from catalog.openlineage_events import TERMINAL, normalise, run_id_of
 
 __all__ = ["get_dataset", "get_run", "list_datasets", "run_times"]
 
@@ -27,7 +27,7 @@ _MAX_EVENTS = 1000  # a run's events read back (a run of more keeps the latest)
 
 def _parse_run_id(run_id: str) -> str:
     try:
-        return _run_id(run_id)
+        return run_id_of(run_id)
     except ValueError:
         raise InvalidInput(f"runId {run_id!r} is not a UUID") from None
 

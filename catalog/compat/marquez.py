@@ -9,6 +9,7 @@ takes ``depth`` job-or-dataset steps each way from the node.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -19,15 +20,16 @@ from catalog.openlineage_views import (
     dataset_uuid,
     get_dataset,
     get_run,
-    list_datasets,
     run_times,
 )
 
-__all__ = ["lineage_graph", "marquez_dataset", "marquez_datasets", "marquez_run", "marquez_runs",
+__all__ = ["lineage_graph", "marquez_dataset", "marquez_datasets", "marquez_job", "marquez_jobs",
+           "marquez_namespace", "marquez_namespaces", "marquez_run", "marquez_runs",
            "parse_node_id"]
 
 MAX_DEPTH = 20
 _MAX_NODES = 10_000
+_RUN_EVENTS = 1000  # a job's events read for its runs, datasets and facets
 
 
 def parse_node_id(node_id: str) -> tuple[str, str, str]:
@@ -182,27 +184,103 @@ def _marquez_run(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def marquez_run(catalog: Catalog, run_id: str) -> dict[str, Any]:
-    """``GET /api/v1/jobs/runs/{id}``."""
+    """``GET /api/v1/jobs/runs/{id}`` (and ``/api/v1/runs/{id}``)."""
     return _marquez_run(get_run(catalog, run_id))
 
 
-def marquez_runs(catalog: Catalog, namespace: str, job: str, limit: int = 100) -> dict[str, Any]:
-    """``GET /api/v1/namespaces/{namespace}/jobs/{job}/runs``: newest first."""
+def _pipeline_of(catalog: Catalog, namespace: str, job: str) -> str:
     try:
-        pipeline = catalog.get_pipeline(f"{namespace}/{job}").uuid
+        return catalog.get_pipeline(f"{namespace}/{job}").uuid
     except PipelineNotFound:
-        raise EntityNotFound(f"no job {namespace} {job}") from None
-    events = catalog.store.lineage_events(job=pipeline, limit=max(1, min(limit * 4, 1000)))
+        raise EntityNotFound(f"no job {job!r} in namespace {namespace!r}") from None
+
+
+def _run_ids(catalog: Catalog, pipeline: str) -> list[str]:
+    """The job's runs newest first, among its last ``_RUN_EVENTS`` events."""
+    events = catalog.store.lineage_events(job=pipeline, limit=_RUN_EVENTS)
+    return list(dict.fromkeys(e["run_id"] for e in reversed(events) if e.get("run_id")))
+
+
+def marquez_runs(catalog: Catalog, namespace: str, job: str, limit: int = 100,
+                 offset: int = 0) -> dict[str, Any]:
+    """``GET /api/v1/namespaces/{namespace}/jobs/{job}/runs``: newest first; ``totalCount``
+    counts the runs among the job's last 1000 events."""
+    run_ids = _run_ids(catalog, _pipeline_of(catalog, namespace, job))
+    runs = [_marquez_run(get_run(catalog, run_id)) for run_id in run_ids[offset:offset + limit]]
+    return {"totalCount": len(run_ids), "runs": runs}
+
+
+def _namespace(row: dict[str, Any]) -> dict[str, Any]:
+    return {"name": row["name"], "createdAt": row["created"], "updatedAt": row["updated"],
+            "ownerName": None, "description": None, "isHidden": False}
+
+
+def marquez_namespaces(catalog: Catalog, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+    """``GET /api/v1/namespaces``: the namespaces of jobs and datasets, by name."""
+    rows, total = catalog.store.lineage_namespaces(None, limit, offset)
+    return {"totalCount": total, "namespaces": [_namespace(row) for row in rows]}
+
+
+def marquez_namespace(catalog: Catalog, namespace: str) -> dict[str, Any]:
+    """``GET /api/v1/namespaces/{namespace}`` (404 when no job or dataset has it)."""
+    rows, _ = catalog.store.lineage_namespaces(namespace, 1, 0)
+    if not rows:
+        raise EntityNotFound(f"no namespace {namespace!r}")
+    return _namespace(rows[0])
+
+
+def marquez_jobs(catalog: Catalog, namespace: str, limit: int = 100,
+                 offset: int = 0) -> dict[str, Any]:
+    """``GET /api/v1/namespaces/{namespace}/jobs``: the namespace's jobs by name."""
+    marquez_namespace(catalog, namespace)
+    pipelines, total = catalog.store.lineage_jobs(namespace, limit, offset)
+    return {"totalCount": total, "jobs": [_job(catalog, pipeline) for pipeline in pipelines]}
+
+
+def marquez_job(catalog: Catalog, namespace: str, job: str) -> dict[str, Any]:
+    """``GET /api/v1/namespaces/{namespace}/jobs/{job}``."""
+    pipeline = catalog.store.get_pipeline(_pipeline_of(catalog, namespace, job))
+    assert pipeline is not None  # just found by name
+    return _job(catalog, pipeline)
+
+
+def _job(catalog: Catalog, pipeline: dict[str, Any]) -> dict[str, Any]:
+    """A job's pipeline in Marquez's Job shape: its datasets, facets and latest runs from its
+    last ``_RUN_EVENTS`` events."""
+    component = pipeline["components"][0]["openlineage"]
+    namespace, name = component["namespace"], component["name"]
+    events = catalog.store.lineage_events(job=pipeline["uuid"], limit=_RUN_EVENTS)
+    datasets: dict[str, list[dict[str, Any]]] = {}
+    for role in ("inputs", "outputs"):
+        uuids = dict.fromkeys(u for e in events for u in e.get(role) or [])
+        entities = (catalog.store.get_entity(uuid) for uuid in uuids)
+        datasets[role] = [{"namespace": e["namespace"], "name": e["name"]}
+                          for e in entities if e is not None and e.get("namespace")]
+    facets: dict[str, Any] = {}
+    for event in sorted(events, key=lambda e: e["event_time"]):
+        facets.update((json.loads(event["event"]).get("job") or {}).get("facets") or {})
     run_ids = list(dict.fromkeys(e["run_id"] for e in reversed(events) if e.get("run_id")))
-    runs = [_marquez_run(get_run(catalog, run_id)) for run_id in run_ids[:limit]]
-    return {"totalCount": len(runs), "runs": runs}
+    latest = [_marquez_run(get_run(catalog, run_id)) for run_id in run_ids[:10]]
+    location = facets.get("sourceCodeLocation") or {}
+    documentation = facets.get("documentation") or {}
+    return {"id": {"namespace": namespace, "name": name}, "type": "BATCH", "name": name,
+            "simpleName": name.rsplit(".", 1)[-1], "parentJobName": None,
+            "createdAt": pipeline["created"],
+            "updatedAt": events[-1]["received"] if events else pipeline["created"],
+            "namespace": namespace, "inputs": datasets["inputs"],
+            "outputs": datasets["outputs"], "location": location.get("url"),
+            "description": documentation.get("description"), "facets": facets,
+            "currentVersion": None, "latestRun": latest[0] if latest else None,
+            "latestRuns": latest}
 
 
-def marquez_datasets(catalog: Catalog, namespace: str, limit: int = 100) -> dict[str, Any]:
-    """``GET /api/v1/namespaces/{namespace}/datasets``: the first ``limit`` by name."""
-    rows = list_datasets(catalog, namespace, limit)["datasets"]
-    datasets = [marquez_dataset(catalog, row["namespace"], row["name"]) for row in rows]
-    return {"totalCount": len(datasets), "datasets": datasets}
+def marquez_datasets(catalog: Catalog, namespace: str, limit: int = 100,
+                     offset: int = 0) -> dict[str, Any]:
+    """``GET /api/v1/namespaces/{namespace}/datasets``: by name, ``totalCount`` of all."""
+    marquez_namespace(catalog, namespace)
+    page = catalog.store.find_datasets(namespace, limit, None, offset)
+    datasets = [marquez_dataset(catalog, row["namespace"], row["name"]) for row in page.items]
+    return {"totalCount": catalog.store.count_datasets(namespace), "datasets": datasets}
 
 
 def marquez_dataset(catalog: Catalog, namespace: str, name: str) -> dict[str, Any]:

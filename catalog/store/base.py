@@ -561,6 +561,22 @@ class Store(Protocol):
         ...
 
     def find_datasets(self, namespace: str | None = None, limit: int = 100,
-                      cursor: str | None = None) -> Page:
+                      cursor: str | None = None, offset: int = 0) -> Page:
         """Reference entities with a namespace, by (namespace, name, uuid)."""
+        ...
+
+    def count_datasets(self, namespace: str) -> int:
+        """How many reference entities have this namespace."""
+        ...
+
+    def lineage_namespaces(self, name: str | None = None, limit: int = 100,
+                           offset: int = 0) -> tuple[list[Doc], int]:
+        """OpenLineage namespaces (of jobs' pipelines and of datasets) by name, each
+        ``{"name", "created", "updated"}`` (its first and last record's creation), and how many
+        there are (one when ``name`` is given and known)."""
+        ...
+
+    def lineage_jobs(self, namespace: str, limit: int = 100,
+                     offset: int = 0) -> tuple[list[Doc], int]:
+        """The pipelines of OpenLineage jobs in ``namespace`` by (name, uuid), and how many."""
         ...

@@ -31,6 +31,7 @@ from catalog.store.base import (
 )
 
 _NO_ID: Doc = {"_id": 0}
+_JOB_NAMESPACE = "$components.openlineage.namespace"  # an OpenLineage job's pipeline's
 _DATASET_ORDER = [("namespace", ASCENDING), ("name", ASCENDING), ("uuid", ASCENDING)]
 
 
@@ -40,6 +41,7 @@ class OpenLineageMongo:
     database: Database[Doc]
     _guard: AbstractContextManager[object]
     _entities: Collection[Doc]
+    _pipelines: Collection[Doc]
 
     @property
     def _ol_events(self) -> Collection[Doc]:
@@ -99,8 +101,48 @@ class OpenLineageMongo:
                          .sort("_id", DESCENDING).limit(limit))
         return found[::-1]
 
+    def lineage_namespaces(self, name: str | None = None, limit: int = 100,
+                           offset: int = 0) -> tuple[list[Doc], int]:
+        check_limit(limit)
+        spans: dict[str, list[str]] = {}
+        jobs: list[Doc] = [{"$match": {_JOB_NAMESPACE.lstrip("$"): {"$type": "string"}}},
+                           {"$unwind": "$components"},
+                           {"$match": {_JOB_NAMESPACE.lstrip("$"): {"$type": "string"}}}]
+        datasets: list[Doc] = [{"$match": {"kind": UUIDType.reference.name,
+                                           "namespace": {"$type": "string"}}}]
+        for collection, stages, field in ((self._pipelines, jobs, _JOB_NAMESPACE),
+                                          (self._entities, datasets, "$namespace")):
+            if name is not None:
+                stages = [*stages, {"$match": {field.lstrip("$"): name}}]
+            with self._guard:
+                groups = list(collection.aggregate([*stages, {"$group": {
+                    "_id": field, "created": {"$min": "$created"},
+                    "updated": {"$max": "$created"}}}]))
+            for group in groups:
+                span = spans.setdefault(group["_id"], [group["created"], group["updated"]])
+                span[0], span[1] = min(span[0], group["created"]), max(span[1], group["updated"])
+        names = sorted(spans)
+        return ([{"name": n, "created": spans[n][0], "updated": spans[n][1]}
+                 for n in names[offset:offset + limit]], len(names))
+
+    def lineage_jobs(self, namespace: str, limit: int = 100,
+                     offset: int = 0) -> tuple[list[Doc], int]:
+        check_limit(limit)
+        query = {_JOB_NAMESPACE.lstrip("$"): namespace}
+        with self._guard:
+            docs = list(self._pipelines.find(query, _NO_ID)
+                        .sort([("name", ASCENDING), ("uuid", ASCENDING)]).skip(offset)
+                        .limit(limit))
+            total = self._pipelines.count_documents(query)
+        return docs, total
+
+    def count_datasets(self, namespace: str) -> int:
+        with self._guard:
+            return self._entities.count_documents({"kind": UUIDType.reference.name,
+                                                   "namespace": namespace})
+
     def find_datasets(self, namespace: str | None = None, limit: int = 100,
-                      cursor: str | None = None) -> Page:
+                      cursor: str | None = None, offset: int = 0) -> Page:
         check_limit(limit)
         query: dict[str, Any] = {"kind": UUIDType.reference.name,
                                  "namespace": {"$type": "string"}}
@@ -114,5 +156,6 @@ class OpenLineageMongo:
                 {"namespace": after_namespace, "name": after_name, "uuid": {"$gt": after_uuid}},
             ]
         with self._guard:
-            docs = list(self._entities.find(query, _NO_ID).sort(_DATASET_ORDER).limit(limit + 1))
+            docs = list(self._entities.find(query, _NO_ID).sort(_DATASET_ORDER).skip(offset)
+                        .limit(limit + 1))
         return page_of(docs, limit, "namespace", "name", "uuid")

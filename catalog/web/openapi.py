@@ -98,6 +98,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/api/v1/lineage"): (404, 422),
     ("get", "/api/v1/openlineage/datasets"): (404, 422),
     ("get", "/api/v1/jobs/runs/{run_id}"): (404,),
+    ("get", "/api/v1/runs/{run_id}"): (404,),
+    ("get", "/api/v1/namespaces"): (422,),
     ("get", "/api/v1/openlineage/runs/{run_id}"): (404,),
     # CHIME/FRB Buckets and Results: probes, then what each call may refuse
     **{(method, f"/{base}{tail}"): () for base in ("buckets", "results")

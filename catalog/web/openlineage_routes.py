@@ -17,6 +17,10 @@ from catalog.compat.marquez import (
     lineage_graph,
     marquez_dataset,
     marquez_datasets,
+    marquez_job,
+    marquez_jobs,
+    marquez_namespace,
+    marquez_namespaces,
     marquez_run,
     marquez_runs,
 )
@@ -28,6 +32,7 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {400: {}, 401: {}, 403: {}, 404: {}
                                              422: {}}
 # An event after decompression at most: a schema facet of thousands of columns passes.
 MIN_EVENT_BYTES = 8 * 1024 * 1024
+MAX_OFFSET = 10**9  # Marquez's offset, bounded: SQLite's integers are 64-bit
 
 
 def _key(request: Request) -> str | None:
@@ -57,6 +62,18 @@ def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
     if len(data) > limit:
         raise BodyTooLarge(f"the event is larger than {limit} bytes once decompressed")
     return data
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    """Marquez's ``limit`` (1-1000, 100 by default) and ``offset`` (0 by default)."""
+    limit = request.query_params.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise InvalidInput(f"limit must be between 1 and 1000, got {limit!r}")
+    offset = request.query_params.get("offset", "0")
+    if not offset.isdigit() or int(offset) > MAX_OFFSET:
+        raise InvalidInput(f"offset must be a whole number of at most {MAX_OFFSET}, "
+                           f"got {offset!r}")
+    return int(limit), int(offset)
 
 
 def add_openlineage_routes(app: FastAPI, catalog: Catalog) -> None:
@@ -91,34 +108,51 @@ def add_openlineage_routes(app: FastAPI, catalog: Catalog) -> None:
             return get_dataset(catalog, namespace, name)
         return list_datasets(catalog, namespace, limit, cursor)
 
-    def namespace_document(parts: list[str], limit: int) -> dict[str, Any]:
+    def namespace_document(parts: list[str], limit: int, offset: int) -> dict[str, Any]:
+        if len(parts) == 1:
+            return marquez_namespace(catalog, parts[0])
         if len(parts) == 2 and parts[1] == "datasets":
-            return marquez_datasets(catalog, parts[0], limit)
+            return marquez_datasets(catalog, parts[0], limit, offset)
         if len(parts) == 3 and parts[1] == "datasets":
             return marquez_dataset(catalog, parts[0], parts[2])
+        if len(parts) == 2 and parts[1] == "jobs":
+            return marquez_jobs(catalog, parts[0], limit, offset)
+        if len(parts) == 3 and parts[1] == "jobs":
+            return marquez_job(catalog, parts[0], parts[2])
         if len(parts) == 4 and parts[1] == "jobs" and parts[3] == "runs":
-            return marquez_runs(catalog, parts[0], parts[2], limit)
+            return marquez_runs(catalog, parts[0], parts[2], limit, offset)
         raise NotFound(f"no route /api/v1/namespaces/{'/'.join(parts)}: the namespace, dataset "
                        "and job names are URL-encoded parts")
 
-    async def marquez_namespace(request: Request) -> JSONResponse:
-        """Marquez's ``{namespace}/datasets``, ``{namespace}/datasets/{name}`` and
-        ``{namespace}/jobs/{job}/runs``, each part URL-encoded as Marquez clients send it (a
-        plain route: its parts are split before decoding, which a path parameter cannot)."""
+    async def marquez_namespace_route(request: Request) -> JSONResponse:
+        """Marquez's ``{namespace}``, ``{namespace}/datasets[/{name}]``,
+        ``{namespace}/jobs[/{job}]`` and ``{namespace}/jobs/{job}/runs``, each part URL-encoded
+        as Marquez clients send it (a plain route: its parts are split before decoding, which a
+        path parameter cannot); ``limit`` and ``offset`` page the lists, as Marquez's."""
         raw = request.scope.get("raw_path") or request.url.path.encode()
         tail = raw.decode("latin-1").split("?")[0].split("/api/v1/namespaces/", 1)[1]
-        text = request.query_params.get("limit", "100")
-        if not text.isdigit() or not 1 <= int(text) <= 1000:
-            raise InvalidInput(f"limit must be between 1 and 1000, got {text!r}")
+        limit, offset = _paging(request)
         document = await run_in_threadpool(
-            namespace_document, [unquote(part) for part in tail.split("/")], int(text))
+            namespace_document, [unquote(part) for part in tail.split("/")], limit, offset)
         return JSONResponse(document)
 
-    app.router.add_route("/api/v1/namespaces/{path:path}", marquez_namespace, methods=["GET"])
+    @app.get("/api/v1/namespaces", responses=_REFUSALS)
+    def namespaces(limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
+        """Marquez's namespaces: those of the OpenLineage jobs and datasets, by name."""
+        return marquez_namespaces(catalog, limit, offset)
+
+    app.router.add_route("/api/v1/namespaces/{path:path}", marquez_namespace_route,
+                         methods=["GET"])
 
     @app.get("/api/v1/jobs/runs/{run_id}", responses=_REFUSALS)
     def marquez_run_route(run_id: str) -> dict[str, Any]:
         """Marquez's run by its id."""
+        return marquez_run(catalog, run_id)
+
+    @app.get("/api/v1/runs/{run_id}", responses=_REFUSALS)
+    def marquez_run_short(run_id: str) -> dict[str, Any]:
+        """Marquez's run by its id (as ``/api/v1/jobs/runs/{run_id}``)."""
         return marquez_run(catalog, run_id)
 
     @app.get("/api/v1/openlineage/runs/{run_id}", responses=_REFUSALS)
