@@ -184,6 +184,10 @@ async def test_a_spawned_job_runs_in_docker_and_is_a_catalog_job(
     names = [entry.name for entry in job.history]
     assert names.index("queue") < names.index("run") < names.index("finish")
     assert "t0ken" not in str(catalog.store.get_job(uuid))
+    logged = catalog.find_files(job=uuid).items  # the container's output, archived
+    assert sorted(str(f["path"]).rsplit("/", 1)[-1] for f in logged) == ["stderr.txt",
+                                                                         "stdout.txt"]
+    assert all(f["checksums"]["sha256"] and f["generated_by"] == [uuid] for f in logged)
 
     pruned = await client.get("/v1/swarm/prune-job/^hello", headers=WORKER)
     assert pruned.json() == {"hello-1": True}
