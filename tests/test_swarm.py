@@ -96,6 +96,8 @@ async def test_a_catalog_token_is_verified_and_refreshed(client: httpx.AsyncClie
     refreshed = await client.post("/auth/refresh", headers=WORKER, json={"refresh_token": None})
     assert refreshed.status_code == 200
     assert refreshed.json()["access_token"] == KEYS.worker_token()
+    odd = await client.post("/auth/refresh", headers=WORKER, json={"refresh": "x"})
+    assert odd.status_code == 422 and odd.json()["error"]["code"] == "schema_violation"
     assert (await client.get("/version")).json()["name"] == "catalog"
 
 
@@ -236,3 +238,21 @@ async def test_a_failing_container_is_a_failed_job_with_its_logs(
         "fails": "going down\n"}
     assert catalog.get_job(uuid).history[-1].data.get("error") == \
         "the container exited with code 3"
+
+
+@pytest.mark.anyio
+async def test_a_stopping_server_stops_its_containers_and_fails_their_jobs(
+        docker_daemon: DockerDaemon, catalog: Catalog, client: httpx.AsyncClient) -> None:
+    spawned = await client.post("/v1/swarm/spawn-job", headers=WORKER, json=spawn_payload(
+        job_name="orphan", command=["sleep"], arguments=["300"]))
+    uuid = spawned.json()["uuid"]
+    runner = client._transport.app.state.swarm  # type: ignore[attr-defined]
+    for _ in range(300):
+        if uuid in runner.runs:
+            break
+        wait(catalog, [uuid], timeout=0.1)
+    runner.close()
+    job = catalog.get_job(uuid)
+    assert job.state == "FAILED"
+    assert job.history[-1].data.get("error") == "the catalog server stopped"
+    assert runner.engine.state(uuid) == {}

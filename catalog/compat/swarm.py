@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalog.catalog import Catalog, parse_document
+from catalog.engines.base import Run
 from catalog.engines.docker import DockerEngine, DockerUnavailable
 from catalog.errors import (
     CatalogError,
@@ -44,7 +45,7 @@ from catalog.queue import cancel, submit
 from catalog.queue.models import SubmitRequest, Withdrawn, WorkFilter
 from catalog.states import ENDED_STATES
 from catalog.store.base import JobQuery
-from catalog.worker import LocalQueue, Worker, WorkerOptions
+from catalog.worker import Attempt, LocalQueue, Worker, WorkerOptions
 
 PIPELINE = "swarm"
 SOURCE = "api"  # of the jobs' history entries
@@ -113,6 +114,7 @@ class SwarmRunner:
         self.secrets: dict[str, dict[str, str]] = {}
         self.lock = threading.Lock()  # a name is checked and taken at once
         self.threads: list[threading.Thread] = []
+        self.runs: dict[str, Run] = {}  # the containers in hand, by job UUID
 
     def launch(self) -> None:
         thread = threading.Thread(target=self._run_one, name="swarm-job", daemon=True)
@@ -128,8 +130,11 @@ class SwarmRunner:
             _SwarmWorker(self, queue, options, self.engine, self.stop).run_one(job)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Let the jobs in hand end (up to ``timeout`` s each)."""
+        """Stop the containers in hand (their jobs fail, saying so) and wait for their reports
+        (up to ``timeout`` s each): none is left running unheld once the server is gone."""
         self.stop.set()
+        for run in list(self.runs.values()):
+            run.kill("the catalog server stopped")
         for thread in self.threads:
             thread.join(timeout)
 
@@ -143,6 +148,29 @@ class _SwarmWorker(Worker):
         environment = dict(job.data.get("environment") or {})
         environment.update(self.runner.secrets.pop(job.uuid, {}))
         return {**job.data, "environment": environment, "job_uuid": job.uuid}
+
+    def run_one(self, job: Withdrawn) -> Attempt:
+        self.engine = _Tracked(self.runner)
+        try:
+            return super().run_one(job)
+        finally:
+            self.runner.runs.pop(job.uuid, None)
+
+
+class _Tracked:
+    """The runner's engine, each run it starts kept by job UUID until it is reported."""
+
+    name = "docker"
+
+    def __init__(self, runner: SwarmRunner) -> None:
+        self.runner = runner
+
+    def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> Run:
+        if self.runner.stop.is_set():
+            raise ValueError("the catalog server is stopping")
+        run = self.runner.engine.start(work, workdir, timeout)
+        self.runner.runs[str(work["job_uuid"])] = run
+        return run
 
 
 # the jobs of this surface -------------------------------------------------------------------

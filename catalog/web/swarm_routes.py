@@ -16,10 +16,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from catalog.catalog import Catalog, parse_body
+from catalog.catalog import Catalog, parse_body, parse_document
 from catalog.compat import swarm
 from catalog.web.abuse import client_address
+
+
+class RefreshRequest(BaseModel):
+    """What chime-frb-api sends to ``POST /auth/refresh``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    refresh_token: str | None = Field(max_length=4096)  # always sent, null when it has none
+
 
 REFUSALS: dict[int | str, dict[str, Any]] = {
     status: {} for status in (400, 401, 403, 404, 409, 422, 429, 503)}
@@ -62,16 +72,15 @@ def add_swarm_routes(app: FastAPI, catalog: Catalog) -> swarm.SwarmRunner:
         check(request, "use the Swarm API")
         return JSONResponse({"valid": True})
 
-    @route("/auth/refresh", "POST", "auth", {"requestBody": {"required": False, "content": {
-        "application/json": {"schema": {"type": "object", "properties": {
-            "refresh_token": {"type": ["string", "null"]}}}}}}})
+    @route("/auth/refresh", "POST", "auth", {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {k: v for k, v in RefreshRequest.model_json_schema(
+        ).items() if k != "$defs"}}}}})
     async def refresh(request: Request) -> JSONResponse:
         """The same token back: catalog tokens do not expire."""
         token = check(request, "use the Swarm API")
-        body = await request.body()
-        document = parse_body(body) if body.strip() else {}
-        given = document.get("refresh_token") if isinstance(document, dict) else None
-        return JSONResponse({"access_token": token, "refresh_token": given})
+        given = parse_document(RefreshRequest, parse_body(await request.body()),
+                               "refresh request")
+        return JSONResponse({"access_token": token, "refresh_token": given.refresh_token})
 
     @route("/v1/swarm/spawn-job", "POST", extra=SPAWN_BODY)
     async def spawn_job(request: Request) -> JSONResponse:
