@@ -196,14 +196,15 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "ingest": [{"bearerToken": []}],
     "worker": [{"bearerToken": []}, {"queryToken": []}],
     "chime": [{"accessToken": []}, {"rawAuthorization": []}],
-    "swarm": [{"rawAuthorization": []}],
+    "swarm": [{"accessToken": []}, {"rawAuthorization": []}],
 }
 _WHO = {"job": "the job's token or the admin token", "admin": "the admin token",
         "ingest": "the ingestion key (setting openlineage_key) or the admin token",
         "worker": "the worker key ('catalog token worker') or the admin token",
         "chime": "the worker key or the admin token, as CHIME/FRB's clients send it "
                  "(unless the setting chime_anonymous_writes lets a tokenless client write)",
-        "swarm": "the worker key or the admin token, raw in authorization (chime-frb-api)"}
+        "swarm": "the worker key or the admin token, raw in authorization as chime-frb-api sends "
+                 "it (or in x-access-token)"}
 
 
 def uuid_pattern(*kinds: UUIDType) -> str:

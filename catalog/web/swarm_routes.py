@@ -39,7 +39,7 @@ SPAWN_BODY = {"requestBody": {"required": True, "content": {"application/json": 
 
 
 def _token(request: Request) -> str | None:
-    token = request.headers.get("authorization")
+    token = request.headers.get("x-access-token") or request.headers.get("authorization")
     if token and token.lower().startswith("bearer "):
         token = token[7:]
     return token.strip() or None if token else None
