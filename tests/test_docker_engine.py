@@ -47,7 +47,7 @@ def test_limits_labels_and_environment_reach_docker(docker_daemon: DockerDaemon,
     engine = DockerEngine()
     run = engine.start({"image": docker_daemon.image, "job_uuid": "job-limits",
                         "command": ["sleep", "30"], "environment": {"SECRET": "s3cret"},
-                        "resources": {"memory": 64 * 2**20, "memory_reservation": 32 * 2**20,
+                        "limits": {"memory": 64 * 2**20, "memory_reservation": 32 * 2**20,
                                       "cpus": 0.5}}, tmp_path, 60)
     try:
         found = _inspect("job-limits")
@@ -92,7 +92,7 @@ def test_out_of_memory_is_read_from_inspect(docker_daemon: DockerDaemon,
     run = DockerEngine().start({
         "image": docker_daemon.image, "job_uuid": "job-oom",
         "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
-        "resources": {"memory": 8 * 2**20}}, tmp_path, 60)
+        "limits": {"memory": 8 * 2**20}}, tmp_path, 60)
     assert run.wait(60)
     execution = run.result()
     assert execution.error is not None and "OOMKilled" in execution.error, execution
@@ -101,9 +101,9 @@ def test_out_of_memory_is_read_from_inspect(docker_daemon: DockerDaemon,
 @pytest.mark.parametrize(("work", "message"), [
     ({"image": "not-here/nothing:1", "command": ["true"]}, "is not on this machine"),
     ({"command": ["true"]}, "names no container image"),
-    ({"image": "IMAGE", "command": ["true"], "resources": {"memory": 100}},
+    ({"image": "IMAGE", "command": ["true"], "limits": {"memory": 100}},
      "memory limit is at least"),
-    ({"image": "IMAGE", "command": ["true"], "resources": {"cpus": 1000}}, "CPU limit"),
+    ({"image": "IMAGE", "command": ["true"], "limits": {"cpus": 1000}}, "CPU limit"),
     ({"image": "IMAGE", "command": ["true"], "environment": {"A B": "x"}}, "environment"),
     ({"image": "IMAGE", "command": ["/no/such/program"]}, "could not start the container"),
 ])

@@ -182,7 +182,7 @@ async def test_a_spawned_job_runs_in_docker_and_is_a_catalog_job(
     assert job.data["image"] == dockerimage.IMAGE
     assert job.data["command"] == ["sh", "-c", "echo hello $WHO; echo oops >&2"]
     assert job.data["environment"] == {"WHO": "world", "FRB_MASTER_ACCESS_TOKEN": WITHHELD}
-    assert job.data["resources"]["memory"] == 4294967296
+    assert job.data["limits"]["memory"] == 4294967296
     names = [entry.name for entry in job.history]
     assert names.index("queue") < names.index("run") < names.index("finish")
     assert "t0ken" not in str(catalog.store.get_job(uuid))

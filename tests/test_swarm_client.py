@@ -140,5 +140,5 @@ def test_spawn_list_status_logs_kill_and_prune(with_docker: Client) -> None:
     names = [entry["name"] for entry in done]
     assert "run" in names and "finish" in names
     assert "cancel" in [entry["name"] for entry in cancelled]
-    assert job["data"]["resources"]["memory"] == 64 * 2**20
+    assert job["data"]["limits"]["memory"] == 64 * 2**20
     assert job["data"]["job_name"] == "client-hello"

@@ -241,7 +241,7 @@ def spawn(runner: SwarmRunner, document: Any) -> dict[str, Any]:
         "job_name": name,
         "environment": {key: WITHHELD if key in secrets else value
                         for key, value in request.environment.items()},
-        "resources": {"memory": request.job_mem_limit,
+        "limits": {"memory": request.job_mem_limit,
                       "memory_reservation": request.job_mem_reservation,
                       "cpus": request.job_cpu_limit,
                       "cpu_reservation": request.job_cpu_reservation},

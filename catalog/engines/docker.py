@@ -37,11 +37,12 @@ class DockerUnavailable(RuntimeError):
     """No docker daemon answers (why, in the message)."""
 
 
-def _resources(work: dict[str, Any]) -> list[str]:
-    """``--memory``, ``--memory-reservation`` and ``--cpus`` from the work's ``resources``."""
-    resources = work.get("resources") or {}
+def _limits(work: dict[str, Any]) -> list[str]:
+    """``--memory``, ``--memory-reservation`` (bytes) and ``--cpus`` from the work's ``limits``
+    (docker's own terms; not ``resources``, whose memory is in MB: catalog.engines.base)."""
+    resources = work.get("limits") or {}
     if not isinstance(resources, dict):
-        raise ValueError("the work's resources are not a JSON object")
+        raise ValueError("the work's limits are not a JSON object")
     flags: list[str] = []
     memory = resources.get("memory")
     reservation = resources.get("memory_reservation")
@@ -186,7 +187,7 @@ class DockerEngine:
         return done.returncode == 0
 
     def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> DockerRun:
-        """Start ``work`` (``image``, ``command``, optional ``environment``, ``resources``
+        """Start ``work`` (``image``, ``command``, optional ``environment``, ``limits``
         and ``job_uuid``, the container's name) detached; ValueError for work that cannot run
         here (no image, an image not present, bad limits), DockerUnavailable without a
         daemon."""
@@ -195,7 +196,7 @@ class DockerEngine:
             raise ValueError("the work names no container image")
         argv = command_argv(work.get("command")) if work.get("command") is not None else []
         environment = _environment(work)
-        flags = _resources(work)
+        flags = _limits(work)
         name = str(work.get("job_uuid") or f"catalog-{uuid_module.uuid4()}")
         if not _CONTAINER_NAME.match(name):
             raise ValueError(f"{name!r} cannot name a container")
