@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint slurm bench bench-lineage bench-mongo schemas docs clean
+.PHONY: run test lint slurm bench bench-lineage bench-mongo schemas docs clean docker-test-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,7 @@ slurm:
 	else echo "make slurm: not root on Debian: the Slurm tests will skip"; fi
 
 test: $(VENV)/.test-installed slurm
+	-$(MAKE) --no-print-directory docker-test-deps
 	$(BIN)/ruff check catalog tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -63,6 +64,16 @@ schemas: $(VENV)/.run-installed
 
 docs: $(VENV)/.run-installed
 	$(BIN)/python -m catalog.docs
+
+# What the docker engine's tests start (tests/dockerimage.py): dockerd and a static busybox for
+# the image they build. Installed where it can be (root on Debian); elsewhere those tests skip.
+docker-test-deps:
+	@if command -v dockerd >/dev/null && dpkg -s busybox-static >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 \
+		     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null; }; \
+	else echo "docker.io and busybox-static are not installed: the docker tests will skip"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -35,7 +35,9 @@ and a non-zero exit code on the command line)::
     ├── QueueEventRefused              409 queue_event       (sent by the queue, not as an event)
     ├── LeaseNotHeld                   409 lease_not_held    (a worker acting on a job it lacks)
     ├── AmbiguousPipeline              409 ambiguous_pipeline
+    ├── JobNameTaken                   409 job_name_taken    (a Swarm job name in use)
     ├── ConcurrencyConflict            503 concurrency_conflict
+    ├── EngineUnavailable              503 engine_unavailable (no docker daemon, say)
     ├── StoreError                     500 store_error
     └── ConfigurationError             500 configuration_error
 """
@@ -53,6 +55,7 @@ __all__ = [
     "ConcurrencyConflict",
     "ConfigurationError",
     "ConfirmationRequired",
+    "EngineUnavailable",
     "EntityNotFound",
     "EventNotAllowed",
     "FileNotFound",
@@ -64,6 +67,7 @@ __all__ = [
     "InvalidPattern",
     "JobActive",
     "JobDeleted",
+    "JobNameTaken",
     "JobNotFound",
     "LeaseNotHeld",
     "MalformedIdentifier",
@@ -331,9 +335,19 @@ class AmbiguousPipeline(CatalogError):
     code = "ambiguous_pipeline"
 
 
+class JobNameTaken(CatalogError):
+    status = 409
+    code = "job_name_taken"
+
+
 class ConcurrencyConflict(CatalogError):
     status = 503
     code = "concurrency_conflict"
+
+
+class EngineUnavailable(CatalogError):
+    status = 503
+    code = "engine_unavailable"
 
 
 class StoreError(CatalogError):

@@ -46,6 +46,7 @@ from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.openapi import complete as complete_openapi
 from catalog.web.openlineage_routes import add_openlineage_routes
 from catalog.web.queue_routes import add_queue_routes, add_wait_route
+from catalog.web.swarm_routes import add_swarm_routes
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -231,6 +232,7 @@ def create_app(catalog: Catalog) -> FastAPI:
     add_deletion_routes(app, catalog)
     add_queue_routes(app, catalog)
     add_chime_routes(app, catalog)
+    add_swarm_routes(app, catalog)
     add_fixity_routes(app, catalog)
     add_openlineage_routes(app, catalog)
 

@@ -55,6 +55,12 @@ TOKENS: dict[tuple[str, str], str] = {
         ("get", "/buckets/audit/failed"), ("get", "/buckets/audit/expired"),
         ("get", "/buckets/audit/stale/{days}"), ("post", "/results/results"),
         ("put", "/results/results"), ("delete", "/results/results"))},
+    # CHIME/FRB's Swarm API (catalog.compat.swarm): the worker key or the admin token, raw
+    **{key: "swarm" for key in (
+        ("get", "/auth/verify"), ("post", "/auth/refresh"), ("post", "/v1/swarm/spawn-job"),
+        ("get", "/v1/swarm/jobs"), ("get", "/v1/swarm/job-status/{job_name}"),
+        ("get", "/v1/swarm/logs/{job_name}"), ("get", "/v1/swarm/kill-job/{job_name}"),
+        ("get", "/v1/swarm/prune-job/{job_name}"))},
 }
 
 # What every route may answer: a Content-Length that is not a number (400), a body over
@@ -116,6 +122,14 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
         ("get", "/buckets/status/details/{pipeline}"), ("get", "/buckets/status/pipelines"),
         ("post", "/results/view"), ("post", "/results/view/count"),
         ("get", "/results/status"))},
+    # CHIME/FRB's Swarm API: every call needs a token; spawn may find no docker (503)
+    **{key: (401, 403, 429) for key in (("get", "/auth/verify"), ("get", "/v1/swarm/jobs"))},
+    ("post", "/auth/refresh"): (401, 403, 422, 429),
+    ("post", "/v1/swarm/spawn-job"): (401, 403, 409, 422, 429, 503),
+    ("get", "/v1/swarm/job-status/{job_name}"): (401, 403, 429),
+    ("get", "/v1/swarm/prune-job/{job_name}"): (401, 403, 429),
+    **{key: (401, 403, 404, 429) for key in (
+        ("get", "/v1/swarm/logs/{job_name}"), ("get", "/v1/swarm/kill-job/{job_name}"))},
 }
 
 # Answers in more than JSON: (method, path) -> media type -> schema of a 200 answer.
@@ -187,12 +201,15 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "ingest": [{"bearerToken": []}],
     "worker": [{"bearerToken": []}, {"queryToken": []}],
     "chime": [{"accessToken": []}, {"rawAuthorization": []}],
+    "swarm": [{"accessToken": []}, {"rawAuthorization": []}],
 }
 _WHO = {"job": "the job's token or the admin token", "admin": "the admin token",
         "ingest": "the ingestion key (setting openlineage_key) or the admin token",
         "worker": "the worker key ('catalog token worker') or the admin token",
         "chime": "the worker key or the admin token, as CHIME/FRB's clients send it "
-                 "(unless the setting chime_anonymous_writes lets a tokenless client write)"}
+                 "(unless the setting chime_anonymous_writes lets a tokenless client write)",
+        "swarm": "the worker key or the admin token, raw in authorization as chime-frb-api sends "
+                 "it (or in x-access-token)"}
 
 
 def uuid_pattern(*kinds: UUIDType) -> str:

@@ -25,7 +25,8 @@ def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
     logging._srcfile = None
     settings = catalog.settings
     # Idle and slow connections are closed (catalog.web.timeouts): none can be held for ever.
-    config = uvicorn.Config(create_app(catalog), host=host, port=port, access_log=False,
+    app = create_app(catalog)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False,
                             log_level=log_level, timeout_graceful_shutdown=5,
                             http=deadline_protocol(settings.http_request_timeout_s),
                             timeout_keep_alive=settings.http_timeout_keep_alive_s)
@@ -37,6 +38,7 @@ def serve(catalog: Catalog, host: str = "127.0.0.1", port: int = 8000,
     try:
         uvicorn.Server(config).run()
     finally:
+        app.state.swarm.close(timeout=10)  # Swarm containers in hand: stopped, their jobs failed
         if schedule is not None:
             schedule.stop()
         sweeper.stop()

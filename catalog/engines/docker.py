@@ -1,0 +1,255 @@
+"""The docker engine: each piece of work is a container of an image already on this machine,
+named and labelled by its job UUID, with memory and CPU limits; its exit code and whether the
+kernel killed it for memory are read from ``docker inspect``, its output from ``docker logs``.
+
+Nothing is ever pulled (``--pull never``, and an image that is not present is refused before
+anything runs). The daemon is whichever the ``docker`` client reaches (``DOCKER_HOST``).
+Environment values are handed to the client in its own environment and named with ``-e NAME``,
+so that no value (a token, say) appears on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid as uuid_module
+from pathlib import Path
+from typing import Any
+
+from catalog.engines.base import Execution, outputs_of_line
+from catalog.engines.call import Outputs
+from catalog.engines.local import command_argv
+
+LABEL = "org.catalog.job"  # the job UUID, on every container this engine starts
+_CLI_TIMEOUT_S = 60.0  # any one docker client call (a start included)
+_KILL_TIMEOUT_S = 10  # docker stop's grace before SIGKILL
+_LOG_BYTES = 16 * 1024 * 1024  # of a container's output kept in its work directory
+_MIN_MEMORY = 6 * 1024 * 1024  # the least docker accepts for --memory
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+
+
+class DockerUnavailable(RuntimeError):
+    """No docker daemon answers (why, in the message)."""
+
+
+def _limits(work: dict[str, Any]) -> list[str]:
+    """``--memory``, ``--memory-reservation`` (bytes) and ``--cpus`` from the work's ``limits``
+    (docker's own terms; not ``resources``, whose memory is in MB: catalog.engines.base)."""
+    resources = work.get("limits") or {}
+    if not isinstance(resources, dict):
+        raise ValueError("the work's limits are not a JSON object")
+    flags: list[str] = []
+    memory = resources.get("memory")
+    reservation = resources.get("memory_reservation")
+    cpus = resources.get("cpus")
+    if memory is not None:
+        if not isinstance(memory, int) or memory < _MIN_MEMORY:
+            raise ValueError(f"a memory limit is at least {_MIN_MEMORY} bytes, not {memory!r}")
+        flags += ["--memory", str(memory)]
+    if reservation is not None:
+        if not isinstance(reservation, int) or reservation < 0 or (
+                memory is not None and reservation > memory):
+            raise ValueError(f"a memory reservation is 0 to the limit, not {reservation!r}")
+        if reservation:
+            flags += ["--memory-reservation", str(reservation)]
+    if cpus is not None:
+        if not isinstance(cpus, int | float) or not 0 < cpus <= (os.cpu_count() or 1):
+            raise ValueError(f"a CPU limit is more than 0 and at most this machine's "
+                             f"{os.cpu_count() or 1} cores, not {cpus!r}")
+        flags += ["--cpus", f"{float(cpus):g}"]
+    return flags
+
+
+def _environment(work: dict[str, Any]) -> dict[str, str]:
+    environment = work.get("environment") or {}
+    if not isinstance(environment, dict):
+        raise ValueError("the work's environment is not a JSON object")
+    for name, value in environment.items():
+        if not _ENV_NAME.match(str(name)) or not isinstance(value, str):
+            raise ValueError(f"environment variable {name!r}: a name of letters, digits and "
+                             "_ with a string value")
+    return {str(name): str(value) for name, value in environment.items()}
+
+
+class DockerRun:
+    """One container, followed with ``docker wait``."""
+
+    def __init__(self, engine: DockerEngine, name: str, container: str, workdir: Path,
+                 timeout: int) -> None:
+        self.engine = engine
+        self.name = name
+        self.native_id = container
+        self.workdir = workdir
+        self.timeout = timeout
+        self.stdout = workdir / "stdout.txt"
+        self.stderr = workdir / "stderr.txt"
+        self._deadline = time.monotonic() + timeout
+        self._killed: str | None = None
+        self._timed_out = False
+        self._result: Execution | None = None
+        self._waiter = subprocess.Popen(
+            [engine.docker, "wait", container], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s (less if the work's own time runs out first)."""
+        left = self._deadline - time.monotonic()
+        try:
+            self._waiter.wait(timeout=max(0.0, min(timeout, left)))
+            return True
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= self._deadline:
+                self._timed_out = True
+                self.kill(f"timed out after {self.timeout} s")
+                return True
+            return False
+
+    def kill(self, reason: str) -> None:
+        """Stop the container (SIGTERM, SIGKILL after a grace period), noting why."""
+        self._killed = self._killed or reason
+        self.engine.stop(self.name)
+        try:
+            self._waiter.wait(timeout=_CLI_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._waiter.kill()
+            self._waiter.wait()
+
+    def result(self) -> Execution:
+        """How the container ended, its logs in the work directory; then it is removed."""
+        if self._result is not None:
+            return self._result
+        state = self.engine.state(self.name)
+        self.engine.logs_to(self.name, self.stdout, self.stderr)
+        self.engine.remove(self.name)
+        code = state.get("ExitCode")
+        execution = Execution(code if isinstance(code, int) else None, stdout=self.stdout,
+                              stderr=self.stderr, native_id=self.native_id,
+                              timed_out=self._timed_out, killed=self._killed is not None)
+        if self._killed is not None:
+            execution.error = self._killed
+        elif state.get("OOMKilled"):
+            execution.error = (f"the container was killed for want of memory (OOMKilled, exit "
+                               f"code {code})")
+        elif code != 0:
+            execution.error = f"the container exited with code {code}"
+        else:
+            execution.outputs = outputs_of_line(_last_line(self.stdout)) or Outputs(
+                {"returncode": code})
+        self._result = execution
+        return execution
+
+
+def _last_line(path: Path) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 64 * 1024))
+        lines = handle.read().decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+class DockerEngine:
+    """Runs work as containers through the ``docker`` client."""
+
+    name = "docker"
+
+    def __init__(self, docker: str = "docker") -> None:
+        self.docker = shutil.which(docker) or docker
+
+    def _call(self, *args: str, env: dict[str, str] | None = None,
+              timeout: float = _CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([self.docker, *args], capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL, timeout=timeout, env=env)
+        except FileNotFoundError:
+            raise DockerUnavailable(f"no docker client ({self.docker!r} is not found)") from None
+        except subprocess.TimeoutExpired:
+            raise DockerUnavailable(f"docker {args[0]} did not answer within {timeout:g} s") \
+                from None
+
+    def unavailable(self) -> str | None:
+        """Why no container can run here (no client, no daemon), or None when one can."""
+        try:
+            done = self._call("version", "--format", "{{.Server.Version}}", timeout=10)
+        except DockerUnavailable as exc:
+            return str(exc)
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["no answer"])[-1]
+            return f"the docker daemon does not answer: {why}"
+        return None
+
+    def has_image(self, image: str) -> bool:
+        """Whether ``image`` is on this machine (nothing is ever pulled)."""
+        done = self._call("image", "inspect", "--format", "{{.Id}}", "--", image)
+        return done.returncode == 0
+
+    def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> DockerRun:
+        """Start ``work`` (``image``, ``command``, optional ``environment``, ``limits``
+        and ``job_uuid``, the container's name) detached; ValueError for work that cannot run
+        here (no image, an image not present, bad limits), DockerUnavailable without a
+        daemon."""
+        image = work.get("image")
+        if not isinstance(image, str) or not image or image.startswith("-"):
+            raise ValueError("the work names no container image")
+        argv = command_argv(work.get("command")) if work.get("command") is not None else []
+        environment = _environment(work)
+        flags = _limits(work)
+        name = str(work.get("job_uuid") or f"catalog-{uuid_module.uuid4()}")
+        if not _CONTAINER_NAME.match(name):
+            raise ValueError(f"{name!r} cannot name a container")
+        if not self.has_image(image):
+            raise ValueError(f"image {image!r} is not on this machine, and nothing is pulled "
+                             "here: load or build it first")
+        workdir.mkdir(parents=True, exist_ok=True)
+        client_env = {**os.environ, **environment}
+        done = self._call(
+            "run", "--detach", "--pull", "never", "--name", name, "--label", f"{LABEL}={name}",
+            *flags, *[part for key in environment for part in ("--env", key)],
+            "--", image, *argv, env=client_env)
+        if done.returncode != 0:
+            self.remove(name)  # created but not started (a command not in the image)
+            raise ValueError(f"docker could not start the container: {done.stderr.strip()}")
+        return DockerRun(self, name, done.stdout.strip(), workdir, timeout)
+
+    def state(self, name: str) -> dict[str, Any]:
+        """The container's ``State`` from ``docker inspect`` ({} once it is gone)."""
+        done = self._call("inspect", "--type", "container", "--format", "{{json .State}}",
+                          "--", name)
+        if done.returncode != 0:
+            return {}
+        state = json.loads(done.stdout)
+        return state if isinstance(state, dict) else {}
+
+    def logs(self, name: str, limit: int = _LOG_BYTES) -> str | None:
+        """The container's output so far (both streams), or None once it is gone."""
+        done = self._call("logs", "--", name)
+        if done.returncode != 0:
+            return None
+        return (done.stdout + done.stderr)[-limit:]
+
+    def logs_to(self, name: str, stdout: Path, stderr: Path) -> None:
+        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+            try:
+                subprocess.run([self.docker, "logs", "--", name], stdout=out, stderr=err,
+                               stdin=subprocess.DEVNULL, timeout=_CLI_TIMEOUT_S, check=False)
+            except subprocess.TimeoutExpired:
+                err.write(b"\n[docker logs did not answer in time]\n")
+        for path in (stdout, stderr):
+            if path.stat().st_size > _LOG_BYTES:  # the end is what tells how it ended
+                data = path.read_bytes()[-_LOG_BYTES:]
+                path.write_bytes(data)
+
+    def stop(self, name: str) -> bool:
+        """Stop the container ``name``; False when there was none."""
+        done = self._call("stop", "--time", str(_KILL_TIMEOUT_S), "--", name,
+                          timeout=_CLI_TIMEOUT_S + _KILL_TIMEOUT_S)
+        return done.returncode == 0
+
+    def remove(self, name: str) -> bool:
+        """Remove the container ``name`` (stopped first if it runs); False when there was
+        none."""
+        done = self._call("rm", "--force", "--", name)
+        return done.returncode == 0
