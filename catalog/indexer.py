@@ -18,7 +18,6 @@ refused before ``index`` is sent, and leaves the job as it was.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,34 +136,19 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
         catalog.add_entities(list(references.new_references.values()))
     unreadable: list[str] = []
 
-    def write(changed: list[Doc]) -> None:
+    # Chunks of UPSERT_CHUNK records: each write holds the database's write lock a fraction
+    # of a second, however large the tree, so webhooks' events wait that long at most. Should
+    # the run stop, the job stays INDEXING, and indexing again reads only what was not written.
+    for start in range(0, len(claimed), UPSERT_CHUNK):
+        records, changed = run.chunk(claimed[start:start + UPSERT_CHUNK], result, unreadable)
         if changed:
             catalog.store.upsert_files(changed)
             _stop_if_reset(catalog, job)
-
-    def written(records: list[Doc], writing: Future[None]) -> None:
-        writing.result()  # its error, if the write failed
         result.indexed += len(records)
         if sink is None:
             result.files += records
         else:
-            sink(records)  # only written records: what a sink is told of is durable
-
-    # Chunks of UPSERT_CHUNK records: each write holds the database's write lock a fraction
-    # of a second, however large the tree, so webhooks' events wait that long at most. Should
-    # the run stop, the job stays INDEXING, and indexing again reads only what was not written.
-    # A chunk is written in a thread of its own while the next one is hashed and built (the
-    # store's commit and SQLite's page work run without the GIL): one write at a time, in order.
-    with ThreadPoolExecutor(1, thread_name_prefix="index-write") as writer:
-        previous: tuple[list[Doc], Future[None]] | None = None
-        for start in range(0, len(claimed), UPSERT_CHUNK):
-            records, changed = run.chunk(claimed[start:start + UPSERT_CHUNK], result,
-                                         unreadable)
-            if previous is not None:
-                written(*previous)
-            previous = (records, writer.submit(write, changed))
-        if previous is not None:
-            written(*previous)
+            sink(records)
     if unreadable:
         raise IndexingError(
             f"could not read {len(unreadable)} file(s), which were not indexed (the other "

@@ -260,7 +260,6 @@ _MAX_BATCH = 256  # events per group commit
 _BULK_CHUNK = 5000  # events per transaction of apply_events (about 0.3 s of the write lock)
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _CACHE_KIB = 64 * 1024  # page cache per connection, at most (filled on demand)
-_MMAP_BYTES = 256 * 1024 * 1024  # of the database file mapped for reads
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
 # src_key: what its source is paged by, a file's path or a job's created (None for entities).
 _INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst, src_key) VALUES (?, ?, ?, ?)"
@@ -401,7 +400,6 @@ class SQLiteStore(OpenLineageSQLite):
         # then reads and writes its index pages from the OS over and over, and indexing slows
         # as the tree grows. The cache is filled on demand, so an idle connection costs nothing.
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-        conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")  # reads without copying into the cache
         with self._connections_lock:
             self._connections.append(conn)
         return conn
