@@ -11,11 +11,14 @@ catalog's URL for it. The bag is written beside the destination and renamed into
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tarfile
 import uuid as uuid_module
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,16 +27,19 @@ from typing import IO, Any
 from catalog import __version__
 from catalog.catalog import Catalog
 from catalog.errors import CatalogError, FixityMismatch, InvalidInput
-from catalog.fixity import compare, hashers
+from catalog.fixity import compare, constructors, hashers
 from catalog.identifiers import UUIDType, parse_uuid
 from catalog.indexer import check_storage_system
 from catalog.models import Job
+from catalog.storage.base import Storage
 from catalog.store.base import Doc
 
 __all__ = ["BagResult", "export_bag", "export_bag_tar"]
 
 BLOCK = 1024 * 1024
 PAGE = 1000  # records read at a time
+COPIERS = 4  # threads copying files (each mostly waits on the filesystem)
+WINDOW = 256  # copies pending at most, beyond those being written to the manifest
 
 
 @dataclass
@@ -105,15 +111,37 @@ def _write_bag(catalog: Catalog, job: Job, bag: Path) -> tuple[int, int]:
     """The payload, manifest and tag files of ``job``'s bag in ``bag``: (files, bytes)."""
     files = size = 0
     prefix = job.archive_path.rstrip("/") + "/"
-    with open(bag / "manifest-sha256.txt", "w", encoding="utf-8", newline="\n") as manifest:
-        for record in _records(catalog, job):
-            path = record["path"]
-            # A record of the job is under its archive path; one that is not keeps its path.
-            relative = path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
-            sha256, copied = _copy_verified(catalog, record, bag / "data" / relative)
-            manifest.write(f"{sha256}  data/{_encode(relative)}\n")
-            files += 1
-            size += copied
+    copier = _Copier(catalog.storage, os.path.join(bag, "data"))
+    # Files are copied by a few threads at once: making a file waits on the filesystem (its
+    # directory's lock, its journal) far longer than its bytes take to hash, and that wait
+    # holds no GIL. The manifest is written in the records' order, as each copy is done; at
+    # most WINDOW copies are pending, so memory does not grow with the job.
+    pending: deque[tuple[str, Future[tuple[str, int]]]] = deque()
+    with open(bag / "manifest-sha256.txt", "w", encoding="utf-8", newline="\n") as manifest, \
+            ThreadPoolExecutor(COPIERS, thread_name_prefix="bag-copy") as threads:
+        try:
+            for record in _records(catalog, job):
+                path = record["path"]
+                # A record of the job is under its archive path; one that is not keeps its path.
+                relative = path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
+                pending.append((relative, threads.submit(copier.copy_verified, record,
+                                                         relative)))
+                while len(pending) > WINDOW or (pending and pending[0][1].done()):
+                    relative, copying = pending.popleft()
+                    sha256, copied = copying.result()  # the first file not as recorded stops it
+                    manifest.write(f"{sha256}  data/{_encode(relative)}\n")
+                    files += 1
+                    size += copied
+            while pending:
+                relative, copying = pending.popleft()
+                sha256, copied = copying.result()
+                manifest.write(f"{sha256}  data/{_encode(relative)}\n")
+                files += 1
+                size += copied
+        except BaseException:
+            for _, copying in pending:
+                copying.cancel()  # those not started; leaving waits for those running
+            raise
     _write_text(bag / "bagit.txt", "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n")
     pipeline = catalog.store.get_pipeline(job.pipeline_uuid) or {}
     name = " ".join(str(part) for part in (pipeline.get("name"), pipeline.get("version"))
@@ -139,42 +167,80 @@ def _write_bag(catalog: Catalog, job: Job, bag: Path) -> tuple[int, int]:
     return files, size
 
 
-def _copy_verified(catalog: Catalog, record: Doc, target: Path) -> tuple[str, int]:
-    """Copy ``record``'s file to ``target``, computing every recorded digest (and sha256) on
-    the way; its sha256 and size, or FixityMismatch if the copy is not what was recorded."""
-    recorded: dict[str, str] = record.get("checksums") or {}
-    if not recorded:
-        raise FixityMismatch(f"{record['path']} has no recorded checksum to export it by "
-                             "(index the job first)", path=record["path"])
-    digests = hashers([*recorded, "sha256"])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    size = 0
-    try:
-        with catalog.storage.open(record["path"]) as stream, open(target, "wb") as out:
-            size = _copy(stream, out, digests)
-    except FileNotFoundError:
-        raise FixityMismatch(f"{record['path']} is missing: the bag was not written",
-                             path=record["path"]) from None
-    except (OSError, CatalogError) as exc:
-        why = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
-        raise FixityMismatch(f"{record['path']} could not be read ({why}): the bag was not "
-                             "written", path=record["path"]) from None
-    found = {name: digest.hexdigest() for name, digest in digests.items()}
-    outcome, changed = compare(recorded, record["size"], size, found)
-    if outcome != "ok":
-        raise FixityMismatch(
-            f"{record['path']} does not match its record ({', '.join(changed)} differ): the "
-            "bag was not written", path=record["path"], changed=changed)
-    return recorded.get("sha256", found["sha256"]), size
+@functools.lru_cache(maxsize=64)
+def _algorithms(recorded: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """The digests to compute for a record with these checksums: them and sha256 (the same
+    few sets for every file of a job: worked out once each)."""
+    return constructors([*recorded, "sha256"])
 
 
-def _copy(stream: IO[bytes], out: IO[bytes], digests: dict[str, Any]) -> int:
+class _Copier:
+    """Copies records' files into a bag's payload directory, each read once: every digest is
+    updated from the block just read, which is then written (no second read of either file).
+    Per file, only what must be done for it: directories made once each, the copy written
+    through its descriptor (no buffered file object), small files read in one call."""
+
+    def __init__(self, storage: Storage, payload: str) -> None:
+        self._storage, self._payload = storage, payload
+        self._made: set[str] = set()
+
+    def copy_verified(self, record: Doc, relative: str) -> tuple[str, int]:
+        """Copy ``record``'s file to ``relative`` in the payload, computing every recorded
+        digest (and sha256) on the way; its sha256 and size, or FixityMismatch if the copy is
+        not what was recorded."""
+        recorded: dict[str, str] = record.get("checksums") or {}
+        if not recorded:
+            raise FixityMismatch(f"{record['path']} has no recorded checksum to export it by "
+                                 "(index the job first)", path=record["path"])
+        algorithms = _algorithms(tuple(recorded))
+        digests = [make() for _, make in algorithms]
+        target = os.path.join(self._payload, relative)
+        parent = os.path.dirname(target)
+        if parent not in self._made:
+            os.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
+        try:
+            with self._storage.open(record["path"]) as stream:
+                out = os.open(target, _CREATE, 0o666)
+                try:
+                    size = _copy(stream, out, digests)
+                finally:
+                    os.close(out)
+        except FileNotFoundError:
+            raise FixityMismatch(f"{record['path']} is missing: the bag was not written",
+                                 path=record["path"]) from None
+        except (OSError, CatalogError) as exc:
+            why = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
+            raise FixityMismatch(f"{record['path']} could not be read ({why}): the bag was "
+                                 "not written", path=record["path"]) from None
+        found = {name: digest.hexdigest()
+                 for (name, _), digest in zip(algorithms, digests, strict=True)}
+        outcome, changed = compare(recorded, record["size"], size, found)
+        if outcome != "ok":
+            raise FixityMismatch(
+                f"{record['path']} does not match its record ({', '.join(changed)} differ): "
+                "the bag was not written", path=record["path"], changed=changed)
+        return recorded.get("sha256", found["sha256"]), size
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_FIRST_READ = 64 * 1024  # most archived files are small: read whole, no large buffer made
+
+
+def _copy(stream: IO[bytes], out: int, digests: list[Any]) -> int:
+    """Read ``stream`` to its end once, updating ``digests`` and writing each block to the
+    descriptor ``out``; the bytes copied."""
     size = 0
-    while chunk := stream.read(BLOCK):
+    block = _FIRST_READ
+    while chunk := stream.read(block):
         size += len(chunk)
-        for digest in digests.values():
+        for digest in digests:
             digest.update(chunk)
-        out.write(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(out, view):]
+        if len(chunk) == block:
+            block = min(block * 8, BLOCK)  # a large file, likely: read more at a time
     return size
 
 

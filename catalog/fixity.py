@@ -33,6 +33,7 @@ __all__ = [
     "NO_COMMON_DIGEST",
     "check",
     "compare",
+    "constructors",
     "hash_file",
     "hash_many",
     "hash_stream",
@@ -97,6 +98,12 @@ def hashers(algorithms: Iterable[str]) -> dict[str, _Digest]:
     """A fresh digest object (``update``, ``hexdigest``) for each of ``algorithms``
     (normalised: ``xxh3_128`` included), for a caller that reads the bytes itself."""
     return {name: _CONSTRUCTORS[name]() for name in normalise_algorithms(algorithms)}
+
+
+def constructors(algorithms: Iterable[str]) -> tuple[tuple[str, Callable[[], _Digest]], ...]:
+    """``(name, constructor)`` of each of ``algorithms`` (normalised): for a caller that makes
+    fresh digests for many files, worked out once rather than per file as ``hashers`` does."""
+    return tuple((name, _CONSTRUCTORS[name]) for name in normalise_algorithms(algorithms))
 
 
 def hash_stream(

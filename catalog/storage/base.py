@@ -17,7 +17,7 @@ from catalog.errors import UnsafePath
 BLOCK_SIZE = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__: an index run holds one per file listed
 class FileInfo:
     """A stored file: its storage path, size, modification time (epoch seconds), ETag if any."""
 
