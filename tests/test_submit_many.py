@@ -3,6 +3,10 @@ stored, with the memoisation of N single submits, on every store."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +156,33 @@ def test_equals_single_submits(tmp_path: Path, graph: list[tuple[int, list[int],
         finally:
             catalog.close()
     assert results[0] == results[1]
+
+
+SCRIPT = Path(sys.executable).parent / "catalog"
+
+
+def test_catalog_submit_batch_from_a_file_and_stdin(catalog: Catalog, tmp_path: Path) -> None:
+    if catalog.settings.db.startswith("mongomock"):
+        pytest.skip("an in-memory mongomock is not shared with another process")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CATALOG_")}
+    env["CATALOG_DB"] = catalog.settings.db
+    lines = [work(0, key="a"), work(1, when={"job": "a", "is": "finished"})]
+    batch = tmp_path / "graph.jsonl"
+    batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    done = subprocess.run([str(SCRIPT), "submit", "--batch", str(batch)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    jobs = json.loads(done.stdout)["jobs"]
+    assert [j["state"] for j in jobs] == ["QUEUED", "WAITING"]
+    again = subprocess.run([str(SCRIPT), "submit", "--batch", "-"], cwd=tmp_path, env=env,
+                           input=json.dumps(lines[0]) + "\n", capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["jobs"][0]["uuid"] == jobs[0]["uuid"]
+    before = states(catalog)
+    bad = subprocess.run([str(SCRIPT), "submit", "--batch", "-", "--json"], cwd=tmp_path, env=env,
+                         input=json.dumps(work(7)) + "\n{not json\n", capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "line 2" in json.loads(bad.stderr)["error"]["message"]
+    assert states(catalog) == before

@@ -10,6 +10,7 @@ The items are then submitted in order, with the memoisation of N single submits.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, cast
 
 from catalog.errors import CatalogError, InvalidCondition, InvalidInput
@@ -139,6 +140,22 @@ def _check_cycles(catalog: Catalog, checked: list[dict[str, Any]]) -> None:
             place = f"items[{i}].{places[cycle[1]]}"
             raise InvalidCondition(f"{place}: a cycle: " + " waits on ".join(cycle),
                                    cycle=cycle, place=place)
+
+
+def read_batch(text: str) -> list[dict[str, Any]]:
+    """The items of a JSON Lines batch (blank lines skipped); InvalidInput naming the line."""
+    items: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as error:
+            raise InvalidInput(f"line {number}: not JSON: {error}", line=number) from None
+        if not isinstance(item, dict):
+            raise InvalidInput(f"line {number}: a submission is a JSON object", line=number)
+        items.append(item)
+    return items
 
 
 def submit_many(catalog: Catalog, items: list[dict[str, Any]], source: str = "python"
