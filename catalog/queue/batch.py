@@ -13,13 +13,29 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, cast
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from catalog.errors import CatalogError, InvalidCondition, InvalidInput
 from catalog.identifiers import UUIDType, looks_like_uuid, typed_uuid
 from catalog.queue.conditions import as_json, check, find_cycle
+from catalog.queue.models import SubmitOutcome
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog
-    from catalog.queue.models import SubmitOutcome
+
+MAX_BATCH = 10_000  # items of one HTTP request
+
+
+class SubmitBatch(BaseModel):
+    """``POST /queue/jobs/batch``'s body: submissions, each with an optional local ``key``."""
+
+    model_config = ConfigDict(extra="forbid")
+    jobs: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class SubmitBatchOutcome(BaseModel):
+    jobs: list[SubmitOutcome]
+
 
 _PLACEHOLDER = typed_uuid(UUIDType.pipelinejob, "submit-many-placeholder")
 
