@@ -741,6 +741,14 @@ class Catalog:
             queue["when"] = as_json(when)
         return submit(self, {"pipeline": pipeline, "data": data or {}, **queue}, source)
 
+    def submit_many(self, items: list[dict[str, Any]], source: str = "python") -> list[Any]:
+        """Submit a whole graph: each item is what ``submit`` takes, plus an optional local
+        ``key`` that later items' conditions may name. The batch is checked before anything
+        is stored; a bad item refuses it all. The ``SubmitOutcome``s, in order."""
+        from catalog.queue.batch import submit_many
+
+        return submit_many(self, items, source)
+
     def wait(self, uuids: list[str], any: bool = False, timeout: float | None = None) -> Any:
         """Wait until the jobs have ended (the first of them with ``any``) or ``timeout``
         seconds passed, woken by the ending event whichever process applied it: a

@@ -4,6 +4,7 @@ worker``), thin like the rest of ``catalog.cli``, on the same app."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +14,8 @@ import typer
 from catalog.catalog import Catalog
 from catalog.cli import JsonOption, _catalog, _emit, _json_arg, _state, _table, app, token_app
 from catalog.config import load_settings
-from catalog.errors import ConfigurationError
+from catalog.errors import ConfigurationError, InvalidInput
+from catalog.queue.batch import read_batch
 from catalog.tokens import keys_from_env_or_file
 
 queue_app = typer.Typer(help="See and tend the work queue.", no_args_is_help=True)
@@ -22,7 +24,8 @@ app.add_typer(queue_app, name="queue")
 
 @app.command()
 def submit(
-    pipeline: Annotated[str, typer.Option(help="Pipeline name or UUID.")],
+    pipeline: Annotated[str | None, typer.Option(
+        help="Pipeline name or UUID (not with --batch).")] = None,
     data: Annotated[str | None, typer.Option(
         help="Job data as JSON: function or command, and parameters.")] = None,
     measurement: Annotated[list[str] | None, typer.Option(help="Measurement id/UUID.")] = None,
@@ -40,10 +43,24 @@ def submit(
         help='A condition on other jobs as JSON, e.g. \'{"all": [{"job": UUID, "is": '
         '"finished"}]}\': the job waits until it holds, and is cancelled if it never can.'
     )] = None,
+    batch: Annotated[str | None, typer.Option(
+        help="Submit a whole graph: a JSON Lines file (- for stdin), one submission a line "
+        "(pipeline, data, when, priority...) with an optional local key that later lines' "
+        "conditions may name; checked whole before anything is stored.")] = None,
     json_: JsonOption = False,
 ) -> None:
     """Have a job run: create it (or find it: same pipeline, upstream and data) and queue it
     (or have it wait for its condition)."""
+    if batch is not None:
+        if pipeline is not None:
+            raise InvalidInput("--batch takes the pipelines from its lines, not --pipeline")
+        items = read_batch(sys.stdin.read() if batch == "-" else Path(batch).read_text())
+        with _catalog() as catalog:
+            outcomes = catalog.submit_many(items, source="cli")
+        _emit({"jobs": [o.model_dump(mode="json") for o in outcomes]}, True)
+        return
+    if pipeline is None:
+        raise InvalidInput("submit needs --pipeline (or --batch FILE)")
     with _catalog() as catalog:
         outcome = catalog.submit(
             pipeline, _json_arg(data, "data"), source="cli", measurement_id=measurement,

@@ -15,6 +15,7 @@ from catalog.identifiers import UUIDType, parse_uuid
 from catalog.models import EventOutcome, Job
 from catalog.queue import heartbeat, status, submit, sweep, withdraw
 from catalog.queue.archive import complete
+from catalog.queue.batch import SubmitBatch, SubmitBatchOutcome, submit_many
 from catalog.queue.models import (
     CancelRequest,
     Completion,
@@ -84,6 +85,17 @@ def add_queue_routes(app: FastAPI, catalog: Catalog) -> None:
         outcome = await run_in_threadpool(submit, catalog, document, SOURCE)
         return JSONResponse(outcome.model_dump(mode="json"),
                             status_code=201 if outcome.queued else 200)
+
+    @app.post("/queue/jobs/batch", response_model=SubmitBatchOutcome, responses=_REFUSALS,
+              openapi_extra=_body(SubmitBatch))
+    async def post_submission_batch(request: Request) -> JSONResponse:
+        """Have a whole graph run (admin token): the submissions in order, each with an
+        optional local ``key`` later ones' conditions may name; checked whole before
+        anything is stored (a bad one refuses them all). 200 with the outcomes, in order."""
+        catalog.check_admin(_token(request), "submit jobs", SOURCE, client_address(request.scope))
+        batch = parse_document(SubmitBatch, await _document(request), "batch")
+        outcomes = await run_in_threadpool(submit_many, catalog, batch.jobs, SOURCE)
+        return JSONResponse({"jobs": [o.model_dump(mode="json") for o in outcomes]})
 
     @app.get("/queue/status")
     def get_status(pipeline: Annotated[str | None, Query(
