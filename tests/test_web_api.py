@@ -567,8 +567,8 @@ STATUS_REFUSALS = {
         {"status": "EXPLODED", "mapping": "tapis"}, "status:EXPLODED", 422, "schema_violation",
         f"status 'EXPLODED' has no mapping in 'tapis'; known statuses: {TAPIS_STATUSES}"),
     "unknown-mapping": (
-        {"status": "RUNNING", "mapping": "slurm"}, "status:RUNNING", 422, "schema_violation",
-        "unknown status mapping 'slurm'; mappings: chime, tapis"),
+        {"status": "RUNNING", "mapping": "pbs"}, "status:RUNNING", 422, "schema_violation",
+        "unknown status mapping 'pbs'; mappings: chime, slurm, tapis"),
     "not-allowed-in-state": (
         {"status": "FINISHED", "mapping": "tapis"}, "finish", 409, "event_not_allowed",
         "event 'finish' is not allowed for job {uuid} in state CREATED; "
@@ -849,9 +849,9 @@ POST_JOB_REFUSALS = {
                       "invalid job request: priority: Extra inputs are not permitted"),
     "data-not-an-object": ("admin", {"pipeline": "align", "data": [1]}, 422, "schema_violation",
                            "invalid job request: data: Input should be a valid dictionary"),
-    "unknown-status-mapping": ("admin", {"pipeline": "align", "status_mapping": "slurm"}, 422,
+    "unknown-status-mapping": ("admin", {"pipeline": "align", "status_mapping": "pbs"}, 422,
                                "schema_violation",
-                               "unknown status mapping 'slurm'; mappings: chime, tapis"),
+                               "unknown status mapping 'pbs'; mappings: chime, slurm, tapis"),
     "patterns-not-a-list": ("admin", {"pipeline": "align", "archive_patterns": "*.fits"}, 422,
                             "schema_violation",
                             "invalid job request: archive_patterns: Input should be a valid list"),
