@@ -33,6 +33,7 @@ and a non-zero exit code on the command line)::
     ├── LeaseNotHeld                   409 lease_not_held    (a worker acting on a job it lacks)
     ├── AmbiguousPipeline              409 ambiguous_pipeline
     ├── ConcurrencyConflict            503 concurrency_conflict
+    ├── TooManySubscribers             503 too_many_subscribers (the job-state stream is full)
     ├── StoreError                     500 store_error
     └── ConfigurationError             500 configuration_error
 """
@@ -71,6 +72,7 @@ __all__ = [
     "StoreError",
     "TokenInvalid",
     "TokenRequired",
+    "TooManySubscribers",
     "UnknownEvent",
     "UnsafePath",
     "WrongIdentifierType",
@@ -300,6 +302,13 @@ class AmbiguousPipeline(CatalogError):
 class ConcurrencyConflict(CatalogError):
     status = 503
     code = "concurrency_conflict"
+
+
+class TooManySubscribers(CatalogError):
+    """Every place of the job-state stream is taken: try again later."""
+
+    status = 503
+    code = "too_many_subscribers"
 
 
 class StoreError(CatalogError):

@@ -45,6 +45,7 @@ from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.openapi import complete as complete_openapi
 from catalog.web.openlineage_routes import add_openlineage_routes
 from catalog.web.queue_routes import add_queue_routes, add_wait_route
+from catalog.web.stream_routes import add_stream_route
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -201,6 +202,7 @@ def create_app(catalog: Catalog) -> FastAPI:
         return {"jobs": page.items, "next": page.next}
 
     add_wait_route(app, catalog)  # before /jobs/{uuid}, which would take "wait" for a UUID
+    add_stream_route(app, catalog)  # ...and "stream"
 
     # A job's history is streamed a page at a time (catalog.spool.stream_document): a job of
     # a million events is answered without holding them, in JSONResponse's rendering.
