@@ -46,6 +46,7 @@ from catalog.web.openapi import complete as complete_openapi
 from catalog.web.openlineage_routes import add_openlineage_routes
 from catalog.web.queue_routes import add_queue_routes, add_wait_route
 from catalog.web.stream_routes import add_stream_route
+from catalog.web.ui import OriginCheck, add_ui_routes
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -304,6 +305,8 @@ def create_app(catalog: Catalog) -> FastAPI:
         return _render(pipeline, 201 if created else 200)
 
     add_audit_routes(app, catalog)
+    add_ui_routes(app, catalog)
+    app.add_middleware(OriginCheck)
     _complete_openapi(app)
     return app
 
