@@ -202,3 +202,13 @@ def test_pages_load_nothing_from_elsewhere(catalog: Catalog, client: TestClient,
         assert sources and all(s.startswith(("/", "?", "data:")) for s in sources), path
         for asset in (s for s in sources if s.startswith("/ui/static/")):
             assert client.get(asset).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_docs_work_offline(client: TestClient, path: str) -> None:
+    html = client.get(path).text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources and all(s.startswith("/") for s in sources), sources
+    for source in sources:
+        assert client.get(source).status_code == 200, source
+    assert "cdn." not in html and "fonts.googleapis" not in html

@@ -115,7 +115,8 @@ def _render(model: Any, status: int = 200) -> JSONResponse:
 
 def create_app(catalog: Catalog) -> FastAPI:
     """The ASGI app serving ``catalog``."""
-    app = CatalogApp(title="catalog", version=__version__,
+    # /docs and /redoc are served from packaged assets by catalog.web.ui (offline), not a CDN
+    app = CatalogApp(title="catalog", version=__version__, docs_url=None, redoc_url=None,
                      description="Provenance and data-catalog job manager.")
     app.state.catalog = catalog
     app.catalog = catalog  # event documents to the webhook take the hot path (web/webhook.py)

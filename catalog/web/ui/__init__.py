@@ -61,9 +61,36 @@ def templates() -> Environment:
     return environment
 
 
+def add_docs_routes(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` from assets in an installed package, not a CDN:
+    they work on a machine with no network (create the app with ``docs_url=None``)."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs/static", StaticFiles(directory=assets), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="catalog API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no call to validator.swagger.io
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="catalog API",
+                              redoc_js_url="/docs/static/redoc.standalone.js",
+                              redoc_favicon_url="/docs/static/favicon.png",
+                              with_google_fonts=False)
+
+
 def add_ui_routes(app: FastAPI, catalog: Catalog) -> None:
     """The pages, their static files, and ``/`` leading to the dashboard."""
     environment = templates()
+    add_docs_routes(app)
 
     def render(request: Request, name: str, context: dict[str, Any]) -> HTMLResponse:
         html = environment.get_template(name).render(request=request, **context)
