@@ -129,7 +129,7 @@ def measure(url: str, paths: dict[str, str], rounds: int) -> dict[str, Any]:
                 "ttfb_ms": round(statistics.median(s[0] for s in samples) * 1000, 2),
                 "full_ms": round(statistics.median(s[1] for s in samples) * 1000, 2)}
     health = figures["health"]["full_ms"]
-    for name, figure in figures.items():
+    for figure in figures.values():
         figure["ratio_to_health"] = round(figure["full_ms"] / health, 1) if health else None
     return figures
 
