@@ -11,6 +11,7 @@ site's. Everything (templates, styles, scripts) ships in the package: no CDN.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from catalog.catalog import Catalog
 from catalog.errors import CatalogError
+from catalog.models import format_date
 from catalog.web.ui import pages
 from catalog.web.webhook import error_body, send_json
 
@@ -53,11 +55,17 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
+def _when(value: Any) -> str:
+    """A date as the API writes it (``2026-11-21T12:00:00.123Z``); nothing for None."""
+    return format_date(value) if isinstance(value, datetime) else str(value or "")
+
+
 def templates() -> Environment:
     environment = Environment(loader=FileSystemLoader(HERE / "templates"),
                               autoescape=select_autoescape(["html"]), trim_blocks=True,
                               lstrip_blocks=True)
     environment.globals["href"] = pages.node_href
+    environment.filters["when"] = _when
     return environment
 
 
