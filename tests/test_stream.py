@@ -3,14 +3,21 @@ they happen (woken, not polled), filtered, resumable; bad requests are refused."
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import itertools
 import json
 import queue
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlparse
 
 import httpx
 import pytest
@@ -45,34 +52,38 @@ def base_url(catalog: Catalog) -> Iterator[str]:
 
 
 class Subscriber:
-    """Reads a stream in a thread; messages (id, data) land in a queue."""
+    """Reads a stream in a thread (http.client, whose socket can be shut down to stop the
+    read at once); messages (id, data) land in a queue."""
 
     def __init__(self, url: str, params: dict[str, Any] | None = None,
                  last_event_id: str | None = None) -> None:
         self.messages: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-        self.client = httpx.Client(base_url=url, timeout=httpx.Timeout(5, read=None))
+        address = urlparse(url)
+        self.connection = http.client.HTTPConnection(address.hostname or "", address.port,
+                                                     timeout=10)
         headers = {"last-event-id": last_event_id} if last_event_id else {}
-        self.context = self.client.stream("GET", "/jobs/stream", params=params or {},
-                                          headers=headers)
-        self.response = self.context.__enter__()
-        assert self.response.status_code == 200, self.response.read()
-        assert self.response.headers["content-type"].startswith("text/event-stream")
+        self.connection.request("GET", "/jobs/stream?" + urlencode(params or {}, doseq=True),
+                                headers=headers)
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.read()
+        assert self.response.getheader("content-type", "").startswith("text/event-stream")
+        assert self.connection.sock is not None
+        self.connection.sock.settimeout(None)  # a quiet stream is no error: close() ends it
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
         event_id, data = "", ""
-        try:
-            for line in self.response.iter_lines():
-                if line.startswith("id: "):
-                    event_id = line[4:]
-                elif line.startswith("data: "):
-                    data = line[6:]
-                elif line == "" and data:
+        with contextlib.suppress(OSError, ValueError):  # shut down by close()
+            while line := self.response.fp.readline():
+                text = line.decode().rstrip("\r\n")
+                if text.startswith("id: "):
+                    event_id = text[4:]
+                elif text.startswith("data: "):
+                    data = text[6:]
+                elif text == "" and data:
                     self.messages.put((event_id, json.loads(data)))
                     event_id, data = "", ""
-        except httpx.HTTPError:
-            pass  # closed by close()
 
     def next(self) -> tuple[str, dict[str, Any]]:
         return self.messages.get(timeout=ARRIVAL_S)
@@ -85,8 +96,12 @@ class Subscriber:
         return False
 
     def close(self) -> None:
-        self.client.close()
+        if self.connection.sock is not None:
+            with contextlib.suppress(OSError):
+                self.connection.sock.shutdown(socket.SHUT_RDWR)
         self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+        self.connection.close()
 
 
 @pytest.fixture
@@ -204,3 +219,22 @@ def test_subscribers_are_bounded(catalog: Catalog, monkeypatch: pytest.MonkeyPat
             assert first.next()[1]["uuid"] == uuid  # the one admitted still streams
         finally:
             first.close()
+
+
+def test_a_change_made_by_another_process_wakes_the_stream(catalog: Catalog, tmp_path: Path,
+                                                           subscribe: Any) -> None:
+    subscriber = subscribe({"state": "QUEUED"})
+    script = ("import sys\nfrom catalog import Catalog\nfrom catalog.tokens import Keys\n"
+              "c = Catalog.open(sys.argv[1], keys=Keys(b's' * 32, b'a' * 32))\n"
+              "print(c.submit('step', {'from': 'elsewhere'}).uuid)\nc.close()\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script, f"sqlite:///{tmp_path}/c.db"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    written = time.monotonic()
+    _, message = subscriber.next()
+    assert message["uuid"] == done.stdout.strip() and message["state"] == "QUEUED"
+    # woken by inotify on the database, not by the safety-net bound of the wait
+    arrived = datetime.now(UTC)
+    sent = datetime.fromisoformat(message["time"].replace("Z", "+00:00"))
+    assert (arrived - sent).total_seconds() < WATCHED_WAIT_S / 2, (arrived, sent,
+                                                                   written - started)

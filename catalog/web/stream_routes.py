@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -50,6 +51,7 @@ MAX_STEPS = 100  # history entries of one job per read: past that, the latest ar
 KEEPALIVE_S = 15.0  # a comment line this often, so that proxies keep the connection
 WATCHED_WAIT_S = 2.0  # a wake-up is to be had: a safety net, and how long a closed one lingers
 UNWATCHED_WAIT_S = 1.0  # none is: a read this often
+RECHECKS_S = (0.05, 0.3)  # reads again this soon after a wake-up
 
 
 class _Places:
@@ -206,6 +208,7 @@ async def _events(catalog: Catalog, follower: Follower, places: _Places) -> Asyn
         with watch(catalog) as (woken, watcher):
             yield "retry: 2000\n\n"
             quiet = 0.0
+            rechecks: list[float] = []
             while True:
                 woken.clear()  # before reading: a change from now on wakes the wait below
                 messages = await run_in_threadpool(follower.changes)
@@ -217,11 +220,18 @@ async def _events(catalog: Catalog, follower: Follower, places: _Places) -> Asyn
                     yield ": keep-alive\n\n"
                     quiet = 0.0
                 bound = WATCHED_WAIT_S if watcher is not None else UNWATCHED_WAIT_S
-                started = datetime.now(UTC)
+                bound = rechecks.pop(0) if rechecks else bound
+                started = time.monotonic()
                 if watcher is not None:
                     await run_in_threadpool(watcher.wait, bound, woken)
                 else:
                     await run_in_threadpool(woken.wait, bound)
-                quiet += (datetime.now(UTC) - started).total_seconds()
+                waited = time.monotonic() - started
+                quiet += waited
+                if waited < bound * 0.9:
+                    # Woken by a write to the WAL, which another process's reader can see a
+                    # moment later (the index in -shm is updated through a mapping, which
+                    # inotify does not see): look again shortly, twice.
+                    rechecks = list(RECHECKS_S)
     finally:
         places.give_back()
