@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint slurm bench bench-lineage bench-mongo schemas docs clean docker-test-deps
+.PHONY: run test lint slurm chromium bench bench-lineage bench-mongo schemas docs clean docker-test-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ run: $(VENV)/.run-installed
 	$(BIN)/catalog init
 	$(BIN)/catalog serve --host $(HOST) --port $(PORT)
 
+# The browser tests drive Debian's chromium; as root on Debian it is installed when missing
+# (elsewhere the tests skip with a message, and fail under CI=true).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+		     || { apt-get update -qq >/dev/null 2>&1 \
+		          && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; }; } \
+		|| echo "make chromium: could not install Debian's chromium: the browser tests will skip"
+
 # Slurm and munge for tests/test_slurm.py's one-node cluster: installed as root on Debian when
 # missing (quietly, idempotent); elsewhere the Slurm tests skip saying why (under CI=true, fail).
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
@@ -35,7 +44,7 @@ slurm:
 		|| echo "make slurm: apt-get could not install $(SLURM_PACKAGES): the Slurm tests will skip"; \
 	else echo "make slurm: not root on Debian: the Slurm tests will skip"; fi
 
-test: $(VENV)/.test-installed slurm
+test: $(VENV)/.test-installed slurm chromium
 	-$(MAKE) --no-print-directory docker-test-deps
 	$(BIN)/ruff check catalog tests bench
 	$(BIN)/mypy

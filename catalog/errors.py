@@ -38,6 +38,7 @@ and a non-zero exit code on the command line)::
     ├── JobNameTaken                   409 job_name_taken    (a Swarm job name in use)
     ├── ConcurrencyConflict            503 concurrency_conflict
     ├── EngineUnavailable              503 engine_unavailable (no docker daemon, say)
+    ├── TooManySubscribers             503 too_many_subscribers (the job-state stream is full)
     ├── StoreError                     500 store_error
     └── ConfigurationError             500 configuration_error
 """
@@ -81,6 +82,7 @@ __all__ = [
     "StoreError",
     "TokenInvalid",
     "TokenRequired",
+    "TooManySubscribers",
     "UnknownEvent",
     "UnsafePath",
     "WrongIdentifierType",
@@ -348,6 +350,13 @@ class ConcurrencyConflict(CatalogError):
 class EngineUnavailable(CatalogError):
     status = 503
     code = "engine_unavailable"
+
+
+class TooManySubscribers(CatalogError):
+    """Every place of the job-state stream is taken: try again later."""
+
+    status = 503
+    code = "too_many_subscribers"
 
 
 class StoreError(CatalogError):

@@ -43,6 +43,8 @@ def run(script: str, *args: str) -> dict[str, Any]:
         pytest.param("openlineage.py", ("--events", "6", "--threads", "2", "--rounds", "1",
                                         "--runs", "20", "--queries", "2"), "ratio",
                      id="openlineage"),
+        pytest.param("pages.py", ("--history", "300", "--files", "300", "--jobs", "5",
+                                  "--rounds", "1"), "figures", id="pages"),
     ],
 )
 def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str, ...],

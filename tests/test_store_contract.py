@@ -1689,3 +1689,20 @@ def test_mongo_bulk_upsert_runs_one_unordered_bulk_write_and_retries_lost_races(
         assert "_id" not in keys_anywhere(docs)
     finally:
         store.close()
+
+
+def test_changed_jobs_are_those_updated_since_oldest_change_first(store: Store) -> None:
+    jobs = {key: make_job(key, seconds) for key, seconds in (("a", 1), ("b", 2), ("c", 3))}
+    for job in jobs.values():
+        store.insert_job(job)
+    store.apply_event(jobs["a"]["uuid"], None,
+                      deciding("RUNNING", make_entry("run", "RUNNING", at(4))))
+
+    changed = store.changed_jobs(fmt(2))
+    assert [(job["uuid"], job["state"], job["version"]) for job in changed] == [
+        (jobs["b"]["uuid"], "CREATED", 1), (jobs["c"]["uuid"], "CREATED", 1),
+        (jobs["a"]["uuid"], "RUNNING", 2)]
+    assert changed[0] == listed(jobs["b"])
+    assert [job["uuid"] for job in store.changed_jobs(fmt(0), limit=2)] == [
+        jobs["b"]["uuid"], jobs["c"]["uuid"]]
+    assert store.changed_jobs(fmt(5)) == []

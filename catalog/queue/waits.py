@@ -141,6 +141,13 @@ def _watch(catalog: Catalog) -> Iterator[tuple[threading.Event, _Watcher | None]
         woken.close()
 
 
+def watch(catalog: Catalog) -> contextlib.AbstractContextManager[
+        tuple[threading.Event, _Watcher | None]]:
+    """The watch a waiter sleeps on, for other followers of the store (the job-state stream):
+    an event set by ``notify`` and the store's cross-process watcher, if it has one."""
+    return _watch(catalog)
+
+
 class _Watcher:
     def wait(self, timeout: float, woken: threading.Event) -> bool:
         """Sleep until woken, the watched files change or ``timeout``; whether they changed

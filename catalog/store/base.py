@@ -340,6 +340,12 @@ class Store(Protocol):
         uuid)."""
         ...
 
+    def changed_jobs(self, since: str, limit: int = 1000) -> list[Doc]:
+        """Heads (without history and results) of the jobs last changed at or after ``since``
+        (their ``updated``), oldest change first, ties by uuid, at most ``limit``: what the
+        job-state stream reads when it is woken, a range of an index."""
+        ...
+
     def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
         """``apply_event`` without waiting: the future holds its outcome (or its error)."""
         ...

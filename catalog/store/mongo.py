@@ -240,6 +240,7 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
                                      *_CLAIM_ORDER])
             self._jobs.create_index([("queue.lease.expiry", ASCENDING)], sparse=True)
             self._jobs.create_index([("pipeline_uuid", ASCENDING), ("state", ASCENDING)])
+            self._jobs.create_index([("updated", ASCENDING), ("uuid", ASCENDING)])
             for head in (None, "state", "pipeline_uuid", "child_of", "agent"):
                 keys = [] if head is None else [(head, ASCENDING)]
                 self._jobs.create_index([*keys, ("created", ASCENDING), ("uuid", ASCENDING)])
@@ -472,6 +473,12 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
                 {"job_uuid": head["uuid"], "job_created": head["created"],
                  "seq": {"$gt": after, "$lte": head["version"]}}, _ENTRY)
                 .sort("seq").limit(limit))
+
+    def changed_jobs(self, since: str, limit: int = 1000) -> list[Doc]:
+        with self._guard:
+            rows = list(self._jobs.find({"updated": {"$gte": since}}, _LISTED)
+                        .sort([("updated", ASCENDING), ("uuid", ASCENDING)]).limit(limit))
+        return rows
 
     def find_jobs(self, query: JobQuery) -> Page:
         clauses: list[Doc] = []

@@ -257,6 +257,14 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX dependencies_dependent ON dependencies (dependent)
         """,
     ),
+    (
+        12,
+        "the job-state stream reads the jobs changed since its last read: a range of an index "
+        "on updated, not a scan of every job each time it is woken",
+        """
+        CREATE INDEX jobs_updated ON jobs (updated, uuid)
+        """,
+    ),
     TOMBSTONES_MIGRATION,
 )
 
@@ -586,6 +594,12 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
             "SELECT doc FROM history WHERE job_uuid = ? AND seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ?", (head["uuid"], after, head["version"], limit))
         return [json.loads(doc) for doc, in rows]
+
+    def changed_jobs(self, since: str, limit: int = 1000) -> list[Doc]:
+        rows = self._connection().execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE updated >= ? ORDER BY updated, uuid "
+            "LIMIT ?", (since, limit))
+        return [self._job_from_row(row) for row in rows]
 
     def find_jobs(self, query: JobQuery) -> Page:
         where, params = [], []

@@ -46,7 +46,9 @@ from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.openapi import complete as complete_openapi
 from catalog.web.openlineage_routes import add_openlineage_routes
 from catalog.web.queue_routes import add_queue_routes, add_wait_route
+from catalog.web.stream_routes import add_stream_route
 from catalog.web.swarm_routes import add_swarm_routes
+from catalog.web.ui import OriginCheck, add_ui_routes
 from catalog.web.webhook import (
     CatalogApp,
     bearer_or_query_token,
@@ -115,7 +117,8 @@ def _render(model: Any, status: int = 200) -> JSONResponse:
 
 def create_app(catalog: Catalog) -> FastAPI:
     """The ASGI app serving ``catalog``."""
-    app = CatalogApp(title="catalog", version=__version__,
+    # /docs and /redoc are served from packaged assets by catalog.web.ui (offline), not a CDN
+    app = CatalogApp(title="catalog", version=__version__, docs_url=None, redoc_url=None,
                      description="Provenance and data-catalog job manager.")
     app.state.catalog = catalog
     app.catalog = catalog  # event documents to the webhook take the hot path (web/webhook.py)
@@ -203,6 +206,7 @@ def create_app(catalog: Catalog) -> FastAPI:
         return {"jobs": page.items, "next": page.next}
 
     add_wait_route(app, catalog)  # before /jobs/{uuid}, which would take "wait" for a UUID
+    add_stream_route(app, catalog)  # ...and "stream"
 
     # A job's history is streamed a page at a time (catalog.spool.stream_document): a job of
     # a million events is answered without holding them, in JSONResponse's rendering.
@@ -299,6 +303,8 @@ def create_app(catalog: Catalog) -> FastAPI:
         return _render(pipeline, 201 if created else 200)
 
     add_audit_routes(app, catalog)
+    add_ui_routes(app, catalog)
+    app.add_middleware(OriginCheck)
     _complete_openapi(app)
     return app
 

@@ -103,6 +103,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/jobs/{uuid}/bag"): (401, 403, 404, 409, 410, 422, 429, 503),
     ("get", "/fixity/runs"): (422,),
     ("get", "/jobs/wait"): (404, 422),
+    ("get", "/jobs/stream"): (404, 409, 422, 503),
     ("get", "/api/v1/lineage"): (404, 422),
     ("get", "/api/v1/openlineage/datasets"): (404, 422),
     ("get", "/api/v1/jobs/runs/{run_id}"): (404,),
