@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from catalog import Catalog
@@ -99,6 +99,9 @@ GRAPHS = st.lists(st.tuples(st.integers(0, 5), st.lists(st.integers(0, 10), max_
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(graph=GRAPHS)
+# A later item for a job already queued leaves it as it is: its condition, which would have
+# closed a cycle, is not taken (found by this test: the batch refused what singles accept).
+@example(graph=[(0, [], "new"), (1, [], "new"), (0, [1], "new"), (1, [0], "new")])
 def test_equals_single_submits(tmp_path: Path, graph: list[tuple[int, list[int], str]]
                                ) -> None:
     import uuid as uuidlib

@@ -132,23 +132,33 @@ def _job_uuid(catalog: Catalog, i: int, item: dict[str, Any]) -> str:
 
 def _check_cycles(catalog: Catalog, checked: list[dict[str, Any]]) -> None:
     """No job of the batch waits, through the batch's and the stored conditions, on
-    itself."""
+    itself.
+
+    As N single submits would have it: a job's condition is the one it has when it is first
+    submitted; a later item for the same job, or one for a job already waiting, queued,
+    running or done, leaves the job as it is and its condition is not taken."""
+    from catalog.queue.core import DONE_STATES, IN_FLIGHT_STATES
+
     keys = {e["key"]: e["uuid"] for e in checked if e["key"] is not None}
-    conditions: dict[str, Any] = {}
+    conditions: dict[str, Any] = {}  # the batch's conditions that will be taken (or None)
     for entry in checked:
+        if entry["uuid"] in conditions:
+            continue
+        head = catalog.store.get_job(entry["uuid"], history=False)
+        if head is not None and head["state"] in DONE_STATES | IN_FLIGHT_STATES:
+            continue  # stays as it is: its stored condition (if any) counts
         when = entry["item"].get("when")
-        if when is not None:
-            conditions.setdefault(entry["uuid"], _resolve(when, keys))
+        conditions[entry["uuid"]] = None if when is None else _resolve(when, keys)
 
     def condition_of(job: str) -> dict[str, Any] | None:
         if job in conditions:
-            return cast(dict[str, Any], conditions[job])
+            return cast(dict[str, Any] | None, conditions[job])
         head = catalog.store.get_job(job, history=False)
         return cast(dict[str, Any] | None, ((head or {}).get("queue") or {}).get("when"))
 
     for i, entry in enumerate(checked):
         when = entry["item"].get("when")
-        if when is None:
+        if when is None:  # a condition not taken is still checked, as a single submit does
             continue
         _, places = check(_resolve(when, keys))
         cycle = find_cycle(entry["uuid"], list(places), condition_of)
