@@ -20,7 +20,7 @@ import uuid as uuid_module
 from pathlib import Path
 from typing import Any
 
-from catalog.engines.base import Execution, outputs_of_line
+from catalog.engines.base import Execution, last_line, outputs_of_line
 from catalog.engines.call import Outputs
 from catalog.engines.local import command_argv
 
@@ -138,17 +138,10 @@ class DockerRun:
         elif code != 0:
             execution.error = f"the container exited with code {code}"
         else:
-            execution.outputs = outputs_of_line(_last_line(self.stdout)) or Outputs(
+            execution.outputs = outputs_of_line(last_line(self.stdout)) or Outputs(
                 {"returncode": code})
         self._result = execution
         return execution
-
-
-def _last_line(path: Path) -> str:
-    with open(path, "rb") as handle:
-        handle.seek(max(0, path.stat().st_size - 64 * 1024))
-        lines = handle.read().decode("utf-8", "replace").strip().splitlines()
-    return lines[-1] if lines else ""
 
 
 class DockerEngine:

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from catalog.engines import call
-from catalog.engines.base import Execution, outputs_of_line
-from catalog.engines.call import Outputs
+from catalog.engines.base import Execution, read_execution
 
 _KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL for a group that has not gone by then
-_LAST_LINE_BYTES = 64 * 1024
 
 
 def command_argv(command: Any) -> list[str]:
@@ -86,32 +84,12 @@ class LocalRun:
         self.process.wait()
 
     def result(self) -> Execution:
-        code = self.process.poll()
-        execution = Execution(code, stdout=self.stdout, stderr=self.stderr,
-                              native_id=self.native_id, timed_out=self._timed_out,
-                              killed=self._killed is not None)
         if self._killed is not None:
-            execution.error = self._killed
-            return execution
-        if self.result_file is not None:  # a function: its own report
-            try:
-                document = json.loads(self.result_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                execution.error = f"the function's process ended with code {code} and no " \
-                                  "result (see its stderr)"
-                return execution
-            if "error" in document:
-                execution.error = str(document["error"])
-            else:
-                execution.outputs = Outputs(document["results"], document["products"],
-                                            document["plots"])
-            return execution
-        if code != 0:
-            execution.error = f"the command exited with code {code}"
-            return execution
-        execution.outputs = outputs_of_line(_last_line(self.stdout)) or Outputs(
-            {"returncode": code})
-        return execution
+            return Execution(self.process.poll(), stdout=self.stdout, stderr=self.stderr,
+                             native_id=self.native_id, timed_out=self._timed_out, killed=True,
+                             error=self._killed)
+        return read_execution(self.process.poll(), self.stdout, self.stderr, self.result_file,
+                              self.native_id)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -124,15 +102,6 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _last_line(path: Path) -> str:
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - _LAST_LINE_BYTES))
-        lines = handle.read().decode("utf-8", "replace").strip().splitlines()
-    return lines[-1] if lines else ""
 
 
 class LocalEngine:
