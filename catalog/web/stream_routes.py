@@ -79,8 +79,12 @@ def _earlier(text: str, seconds: float) -> str:
     return format_date(moment - timedelta(seconds=seconds))
 
 
-def parse_last_event_id(value: str | None) -> tuple[str, str] | None:
-    """(updated, uuid) from a ``Last-Event-ID`` this stream sent; a malformed one is refused."""
+Cursor = tuple[str, str, int]  # (time, uuid, version): the order messages are sent in
+
+
+def parse_last_event_id(value: str | None) -> Cursor | None:
+    """(time, uuid, version) from a ``Last-Event-ID`` this stream sent; a malformed one is
+    refused."""
     if not value:
         return None
     parts = value.split("|")
@@ -90,7 +94,7 @@ def parse_last_event_id(value: str | None) -> tuple[str, str] | None:
         _earlier(parts[0], 0)
     except ValueError:
         raise InvalidInput(f"Last-Event-ID starts with a date, not {parts[0]!r}") from None
-    return parts[0], parse_uuid(parts[1], UUIDType.pipelinejob)
+    return parts[0], parse_uuid(parts[1], UUIDType.pipelinejob), int(parts[2])
 
 
 class Filter:
@@ -119,18 +123,22 @@ class Follower:
     """The changes of one subscriber, read from the store a batch at a time."""
 
     def __init__(self, catalog: Catalog, wanted: Filter,
-                 resume: tuple[str, str] | None) -> None:
+                 resume: Cursor | None) -> None:
         self.catalog = catalog
         self.wanted = wanted
         now = utc_now_text()
-        # Only changes after this (time, uuid): the reconnection's last event, or now.
-        self.resume = resume if resume is not None else (now, "")
+        # Only changes after this (time, uuid, version): the reconnection's last event, or now.
+        self.resume = resume if resume is not None else (now, "", 0)
         self.read_from = _earlier(self.resume[0], OVERLAP_S)
         self.versions: dict[str, tuple[int, str]] = {}  # uuid -> (version sent, its updated)
         self.pipelines: dict[str, str] = {}
 
     def changes(self) -> list[dict[str, Any]]:
-        """The changes not sent yet, oldest first (blocking: call it in a thread)."""
+        """The changes not sent yet, oldest first (blocking: call it in a thread).
+
+        Oldest first is (time, uuid, version), the order of the messages' ids, so that a
+        reconnection's ``Last-Event-ID`` splits what was sent from what was not even when
+        several jobs changed within one millisecond (the dates' resolution)."""
         found: list[dict[str, Any]] = []
         while True:
             heads = self.catalog.store.changed_jobs(self.read_from, BATCH)
@@ -144,6 +152,7 @@ class Follower:
             self.read_from = max(self.read_from, _earlier(newest, OVERLAP_S))
             self.versions = {uuid: seen for uuid, seen in self.versions.items()
                              if seen[1] >= self.read_from}
+        found.sort(key=lambda message: (message["time"], message["uuid"], message["version"]))
         return found
 
     def _steps(self, head: dict[str, Any]) -> list[dict[str, Any]]:
@@ -159,7 +168,7 @@ class Follower:
         steps = []
         for seq, entry in enumerate(self.catalog.store.history_page(head, after, MAX_STEPS),
                                     start=after + 1):
-            if last is None and (str(entry["date"]), uuid) <= self.resume:
+            if last is None and (str(entry["date"]), uuid, seq) <= self.resume:
                 continue  # from before the subscription (or the reconnection's last event)
             if self.wanted.wants_state(str(entry["state"])):
                 steps.append(self._message(head, seq, entry))
