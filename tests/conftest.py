@@ -52,6 +52,17 @@ json_values = st.recursive(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``), the tests of one
+    machine-wide component share a worker: one Slurm cluster, one dockerd, never two at once."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "slurm" in item.path.name or "cluster" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif "docker_daemon" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("docker"))
+
+
 def _with_database(uri: str, name: str) -> str:
     """``uri`` naming database ``name``, still authenticating where ``uri`` did."""
     parts = urlsplit(uri)
