@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import uuid as _uuid
 from collections.abc import Iterable, Mapping
@@ -71,17 +72,25 @@ def typed_uuid(kind: UUIDType, name: str, namespace: str = DEFAULT_NAMESPACE) ->
     """The typed UUID5 of ``name`` for a record of ``kind``."""
     # uuid.uuid5 spelled out (SHA-1 of namespace + name, version and variant bits set): the
     # same value without building UUID objects, as indexing derives one per file.
-    raw = bytearray(hashlib.sha1(namespace_uuid(namespace).bytes + name.encode("utf-8"),
-                                 usedforsecurity=False).digest()[:16])
+    return _version_5(kind, hashlib.sha1(namespace_uuid(namespace).bytes + name.encode("utf-8"),
+                                         usedforsecurity=False).digest())
+
+
+def _version_5(kind: UUIDType, digest: bytes) -> str:
+    """The typed UUID of 16 bytes of ``digest``: version 5, RFC 4122 variant, type prefix."""
+    raw = bytearray(digest[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50
     raw[8] = (raw[8] & 0x3F) | 0x80
-    digest = kind.prefix + raw.hex()[3:]
-    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
+    text = kind.prefix + raw.hex()[3:]
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def random_typed_uuid(kind: UUIDType, namespace: str = DEFAULT_NAMESPACE) -> str:
     """A typed UUID5 of a random name, for records with no natural identity."""
-    return typed_uuid(kind, _uuid.uuid4().hex, namespace)
+    # What typed_uuid would give for a random name (SHA-1 output is as good as random): random
+    # bits with the type prefix, version 5 and the variant set, in a third of the time.
+    # (a random name's UUID carries nothing of ``namespace``, kept for the callers' sake)
+    return _version_5(kind, os.urandom(16))
 
 
 def uuid_type(value: str) -> UUIDType:

@@ -30,7 +30,7 @@ from catalog.errors import (
     JobNotFound,
     StoreError,
 )
-from catalog.store import sqlite_bulk
+from catalog.store import sqlite_bulk, sqlite_checkpoint
 from catalog.store.base import (
     CHANGEABLE,
     CLAIM_PAGE,
@@ -387,6 +387,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         self._loop_events = LoopEventsRegistry(self, self._loop_connection)
+        self._checkpointer = sqlite_checkpoint.BackgroundCheckpointer(self.path)
         self.migrate()
 
     # connections and transactions -----------------------------------------------------------
@@ -445,6 +446,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
 
     def close(self) -> None:
         self._loop_events.close()
+        self._checkpointer.close()
         with self._writer_lock:
             if self._writer is not None and self._writer.is_alive():
                 self._queue.put(None)  # after everything queued before it
@@ -670,22 +672,32 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
         each holding the write lock a fraction of a second; events on distinct jobs without
         an event_id are written set-based (``sqlite_bulk``)."""
         outcomes: list[Applied | Exception] = []
-        for start in range(0, len(events), _BULK_CHUNK):
-            chunk = events[start:start + _BULK_CHUNK]
-            if sqlite_bulk.settable(chunk):  # no event_id to deduplicate: set-based
-                with self._write() as conn, sqlite_bulk.roomy_cache(conn):
-                    outcomes.extend(sqlite_bulk.apply_set(conn, chunk))
-                continue
-            batch = [_PendingEvent(*event) for event in chunk]
-            with self._write() as conn:
-                self._apply_batch(conn, batch)
-            for item in batch:
-                if item.error is not None:
-                    outcomes.append(item.error if isinstance(item.error, Exception)
-                                    else StoreError(repr(item.error)))
-                else:
-                    assert item.result is not None
-                    outcomes.append(item.result)
+        if not events:
+            return outcomes
+        # Their COMMITs do not checkpoint (tens of thousands of WAL pages, as long again as
+        # the write): a thread of the store does, after (sqlite_checkpoint).
+        with sqlite_checkpoint.deferred(self._connection()):
+            for start in range(0, len(events), _BULK_CHUNK):
+                outcomes.extend(self._apply_chunk(events[start:start + _BULK_CHUNK]))
+        self._checkpointer.request()
+        return outcomes
+
+    def _apply_chunk(self, chunk: list[tuple[str, str | None, Decide]]
+                     ) -> list[Applied | Exception]:
+        if sqlite_bulk.settable(chunk):  # no event_id to deduplicate: set-based
+            with self._write() as conn, sqlite_bulk.roomy_cache(conn):
+                return sqlite_bulk.apply_set(conn, chunk)
+        batch = [_PendingEvent(*event) for event in chunk]
+        with self._write() as conn:
+            self._apply_batch(conn, batch)
+        outcomes: list[Applied | Exception] = []
+        for item in batch:
+            if item.error is not None:
+                outcomes.append(item.error if isinstance(item.error, Exception)
+                                else StoreError(repr(item.error)))
+            else:
+                assert item.result is not None
+                outcomes.append(item.result)
         return outcomes
 
     def _drain(self, batch: list[_PendingEvent]) -> tuple[list[_PendingEvent], bool]:
