@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from catalog import Catalog
-from catalog.compat.chime import STATUS_OF_STATE, matches, project
+from catalog.compat.chime import STATUS_OF_STATE
+from catalog.compat.chime_query import matches, project
 from catalog.states import STATES
 from catalog.tokens import Keys
 from catalog.web import create_app

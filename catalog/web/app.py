@@ -22,7 +22,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog import __version__
 from catalog.catalog import Catalog, parse_body, parse_document
-from catalog.compat.chime import add_chime_routes
 from catalog.errors import CatalogError, InvalidInput
 from catalog.jobs import create_job
 from catalog.lineage import DEFAULT_LIMIT, FORMATS, MAX_LIMIT
@@ -41,6 +40,7 @@ from catalog.spool import stream_document
 from catalog.web.abuse import client_address, error_headers, hold_back
 from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens
 from catalog.web.audit import add_audit_routes
+from catalog.web.chime_routes import add_chime_routes
 from catalog.web.deletion_routes import add_deletion_routes
 from catalog.web.fixity_routes import add_fixity_routes
 from catalog.web.openapi import complete as complete_openapi
