@@ -29,6 +29,7 @@ _CLI_TIMEOUT_S = 60.0  # any one docker client call (a start included)
 _KILL_TIMEOUT_S = 10  # docker stop's grace before SIGKILL
 _LOG_BYTES = 16 * 1024 * 1024  # of a container's output kept in its work directory
 _MIN_MEMORY = 6 * 1024 * 1024  # the least docker accepts for --memory
+_OOM_SETTLE_S = 2.0  # how long an OOM kill's event may trail the exit's
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
@@ -80,8 +81,9 @@ class DockerRun:
     """One container, followed with ``docker wait``."""
 
     def __init__(self, engine: DockerEngine, name: str, container: str, workdir: Path,
-                 timeout: int) -> None:
+                 timeout: int, memory_limited: bool = False) -> None:
         self.engine = engine
+        self.memory_limited = memory_limited
         self.name = name
         self.native_id = container
         self.workdir = workdir
@@ -119,11 +121,23 @@ class DockerRun:
             self._waiter.kill()
             self._waiter.wait()
 
+    def _final_state(self) -> dict[str, Any]:
+        """``docker inspect``'s State once the container ended. The daemon learns of an OOM
+        kill and of the exit by two events that can come in either order: a container under a
+        memory limit killed by SIGKILL (137), not by us, is inspected again for a moment."""
+        state = self.engine.state(self.name)
+        deadline = time.monotonic() + _OOM_SETTLE_S
+        while (self.memory_limited and self._killed is None and state.get("ExitCode") == 137
+               and not state.get("OOMKilled") and time.monotonic() < deadline):
+            time.sleep(0.1)
+            state = self.engine.state(self.name) or state
+        return state
+
     def result(self) -> Execution:
         """How the container ended, its logs in the work directory; then it is removed."""
         if self._result is not None:
             return self._result
-        state = self.engine.state(self.name)
+        state = self._final_state()
         self.engine.logs_to(self.name, self.stdout, self.stderr)
         self.engine.remove(self.name)
         code = state.get("ExitCode")
@@ -205,7 +219,8 @@ class DockerEngine:
         if done.returncode != 0:
             self.remove(name)  # created but not started (a command not in the image)
             raise ValueError(f"docker could not start the container: {done.stderr.strip()}")
-        return DockerRun(self, name, done.stdout.strip(), workdir, timeout)
+        return DockerRun(self, name, done.stdout.strip(), workdir, timeout,
+                         memory_limited="--memory" in flags)
 
     def state(self, name: str) -> dict[str, Any]:
         """The container's ``State`` from ``docker inspect`` ({} once it is gone)."""
