@@ -12,7 +12,7 @@ import dockerimage
 import pytest
 from dockerimage import DockerDaemon
 
-from catalog.engines.docker import LABEL, DockerEngine
+from catalog.engines.docker import LABEL, DockerEngine, kernel_logged_oom
 
 pytestmark = pytest.mark.slow
 docker_daemon = dockerimage.docker_daemon  # the session's fixture, used by name
@@ -126,3 +126,14 @@ def test_no_daemon_is_named_as_the_reason(tmp_path: Path,
     assert why is not None and "does not answer" in why
     assert DockerEngine("no-such-docker-client").unavailable() == \
         "no docker client ('no-such-docker-client' is not found)"
+
+
+def test_an_oom_kill_docker_missed_is_found_in_the_kernel_log(tmp_path: Path) -> None:
+    container = "f68e0e02299a0283c51ce11ab0dcbff5421cd47f0948a4a26dd2756a4c329c97"
+    log = tmp_path / "kmsg"
+    log.write_text("6,1,2,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),"
+                   f"oom_memcg=/docker/{container},task_memcg=/docker/{container},task=dd\n")
+    assert kernel_logged_oom(container, str(log))
+    assert not kernel_logged_oom("0" * 64, str(log))  # another container's kill
+    assert not kernel_logged_oom(f"{container},task_memcg", str(log))  # not a container id
+    assert not kernel_logged_oom(container, str(tmp_path / "unreadable"))

@@ -10,6 +10,7 @@ so that no value (a token, say) appears on a command line.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -29,7 +30,8 @@ _CLI_TIMEOUT_S = 60.0  # any one docker client call (a start included)
 _KILL_TIMEOUT_S = 10  # docker stop's grace before SIGKILL
 _LOG_BYTES = 16 * 1024 * 1024  # of a container's output kept in its work directory
 _MIN_MEMORY = 6 * 1024 * 1024  # the least docker accepts for --memory
-_OOM_SETTLE_S = 2.0  # how long an OOM kill's event may trail the exit's
+_KMSG = "/dev/kmsg"
+_KMSG_RECORDS = 100_000  # at most this many records read (the ring buffer holds far fewer)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
@@ -77,6 +79,36 @@ def _environment(work: dict[str, Any]) -> dict[str, str]:
     return {str(name): str(value) for name, value in environment.items()}
 
 
+def kernel_logged_oom(container_id: str, kmsg: str = _KMSG) -> bool:
+    """Whether the kernel's log holds a memory-cgroup OOM kill in ``container_id``'s cgroup
+    (``oom_memcg=/docker/<id>``, the line every OOM kill writes); False when the log cannot be
+    read (``/dev/kmsg`` needs privileges dockerd has and the catalog may not)."""
+    if not container_id or not re.fullmatch(r"[0-9a-f]{12,64}", container_id):
+        return False
+    needle = f"oom_memcg=/docker/{container_id}".encode()
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        for _ in range(_KMSG_RECORDS):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                return False  # the end of the log
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:  # a record overwritten while read: go on
+                    continue
+                return False
+            if not record:
+                return False
+            if needle in record:
+                return True
+        return False
+    finally:
+        os.close(fd)
+
+
 class DockerRun:
     """One container, followed with ``docker wait``."""
 
@@ -121,23 +153,22 @@ class DockerRun:
             self._waiter.kill()
             self._waiter.wait()
 
-    def _final_state(self) -> dict[str, Any]:
-        """``docker inspect``'s State once the container ended. The daemon learns of an OOM
-        kill and of the exit by two events that can come in either order: a container under a
-        memory limit killed by SIGKILL (137), not by us, is inspected again for a moment."""
-        state = self.engine.state(self.name)
-        deadline = time.monotonic() + _OOM_SETTLE_S
-        while (self.memory_limited and self._killed is None and state.get("ExitCode") == 137
-               and not state.get("OOMKilled") and time.monotonic() < deadline):
-            time.sleep(0.1)
-            state = self.engine.state(self.name) or state
-        return state
+    def _oom_killed(self, state: dict[str, Any]) -> bool:
+        """Whether the kernel killed the container for want of memory. Docker's ``OOMKilled``
+        misses some (measured here: 3 of 6 containers under an 8 MiB limit, still false
+        seconds after the exit), so a container under a memory limit that died of SIGKILL
+        (137), not by our hand, is looked up in the kernel's log as well."""
+        if state.get("OOMKilled"):
+            return True
+        if not (self.memory_limited and self._killed is None and state.get("ExitCode") == 137):
+            return False
+        return kernel_logged_oom(self.native_id)
 
     def result(self) -> Execution:
         """How the container ended, its logs in the work directory; then it is removed."""
         if self._result is not None:
             return self._result
-        state = self._final_state()
+        state = self.engine.state(self.name)
         self.engine.logs_to(self.name, self.stdout, self.stderr)
         self.engine.remove(self.name)
         code = state.get("ExitCode")
@@ -146,7 +177,7 @@ class DockerRun:
                               timed_out=self._timed_out, killed=self._killed is not None)
         if self._killed is not None:
             execution.error = self._killed
-        elif state.get("OOMKilled"):
+        elif self._oom_killed(state):
             execution.error = (f"the container was killed for want of memory (OOMKilled, exit "
                                f"code {code})")
         elif code != 0:
