@@ -24,9 +24,7 @@ from catalog.catalog import Catalog
 from catalog.config import load_settings
 from catalog.errors import CatalogError, InvalidInput
 from catalog.identifiers import loads_json
-from catalog.jobs import ManagedPipelineJob
 from catalog.lineage import DEFAULT_LIMIT, MAX_LIMIT
-from catalog.spool import JSONSpool
 from catalog.tokens import keys_from_env_or_file
 
 # Exit codes by HTTP status class of the error; documented in the README.
@@ -266,145 +264,6 @@ def reactor(
         raise SystemExit(1)
 
 
-@app.command()
-def index(
-    uuid: str,
-    token: TokenOption = None,
-    rehash: Annotated[bool, typer.Option(help="Re-read files even when unchanged.")] = False,
-    fixity: Annotated[bool | None, typer.Option(
-        "--fixity/--no-fixity", help="Force sha256 on (or off) for every request.")] = None,
-    fail_on_error: Annotated[bool, typer.Option(
-        help="Send 'fail' when indexing fails (else the job stays INDEXING).")] = False,
-    accept_changes: Annotated[bool, typer.Option(
-        help="Take changed content as its record's new version (the old one is kept).")
-    ] = False,
-    json_: JsonOption = False,
-) -> None:
-    """Index a finished job's files with fixity checksums (index -> indexed).
-
-    Content that differs from its recorded checksums stays marked changed, the recorded
-    checksums the truth, unless --accept-changes is given."""
-    from catalog.cli_progress import progress_bar
-    from catalog.indexer import index_job
-
-    as_json = json_ or _state.json
-    # The records go to a spool (JSON, on disk past a few MiB) or nowhere, not into memory:
-    # a tree of a million files is printed without holding a million records.
-    with _catalog() as catalog, progress_bar("indexing", not as_json) as progress, \
-            JSONSpool() as spool:
-        result = index_job(catalog, uuid, token, None, fixity, rehash, fail_on_error, "cli",
-                           progress, sink=spool if as_json else _discard,
-                           accept_changes=accept_changes)
-        if as_json:
-            _write_spooled(spool, result.to_dict(), "files")
-            return
-    summary = (f"{result.uuid}: {result.indexed} file(s) indexed ({result.hashed} hashed, "
-               f"{result.unchanged} unchanged) -> {result.state}")
-    if result.accepted:
-        summary += f"\n{result.accepted} changed file(s) accepted as new versions"
-    if result.changed:
-        summary += (f"\n{result.changed} file(s) CHANGED since recorded, kept as changed "
-                    "(--accept-changes to take the new content): "
-                    + "; ".join(result.changed_files[:10]) + ("; ..." if result.changed > 10
-                                                               else ""))
-    if result.unmatched_requests:
-        summary += "\nmatched nothing: " + "; ".join(result.unmatched_requests)
-    _emit(None, False, summary)
-
-
-def _discard(records: list[Any]) -> None:
-    """An index sink for when only the counts are shown."""
-
-
-def _write_spooled(spool: JSONSpool, document: dict[str, Any], key: str) -> None:
-    """``_emit``'s JSON line, with the spooled items as ``document[key]``."""
-    _, chunks = spool.document(document, key)
-    sys.stdout.flush()
-    out = sys.stdout.buffer
-    for chunk in chunks:
-        out.write(chunk)
-    out.write(b"\n")
-    out.flush()
-
-
-@app.command()
-def verify(
-    uuid: Annotated[str | None, typer.Argument(help="Job UUID (or --all).")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every catalogued file.")] = False,
-    older_than: Annotated[str | None, typer.Option(
-        help="Only files last checked longer ago than this (90s, 15m, 12h, 7d), oldest first."
-    )] = None,
-    limit: Annotated[int | None, typer.Option(
-        help="With --older-than: at most this many files (default: setting fixity_batch).")
-    ] = None,
-    json_: JsonOption = False,
-) -> None:
-    """Re-read files: ok, changed, missing, unreadable, uncatalogued, ignored; exit 1 unless
-    all ok (files no index request selects are listed as ignored, not an error)."""
-    from catalog.cli_progress import progress_bar
-    from catalog.fixity_schedule import parse_duration, verify_oldest
-    from catalog.verify import FileVerdict
-    from catalog.verify import verify as run_verify
-
-    if (uuid is not None) + all_ + (older_than is not None) != 1:
-        raise InvalidInput("give a job UUID, --all or --older-than (one of them)")
-    if limit is not None and older_than is None:
-        raise InvalidInput("--limit goes with --older-than")
-    as_json = json_ or _state.json
-    problems: list[FileVerdict] = []  # for people, only what is wrong is listed
-
-    def keep_problems(verdicts: list[FileVerdict]) -> None:
-        problems.extend(v for v in verdicts if v.outcome != "ok")
-
-    # Verdicts go to a spool (JSON, on disk past a few MiB) or only the wrong ones are kept.
-    with _catalog() as catalog, progress_bar("verifying", not as_json) as progress, \
-            JSONSpool() as spool:
-        sink = (lambda verdicts: spool(map(vars, verdicts))) if as_json else keep_problems
-        if older_than is None:
-            report = run_verify(catalog, uuid, progress, sink)
-        else:
-            report = verify_oldest(catalog, parse_duration(older_than),
-                                   catalog.settings.fixity_batch if limit is None else limit,
-                                   progress, sink,
-                                   "cli").report
-        if as_json:
-            _write_spooled(spool, report.to_dict(), "files")
-    if not as_json:
-        lines = [f"{v.outcome:8} {v.path}" + (f" ({', '.join(v.changed)})" if v.changed else "")
-                 for v in problems]
-        lines += [f"{'error':8} {entry}" for entry in report.unreadable]
-        lines += [f"{'new':8} {path} (selected by an index request, not catalogued)"
-                  for path in report.uncatalogued]
-        lines += [f"{'ignored':8} {path} (no index request selects it)"
-                  for path in report.ignored]
-        lines += [f"{'skipped':8} {path} (another storage system: not read here)"
-                  for path in report.other_storage]
-        counts = report.counts()
-        skipped = counts.pop("other_storage")
-        lines.append(", ".join(f"{n} {k}" for k, n in counts.items())
-                     + (f", {skipped} skipped (another storage system)" if skipped else ""))
-        _emit(None, False, "\n".join(lines))
-    if not report.ok:
-        raise SystemExit(1)
-
-
-@app.command()
-def bag(
-    uuid: str,
-    destination: Annotated[Path, typer.Argument(help="A new directory for the bag.")],
-    token: TokenOption = None,
-    json_: JsonOption = False,
-) -> None:
-    """Export a job's files as a BagIt bag, its manifest the recorded checksums re-verified
-    as each file is copied (a file that no longer matches stops it, naming the file)."""
-    from catalog.bag import export_bag
-
-    with _catalog() as catalog:
-        result = export_bag(catalog, uuid, destination, token, "cli")
-    _emit(result.to_dict(), json_,
-          f"{result.path}: bag of {result.files} file(s), {result.bytes} bytes, of {uuid}")
-
-
 @pipeline_app.command("add")
 def pipeline_add(
     name: Annotated[str, typer.Option(help="Pipeline name.")],
@@ -435,143 +294,6 @@ def pipeline_list(
         page = catalog.list_pipelines(name, limit, cursor)
     _emit({"pipelines": page.items, "next": page.next}, json_,
           _table(page.items, ["uuid", "name", "version", "created"], "pipelines"))
-
-
-@job_app.command("create")
-def job_create(
-    pipeline: Annotated[str, typer.Option(help="Pipeline name or UUID.")],
-    data: Annotated[str | None, typer.Option(help="Job data (parameters, inputs) as JSON.")] = None,
-    measurement: Annotated[list[str] | None, typer.Option(help="Measurement id/UUID.")] = None,
-    sample: Annotated[list[str] | None, typer.Option(help="Sample id/UUID.")] = None,
-    experiment: Annotated[list[str] | None, typer.Option(help="Experiment id/UUID.")] = None,
-    observation: Annotated[list[str] | None, typer.Option(
-        help="Observation event id/UUID.")] = None,
-    archive_pattern: Annotated[list[str] | None, typer.Option(
-        help="Archive index request as JSON.")] = None,
-    product_pattern: Annotated[list[str] | None, typer.Option(
-        help="Product index request as JSON.")] = None,
-    archive_path: Annotated[str | None, typer.Option(
-        help="Explicit archive path (inside the archive root).")] = None,
-    instanced: Annotated[bool, typer.Option(
-        help="Add an <adjective>-<animal>-<timestamp> directory.")] = False,
-    session: Annotated[str | None, typer.Option(help="Session name for the instance.")] = None,
-    agent: Annotated[str | None, typer.Option(help="Agent managing the job.")] = None,
-    task: Annotated[str | None, typer.Option(help="Task of the agent.")] = None,
-    json_: JsonOption = False,
-) -> None:
-    """Create a job, or show the existing one with the same identity (created: false)."""
-    with _catalog() as catalog:
-        managed = ManagedPipelineJob(
-            catalog, pipeline, _json_arg(data, "data"),  # the library checks its shape
-            measurement_id=measurement, sample_id=sample, experiment_id=experiment,
-            observation_id=observation,
-            archive_patterns=[_json_arg(p, "archive_pattern") for p in archive_pattern or []],
-            product_patterns=[_json_arg(p, "product_pattern") for p in product_pattern or []],
-            archive_path=archive_path, instanced=instanced, session=session, agent=agent,
-            task=task, source="cli",
-        )
-        job = managed.setup().stored
-        document = {"uuid": job.uuid, "state": job.state, "archive_path": job.archive_path,
-                    "token": managed.token, "webhook": managed.build_webhook(),
-                    "created": managed.created}
-    _emit(document, json_, "\n".join(f"{k}: {v}" for k, v in document.items()))
-
-
-@job_app.command("show")
-def job_show(uuid: str, json_: JsonOption = False) -> None:
-    """Show a job with its history."""
-    with _catalog() as catalog:
-        job = catalog.get_job(uuid)
-    document = job.model_dump(mode="json")
-    history = _table(document["history"], ["date", "name", "state", "source", "event_id"],
-                     f"job {job.uuid}: {job.state}")
-    _emit(document, json_, history)
-
-
-@job_app.command("list")
-def job_list(
-    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
-    pipeline: Annotated[str | None, typer.Option(help="Pipeline name or UUID.")] = None,
-    child_of: Annotated[str | None, typer.Option(help="Upstream entity id or UUID.")] = None,
-    agent: Annotated[str | None, typer.Option(help="Only jobs run by this agent.")] = None,
-    created_after: Annotated[str | None, typer.Option(
-        help="Created at or after this ISO 8601 date or time.")] = None,
-    created_before: Annotated[str | None, typer.Option(
-        help="Created before this ISO 8601 date or time.")] = None,
-    text: Annotated[str | None, typer.Option(
-        help="Text in a key or string value of the job's data (any case).")] = None,
-    sort: Annotated[str, typer.Option(help="created (oldest first) or -created.")] = "created",
-    limit: Annotated[int, typer.Option(help="Page size (1-1000).")] = 100,
-    cursor: Annotated[str | None, typer.Option(help="Cursor from a previous page.")] = None,
-    json_: JsonOption = False,
-) -> None:
-    """List jobs, oldest first unless sorted otherwise."""
-    with _catalog() as catalog:
-        page = catalog.find_jobs(state, pipeline, child_of, limit, cursor, agent=agent,
-                                 created_after=created_after, created_before=created_before,
-                                 text=text, sort=sort)
-    _emit({"jobs": page.items, "next": page.next}, json_,
-          _table(page.items, ["uuid", "state", "last_event", "created"], "jobs"))
-
-
-@job_app.command("event")
-def job_event(
-    uuid: str,
-    name: str,
-    token: TokenOption = None,
-    data: Annotated[str | None, typer.Option(help="Event data as a JSON object.")] = None,
-    event_id: Annotated[str | None, typer.Option(help="Sender's id; resending is safe.")] = None,
-    json_: JsonOption = False,
-) -> None:
-    """Send an event to a job."""
-    with _catalog() as catalog:
-        outcome = catalog.handle_event(
-            # Only parsed here: the library validates the event (and audits a refusal).
-            uuid, {"name": name, "data": {} if data is None else _json_arg(data, "data"),
-                   "event_id": event_id},
-            token, source="cli",
-        )
-    document = outcome.model_dump(mode="json")
-    _emit(document, json_, f"{outcome.uuid}: {outcome.last_event} -> {outcome.state}"
-          + (" (duplicate: already applied)" if outcome.duplicate else ""))
-
-
-@job_app.command("delete")
-def job_delete(uuid: str, token: TokenOption = None, json_: JsonOption = False) -> None:
-    """Delete a job, leaving a tombstone (admin token); see `job purge`."""
-    with _catalog() as catalog:
-        catalog.delete_job(uuid, token, source="cli")
-    _emit({"uuid": uuid, "deleted": True}, json_, f"deleted job {uuid}")
-
-
-@job_app.command("purge")
-def job_purge(
-    uuid: str,
-    token: TokenOption = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Confirm: the job is erased for good.")]
-    = False,
-    files: Annotated[bool, typer.Option(
-        "--files", help="Empty the job's archive directory too.")] = False,
-    json_: JsonOption = False,
-) -> None:
-    """Erase a job, its history and its links (admin token, --yes)."""
-    with _catalog() as catalog:
-        outcome = catalog.purge_job(uuid, token, uuid if yes else None, files, source="cli")
-    _emit(outcome, json_, f"purged job {outcome['uuid']}" + (
-        f" and {outcome['files_removed']} archive file(s)" if files else ""))
-
-
-@job_app.command("audit")
-def job_audit(
-    uuid: Annotated[str | None, typer.Argument(help="Job UUID (all jobs if omitted).")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many entries.")] = 100,
-    json_: JsonOption = False,
-) -> None:
-    """Show refused events and administrative actions, newest first."""
-    with _catalog() as catalog:
-        entries = [e.model_dump(mode="json") for e in catalog.audit_log(uuid, limit)]
-    _emit({"audit": entries}, json_,
-          _table(entries, ["date", "job_uuid", "name", "code", "reason"], "audit"))
 
 
 @app.command("lineage")
@@ -662,6 +384,8 @@ def token_admin(json_: JsonOption = False) -> None:
 
 
 from catalog import (  # noqa: E402, F401 (their commands, on the app)
+    cli_fixity,
+    cli_jobs,
     cli_openlineage,
     cli_queue,
     cli_tokens,
