@@ -48,7 +48,7 @@ test: $(VENV)/.test-installed slurm chromium
 	-$(MAKE) --no-print-directory docker-test-deps
 	$(BIN)/ruff check catalog tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 # The quick benchmarks, each a JSON document with its ratio to a baseline of the same run.
 bench: $(VENV)/.test-installed slurm

@@ -52,15 +52,43 @@ json_values = st.recursive(
 )
 
 
+# Under pytest-xdist (``make test`` runs ``-n 2 --dist loadscope``) a module's tests share a
+# worker, in order (some read what earlier ones left; module fixtures start once), and so do
+# the modules of one machine-wide component: one Slurm cluster, one dockerd, never two at once.
+COMPONENT_MODULES = {
+    "docker": ("test_docker_engine.py", "test_swarm.py", "test_swarm_client.py"),
+    "slurm": ("test_slurm.py",),
+}
+_COMPONENT_FIXTURES = {"docker_daemon": "docker", "cluster": "slurm"}
+
+
+@pytest.hookimpl(optionalhook=True)  # without xdist (-p no:xdist) there is no such hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """loadscope, its scope a module or the component its module belongs to."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    component_of = {name: component for component, names in COMPONENT_MODULES.items()
+                    for name in names}
+
+    class ByComponent(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return component_of.get(module.rsplit("/", 1)[-1], module)
+
+    return ByComponent(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``), the tests of one
-    machine-wide component share a worker: one Slurm cluster, one dockerd, never two at once."""
+    """A test that uses a machine-wide component lives in a module listed for it."""
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        if "slurm" in item.path.name or "cluster" in fixtures:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif "docker_daemon" in fixtures:
-            item.add_marker(pytest.mark.xdist_group("docker"))
+        for fixture in getattr(item, "fixturenames", ()):
+            component = _COMPONENT_FIXTURES.get(fixture)
+            if component and item.path.name not in COMPONENT_MODULES[component]:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses {fixture}: list {item.path.name} in "
+                    f"COMPONENT_MODULES[{component!r}] (tests/conftest.py)")
 
 
 def _with_database(uri: str, name: str) -> str:
