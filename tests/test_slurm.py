@@ -3,6 +3,10 @@ this module (tests/slurmcluster.py): results and products indexed with fixity, e
 TIMEOUT, memory limits, cancellation from the catalog, 200 jobs, a dispatcher SIGKILLed and
 restarted, a job that dies without a word, and bad input.
 
+The slow jobs (TIMEOUT lands 60-90 s after start: slurmctld checks time limits every 30 s) are
+submitted by a module fixture before the first test and checked by the last one, so that they
+run while the other tests do: the module takes about as long as its TIMEOUT.
+
 Without Slurm (or root) the tests are skipped, saying why; under ``CI=true`` that is a failure.
 """
 
@@ -15,6 +19,7 @@ import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ from catalog import Catalog
 from catalog.engines.slurm import SlurmEngine, check_name
 from catalog.engines.slurm_client import SlurmClient
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 FUNCTIONS = '''
 import os
@@ -62,16 +67,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurmcluster.C
                 os.kill(pid, 0)
 
 
-@pytest.fixture
-def home(tmp_path: Path, cluster: slurmcluster.Cluster) -> Iterator[Server]:
-    tmp_path.chmod(0o755)
-    server = Server.init(tmp_path)
+def make_home(directory: Path, cluster: slurmcluster.Cluster) -> Server:
+    directory.chmod(0o755)
+    server = Server.init(directory)
     server.env["SLURM_CONF"] = str(cluster.conf)
-    (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "__init__.py").write_text("")
-    (tmp_path / "work" / "jobs.py").write_text(textwrap.dedent(FUNCTIONS))
+    (directory / "work").mkdir()
+    (directory / "work" / "__init__.py").write_text("")
+    (directory / "work" / "jobs.py").write_text(textwrap.dedent(FUNCTIONS))
     server.cli("pipeline", "add", "--name", "demo")
-    yield server
+    return server
+
+
+@pytest.fixture
+def home(tmp_path: Path, cluster: slurmcluster.Cluster) -> Server:
+    return make_home(tmp_path, cluster)
 
 
 def submit(home: Server, data: dict[str, Any], *options: str) -> str:
@@ -106,6 +115,41 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> dict[str, An
     return dict(json.loads(out))
 
 
+@dataclass
+class EndStates:
+    home: Server
+    uuids: dict[str, str]
+    process: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def end_states(tmp_path_factory: pytest.TempPathFactory, cluster: slurmcluster.Cluster
+               ) -> Iterator[EndStates]:
+    """One job per way of ending, submitted and dispatched before the first test runs."""
+    home = make_home(tmp_path_factory.mktemp("ends"), cluster)
+    works = {  # the slowest first: TIMEOUT comes 60-90 s after it starts
+        "slow": ({"command": ["sleep", "300"], "resources": {"time": 60}}, 1),
+        "added": ({"function": "work.jobs.add", "parameters": {"a": 2, "b": 3},
+                   "resources": {"cores": 1, "memory": "200M", "time": 120}}, 2),
+        "printed": ({"command": ["python3", "-c", "print({'n': 1})"]}, 2),
+        "exits": ({"command": ["sh", "-c", "exit 3"]}, 1),
+        "silent": ({"command": ["sh", "-c", "kill -9 $$"]}, 1),
+        "hog": ({"command": ["python3", "-c", "x = bytearray(400 << 20); "
+                             "import time; time.sleep(5)"], "resources": {"memory": "30M"}}, 1),
+        "too_big": ({"command": ["true"], "resources": {"cores": 64}}, 1),
+        "too_long": ({"command": ["true"], "resources": {"time": 7200}}, 1)}
+    with Catalog.open(home.env["CATALOG_DB"]) as catalog:
+        uuids = {key: catalog.submit("demo", work, retries=retries).uuid
+                 for key, (work, retries) in works.items()}
+    process = dispatcher(home, "--lives", "8", "--lease", "30")
+    try:
+        yield EndStates(home, uuids, process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def squeue_names(cluster: slurmcluster.Cluster) -> dict[str, str]:
     return {s.name: s.state for s in SlurmClient(cluster.env).states().values()}
 
@@ -119,46 +163,6 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def test_every_end_state_reaches_the_catalog_with_its_reason(
-        home: Server, cluster: slurmcluster.Cluster) -> None:
-    added = submit(home, {"function": "work.jobs.add", "parameters": {"a": 2, "b": 3},
-                          "resources": {"cores": 1, "memory": "200M", "time": 120}})
-    printed = submit(home, {"command": ["python3", "-c", "print({'n': 1})"]})
-    exits = submit(home, {"command": ["sh", "-c", "exit 3"]}, "--retries", "1")
-    silent = submit(home, {"command": ["sh", "-c", "kill -9 $$"]}, "--retries", "1")
-    hog = submit(home, {"command": ["python3", "-c", "x = bytearray(400 << 20); "
-                                    "import time; time.sleep(5)"],
-                        "resources": {"memory": "30M"}}, "--retries", "1")
-    slow = submit(home, {"command": ["sleep", "300"], "resources": {"time": 60}},
-                  "--retries", "1")
-    too_big = submit(home, {"command": ["true"], "resources": {"cores": 64}}, "--retries", "1")
-    too_long = submit(home, {"command": ["true"], "resources": {"time": 7200}},
-                      "--retries", "1")
-    report = finish(dispatcher(home, "--lives", "8", "--lease", "30"), timeout=150)
-    assert len(report["attempts"]) == 8
-
-    done = job(home, added)
-    assert done["state"] == "FINISHED"
-    assert done["results"] == {"sum": 5, "token_seen": True}  # the token, in its environment
-    files = json.loads(home.cli("--json", "file", "list", "--job", added))["files"]
-    product = next(f for f in files if f["name"] == "sum.csv")
-    assert (product["kind"], product["status"], product["generated_by"]) == (
-        "product", "ok", [added])
-    assert product["checksums"]  # indexed with fixity
-    assert job(home, printed)["results"] == {"n": 1}
-    assert fails(home, exits) == ["Slurm FAILED: the command exited with code 3"]
-    assert fails(home, silent) == ["Slurm FAILED: the job was killed by signal 9"]
-    assert fails(home, hog) == ["Slurm OUT_OF_MEMORY: the job went past its --mem and was "
-                                "killed"]
-    assert fails(home, slow) == ["Slurm TIMEOUT: the job ran past its --time and was killed"]
-    assert fails(home, too_big)[0].startswith(
-        "could not start: Requested node configuration is not available: 64 cores")
-    assert "exceeds partition MaxTime" in fails(home, too_long)[0]
-    names = squeue_names(cluster)
-    assert too_big not in names and too_long not in names  # refused before sbatch
-    assert names.get(slow, "TIMEOUT") == "TIMEOUT"
 
 
 def test_cancelling_in_the_catalog_scancels(home: Server, cluster: slurmcluster.Cluster
@@ -223,3 +227,33 @@ def test_bad_input_is_refused_clearly(home: Server, cluster: slurmcluster.Cluste
             engine.start(work, tmp_path / "w", 60, name="bad/name" if not work.get(
                 "resources") else "fine")
     assert "fine" not in squeue_names(cluster)
+
+
+def test_every_end_state_reaches_the_catalog_with_its_reason(
+        end_states: EndStates, cluster: slurmcluster.Cluster) -> None:
+    """Last in the module: its jobs ran while the other tests did."""
+    home, uuids = end_states.home, end_states.uuids
+    slow, added, printed, exits, silent, hog, too_big, too_long = uuids.values()
+    report = finish(end_states.process, timeout=150)
+    assert len(report["attempts"]) == 8
+
+    done = job(home, added)
+    assert done["state"] == "FINISHED"
+    assert done["results"] == {"sum": 5, "token_seen": True}  # the token, in its environment
+    files = json.loads(home.cli("--json", "file", "list", "--job", added))["files"]
+    product = next(f for f in files if f["name"] == "sum.csv")
+    assert (product["kind"], product["status"], product["generated_by"]) == (
+        "product", "ok", [added])
+    assert product["checksums"]  # indexed with fixity
+    assert job(home, printed)["results"] == {"n": 1}
+    assert fails(home, exits) == ["Slurm FAILED: the command exited with code 3"]
+    assert fails(home, silent) == ["Slurm FAILED: the job was killed by signal 9"]
+    assert fails(home, hog) == ["Slurm OUT_OF_MEMORY: the job went past its --mem and was "
+                                "killed"]
+    assert fails(home, slow) == ["Slurm TIMEOUT: the job ran past its --time and was killed"]
+    assert fails(home, too_big)[0].startswith(
+        "could not start: Requested node configuration is not available: 64 cores")
+    assert "exceeds partition MaxTime" in fails(home, too_long)[0]
+    names = squeue_names(cluster)
+    assert too_big not in names and too_long not in names  # refused before sbatch
+    assert names.get(slow, "TIMEOUT") == "TIMEOUT"
