@@ -178,6 +178,23 @@ def test_cancelling_in_the_catalog_scancels(home: Server, cluster: slurmcluster.
              "Slurm to cancel it")
 
 
+def test_a_scancel_outside_the_catalog_cancels_the_job_there(
+        home: Server, cluster: slurmcluster.Cluster) -> None:
+    uuid = submit(home, {"command": ["sleep", "120"]}, "--retries", "3")
+    process = dispatcher(home, "--lives", "1", "--lease", "30")
+    wait_for(lambda: squeue_names(cluster).get(uuid) == "RUNNING", 30, "the job to run")
+    native = next(s.native_id for s in SlurmClient(cluster.env).states().values()
+                  if s.name == uuid)
+    subprocess.run(["scancel", native], env=cluster.env, check=True, timeout=30)
+    report = finish(process, timeout=30)
+    reason = "Slurm CANCELLED the job (scancel outside the catalog)"
+    assert [(a["state"], a["error"]) for a in report["attempts"]] == [("CANCELLED", reason)]
+    done = job(home, uuid)
+    assert (done["state"], done["queue"]["attempt"]) == ("CANCELLED", 1)  # not retried
+    assert [e["data"] for e in done["history"] if e["name"] == "cancel"] == [{"reason": reason}]
+    assert not fails(home, uuid)
+
+
 def test_a_dispatcher_killed_and_restarted_ends_every_job_once(
         home: Server, cluster: slurmcluster.Cluster) -> None:
     uuids = [submit(home, {"command": ["sh", "-c", f"sleep 3; echo \"{{'i': {i}}}\""]})

@@ -8,7 +8,8 @@ Restarts lose nothing and submit nothing twice: each job's work directory is
 native id (``.native_id``) after. On start, every work directory whose job this dispatcher
 (same ``--name``) still holds the lease of is adopted: by its native id, else by the Slurm job
 named by its UUID (squeue, then the jobcomp log), else submitted (the intent never reached
-Slurm). A job cancelled in the catalog (its lease refused) is scancelled.
+Slurm). A job cancelled in the catalog (its lease refused) is scancelled; one scancelled
+outside it is cancelled in it (config/mappings/slurm.toml says why).
 """
 
 from __future__ import annotations
@@ -189,7 +190,10 @@ class Dispatcher:
                 logged = self.client.ended_from_log()
             if flight.run.observe(states, logged):
                 del self.flights[uuid]
-                self._report(uuid, flight.run.workdir, flight.run.result())
+                if flight.run.cancelled_elsewhere():
+                    self._cancel(uuid, flight.run)
+                else:
+                    self._report(uuid, flight.run.workdir, flight.run.result())
                 continue
             if now - flight.beaten >= max(1.0, self.options.lease / 3):
                 flight.beaten = now
@@ -203,6 +207,19 @@ class Dispatcher:
                     shutil.rmtree(flight.run.workdir, ignore_errors=True)
                 except CatalogError:
                     continue
+
+    def _cancel(self, uuid: str, run: SlurmRun) -> None:
+        """A job scancelled outside the catalog is cancelled in it, as the slurm mapping says
+        (not failed and retried: whoever stopped it meant it to stop)."""
+        reason = run.result().error or "Slurm CANCELLED the job"
+        intent = json.loads(_read(run.workdir / ".intent") or "{}")
+        try:
+            state = self.queue.cancel(uuid, reason, str(intent.get("token", "")))
+        except CatalogError as exc:  # ended or cancelled in the catalog meanwhile
+            self.ended.append(Ended(uuid, "abandoned", exc.message))
+        else:
+            self.ended.append(Ended(uuid, state, reason))
+        shutil.rmtree(run.workdir, ignore_errors=True)
 
     def _report(self, uuid: str, workdir: Path, execution: Execution) -> None:
         completion = completion_of(self.options.name, execution, workdir)

@@ -159,6 +159,12 @@ class SlurmRun:
     def result(self) -> Execution:
         return execution_of(self.state, self.workdir, self.result_file, self._killed)
 
+    def cancelled_elsewhere(self) -> bool:
+        """Whether the job ended in a state the slurm mapping sends ``cancel`` for (scancel)
+        without the catalog having killed it: someone stopped it on the cluster."""
+        return self._killed is None and self.state is not None and self.state.ended and \
+            get_mapping("slurm").event_for(self.state.state) == "cancel"
+
 
 def execution_of(state: NativeState | None, workdir: Path, result_file: Path | None,
                  killed: str | None = None) -> Execution:
