@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 import slurmcluster
-from test_web_e2e import CATALOG, Server
+from test_web_e2e import CATALOG, Server, free_port
 
 from catalog import Catalog
+from catalog.engines import node
 from catalog.engines.slurm import SlurmEngine, check_name
 from catalog.engines.slurm_client import SlurmClient
 
@@ -193,6 +194,80 @@ def test_a_scancel_outside_the_catalog_cancels_the_job_there(
     assert (done["state"], done["queue"]["attempt"]) == ("CANCELLED", 1)  # not retried
     assert [e["data"] for e in done["history"] if e["name"] == "cancel"] == [{"reason": reason}]
     assert not fails(home, uuid)
+
+
+def node_reports(done: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["data"] for e in done["history"] if e["name"] == "update"
+            and e["data"].get("stage") in ("started", "ended")]
+
+
+def test_the_node_reports_through_the_webhook_and_the_dispatcher_ends_the_job(
+        home: Server, cluster: slurmcluster.Cluster) -> None:
+    home.start()
+    env = {**home.env, "CATALOG_WORKER_KEY": json.loads(
+        home.cli("--json", "token", "worker"))["token"]}
+    added = submit(home, {"function": "work.jobs.add", "parameters": {"a": 2, "b": 3}})
+    printed = submit(home, {"command": ["sh", "-c", "sleep 4; echo \"{'n': 1}\""]})
+    process = subprocess.Popen(
+        [str(CATALOG), "--json", "run", "demo", "--engine", "slurm", "--sleep", "0.2",
+         "--lives", "2", "--url", home.base_url, "--workdir",
+         str(home.directory / "slurm-work")], cwd=home.directory, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: squeue_names(cluster).get(printed) == "RUNNING", 30, "the job to run")
+    script = home.directory / "slurm-work" / printed / ".slurm.sh"
+    assert script.stat().st_mode & 0o777 == 0o700
+    native = next(s.native_id for s in SlurmClient(cluster.env).states().values()
+                  if s.name == printed)
+    shown = subprocess.run(["scontrol", "show", "job", "-dd", native], env=cluster.env,
+                           capture_output=True, text=True, check=True).stdout
+    assert "node.py" in script.read_text()
+
+    def commands() -> str:
+        return subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True).stdout
+
+    wait_for(lambda: f"node.py --stdout {script.parent}" in commands(), 15, "the node's work")
+    running = commands()
+    report = finish(process, timeout=60)
+    assert {a["state"] for a in report["attempts"]} == {"FINISHED"}
+    for uuid, results in ((added, {"sum": 5, "token_seen": True}), (printed, {"n": 1})):
+        done = job(home, uuid)
+        assert (done["state"], done["results"]) == ("FINISHED", results)
+        started, ended = node_reports(done)
+        assert started["stage"] == "started" and started["node"] == slurmcluster.NODE
+        assert started["native_id"].isdigit() and ended["native_id"] == started["native_id"]
+        assert (ended["stage"], ended["exit_code"], ended["results"]) == ("ended", 0, results)
+        assert [e["name"] for e in done["history"]].count("finish") == 1  # one end
+    token = json.loads(home.cli("--json", "token", "job", printed))["token"]
+    for secret in (token, env["CATALOG_WORKER_KEY"]):
+        assert secret not in shown and secret not in running
+    # A report arriving after the job ended: refused once (409, in the audit log), no retry.
+    late = node.report(f"{home.base_url}/jobs/{printed}/events", home.admin_token,
+                       f"slurm-{native}-late", {"stage": "ended", "exit_code": 0})
+    assert late is not None and late.startswith("HTTP 409")
+    assert len(node_reports(job(home, printed))) == 2
+    audit = json.loads(home.cli("--json", "job", "audit", printed))["audit"]
+    assert any(e["event_id"] == f"slurm-{native}-late" for e in audit)
+    home.stop()
+
+
+def test_a_node_that_cannot_reach_the_catalog_ends_through_slurm(
+        home: Server, cluster: slurmcluster.Cluster) -> None:
+    home.start()
+    env = {**home.env, "CATALOG_WORKER_KEY": json.loads(
+        home.cli("--json", "token", "worker"))["token"]}
+    uuid = submit(home, {"function": "work.jobs.add", "parameters": {"a": 1, "b": 1}})
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    process = subprocess.Popen(
+        [str(CATALOG), "--json", "run", "demo", "--engine", "slurm", "--sleep", "0.2",
+         "--lives", "1", "--url", home.base_url, "--report-url", nowhere, "--workdir",
+         str(home.directory / "slurm-work")], cwd=home.directory, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    report = finish(process, timeout=60)
+    assert [a["state"] for a in report["attempts"]] == ["FINISHED"]
+    done = job(home, uuid)
+    assert (done["state"], done["results"]) == ("FINISHED", {"sum": 2, "token_seen": True})
+    assert node_reports(done) == []
+    home.stop()
 
 
 def test_a_dispatcher_killed_and_restarted_ends_every_job_once(

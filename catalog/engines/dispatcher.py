@@ -10,6 +10,11 @@ native id (``.native_id``) after. On start, every work directory whose job this 
 named by its UUID (squeue, then the jobcomp log), else submitted (the intent never reached
 Slurm). A job cancelled in the catalog (its lease refused) is scancelled; one scancelled
 outside it is cancelled in it (config/mappings/slurm.toml says why).
+
+With ``report_url`` the nodes report each job's start and outcome to its webhook (node.py) as
+``update`` events in its history; the job still ends once, here, from Slurm's state and the
+work's files: the node's reports never end a job, so a node that cannot reach the catalog
+changes nothing but its history.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class DispatchOptions:
     lives: int = -1  # jobs to take before stopping (-1: until stopped); >= 0 also stops when
     # the queue is empty and nothing is in flight
     sweep_every: float = 10.0
+    report_url: str | None = None  # the catalog's base URL the nodes report to (webhook)
 
 
 @dataclass
@@ -170,8 +176,12 @@ class Dispatcher:
     def _submit(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
                 token: str) -> None:
         try:
-            run = self.engine.start(work, workdir, timeout, name=uuid,
-                                    secrets={"CATALOG_JOB_TOKEN": token} if token else None)
+            report = self.options.report_url
+            run = self.engine.start(
+                work, workdir, timeout, name=uuid,
+                secrets={"CATALOG_JOB_TOKEN": token} if token else None,
+                report_url=f"{report.rstrip('/')}/jobs/{uuid}/events" if report and token
+                else None)
         except (ValueError, OSError, SlurmError) as exc:
             self._report(uuid, workdir, Execution(None, error=f"could not start: {exc}"))
             return
