@@ -181,7 +181,9 @@ def test_cancelling_in_the_catalog_scancels(home: Server, cluster: slurmcluster.
 
 def test_a_scancel_outside_the_catalog_cancels_the_job_there(
         home: Server, cluster: slurmcluster.Cluster) -> None:
-    uuid = submit(home, {"command": ["sleep", "120"]}, "--retries", "3")
+    # Its own command: a job's UUID comes from its data, and Slurm keeps the cancelling test's
+    # job (the same name, were the data the same) for MinJobAge.
+    uuid = submit(home, {"command": ["sleep", "119"]}, "--retries", "3")
     process = dispatcher(home, "--lives", "1", "--lease", "30")
     wait_for(lambda: squeue_names(cluster).get(uuid) == "RUNNING", 30, "the job to run")
     native = next(s.native_id for s in SlurmClient(cluster.env).states().values()
