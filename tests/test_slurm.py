@@ -31,6 +31,8 @@ from catalog import Catalog
 from catalog.engines import node
 from catalog.engines.slurm import SlurmEngine, check_name
 from catalog.engines.slurm_client import SlurmClient
+from catalog.errors import CatalogError
+from catalog.worker import HTTPQueue
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
@@ -262,6 +264,15 @@ def test_the_node_reports_through_the_webhook_and_the_dispatcher_ends_the_job(
     done = job(home, cut_off)
     assert (done["state"], done["results"]) == ("FINISHED", {"sum": 2, "token_seen": True})
     assert node_reports(done) == []
+
+    # Over HTTP the dispatcher cancels a job scancelled outside the catalog with its token.
+    queued = submit(home, {"command": ["true"], "note": "cancelled over HTTP"})
+    queue = HTTPQueue(home.base_url, env["CATALOG_WORKER_KEY"])
+    with pytest.raises(CatalogError, match="the server refused"):  # a worker key cannot
+        queue.cancel(queued, "stopped on the cluster", env["CATALOG_WORKER_KEY"])
+    assert queue.cancel(queued, "stopped on the cluster", json.loads(
+        home.cli("--json", "token", "job", queued))["token"]) == "CANCELLED"
+    assert job(home, queued)["history"][-1]["data"] == {"reason": "stopped on the cluster"}
     home.stop()
 
 
