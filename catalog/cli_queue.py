@@ -194,6 +194,9 @@ def run(
         raise ConfigurationError(f"unknown engine {engine!r}: local or slurm")
     if max_in_flight < 1:
         raise ConfigurationError("--max-in-flight must be at least 1")
+    if report_url is not None and not report_url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"--report-url {report_url!r} is not an http:// or https:// "
+                                 "URL")
     if engine == "slurm" and (function is not None or command is not None):
         raise ConfigurationError("--engine slurm runs each job's own function or command")
     work_filter = WorkFilter(pipelines=pipelines, site=site, tags=tag, users=user)

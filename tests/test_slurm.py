@@ -313,6 +313,10 @@ def test_bad_input_is_refused_clearly(home: Server, cluster: slurmcluster.Cluste
                           cwd=home.directory, env=home.env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode != 0 and "unknown engine 'kubernetes'" in done.stderr
+    done = subprocess.run([str(CATALOG), "run", "demo", "--engine", "slurm", "--report-url",
+                           "ftp://example.org"], cwd=home.directory, env=home.env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "not an http:// or https:// URL" in done.stderr
     with pytest.raises(ValueError, match="not one Slurm keeps"):
         check_name("no spaces please")
     engine = SlurmEngine(SlurmClient(cluster.env))
