@@ -170,6 +170,9 @@ def run(
     name: Annotated[str | None, typer.Option(
         help="With --engine slurm: the dispatcher's name, kept across restarts so that it "
         "finds its jobs again (default: slurm:HOST).")] = None,
+    report_url: Annotated[str | None, typer.Option(
+        help="With --engine slurm: the catalog server the nodes report to, through each "
+        "job's webhook (default: --url; none for a local catalog).")] = None,
     json_: JsonOption = False,
 ) -> None:
     """Run queued jobs: withdraw, execute under the job's timeout, archive, index, report.
@@ -191,6 +194,9 @@ def run(
         raise ConfigurationError(f"unknown engine {engine!r}: local or slurm")
     if max_in_flight < 1:
         raise ConfigurationError("--max-in-flight must be at least 1")
+    if report_url is not None and not report_url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"--report-url {report_url!r} is not an http:// or https:// "
+                                 "URL")
     if engine == "slurm" and (function is not None or command is not None):
         raise ConfigurationError("--engine slurm runs each job's own function or command")
     work_filter = WorkFilter(pipelines=pipelines, site=site, tags=tag, users=user)
@@ -204,7 +210,8 @@ def run(
 
     def work(queue: Any) -> list[Any]:
         if engine == "slurm":
-            return _dispatch(queue, options, max_in_flight, name, stop)
+            return _dispatch(queue, options, max_in_flight, name, stop,
+                             report_url or url)
         return Worker(queue, options, stop=stop).run()
 
     if url is not None:
@@ -220,7 +227,7 @@ def run(
 
 
 def _dispatch(queue: Any, options: Any, max_in_flight: int, name: str | None,
-              stop: threading.Event) -> list[Any]:
+              stop: threading.Event, report_url: str | None = None) -> list[Any]:
     import tempfile
 
     from catalog.engines.dispatcher import Dispatcher, DispatchOptions, dispatcher_name
@@ -234,6 +241,6 @@ def _dispatch(queue: Any, options: Any, max_in_flight: int, name: str | None,
     dispatch = DispatchOptions(options.work_filter, root, name=name or dispatcher_name(),
                                max_in_flight=max_in_flight, lease=options.lease,
                                sleep=options.sleep, lives=options.lives,
-                               sweep_every=options.sweep_every)
+                               sweep_every=options.sweep_every, report_url=report_url)
     options.name = dispatch.name
     return Dispatcher(queue, SlurmEngine(), dispatch, stop).run()

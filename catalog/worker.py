@@ -45,6 +45,10 @@ class QueueClient(Protocol):
         """Report the attempt; returns the job's state after it."""
         ...
 
+    def cancel(self, uuid: str, reason: str, token: str) -> str:
+        """Cancel a job whose work was stopped outside the catalog (``token``: the job's)."""
+        ...
+
     def sweep(self) -> None:
         """Fail expired leases (the local queue does; a server sweeps on its own)."""
         ...
@@ -72,6 +76,10 @@ class LocalQueue:
 
         return complete(self.catalog, uuid, completion, self.source)
 
+    def cancel(self, uuid: str, reason: str, token: str) -> str:
+        """Cancel a job whose work was stopped outside the catalog; its state after."""
+        return self.catalog.cancel(uuid, reason, self.source).state
+
     def sweep(self) -> None:
         from catalog.queue import sweep
 
@@ -91,10 +99,11 @@ class HTTPQueue:
         self._token = token
         self.timeout = timeout
 
-    def _call(self, path: str, document: dict[str, Any]) -> Any:
+    def _call(self, path: str, document: dict[str, Any], token: str | None = None) -> Any:
         request = Request(f"{self.url}{path}", data=json.dumps(document).encode(),
-                          method="POST", headers={"Content-Type": "application/json",
-                                                  "Authorization": f"Bearer {self._token}"})
+                          method="POST", headers={
+                              "Content-Type": "application/json",
+                              "Authorization": f"Bearer {token or self._token}"})
         try:
             with urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (checked)
                 return json.loads(response.read() or b"null")
@@ -123,6 +132,12 @@ class HTTPQueue:
 
     def complete(self, uuid: str, completion: Completion) -> str:
         answer = self._call(f"/jobs/{quote(uuid)}/complete", completion.model_dump())
+        return str(answer["state"])
+
+    def cancel(self, uuid: str, reason: str, token: str) -> str:
+        """Cancel a job whose work was stopped outside the catalog (with the job's token: a
+        worker key cannot cancel); its state after."""
+        answer = self._call(f"/jobs/{quote(uuid)}/cancel", {"reason": reason}, token)
         return str(answer["state"])
 
     def sweep(self) -> None:

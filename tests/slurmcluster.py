@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -161,6 +162,7 @@ KillWait=2
 InactiveLimit=0
 MessageTimeout=10
 MaxJobCount=20000
+FirstJobId={_first_job_id()}
 NodeName={NODE} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} State=UNKNOWN
 PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime={PARTITION_MAX_TIME} State=UP \
 OverSubscribe=FORCE:8
@@ -171,6 +173,15 @@ OverSubscribe=FORCE:8
         if memory_cgroup() else "CgroupPlugin=autodetect\nConstrainRAMSpace=no\n",
         encoding="utf-8")
     return conf, jobcomp
+
+
+def _first_job_id() -> int:
+    """Where this cluster's job ids start: far from another cluster's on the machine (another
+    test worker's, another checkout's). Job ids name the jobs' cgroups
+    (``/sys/fs/cgroup/*/slurm/uid_0/job_N``), machine-wide: two clusters both counting from 1
+    would put their jobs in each other's cgroups and kill them (signal 9 in place of TIMEOUT,
+    jobs that never run)."""
+    return 1 + 1000 * secrets.randbelow(60_000)  # below Slurm's MaxJobId (67,043,328)
 
 
 def _confinement() -> str:

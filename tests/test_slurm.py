@@ -3,6 +3,10 @@ this module (tests/slurmcluster.py): results and products indexed with fixity, e
 TIMEOUT, memory limits, cancellation from the catalog, 200 jobs, a dispatcher SIGKILLed and
 restarted, a job that dies without a word, and bad input.
 
+The slow jobs (TIMEOUT lands 60-90 s after start: slurmctld checks time limits every 30 s) are
+submitted by a module fixture before the first test and checked by the last one, so that they
+run while the other tests do: the module takes about as long as its TIMEOUT.
+
 Without Slurm (or root) the tests are skipped, saying why; under ``CI=true`` that is a failure.
 """
 
@@ -15,18 +19,22 @@ import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import slurmcluster
-from test_web_e2e import CATALOG, Server
+from test_web_e2e import CATALOG, Server, free_port
 
 from catalog import Catalog
+from catalog.engines import node
 from catalog.engines.slurm import SlurmEngine, check_name
 from catalog.engines.slurm_client import SlurmClient
+from catalog.errors import CatalogError
+from catalog.worker import HTTPQueue
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 FUNCTIONS = '''
 import os
@@ -62,16 +70,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurmcluster.C
                 os.kill(pid, 0)
 
 
-@pytest.fixture
-def home(tmp_path: Path, cluster: slurmcluster.Cluster) -> Iterator[Server]:
-    tmp_path.chmod(0o755)
-    server = Server.init(tmp_path)
+def make_home(directory: Path, cluster: slurmcluster.Cluster) -> Server:
+    directory.chmod(0o755)
+    server = Server.init(directory)
     server.env["SLURM_CONF"] = str(cluster.conf)
-    (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "__init__.py").write_text("")
-    (tmp_path / "work" / "jobs.py").write_text(textwrap.dedent(FUNCTIONS))
+    (directory / "work").mkdir()
+    (directory / "work" / "__init__.py").write_text("")
+    (directory / "work" / "jobs.py").write_text(textwrap.dedent(FUNCTIONS))
     server.cli("pipeline", "add", "--name", "demo")
-    yield server
+    return server
+
+
+@pytest.fixture
+def home(tmp_path: Path, cluster: slurmcluster.Cluster) -> Server:
+    return make_home(tmp_path, cluster)
 
 
 def submit(home: Server, data: dict[str, Any], *options: str) -> str:
@@ -106,6 +118,41 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> dict[str, An
     return dict(json.loads(out))
 
 
+@dataclass
+class EndStates:
+    home: Server
+    uuids: dict[str, str]
+    process: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def end_states(tmp_path_factory: pytest.TempPathFactory, cluster: slurmcluster.Cluster
+               ) -> Iterator[EndStates]:
+    """One job per way of ending, submitted and dispatched before the first test runs."""
+    home = make_home(tmp_path_factory.mktemp("ends"), cluster)
+    works = {  # the slowest first: TIMEOUT comes 60-90 s after it starts
+        "slow": ({"command": ["sleep", "300"], "resources": {"time": 60}}, 1),
+        "added": ({"function": "work.jobs.add", "parameters": {"a": 2, "b": 3},
+                   "resources": {"cores": 1, "memory": "200M", "time": 120}}, 2),
+        "printed": ({"command": ["python3", "-c", "print({'n': 1})"]}, 2),
+        "exits": ({"command": ["sh", "-c", "exit 3"]}, 1),
+        "silent": ({"command": ["sh", "-c", "kill -9 $$"]}, 1),
+        "hog": ({"command": ["python3", "-c", "x = bytearray(400 << 20); "
+                             "import time; time.sleep(5)"], "resources": {"memory": "30M"}}, 1),
+        "too_big": ({"command": ["true"], "resources": {"cores": 64}}, 1),
+        "too_long": ({"command": ["true"], "resources": {"time": 7200}}, 1)}
+    with Catalog.open(home.env["CATALOG_DB"]) as catalog:
+        uuids = {key: catalog.submit("demo", work, retries=retries).uuid
+                 for key, (work, retries) in works.items()}
+    process = dispatcher(home, "--lives", "8", "--lease", "30")
+    try:
+        yield EndStates(home, uuids, process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def squeue_names(cluster: slurmcluster.Cluster) -> dict[str, str]:
     return {s.name: s.state for s in SlurmClient(cluster.env).states().values()}
 
@@ -121,46 +168,6 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_every_end_state_reaches_the_catalog_with_its_reason(
-        home: Server, cluster: slurmcluster.Cluster) -> None:
-    added = submit(home, {"function": "work.jobs.add", "parameters": {"a": 2, "b": 3},
-                          "resources": {"cores": 1, "memory": "200M", "time": 120}})
-    printed = submit(home, {"command": ["python3", "-c", "print({'n': 1})"]})
-    exits = submit(home, {"command": ["sh", "-c", "exit 3"]}, "--retries", "1")
-    silent = submit(home, {"command": ["sh", "-c", "kill -9 $$"]}, "--retries", "1")
-    hog = submit(home, {"command": ["python3", "-c", "x = bytearray(400 << 20); "
-                                    "import time; time.sleep(5)"],
-                        "resources": {"memory": "30M"}}, "--retries", "1")
-    slow = submit(home, {"command": ["sleep", "300"], "resources": {"time": 60}},
-                  "--retries", "1")
-    too_big = submit(home, {"command": ["true"], "resources": {"cores": 64}}, "--retries", "1")
-    too_long = submit(home, {"command": ["true"], "resources": {"time": 7200}},
-                      "--retries", "1")
-    report = finish(dispatcher(home, "--lives", "8", "--lease", "30"), timeout=150)
-    assert len(report["attempts"]) == 8
-
-    done = job(home, added)
-    assert done["state"] == "FINISHED"
-    assert done["results"] == {"sum": 5, "token_seen": True}  # the token, in its environment
-    files = json.loads(home.cli("--json", "file", "list", "--job", added))["files"]
-    product = next(f for f in files if f["name"] == "sum.csv")
-    assert (product["kind"], product["status"], product["generated_by"]) == (
-        "product", "ok", [added])
-    assert product["checksums"]  # indexed with fixity
-    assert job(home, printed)["results"] == {"n": 1}
-    assert fails(home, exits) == ["Slurm FAILED: the command exited with code 3"]
-    assert fails(home, silent) == ["Slurm FAILED: the job was killed by signal 9"]
-    assert fails(home, hog) == ["Slurm OUT_OF_MEMORY: the job went past its --mem and was "
-                                "killed"]
-    assert fails(home, slow) == ["Slurm TIMEOUT: the job ran past its --time and was killed"]
-    assert fails(home, too_big)[0].startswith(
-        "could not start: Requested node configuration is not available: 64 cores")
-    assert "exceeds partition MaxTime" in fails(home, too_long)[0]
-    names = squeue_names(cluster)
-    assert too_big not in names and too_long not in names  # refused before sbatch
-    assert names.get(slow, "TIMEOUT") == "TIMEOUT"
-
-
 def test_cancelling_in_the_catalog_scancels(home: Server, cluster: slurmcluster.Cluster
                                             ) -> None:
     uuid = submit(home, {"command": ["sleep", "120"]})
@@ -172,6 +179,101 @@ def test_cancelling_in_the_catalog_scancels(home: Server, cluster: slurmcluster.
     assert job(home, uuid)["state"] == "CANCELLED"
     wait_for(lambda: squeue_names(cluster).get(uuid, "CANCELLED") == "CANCELLED", 15,
              "Slurm to cancel it")
+
+
+def test_a_scancel_outside_the_catalog_cancels_the_job_there(
+        home: Server, cluster: slurmcluster.Cluster) -> None:
+    # Its own command: a job's UUID comes from its data, and Slurm keeps the cancelling test's
+    # job (the same name, were the data the same) for MinJobAge.
+    uuid = submit(home, {"command": ["sleep", "119"]}, "--retries", "3")
+    process = dispatcher(home, "--lives", "1", "--lease", "30")
+    wait_for(lambda: squeue_names(cluster).get(uuid) == "RUNNING", 30, "the job to run")
+    native = next(s.native_id for s in SlurmClient(cluster.env).states().values()
+                  if s.name == uuid)
+    subprocess.run(["scancel", native], env=cluster.env, check=True, timeout=30)
+    report = finish(process, timeout=30)
+    reason = "Slurm CANCELLED the job (scancel outside the catalog)"
+    assert [(a["state"], a["error"]) for a in report["attempts"]] == [("CANCELLED", reason)]
+    done = job(home, uuid)
+    assert (done["state"], done["queue"]["attempt"]) == ("CANCELLED", 1)  # not retried
+    assert [e["data"] for e in done["history"] if e["name"] == "cancel"] == [{"reason": reason}]
+    assert not fails(home, uuid)
+
+
+def node_reports(done: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["data"] for e in done["history"] if e["name"] == "update"
+            and e["data"].get("stage") in ("started", "ended")]
+
+
+def node_dispatcher(home: Server, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(CATALOG), "--json", "run", "demo", "--engine", "slurm", "--sleep", "0.2",
+         "--url", home.base_url, "--workdir", str(home.directory / "slurm-work"), *args],
+        cwd=home.directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_node_reports_through_the_webhook_and_the_dispatcher_ends_the_job(
+        home: Server, cluster: slurmcluster.Cluster) -> None:
+    home.start()
+    env = {**home.env, "CATALOG_WORKER_KEY": json.loads(
+        home.cli("--json", "token", "worker"))["token"]}
+    added = submit(home, {"function": "work.jobs.add", "parameters": {"a": 2, "b": 3}})
+    printed = submit(home, {"command": ["sh", "-c", "sleep 4; echo \"{'n': 1}\""]})
+    process = node_dispatcher(home, env, "--lives", "2")
+    wait_for(lambda: squeue_names(cluster).get(printed) == "RUNNING", 30, "the job to run")
+    script = home.directory / "slurm-work" / printed / ".slurm.sh"
+    assert script.stat().st_mode & 0o777 == 0o700
+    native = next(s.native_id for s in SlurmClient(cluster.env).states().values()
+                  if s.name == printed)
+    shown = subprocess.run(["scontrol", "show", "job", "-dd", native], env=cluster.env,
+                           capture_output=True, text=True, check=True).stdout
+    assert "node.py" in script.read_text()
+
+    def commands() -> str:
+        return subprocess.run(["ps", "-ewwo", "args"], capture_output=True, text=True).stdout
+
+    wait_for(lambda: f"node.py --stdout {script.parent}" in commands(), 15, "the node's work")
+    running = commands()
+    report = finish(process, timeout=60)
+    assert {a["state"] for a in report["attempts"]} == {"FINISHED"}
+    for uuid, results in ((added, {"sum": 5, "token_seen": True}), (printed, {"n": 1})):
+        done = job(home, uuid)
+        assert (done["state"], done["results"]) == ("FINISHED", results)
+        started, ended = node_reports(done)
+        assert started["stage"] == "started" and started["node"] == slurmcluster.NODE
+        assert started["native_id"].isdigit() and ended["native_id"] == started["native_id"]
+        assert (ended["stage"], ended["exit_code"], ended["results"]) == ("ended", 0, results)
+        assert [e["name"] for e in done["history"]].count("finish") == 1  # one end
+    token = json.loads(home.cli("--json", "token", "job", printed))["token"]
+    for secret in (token, env["CATALOG_WORKER_KEY"]):
+        assert secret not in shown and secret not in running
+    # A report arriving after the job ended: refused once (409, in the audit log), no retry.
+    late = node.report(f"{home.base_url}/jobs/{printed}/events", home.admin_token,
+                       f"slurm-{native}-late", {"stage": "ended", "exit_code": 0})
+    assert late is not None and late.startswith("HTTP 409")
+    assert len(node_reports(job(home, printed))) == 2
+    audit = json.loads(home.cli("--json", "job", "audit", printed))["audit"]
+    assert any(e["event_id"] == f"slurm-{native}-late" for e in audit)
+
+    # A node that cannot reach the catalog: the job ends all the same, through Slurm.
+    cut_off = submit(home, {"function": "work.jobs.add", "parameters": {"a": 1, "b": 1}})
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    report = finish(node_dispatcher(home, env, "--lives", "1", "--report-url", nowhere),
+                    timeout=60)
+    assert [a["state"] for a in report["attempts"]] == ["FINISHED"]
+    done = job(home, cut_off)
+    assert (done["state"], done["results"]) == ("FINISHED", {"sum": 2, "token_seen": True})
+    assert node_reports(done) == []
+
+    # Over HTTP the dispatcher cancels a job scancelled outside the catalog with its token.
+    queued = submit(home, {"command": ["true"], "note": "cancelled over HTTP"})
+    queue = HTTPQueue(home.base_url, env["CATALOG_WORKER_KEY"])
+    with pytest.raises(CatalogError, match="the server refused"):  # a worker key cannot
+        queue.cancel(queued, "stopped on the cluster", env["CATALOG_WORKER_KEY"])
+    assert queue.cancel(queued, "stopped on the cluster", json.loads(
+        home.cli("--json", "token", "job", queued))["token"]) == "CANCELLED"
+    assert job(home, queued)["history"][-1]["data"] == {"reason": "stopped on the cluster"}
+    home.stop()
 
 
 def test_a_dispatcher_killed_and_restarted_ends_every_job_once(
@@ -211,6 +313,10 @@ def test_bad_input_is_refused_clearly(home: Server, cluster: slurmcluster.Cluste
                           cwd=home.directory, env=home.env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode != 0 and "unknown engine 'kubernetes'" in done.stderr
+    done = subprocess.run([str(CATALOG), "run", "demo", "--engine", "slurm", "--report-url",
+                           "ftp://example.org"], cwd=home.directory, env=home.env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "not an http:// or https:// URL" in done.stderr
     with pytest.raises(ValueError, match="not one Slurm keeps"):
         check_name("no spaces please")
     engine = SlurmEngine(SlurmClient(cluster.env))
@@ -223,3 +329,33 @@ def test_bad_input_is_refused_clearly(home: Server, cluster: slurmcluster.Cluste
             engine.start(work, tmp_path / "w", 60, name="bad/name" if not work.get(
                 "resources") else "fine")
     assert "fine" not in squeue_names(cluster)
+
+
+def test_every_end_state_reaches_the_catalog_with_its_reason(
+        end_states: EndStates, cluster: slurmcluster.Cluster) -> None:
+    """Last in the module: its jobs ran while the other tests did."""
+    home, uuids = end_states.home, end_states.uuids
+    slow, added, printed, exits, silent, hog, too_big, too_long = uuids.values()
+    report = finish(end_states.process, timeout=150)
+    assert len(report["attempts"]) == 8
+
+    done = job(home, added)
+    assert done["state"] == "FINISHED"
+    assert done["results"] == {"sum": 5, "token_seen": True}  # the token, in its environment
+    files = json.loads(home.cli("--json", "file", "list", "--job", added))["files"]
+    product = next(f for f in files if f["name"] == "sum.csv")
+    assert (product["kind"], product["status"], product["generated_by"]) == (
+        "product", "ok", [added])
+    assert product["checksums"]  # indexed with fixity
+    assert job(home, printed)["results"] == {"n": 1}
+    assert fails(home, exits) == ["Slurm FAILED: the command exited with code 3"]
+    assert fails(home, silent) == ["Slurm FAILED: the job was killed by signal 9"]
+    assert fails(home, hog) == ["Slurm OUT_OF_MEMORY: the job went past its --mem and was "
+                                "killed"]
+    assert fails(home, slow) == ["Slurm TIMEOUT: the job ran past its --time and was killed"]
+    assert fails(home, too_big)[0].startswith(
+        "could not start: Requested node configuration is not available: 64 cores")
+    assert "exceeds partition MaxTime" in fails(home, too_long)[0]
+    names = squeue_names(cluster)
+    assert too_big not in names and too_long not in names  # refused before sbatch
+    assert names.get(slow, "TIMEOUT") == "TIMEOUT"

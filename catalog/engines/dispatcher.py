@@ -8,7 +8,13 @@ Restarts lose nothing and submit nothing twice: each job's work directory is
 native id (``.native_id``) after. On start, every work directory whose job this dispatcher
 (same ``--name``) still holds the lease of is adopted: by its native id, else by the Slurm job
 named by its UUID (squeue, then the jobcomp log), else submitted (the intent never reached
-Slurm). A job cancelled in the catalog (its lease refused) is scancelled.
+Slurm). A job cancelled in the catalog (its lease refused) is scancelled; one scancelled
+outside it is cancelled in it (config/mappings/slurm.toml says why).
+
+With ``report_url`` the nodes report each job's start and outcome to its webhook (node.py) as
+``update`` events in its history; the job still ends once, here, from Slurm's state and the
+work's files: the node's reports never end a job, so a node that cannot reach the catalog
+changes nothing but its history.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class DispatchOptions:
     lives: int = -1  # jobs to take before stopping (-1: until stopped); >= 0 also stops when
     # the queue is empty and nothing is in flight
     sweep_every: float = 10.0
+    report_url: str | None = None  # the catalog's base URL the nodes report to (webhook)
 
 
 @dataclass
@@ -169,8 +176,12 @@ class Dispatcher:
     def _submit(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
                 token: str) -> None:
         try:
-            run = self.engine.start(work, workdir, timeout, name=uuid,
-                                    secrets={"CATALOG_JOB_TOKEN": token} if token else None)
+            report = self.options.report_url
+            run = self.engine.start(
+                work, workdir, timeout, name=uuid,
+                secrets={"CATALOG_JOB_TOKEN": token} if token else None,
+                report_url=f"{report.rstrip('/')}/jobs/{uuid}/events" if report and token
+                else None)
         except (ValueError, OSError, SlurmError) as exc:
             self._report(uuid, workdir, Execution(None, error=f"could not start: {exc}"))
             return
@@ -189,7 +200,10 @@ class Dispatcher:
                 logged = self.client.ended_from_log()
             if flight.run.observe(states, logged):
                 del self.flights[uuid]
-                self._report(uuid, flight.run.workdir, flight.run.result())
+                if flight.run.cancelled_elsewhere():
+                    self._cancel(uuid, flight.run)
+                else:
+                    self._report(uuid, flight.run.workdir, flight.run.result())
                 continue
             if now - flight.beaten >= max(1.0, self.options.lease / 3):
                 flight.beaten = now
@@ -203,6 +217,19 @@ class Dispatcher:
                     shutil.rmtree(flight.run.workdir, ignore_errors=True)
                 except CatalogError:
                     continue
+
+    def _cancel(self, uuid: str, run: SlurmRun) -> None:
+        """A job scancelled outside the catalog is cancelled in it, as the slurm mapping says
+        (not failed and retried: whoever stopped it meant it to stop)."""
+        reason = run.result().error or "Slurm CANCELLED the job"
+        intent = json.loads(_read(run.workdir / ".intent") or "{}")
+        try:
+            state = self.queue.cancel(uuid, reason, str(intent.get("token", "")))
+        except CatalogError as exc:  # ended or cancelled in the catalog meanwhile
+            self.ended.append(Ended(uuid, "abandoned", exc.message))
+        else:
+            self.ended.append(Ended(uuid, state, reason))
+        shutil.rmtree(run.workdir, ignore_errors=True)
 
     def _report(self, uuid: str, workdir: Path, execution: Execution) -> None:
         completion = completion_of(self.options.name, execution, workdir)

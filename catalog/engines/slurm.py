@@ -4,8 +4,10 @@ with the cores, memory and wall time the job asks for, checked against the parti
 with ``scancel``.
 
 The batch script (mode 0700, in the work directory) runs the command, or the function through
-``catalog/engines/call.py``, as the local engine does. Secrets (the job's token) reach the job
-only through the environment ``sbatch`` exports, never the command line or the script.
+``catalog/engines/call.py``, as the local engine does; given a ``report_url`` (the job's
+webhook), through ``catalog/engines/node.py``, which reports the start and the outcome there.
+Secrets (the job's token) reach the job only through the environment ``sbatch`` exports, never
+the command line or the script.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from catalog.engines import call
+from catalog.engines import call, node
 from catalog.engines.base import Execution, Resources, read_execution
 from catalog.engines.local import command_argv
 from catalog.engines.slurm_client import NativeState, SlurmClient, SlurmError, parse_minutes
@@ -72,14 +74,20 @@ class SlurmEngine:
                              f"{max_minutes} min")
 
     def start(self, work: dict[str, Any], workdir: Path, timeout: int,
-              name: str | None = None, secrets: dict[str, str] | None = None) -> SlurmRun:
+              name: str | None = None, secrets: dict[str, str] | None = None,
+              report_url: str | None = None) -> SlurmRun:
         """Submit ``work`` as a batch job named ``name`` (default: the work directory's name)
-        in ``workdir``; ValueError when the work, its resources or its name are refused."""
+        in ``workdir``; ValueError when the work, its resources or its name are refused.
+        With ``report_url`` the node reports to it (node.py), with the token in ``secrets``."""
         job_name = check_name(name or workdir.name)
         resources = Resources.of(work, timeout)
         self.check(resources)
         workdir.mkdir(parents=True, exist_ok=True)
         argv, result_file = self._argv(work, workdir)
+        if report_url:
+            argv = [self.python, node.__file__, "--stdout", str(workdir / "stdout.txt"),
+                    *(["--result", str(result_file)] if result_file is not None else []),
+                    "--", *argv]
         script = workdir / ".slurm.sh"
         script.write_text("#!/bin/sh\nexec " + shlex.join(argv) + "\n", encoding="utf-8")
         script.chmod(0o700)
@@ -92,6 +100,8 @@ class SlurmEngine:
         if self.partition:
             options.append(f"--partition={self.partition}")
         env = {**(self.client.env or os.environ), **(secrets or {})}
+        if report_url:
+            env["CATALOG_REPORT_URL"] = report_url
         if result_file is not None:
             env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)
         try:
@@ -158,6 +168,12 @@ class SlurmRun:
 
     def result(self) -> Execution:
         return execution_of(self.state, self.workdir, self.result_file, self._killed)
+
+    def cancelled_elsewhere(self) -> bool:
+        """Whether the job ended in a state the slurm mapping sends ``cancel`` for (scancel)
+        without the catalog having killed it: someone stopped it on the cluster."""
+        return self._killed is None and self.state is not None and self.state.ended and \
+            get_mapping("slurm").event_for(self.state.state) == "cancel"
 
 
 def execution_of(state: NativeState | None, workdir: Path, result_file: Path | None,
