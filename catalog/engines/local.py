@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from catalog.engines import call
-from catalog.engines.base import Execution, read_execution
+from catalog.engines.base import Execution, Resources, read_execution
 from catalog.engines.guard import GUARD
 
 _KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL for a group that has not gone by then
@@ -136,10 +136,13 @@ class LocalEngine:
         self.python = python or sys.executable
 
     def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> LocalRun:
-        """Start a function or a command (ValueError when ``work`` names neither)."""
+        """Start a function or a command (ValueError when ``work`` names neither, or asks
+        for malformed resources)."""
+        resources = _resources_env(work, timeout)
         workdir.mkdir(parents=True, exist_ok=True)
         if work.get("command") is not None:
-            return LocalRun(command_argv(work["command"]), workdir, timeout, None)
+            env = None if resources is None else {**os.environ, **resources}
+            return LocalRun(command_argv(work["command"]), workdir, timeout, None, env)
         function = work.get("function")
         if not isinstance(function, str) or not function:
             raise ValueError("the job's data names no function and no command")
@@ -150,7 +153,20 @@ class LocalEngine:
         parameters_file.write_text(json.dumps(parameters), encoding="utf-8")
         result_file = workdir / ".result.json"
         # The worker's import path, so that functions importable here are importable there.
-        env = dict(os.environ)
+        env = {**os.environ, **(resources or {})}
         env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)
         return LocalRun([self.python, call.__file__, function, str(parameters_file),
                          str(result_file)], workdir, timeout, result_file, env)
+
+
+def _resources_env(work: dict[str, Any], timeout: int) -> dict[str, str] | None:
+    """The job's resources told to its work in its environment, as Slurm tells its own
+    (``SLURM_CPUS_PER_TASK``...), so that it can size its thread pools: this engine runs on
+    the worker's machine and does not enforce them. None when the work asks for none."""
+    if work.get("resources") is None:
+        return None
+    resources = Resources.of(work, timeout)
+    env = {"CATALOG_CORES": str(resources.cores), "CATALOG_TIME_S": str(resources.time_s)}
+    if resources.memory_mb is not None:
+        env["CATALOG_MEMORY_MB"] = str(resources.memory_mb)
+    return env
