@@ -30,9 +30,10 @@ WORKER = textwrap.dedent('''
         run = engine.start({"command": ["sh", "-c", script]}, root / f"work-{i}", 600)
         (root / f"child-{i}").write_text(run.native_id)
         if kill_guard and i == 0:  # the next start finds it gone and starts another
-            os.kill(GUARD._process.pid, signal.SIGKILL)
-            GUARD._process.wait()
-    (root / "guard").write_text(str(GUARD._process.pid))
+            os.kill(GUARD.pid(), signal.SIGKILL)
+            while GUARD._process.poll() is None:
+                time.sleep(0.01)
+    (root / "guard").write_text(str(GUARD.pid()))
     time.sleep(600)
 ''')
 
@@ -87,7 +88,7 @@ def test_work_that_ended_is_no_longer_the_guards_to_kill(tmp_path: Path) -> None
     done = engine.start({"command": ["true"]}, tmp_path / "done", 60)
     assert done.wait(30)
     stopped = engine.start({"command": ["sleep", "60"]}, tmp_path / "stopped", 60)
-    assert int(stopped.native_id) in GUARD._groups
+    assert int(stopped.native_id) in GUARD.watching()
     stopped.kill("enough")
-    assert not {int(done.native_id), int(stopped.native_id)} & GUARD._groups
+    assert not {int(done.native_id), int(stopped.native_id)} & GUARD.watching()
     assert (done.result().error, stopped.result().error) == (None, "enough")
