@@ -123,19 +123,19 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 
 def test_every_end_state_reaches_the_catalog_with_its_reason(
         home: Server, cluster: slurmcluster.Cluster) -> None:
+    # resources inside data (their former place) are taken as the queue attribute
     added = submit(home, {"function": "work.jobs.add", "parameters": {"a": 2, "b": 3},
                           "resources": {"cores": 1, "memory": "200M", "time": 120}})
     printed = submit(home, {"command": ["python3", "-c", "print({'n': 1})"]})
     exits = submit(home, {"command": ["sh", "-c", "exit 3"]}, "--retries", "1")
     silent = submit(home, {"command": ["sh", "-c", "kill -9 $$"]}, "--retries", "1")
     hog = submit(home, {"command": ["python3", "-c", "x = bytearray(400 << 20); "
-                                    "import time; time.sleep(5)"],
-                        "resources": {"memory": "30M"}}, "--retries", "1")
-    slow = submit(home, {"command": ["sleep", "300"], "resources": {"time": 60}},
-                  "--retries", "1")
-    too_big = submit(home, {"command": ["true"], "resources": {"cores": 64}}, "--retries", "1")
-    too_long = submit(home, {"command": ["true"], "resources": {"time": 7200}},
-                      "--retries", "1")
+                                    "import time; time.sleep(5)"]}, "--memory", "30M",
+                 "--retries", "1")
+    slow = submit(home, {"command": ["sleep", "300"]}, "--time", "1m", "--retries", "1")
+    # Resources are no part of a job's identity: the two need different data to be two jobs.
+    too_big = submit(home, {"command": ["true", "big"]}, "--cores", "64", "--retries", "1")
+    too_long = submit(home, {"command": ["true", "long"]}, "--time", "2h", "--retries", "1")
     report = finish(dispatcher(home, "--lives", "8", "--lease", "30"), timeout=150)
     assert len(report["attempts"]) == 8
 
