@@ -57,8 +57,14 @@ def job_show(uuid: str, json_: JsonOption = False) -> None:
     with _catalog() as catalog:
         job = catalog.get_job(uuid)
     document = job.model_dump(mode="json")
+    title = f"job {job.uuid}: {job.state}"
+    resources = job.queue.resources if job.queue is not None else None
+    if resources is not None:
+        title += f" (cores {resources.cores}, memory " + (
+            f"{resources.memory} MB" if resources.memory else "unset") + ", time " + (
+            f"{resources.time} s)" if resources.time else "its timeout)")
     history = _table(document["history"], ["date", "name", "state", "source", "event_id"],
-                     f"job {job.uuid}: {job.state}")
+                     title)
     _emit(document, json_, history)
 
 

@@ -39,6 +39,13 @@ def submit(
     site: Annotated[str | None, typer.Option(help="Site that should run it.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     user: Annotated[str | None, typer.Option(help="Who asks for it.")] = None,
+    cores: Annotated[int | None, typer.Option(
+        help="CPU cores it asks for (not part of its identity).")] = None,
+    memory: Annotated[str | None, typer.Option(
+        help="Memory it asks for: MB, or a size such as 512M, 2G.")] = None,
+    time: Annotated[str | None, typer.Option(
+        help="Wall time it asks for: seconds, or 90s, 30m, 2h, 1d, H:MM:SS (default: "
+        "--timeout).")] = None,
     when: Annotated[str | None, typer.Option(
         help='A condition on other jobs as JSON, e.g. \'{"all": [{"job": UUID, "is": '
         '"finished"}]}\': the job waits until it holds, and is cancelled if it never can.'
@@ -51,9 +58,12 @@ def submit(
 ) -> None:
     """Have a job run: create it (or find it: same pipeline, upstream and data) and queue it
     (or have it wait for its condition)."""
+    asked = {"cores": cores, "memory": memory, "time": time}
+    resources = {name: value for name, value in asked.items() if value is not None} or None
     if batch is not None:
-        if pipeline is not None:
-            raise InvalidInput("--batch takes the pipelines from its lines, not --pipeline")
+        if pipeline is not None or resources is not None:
+            raise InvalidInput("--batch takes the pipelines and resources from its lines, "
+                               "not --pipeline, --cores, --memory or --time")
         items = read_batch(sys.stdin.read() if batch == "-" else Path(batch).read_text())
         with _catalog() as catalog:
             outcomes = catalog.submit_many(items, source="cli")
@@ -66,9 +76,10 @@ def submit(
             pipeline, _json_arg(data, "data"), source="cli", measurement_id=measurement,
             sample_id=sample, experiment_id=experiment, observation_id=observation,
             priority=priority, retries=retries, timeout=timeout, site=site, tags=tag or [],
-            user=user, when=_json_arg(when, "when"))
+            user=user, when=_json_arg(when, "when"), resources=resources)
         document = outcome.model_dump(mode="json")
-    _emit(document, json_, "\n".join(f"{k}: {v}" for k, v in document.items()))
+    _emit(document, json_, "\n".join(f"{k}: {v}" for k, v in document.items()
+                                      if v is not None or k != "resources"))
 
 
 @app.command()

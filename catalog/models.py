@@ -21,6 +21,7 @@ from pydantic import (
 from catalog.errors import InvalidPattern
 from catalog.identifiers import UUIDType, check_json, parse_uuid
 from catalog.patterns import check_pattern
+from catalog.resources import JobResources
 
 
 def utc_now() -> datetime:
@@ -210,6 +211,10 @@ class QueueInfo(_Strict):
                                "cancelled.")
     when: JSONData | None = Field(None, description="Its condition on other jobs (DESIGN "
                                   "§11): it waits until the condition is true.")
+    resources: JobResources | None = Field(None, description=(
+        "Cores, memory and wall time its attempts ask of the engine. A submission of the job "
+        "while it waits, is queued or runs leaves them as they are; one that queues it again "
+        "(failed, cancelled) sets them for the attempts to come."))
 
 
 class Job(_Strict):

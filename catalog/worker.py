@@ -203,12 +203,18 @@ class Worker:
         return self.attempts
 
     def _work(self, job: Withdrawn) -> dict[str, Any]:
+        """What the engine runs: the job's own work, or the worker's static function or
+        command; with the job's resources either way."""
+        work = job.work()
+        static: dict[str, Any] | None = None
         if self.options.command is not None:
-            return {"command": self.options.command}
-        if self.options.function is not None:
-            return {"function": self.options.function,
-                    "parameters": job.data.get("parameters") or {}}
-        return job.data
+            static = {"command": self.options.command}
+        elif self.options.function is not None:
+            static = {"function": self.options.function,
+                      "parameters": job.data.get("parameters") or {}}
+        if static is None:
+            return work
+        return {**static, "resources": work["resources"]} if "resources" in work else static
 
     def run_one(self, job: Withdrawn) -> Attempt:
         root = self.options.workdir or Path(tempfile.gettempdir())

@@ -155,6 +155,8 @@ def test_a_command_that_does_not_exist_is_refused_before_anything_runs(workdir: 
     ({"resources": {"cores": 2, "memory": "2G", "time": 90}}, Resources(2, 2048, 90)),
     ({"resources": {"memory": 300}}, Resources(1, 300, 30)),
     ({"resources": {"memory": "512K"}}, Resources(1, 1, 30)),
+    ({"resources": {"time": "1h"}}, Resources(1, None, 3600)),
+    ({"resources": {"time": "0:01:30", "cores": 3}}, Resources(3, None, 90)),
 ])
 def test_resources_are_read_from_the_job(asked: dict[str, Any], expected: Resources) -> None:
     assert Resources.of(asked, 30) == expected
@@ -165,7 +167,8 @@ def test_resources_are_read_from_the_job(asked: dict[str, Any], expected: Resour
     ({"resources": {"gpus": 1}}, "unknown resources"),
     ({"resources": {"cores": 0}}, "resources.cores"),
     ({"resources": {"cores": True}}, "resources.cores"),
-    ({"resources": {"time": "1h"}}, "resources.time"),
+    ({"resources": {"time": "soon"}}, "resources.time"),
+    ({"resources": {"time": 0}}, "resources.time"),
     ({"resources": {"memory": "lots"}}, "resources.memory"),
     ({"resources": {"memory": -5}}, "resources.memory"),
 ])

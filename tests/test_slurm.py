@@ -131,19 +131,21 @@ def end_states(tmp_path_factory: pytest.TempPathFactory, cluster: slurmcluster.C
     """One job per way of ending, submitted and dispatched before the first test runs."""
     home = make_home(tmp_path_factory.mktemp("ends"), cluster)
     works = {  # the slowest first: TIMEOUT comes 60-90 s after it starts
-        "slow": ({"command": ["sleep", "300"], "resources": {"time": 60}}, 1),
+        "slow": ({"command": ["sleep", "300"]}, {"time": 60}, 1),
+        # resources inside data (their former place) are taken as the queue attribute
         "added": ({"function": "work.jobs.add", "parameters": {"a": 2, "b": 3},
-                   "resources": {"cores": 1, "memory": "200M", "time": 120}}, 2),
-        "printed": ({"command": ["python3", "-c", "print({'n': 1})"]}, 2),
-        "exits": ({"command": ["sh", "-c", "exit 3"]}, 1),
-        "silent": ({"command": ["sh", "-c", "kill -9 $$"]}, 1),
+                   "resources": {"cores": 1, "memory": "200M", "time": 120}}, None, 2),
+        "printed": ({"command": ["python3", "-c", "print({'n': 1})"]}, None, 2),
+        "exits": ({"command": ["sh", "-c", "exit 3"]}, None, 1),
+        "silent": ({"command": ["sh", "-c", "kill -9 $$"]}, None, 1),
         "hog": ({"command": ["python3", "-c", "x = bytearray(400 << 20); "
-                             "import time; time.sleep(5)"], "resources": {"memory": "30M"}}, 1),
-        "too_big": ({"command": ["true"], "resources": {"cores": 64}}, 1),
-        "too_long": ({"command": ["true"], "resources": {"time": 7200}}, 1)}
+                             "import time; time.sleep(5)"]}, {"memory": "30M"}, 1),
+        # resources are no part of a job's identity: two jobs need different data
+        "too_big": ({"command": ["true", "big"]}, {"cores": 64}, 1),
+        "too_long": ({"command": ["true", "long"]}, {"time": 7200}, 1)}
     with Catalog.open(home.env["CATALOG_DB"]) as catalog:
-        uuids = {key: catalog.submit("demo", work, retries=retries).uuid
-                 for key, (work, retries) in works.items()}
+        uuids = {key: catalog.submit("demo", work, retries=retries, resources=resources).uuid
+                 for key, (work, resources, retries) in works.items()}
     process = dispatcher(home, "--lives", "8", "--lease", "30")
     try:
         yield EndStates(home, uuids, process)

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,7 +23,7 @@ from catalog.catalog import Catalog
 from catalog.compat.qcg_jobs import cores_tag, working_directory
 from catalog.engines.base import Execution
 from catalog.engines.call import Outputs
-from catalog.engines.local import LocalEngine, LocalRun, _die_with_parent, command_argv
+from catalog.engines.local import LocalEngine, LocalRun, command_argv, spawn_group
 from catalog.errors import CatalogError
 from catalog.queue import WorkFilter, withdraw
 from catalog.queue.models import Withdrawn
@@ -56,9 +55,7 @@ class QcgRun(LocalRun):
             out = files.enter_context(open(self.stdout, "wb"))
             err = out if self.stderr == self.stdout else \
                 files.enter_context(open(self.stderr, "wb"))
-            self.process = subprocess.Popen(
-                argv, cwd=workdir, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env, preexec_fn=_die_with_parent)
+            self.process = spawn_group(argv, workdir, out, err, env)
         self.native_id = str(self.process.pid)
 
     def result(self) -> Execution:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from catalog.engines.call import Outputs, parse_outputs
+from catalog.errors import InvalidInput
+from catalog.resources import parse_resources
 
 
 def outputs_of_line(line: str) -> Outputs | None:
@@ -63,14 +65,11 @@ class Engine(Protocol):
         ...
 
 
-_MEMORY_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-
-
 @dataclass(frozen=True)
 class Resources:
-    """What a job asks of a cluster: cores, memory (MB) and wall time (s); taken from the
-    job's data ``{"resources": {"cores": 2, "memory": "512M", "time": 600}}``, the time
-    defaulting to the job's timeout."""
+    """What a job asks of a cluster: cores, memory (MB) and wall time (s), from the work an
+    engine is handed (``Withdrawn.work()``: the job's queue attribute ``resources`` under
+    ``"resources"``), the time defaulting to the job's timeout."""
 
     cores: int = 1
     memory_mb: int | None = None
@@ -80,29 +79,11 @@ class Resources:
     def of(cls, work: dict[str, Any], timeout: int) -> Resources:
         """The resources ``work`` asks for (ValueError, saying which, when they are bad)."""
         asked = work.get("resources")
-        asked = {} if asked is None else asked
-        if not isinstance(asked, dict):
-            raise ValueError("the job's resources are not a JSON object")
-        unknown = sorted(set(asked) - {"cores", "memory", "time"})
-        if unknown:
-            raise ValueError(f"unknown resources {unknown}: cores, memory and time are known")
-        cores = asked.get("cores", 1)
-        if not isinstance(cores, int) or isinstance(cores, bool) or not 1 <= cores <= 4096:
-            raise ValueError(f"resources.cores {cores!r} is not a whole number from 1 to 4096")
-        time_s = asked.get("time", timeout)
-        if not isinstance(time_s, int) or isinstance(time_s, bool) or time_s < 1:
-            raise ValueError(f"resources.time {time_s!r} is not a whole number of seconds")
-        memory = asked.get("memory")
-        return cls(cores, None if memory is None else _memory_mb(memory), time_s)
-
-
-def _memory_mb(memory: Any) -> int:
-    if isinstance(memory, int) and not isinstance(memory, bool) and memory > 0:
-        return memory
-    if isinstance(memory, str) and memory[:-1].isdigit() and memory[-1:].upper() in \
-            _MEMORY_UNITS and int(memory[:-1]) > 0:
-        return max(1, int(int(memory[:-1]) * _MEMORY_UNITS[memory[-1].upper()]))
-    raise ValueError(f"resources.memory {memory!r} is not MB or a size such as '512M' or '2G'")
+        try:
+            parsed = parse_resources({} if asked is None else asked)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return cls(parsed.cores, parsed.memory, parsed.time or timeout)
 
 
 def read_execution(code: int | None, stdout: Path, stderr: Path, result_file: Path | None,

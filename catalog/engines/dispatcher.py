@@ -167,11 +167,11 @@ class Dispatcher:
         workdir.mkdir(parents=True)
         workdir.chmod(0o700)
         intent = workdir / ".intent"
-        intent.write_text(json.dumps({"work": job.data, "timeout": job.timeout,
+        intent.write_text(json.dumps({"work": job.work(), "timeout": job.timeout,
                                       "token": job.token, "attempt": job.attempt}),
                           encoding="utf-8")
         intent.chmod(0o600)
-        self._submit(job.uuid, job.data, workdir, job.timeout, job.token)
+        self._submit(job.uuid, job.work(), workdir, job.timeout, job.token)
 
     def _submit(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
                 token: str) -> None:

@@ -84,8 +84,11 @@ def submit(catalog: Catalog, request: SubmitRequest | dict[str, Any],
     created = bool(managed.created)
 
     def outcome(state: str, queued: bool) -> SubmitOutcome:
+        # Left as it was, a job keeps its resources: the answer says which it runs with.
+        kept = job.queue.resources if job.queue is not None else None
         return SubmitOutcome(uuid=job.uuid, state=state, memoised=state in DONE_STATES,
-                             queued=queued, created=created, archive_path=job.archive_path)
+                             queued=queued, created=created, archive_path=job.archive_path,
+                             resources=info.resources if queued else kept)
 
     if created and not conditional:
         return outcome(job.state, True)
@@ -146,8 +149,11 @@ def _check_condition(catalog: Catalog, uuid: str, when: dict[str, Any]
 
 def _queue_data(info: QueueInfo, resubmitted: bool) -> Doc:
     """What a ``queue`` (or re-queueing ``retry``) entry records of the submission."""
-    return {"priority": info.priority, "retries": info.retries, "timeout": info.timeout,
-            "resubmitted": resubmitted}
+    data: Doc = {"priority": info.priority, "retries": info.retries, "timeout": info.timeout,
+                 "resubmitted": resubmitted}
+    if info.resources is not None:
+        data["resources"] = info.resources.model_dump(mode="json", exclude_none=True)
+    return data
 
 
 # a worker's side ----------------------------------------------------------------------------

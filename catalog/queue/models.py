@@ -6,8 +6,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from catalog.errors import InvalidInput
 from catalog.models import MAX_TIMEOUT_S, ArchiveMode, JobUUID, QueueInfo, UpstreamIds
 from catalog.queue.conditions import Expr, Ref, outcome
+from catalog.resources import JobResources, parse_resources
 from catalog.states import ENDED_STATES
 
 TIMEOUT_EXIT = 124  # ``catalog wait``: the time ran out (as coreutils' timeout says it)
@@ -24,8 +26,9 @@ class SubmitRequest(_Strict):
     """What ``POST /queue/jobs`` (and ``catalog submit``) sends to have a job run.
 
     Identity (the job UUID) is pipeline + upstream + data, as for any job: a function or a
-    command and its parameters belong in ``data``; priority, timeout, retries, site, tags and
-    user do not, so changing them submits the same job."""
+    command and its parameters belong in ``data``; priority, timeout, retries, site, tags,
+    user and resources do not, so changing them submits the same job. Resources given inside
+    ``data`` (where engines once read them) are taken out of it into ``resources``."""
 
     pipeline: str = Field(min_length=1, max_length=256, description="Pipeline name or UUID.")
     data: dict[str, Any] = Field(default_factory=dict,
@@ -50,6 +53,18 @@ class SubmitRequest(_Strict):
         None, description="A condition on other jobs: {\"job\": UUID, \"is\": finished|failed|"
         "cancelled|ended}, {\"all\": [...]}, {\"any\": [...]}, {\"not\": ...}; the job "
         "waits until it is true and is cancelled if it can no longer be.")
+    resources: JobResources | None = Field(None, description=(
+        "Cores, memory (MB, or '512M', '2G') and wall time (s, or '30m', '2h', 'H:MM:SS') "
+        "its attempts ask for; not part of its identity. A job already waiting, queued or "
+        "running keeps the resources it has; a failed or cancelled one is queued again with "
+        "these."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resources_out_of_data(cls, document: Any) -> Any:
+        if isinstance(document, dict):
+            document = take_resources(document)
+        return document
 
     @model_validator(mode="after")
     def _one_way_to_run(self) -> SubmitRequest:
@@ -61,7 +76,28 @@ class SubmitRequest(_Strict):
         return QueueInfo(priority=self.priority, timeout=self.timeout, retries=self.retries,
                          site=self.site, tags=self.tags, user=self.user, events=self.events,
                          products=self.products, plots=self.plots, config=self.config,
-                         when=self.when)
+                         when=self.when, resources=self.resources)
+
+
+def take_resources(document: dict[str, Any], place: str = "") -> dict[str, Any]:
+    """The submission with resources given inside its ``data`` moved out to ``resources``,
+    both checked: InvalidInput (400) naming the field (``{place}resources.memory``) when they
+    are malformed, or given in both places differently."""
+    data = document.get("data")
+    inside = data.get("resources") if isinstance(data, dict) else None
+    given = document.get("resources")
+    if given is not None and not isinstance(given, JobResources):
+        given = parse_resources(given, f"{place}resources")
+    if not isinstance(data, dict) or "resources" not in data:
+        return document
+    if inside is not None:
+        inside = parse_resources(inside, f"{place}data.resources")
+        if given is not None and given != inside:
+            raise InvalidInput(f"{place}data.resources and {place}resources differ: resources "
+                               "are a queue attribute, give them once as resources",
+                               place=f"{place}data.resources")
+    rest = {key: value for key, value in data.items() if key != "resources"}
+    return {**document, "data": rest, "resources": given if given is not None else inside}
 
 
 class SubmitOutcome(_Strict):
@@ -73,6 +109,9 @@ class SubmitOutcome(_Strict):
     queued: bool = Field(description="This submission queued it (or made it wait).")
     created: bool = Field(description="The job was new.")
     archive_path: str
+    resources: JobResources | None = Field(None, description=(
+        "The resources the job's attempts ask for: its own when this submission left it as "
+        "it was (waiting, queued, running or finished), this submission's when it queued it."))
 
     # A submitted job in a condition (DESIGN §11): ``b = submit(..., when=a.finished)``.
     @property
@@ -157,6 +196,13 @@ class Withdrawn(_Strict):
     lease_expiry: str
     token: str
     queue: QueueInfo
+
+    def work(self) -> dict[str, Any]:
+        """What an engine is handed: the job's data, with its resources (a queue attribute)
+        under ``resources`` when it has some."""
+        if self.queue.resources is None:
+            return self.data
+        return {**self.data, "resources": self.queue.resources.model_dump(exclude_none=True)}
 
 
 class Completion(_Strict):
