@@ -34,7 +34,7 @@ from catalog.engines.slurm_client import SlurmClient
 from catalog.errors import CatalogError
 from catalog.worker import HTTPQueue
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.slow
 
 FUNCTIONS = '''
 import os
