@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import uuid as _uuid
 from collections.abc import Iterable, Mapping
@@ -81,7 +82,9 @@ def typed_uuid(kind: UUIDType, name: str, namespace: str = DEFAULT_NAMESPACE) ->
 
 def random_typed_uuid(kind: UUIDType, namespace: str = DEFAULT_NAMESPACE) -> str:
     """A typed UUID5 of a random name, for records with no natural identity."""
-    return typed_uuid(kind, _uuid.uuid4().hex, namespace)
+    # 16 random bytes as uuid4() has them, without building the UUID object: a release
+    # dates and names one entry per dependent, tens of thousands at a time.
+    return typed_uuid(kind, os.urandom(16).hex(), namespace)
 
 
 def uuid_type(value: str) -> UUIDType:

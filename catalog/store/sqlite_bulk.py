@@ -11,7 +11,6 @@ are the heads written over; the compare-and-set on ``version`` still guards ever
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -105,7 +104,7 @@ class _Head:
         self.read_version: int = version
         self.doc: dict[str, Any] = {
             "uuid": uuid, "state": state, "version": version, "last_event": last_event,
-            "queue": None if queue_text is None else json.loads(queue_text)}
+            "queue": None if queue_text is None else orjson.loads(queue_text)}
         self.date = ""
         self.queue_changed = False
         self.results: tuple[Any] | None = None
