@@ -25,6 +25,7 @@ from catalog.models import (
     HistoryEntry,
     Job,
     JobRequest,
+    Pipeline,
     ProductIndexRequest,
     QueueInfo,
     utc_now,
@@ -115,7 +116,7 @@ class ManagedPipelineJob(_JobHandle):
     def __init__(
         self,
         catalog: Catalog,
-        pipeline: str,
+        pipeline: str | Pipeline,
         data: dict[str, Any] | None = None,
         *,
         measurement_id: UpstreamIds = None,
@@ -135,7 +136,9 @@ class ManagedPipelineJob(_JobHandle):
     ) -> None:
         self.catalog = catalog
         self.source = source
-        self.pipeline = catalog.get_pipeline(pipeline)
+        # A Pipeline already looked up (a batch looks each name up once) or its name or UUID.
+        self.pipeline = pipeline if isinstance(pipeline, Pipeline) else catalog.get_pipeline(
+            pipeline)
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -184,6 +187,18 @@ class ManagedPipelineJob(_JobHandle):
         through from it: ``setup().state``, ``setup().acted_on``), ``job`` the job as it is now.
         With ``queued``, a new job is stored already QUEUED (its ``create`` and ``queue``
         entries and queue attributes in one write: a submission costs one commit, not two)."""
+        job = self.new_job(queued, queued_data)
+        if self.inputs.references:
+            self.catalog.add_entities(self.inputs.references)
+        refuse_deleted(self.catalog, job.uuid)  # a tombstone stands until purged
+        doc, self.created = self.catalog.store.insert_job(job.model_dump(mode="json"))
+        self._job = Job.model_validate(doc)
+        self.archive_path = self._job.archive_path
+        return self
+
+    def new_job(self, queued: QueueInfo | None = None,
+                queued_data: dict[str, Any] | None = None) -> Job:
+        """The job ``setup`` stores when there is none yet (nothing is stored here)."""
         now = utc_now()
         event_id = f"{self.uuid}:create"
         first = HistoryEntry(
@@ -195,7 +210,7 @@ class ManagedPipelineJob(_JobHandle):
             queued = queued.model_copy(update={"queued": now})
             history.append(HistoryEntry.model_validate(self.catalog.history_entry(
                 self.uuid, "queue", queued_data or {}, self.source, "QUEUED")))
-        job = Job(
+        return Job(
             uuid=self.uuid, pipeline_uuid=self.pipeline.uuid, data=self.data,
             state=history[-1].state, last_event=history[-1].name, version=len(history),
             child_of=self.child_of,
@@ -206,13 +221,6 @@ class ManagedPipelineJob(_JobHandle):
             task=self.task, status_mapping=self.status_mapping, created=now,
             updated=history[-1].date, history=history, queue=queued,
         )
-        if self.inputs.references:
-            self.catalog.add_entities(self.inputs.references)
-        refuse_deleted(self.catalog, job.uuid)  # a tombstone stands until purged
-        doc, self.created = self.catalog.store.insert_job(job.model_dump(mode="json"))
-        self._job = Job.model_validate(doc)
-        self.archive_path = self._job.archive_path
-        return self
 
     @property
     def stored(self) -> Job:

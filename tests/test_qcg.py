@@ -183,6 +183,43 @@ m.finish()
     assert sim1_job["data"]["command"] == ["/bin/sh", "-c", "echo sim 1 > sim-1.txt"]
 
 
+def test_an_iteration_over_values(venv: Path, server: QcgServer, tmp_path: Path) -> None:
+    """QCG's ``iteration: {"values": [...]}`` (the client's ``iteration=[...]``): one job per
+    value, numbered from 0, ``${itval}`` the value (quotes and all) and ``${it}`` its index."""
+    wd = tmp_path / "wd"
+    body = f'''
+wd = {str(wd)!r}
+jobs = Jobs()
+jobs.add(name="prep", exec="/bin/true", wd=wd)
+jobs.add(name="scan", exec="/bin/sh", args=["-c", "printf %s \\"$0\\" > scan-${{it}}.txt",
+                                             "${{itval}}"], iteration=["H2O", "CO 2", 'say "hi"'],
+         after="prep", wd=wd)
+jobs.add(name="tail", exec="/bin/true", after="scan:${{it}}", iteration={{"values": ["a", "b"]}},
+         wd=wd)
+out(m.submit(jobs))
+m.wait4all(60)
+out(m.info(["scan", "scan:2", "tail"], withChilds=True))
+m.finish()
+'''
+    submitted, info = client(venv, server, tmp_path, body)
+    assert submitted == ["prep", "scan", "tail"]
+    scan = info["jobs"]["scan"]["data"]
+    assert scan["iterations"] == {"start": 0, "stop": 3, "total": 3, "finished": 3, "failed": 0}
+    assert [c["iteration"] for c in scan["childs"]] == [0, 1, 2]
+    assert [(wd / f"scan-{i}.txt").read_text() for i in range(3)] == ["H2O", "CO 2",
+                                                                     'say "hi"']
+    scan2 = catalog_job(server, info["jobs"]["scan:2"]["data"]["runtime"]["job"])
+    assert scan2["data"]["command"][-1] == 'say "hi"'
+    assert scan2["data"]["qcg"]["iteration"] == 2
+    tail = info["jobs"]["tail"]["data"]
+    assert tail["iterations"]["total"] == 2 and tail["iterations"]["finished"] == 2
+    # each tail iteration waits on the scan iteration of its own index
+    tails = [catalog_job(server, c["runtime"]["job"]) for c in tail["childs"]]
+    scans = [c["runtime"]["job"] for c in scan["childs"]]
+    assert [t["queue"]["when"] for t in tails] == [
+        {"all": [{"job": scans[i], "is": "finished"}]} for i in range(2)]
+
+
 def test_a_failing_dependency_leaves_its_dependents_omitted(
         venv: Path, server: QcgServer, tmp_path: Path) -> None:
     body = f'''
@@ -372,8 +409,10 @@ def job(name: str, **fields: Any) -> dict[str, Any]:
      "execution keys ['modules'] are not supported"),
     ({"request": "submit", "jobs": [job("it", iteration={"start": 5, "stop": 2})]},
      "Wrong format of iteration directive"),
-    ({"request": "submit", "jobs": [job("vals", iteration={"values": ["a"]})]},
-     "values are not supported"),
+    ({"request": "submit", "jobs": [job("vals", iteration={"values": ["a"], "stop": 1})]},
+     "{'values': [strings]}, without start or stop"),
+    ({"request": "submit", "jobs": [job("none", iteration={"values": []})]},
+     "1 to 65536 values"),
     ({"request": "submit", "jobs": [job("w", resources={"wt": "soon"})]},
      "wt 'soon' is not a wall time"),
     ({"request": "jobStatus", "jobNames": ["ghost"]}, "Job 'ghost' doesn't exist"),

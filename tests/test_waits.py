@@ -211,3 +211,44 @@ def test_catalog_submit_takes_a_condition_as_json(catalog: Catalog, tmp_path: Pa
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2
     assert json.loads(refused.stderr)["error"]["code"] == "invalid_condition"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_job_ending_touches_the_wake_file_after_its_commit(catalog: Catalog) -> None:
+    """Another process's watch is woken after the commit (the touch of ``<db>-wake``), not
+    only by the WAL's write before the commit's fsync, and what it then reads has ended."""
+    from catalog.queue.waits import WAKE_SUFFIX, _Inotify
+
+    uuid = queued(catalog, 1)
+    wake = Path(f"{catalog.store.path}{WAKE_SUFFIX}")  # type: ignore[attr-defined]
+    watcher = _Inotify.of(Path(catalog.store.path))  # type: ignore[attr-defined]
+    assert watcher is not None
+    seen: list[str] = []
+    original = watcher._ours
+
+    def ours_then_read() -> bool:  # at the wake-up: what a waiter of another process reads
+        woke = original()
+        if woke and wake.exists():
+            head = catalog.store.get_job(uuid, history=False)
+            seen.append(str((head or {}).get("state")))
+        return woke
+
+    watcher._ours = ours_then_read  # type: ignore[method-assign]
+    try:
+        job = withdraw(catalog, {"pipelines": ["step"]}, "w")
+        assert job is not None
+        watcher._ours()  # the withdraw's writes, drained
+        seen.clear()
+        end_attempt(catalog, uuid, "w", None)
+        assert wake.exists()
+        deadline = time.monotonic() + 5
+        while "FINISHED" not in seen and time.monotonic() < deadline:
+            watcher.wait(0.1, threading.Event())
+        assert "FINISHED" in seen
+        before = wake.stat().st_mtime_ns
+        other = queued(catalog, 2)
+        end(catalog, other, "boom")  # a failure without retries ends the job too
+        assert wake.stat().st_mtime_ns >= before
+    finally:
+        watcher.close()

@@ -1,9 +1,10 @@
 """QCG-PilotJob's job descriptions in, and its time formats out (``catalog.compat.qcg``).
 
 A description in QCG's standard form (``name``, ``execution``: exec/args/env/wd/stdout/stderr
-or script, ``resources``: numCores, ``dependencies``: after, ``iteration``: start/stop with
-``${it}``) becomes the data of one catalog job, or of one per iteration. Everything is
-checked here, before anything is stored: what is not understood is refused, never ignored.
+or script, ``resources``: numCores, ``dependencies``: after, ``iteration``: start/stop or
+values, with ``${it}`` and ``${itval}``) becomes the data of one catalog job, or of one per
+iteration. Everything is checked here, before anything is stored: what is not understood is
+refused, never ignored.
 """
 
 from __future__ import annotations
@@ -86,19 +87,45 @@ def plan(job: Any, total_cores: int) -> list[Planned]:
     iteration = job.get("iteration")
     if iteration is None:
         return [_one(total_cores, name, job, None)]
+    start, values = _iterations(iteration)
+    template = string.Template(json.dumps({k: v for k, v in job.items() if k != "name"}))
+    planned = []
+    for offset, value in enumerate(values):
+        index = start + offset
+        # Substituted into JSON text: each value escaped as a JSON string's inside.
+        names = {"it": index, "itval": json.dumps(str(value))[1:-1],
+                 "jname": json.dumps(f"{name}:{index}")[1:-1]}
+        planned.append(_one(total_cores, name, json.loads(template.safe_substitute(names)),
+                            index))
+    return planned
+
+
+def _iterations(iteration: Any) -> tuple[int, list[Any]]:
+    """The first index and each iteration's value (``${itval}``) of an ``iteration``
+    directive: ``{"start": i, "stop": j}`` (the values are the indexes) or ``{"values":
+    [...]}`` (indexes from 0, as QCG numbers them)."""
+    if isinstance(iteration, dict) and "values" in iteration:
+        values = iteration["values"]
+        if set(iteration) != {"values"} or not isinstance(values, list) or \
+                not all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                        for v in values):
+            raise QcgError("Invalid request: Wrong format of iteration directive: "
+                           "{'values': [strings]}, without start or stop")
+        if not 0 < len(values) <= MAX_ITERATIONS:
+            raise QcgError("Invalid request: Wrong format of iteration directive: 1 to "
+                           f"{MAX_ITERATIONS} values")
+        return 0, values
     if not isinstance(iteration, dict) or set(iteration) - {"start", "stop"} or \
             not isinstance(iteration.get("stop"), int) or \
             not isinstance(iteration.get("start", 0), int):
         raise QcgError("Invalid request: Wrong format of iteration directive: "
-                       "{'start': int, 'stop': int} (values are not supported)")
+                       "{'start': int, 'stop': int} or {'values': [strings]}")
     start, stop = int(iteration.get("start", 0)), int(iteration["stop"])
     if not 0 < stop - start <= MAX_ITERATIONS:
         raise QcgError("Invalid request: Wrong format of iteration directive: start index "
                        f"larger then stop one, or more than {MAX_ITERATIONS} iterations")
-    template = string.Template(json.dumps({k: v for k, v in job.items() if k != "name"}))
-    return [_one(total_cores, name, json.loads(template.safe_substitute(it=index,
-                                                                jname=f"{name}:{index}")),
-                      index) for index in range(start, stop)]
+    return start, [str(index) for index in range(start, stop)]
+
 
 def _one(total_cores: int, name: str, job: dict[str, Any], iteration: int | None) -> Planned:
     where = name if iteration is None else f"{name}:{iteration}"

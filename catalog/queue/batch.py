@@ -5,23 +5,29 @@ plus an optional ``key``, a name local to the batch: an atom ``{"job": KEY, "is"
 names the job of an earlier item. The whole batch is checked before anything is stored
 (malformed items, unknown or later keys, unknown job UUIDs, conditions too large or too
 deep); a bad item refuses the batch, naming the item and the place, and changes nothing.
-The items are then submitted in order, with the memoisation of N single submits.
+The items are then played in order over the stored heads, with the memoisation of N single
+submits, and written at once (``catalog.queue.bulk``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from catalog.errors import CatalogError, InvalidCondition, InvalidInput
 from catalog.identifiers import UUIDType, looks_like_uuid, typed_uuid
-from catalog.queue.conditions import as_json, check, find_cycle
+from catalog.queue.bulk import Planned, write
+from catalog.queue.conditions import as_json, check
 from catalog.queue.models import SubmitOutcome
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog
+    from catalog.jobs import ManagedPipelineJob
+    from catalog.models import Pipeline
+    from catalog.queue.models import SubmitRequest
 
 MAX_BATCH = 10_000  # items of one HTTP request
 
@@ -40,7 +46,25 @@ class SubmitBatchOutcome(BaseModel):
 _PLACEHOLDER = typed_uuid(UUIDType.pipelinejob, "submit-many-placeholder")
 
 
-def _resolve(node: Any, keys: dict[str, str]) -> Any:
+class _Placeholders(Mapping[str, str]):
+    """Every earlier key names the placeholder (a dict of them per item was quadratic)."""
+
+    def __init__(self, earlier: dict[str, int]) -> None:
+        self.earlier = earlier
+
+    def __getitem__(self, key: str) -> str:
+        if key not in self.earlier:
+            raise KeyError(key)
+        return _PLACEHOLDER
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.earlier)
+
+    def __len__(self) -> int:
+        return len(self.earlier)
+
+
+def _resolve(node: Any, keys: Mapping[str, str]) -> Any:
     """The condition with its local keys replaced by ``keys``' UUIDs."""
     if isinstance(node, dict):
         if set(node) == {"job", "is"} and isinstance(node["job"], str) \
@@ -52,11 +76,13 @@ def _resolve(node: Any, keys: dict[str, str]) -> Any:
     return node
 
 
-def _check_items(catalog: Catalog, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _check_items(catalog: Catalog, items: list[dict[str, Any]], source: str
+                 ) -> list[dict[str, Any]]:
     """The items with their conditions in JSON form; InvalidInput/InvalidCondition naming
     the item (``items[3].when.all[0].job``) for the first bad one."""
     checked: list[dict[str, Any]] = []
     earlier: dict[str, int] = {}
+    pipelines: dict[str, Pipeline] = {}
     for i, raw in enumerate(items):
         if not isinstance(raw, dict):
             raise InvalidInput(f"items[{i}]: an item is an object", place=f"items[{i}]")
@@ -72,16 +98,16 @@ def _check_items(catalog: Catalog, items: list[dict[str, Any]]) -> list[dict[str
         when = item.get("when")
         if when is not None:
             when = as_json(when)
-            named = {a: _PLACEHOLDER for a in earlier}
             try:
-                _, places = check(_resolve(when, named))
+                _, places = check(_resolve(when, _Placeholders(earlier)))
             except InvalidCondition as error:
                 place = error.details.get("place", "when")
                 raise InvalidCondition(f"items[{i}].{error.message}",
                                        place=f"items[{i}].{place}") from None
             _check_named(catalog, i, when, earlier, places)
             item["when"] = when
-        checked.append({"key": key, "item": item, "uuid": _job_uuid(catalog, i, item)})
+        managed, request = _managed(catalog, i, item, source, pipelines)
+        checked.append({"key": key, "item": item, "managed": managed, "request": request})
         if key is not None:
             earlier[key] = i
     return checked
@@ -113,59 +139,25 @@ def _atoms(node: Any, place: str) -> list[tuple[dict[str, Any], str]]:
     return found
 
 
-def _job_uuid(catalog: Catalog, i: int, item: dict[str, Any]) -> str:
-    """The UUID the item's job has (or will have): computed, nothing stored."""
+def _managed(catalog: Catalog, i: int, item: dict[str, Any], source: str,
+             pipelines: dict[str, Pipeline]) -> tuple[ManagedPipelineJob, SubmitRequest]:
+    """The item's job (its UUID computed, nothing stored) and its request."""
     from catalog.catalog import parse_document
     from catalog.jobs import ManagedPipelineJob
     from catalog.queue.models import SubmitRequest
 
     try:
         request = parse_document(SubmitRequest, {**item, "when": None}, "submission")
+        if request.pipeline not in pipelines:  # looked up once a batch
+            pipelines[request.pipeline] = catalog.get_pipeline(request.pipeline)
         return ManagedPipelineJob(
-            catalog, request.pipeline, request.data, measurement_id=request.measurement_id,
-            sample_id=request.sample_id, experiment_id=request.experiment_id,
-            observation_id=request.observation_id, agent=request.agent).uuid
+            catalog, pipelines[request.pipeline], request.data,
+            measurement_id=request.measurement_id, sample_id=request.sample_id,
+            experiment_id=request.experiment_id, observation_id=request.observation_id,
+            agent=request.agent, source=source), request
     except CatalogError as error:
         raise type(error)(f"items[{i}]: {error.message}",
                           **{**error.details, "place": f"items[{i}]"}) from None
-
-
-def _check_cycles(catalog: Catalog, checked: list[dict[str, Any]]) -> None:
-    """No job of the batch waits, through the batch's and the stored conditions, on
-    itself.
-
-    As N single submits would have it: a job's condition is the one it has when it is first
-    submitted; a later item for the same job, or one for a job already waiting, queued,
-    running or done, leaves the job as it is and its condition is not taken."""
-    from catalog.queue.core import DONE_STATES, IN_FLIGHT_STATES
-
-    keys = {e["key"]: e["uuid"] for e in checked if e["key"] is not None}
-    conditions: dict[str, Any] = {}  # the batch's conditions that will be taken (or None)
-    for entry in checked:
-        if entry["uuid"] in conditions:
-            continue
-        head = catalog.store.get_job(entry["uuid"], history=False)
-        if head is not None and head["state"] in DONE_STATES | IN_FLIGHT_STATES:
-            continue  # stays as it is: its stored condition (if any) counts
-        when = entry["item"].get("when")
-        conditions[entry["uuid"]] = None if when is None else _resolve(when, keys)
-
-    def condition_of(job: str) -> dict[str, Any] | None:
-        if job in conditions:
-            return cast(dict[str, Any] | None, conditions[job])
-        head = catalog.store.get_job(job, history=False)
-        return cast(dict[str, Any] | None, ((head or {}).get("queue") or {}).get("when"))
-
-    for i, entry in enumerate(checked):
-        when = entry["item"].get("when")
-        if when is None:  # a condition not taken is still checked, as a single submit does
-            continue
-        _, places = check(_resolve(when, keys))
-        cycle = find_cycle(entry["uuid"], list(places), condition_of)
-        if cycle is not None:
-            place = f"items[{i}].{places[cycle[1]]}"
-            raise InvalidCondition(f"{place}: a cycle: " + " waits on ".join(cycle),
-                                   cycle=cycle, place=place)
 
 
 def read_batch(text: str) -> list[dict[str, Any]]:
@@ -187,20 +179,24 @@ def read_batch(text: str) -> list[dict[str, Any]]:
 def submit_many(catalog: Catalog, items: list[dict[str, Any]], source: str = "python"
                 ) -> list[SubmitOutcome]:
     """Submit every item (see the module's doc); their outcomes, in order."""
-    from catalog.queue.core import submit
+    from catalog.deletion import refuse_deleted
 
     if not isinstance(items, list):
         raise InvalidInput("a batch is a list of items")
-    checked = _check_items(catalog, items)
-    _check_cycles(catalog, checked)
-    keys: dict[str, str] = {}
-    outcomes: list[SubmitOutcome] = []
-    for entry in checked:
-        item = dict(entry["item"])
-        if item.get("when") is not None:
-            item["when"] = _resolve(item["when"], keys)
-        out = submit(catalog, item, source)
-        outcomes.append(out)
-        if entry["key"] is not None:
-            keys[entry["key"]] = out.uuid
-    return outcomes
+    checked = _check_items(catalog, items, source)
+    keys = {e["key"]: e["managed"].uuid for e in checked if e["key"] is not None}
+    planned: list[Planned] = []
+    for i, entry in enumerate(checked):
+        managed, request = entry["managed"], entry["request"]
+        when: dict[str, Any] | None = None
+        places: dict[str, str] = {}
+        if entry["item"].get("when") is not None:
+            when, places = check(_resolve(entry["item"]["when"], keys))
+        info = request.model_copy(update={"when": when}).queue_info()
+        planned.append(Planned(i, managed, info, when, places))
+    for uuid in dict.fromkeys(p.managed.uuid for p in planned):
+        refuse_deleted(catalog, uuid)  # a tombstone stands until purged
+    for p in planned:
+        if p.managed.inputs.references:
+            catalog.add_entities(p.managed.inputs.references)
+    return write(catalog, planned, source)

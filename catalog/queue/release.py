@@ -37,9 +37,9 @@ def release(catalog: Catalog, uuid: str) -> list[tuple[str, str]]:
     (``apply_events``: a few commits for thousands of dependents, each condition evaluated in
     its job's compare-and-set on the head the store reads for it); the jobs it cancelled
     end the next round's jobs. A loop, never a recursion."""
-    from catalog.queue.waits import notify
+    from catalog.queue.waits import announce
 
-    notify()
+    announce(catalog)
     moved: list[tuple[str, str]] = []
     ended = [uuid]
     while ended:
@@ -66,7 +66,7 @@ def release(catalog: Catalog, uuid: str) -> list[tuple[str, str]]:
             elif not isinstance(outcome, ClaimLost):
                 raise outcome
         if ended:
-            notify()
+            announce(catalog)
     return moved
 
 

@@ -5,7 +5,8 @@ A waiter reads the jobs' states, then sleeps on a watch until something may have
 
 - in this process, every event that ends a job wakes every waiter (``notify``);
 - SQLite: inotify on the database's directory (Linux, through ctypes: a few libc calls need no
-  package), woken by the writes to the database and its WAL whichever process commits them;
+  package), woken by the writes to the database and its WAL whichever process commits them,
+  and by the touch of its wake file after a commit that ended a job (``announce``);
 - MongoDB: a change stream on the jobs where the server has them (a replica set);
 - and in every case a bounded wait, so a wake-up lost (a network file system, mongomock, no
   inotify) delays an answer by at most ``FALLBACK_S``, never for ever.
@@ -41,6 +42,7 @@ WATCHED_FALLBACK_S = 10.0  # ...and when one is (inotify, a change stream): a sa
 # at these delays (none repeated), then sleep until the next change.
 SETTLE_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 MAX_JOBS = 1000
+WAKE_SUFFIX = "-wake"  # beside the SQLite database: touched after a commit that ended a job
 
 
 class _Woken(threading.Event):
@@ -76,6 +78,28 @@ def notify() -> None:
     with _listeners_lock:
         for event in _listeners:
             event.set()
+
+
+def announce(catalog: Catalog) -> None:
+    """A job has ended (its event committed): wake this process's waiters, and on SQLite
+    those of other processes, by touching the database's wake file (``<db>-wake``).
+
+    Their inotify also sees the WAL written, but that write comes before the commit's fsync
+    and becomes visible only after it: a waiter woken by it reads too early and looks again
+    after ``SETTLE_S`` delays, tens of milliseconds on a loaded disk. The touch comes after
+    the commit, so the read it wakes sees the job ended."""
+    notify()
+    store: Any = catalog.store
+    if store.kind != "sqlite":
+        return
+    path = f"{store.path}{WAKE_SUFFIX}"
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            Path(path).touch()
+    except OSError:  # a read-only directory: the WAL's write still wakes them, later
+        pass
 
 
 def wait(catalog: Catalog, uuids: list[str], any_: bool = False,
@@ -168,7 +192,7 @@ def _watcher(catalog: Catalog, woken: threading.Event) -> _Watcher | None:
 
 
 # SQLite: inotify on the database's directory -----------------------------------------------
-_IN_MODIFY, _IN_MOVED_TO, _IN_CREATE = 0x2, 0x80, 0x100
+_IN_MODIFY, _IN_ATTRIB, _IN_MOVED_TO, _IN_CREATE = 0x2, 0x4, 0x80, 0x100
 _IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
 
@@ -193,7 +217,8 @@ class _Inotify(_Watcher):
         if fd < 0:
             return None
         directory = os.fsencode(str(database.resolve().parent))
-        if libc.inotify_add_watch(fd, directory, _IN_MODIFY | _IN_MOVED_TO | _IN_CREATE) < 0:
+        mask = _IN_MODIFY | _IN_ATTRIB | _IN_MOVED_TO | _IN_CREATE  # ATTRIB: the wake file
+        if libc.inotify_add_watch(fd, directory, mask) < 0:
             os.close(fd)
             return None
         return cls(fd, os.fsencode(database.name))

@@ -119,6 +119,34 @@ class Applied:
     duplicate: bool
 
 
+@dataclass
+class Move:
+    """Entries appended to an existing job by a batch of submissions, and the head they
+    leave: ``state`` and ``queue`` after the last entry, on the head read at ``read_version``."""
+
+    uuid: str
+    read_version: int
+    state: str
+    entries: list[Doc]
+    queue: Doc | None
+
+
+@dataclass
+class Submissions:
+    """What a batch of submissions writes, decided on the heads read in the same atomic
+    section: new jobs (each with its whole history), moves of existing ones, and the
+    reverse index's (dependency, dependent) pairs."""
+
+    jobs: list[Doc] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
+    dependencies: list[tuple[str, str]] = field(default_factory=list)
+
+
+# Called with the heads ({"uuid", "state", "version", "last_event", "queue"}) of the jobs
+# asked for that exist; returns what to write, or raises to write nothing.
+PlanSubmissions = Callable[[dict[str, Doc]], Submissions]
+
+
 def check_new_job(doc: Doc) -> None:
     if doc["version"] != len(doc.get("history", [])):
         raise ValueError("a job's version must equal the number of its history entries")
@@ -434,6 +462,13 @@ class Store(Protocol):
 
     def dependents(self, dependency: str) -> list[str]:
         """The jobs whose condition names ``dependency``, from an index, ordered."""
+        ...
+
+    def submit_jobs(self, uuids: list[str], plan: PlanSubmissions) -> Submissions:
+        """Read the heads of ``uuids`` (one query), ``plan`` the batch on them and write
+        what it says: in one transaction on SQLite; with bulk writes on MongoDB, each move
+        a compare-and-set on the version read (ConcurrencyConflict if another writer moved
+        the job meanwhile). Returns what was written."""
         ...
 
     # entities and links ------------------------------------------------------------------

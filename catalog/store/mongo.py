@@ -67,6 +67,7 @@ from catalog.errors import (
     JobNotFound,
     StoreError,
 )
+from catalog.store import mongo_bulk
 from catalog.store.base import (
     CLAIM_PAGE,
     ENTITY_LINK_FIELDS,
@@ -83,6 +84,8 @@ from catalog.store.base import (
     FixityUpdate,
     JobQuery,
     Page,
+    PlanSubmissions,
+    Submissions,
     check_algorithm,
     check_limit,
     check_link,
@@ -624,6 +627,9 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
                     {"dependency": dependency, "dependent": dependent},
                     {"$setOnInsert": {"dependency": dependency, "dependent": dependent}},
                     upsert=True)
+
+    def submit_jobs(self, uuids: list[str], plan: PlanSubmissions) -> Submissions:
+        return mongo_bulk.submit_jobs(self, uuids, plan)
 
     def dependents(self, dependency: str) -> list[str]:
         with self._guard:

@@ -46,6 +46,8 @@ from catalog.store.base import (
     FixityUpdate,
     JobQuery,
     Page,
+    PlanSubmissions,
+    Submissions,
     check_algorithm,
     check_limit,
     check_link,
@@ -282,6 +284,11 @@ _UPDATE_HEAD_AND_STATE = ("UPDATE jobs SET state = ?, version = version + 1, las
                           "updated = ? WHERE uuid = ? AND version = ?")
 _JOB_COLUMNS = ("uuid, pipeline_uuid, state, version, last_event, created, updated, doc, "
                 "queue")
+_INSERT_JOB = (f"INTO jobs ({_JOB_COLUMNS}, priority, queued, lease_expiry, agent, results) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# A job's fields kept in columns of their own (or in the history table), not in its doc.
+_HEAD_FIELDS = frozenset({"uuid", "pipeline_uuid", "state", "version", "last_event", "created",
+                          "updated", "history", *CHANGEABLE})
 # An event of the queue moves the head and sets the queue document with the columns its
 # indexes read (derived from it), in one statement.
 _UPDATE_HEAD_AND_QUEUE = ("UPDATE jobs SET state = ?, version = version + 1, last_event = ?, "
@@ -540,33 +547,33 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
         return _dumps(queue), int(queue.get("priority", 3)), queue.get("queued"), lease_expiry(
             queue)
 
-    def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
-        history = doc.get("history", [])
+    @classmethod
+    def _job_row(cls, doc: Doc) -> tuple[Any, ...]:
+        """The jobs row of a new job (``_INSERT_JOB``'s parameters)."""
         check_new_job(doc)
-        head = {"uuid", "pipeline_uuid", "state", "version", "last_event", "created", "updated",
-                "history", *CHANGEABLE}
-        body = {k: v for k, v in doc.items() if k not in head}
+        body = {k: v for k, v in doc.items() if k not in _HEAD_FIELDS}
         results = doc.get("results")
+        return (doc["uuid"], doc["pipeline_uuid"], doc["state"], doc["version"],
+                doc["last_event"], doc["created"], doc["updated"], _dumps(body),
+                *cls._queue_columns(doc.get("queue")), doc.get("agent"),
+                None if results is None else _dumps(results))
+
+    @staticmethod
+    def _job_rows(doc: Doc) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """A new job's history rows and link rows."""
+        return ([(doc["uuid"], seq, e["uuid"], e["event_id"], _dumps(e))
+                 for seq, e in enumerate(doc.get("history", []), start=1)],
+                [(doc["uuid"], relation, target, doc["created"])
+                 for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])])
+
+    def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
+        row = self._job_row(doc)
         with self._write() as conn:
-            cursor = conn.execute(
-                f"INSERT OR IGNORE INTO jobs ({_JOB_COLUMNS}, priority, queued, lease_expiry, "
-                "agent, results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (doc["uuid"], doc["pipeline_uuid"], doc["state"], doc["version"],
-                 doc["last_event"], doc["created"], doc["updated"], _dumps(body),
-                 *self._queue_columns(doc.get("queue")), doc.get("agent"),
-                 None if results is None else _dumps(results)),
-            )
+            cursor = conn.execute(f"INSERT OR IGNORE {_INSERT_JOB}", row)
             if cursor.rowcount == 1:
-                conn.executemany(
-                    _INSERT_HISTORY,
-                    [(doc["uuid"], seq, e["uuid"], e["event_id"], _dumps(e))
-                     for seq, e in enumerate(history, start=1)],
-                )
-                conn.executemany(
-                    _INSERT_LINK,
-                    [(doc["uuid"], relation, target, doc["created"])
-                     for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])],
-                )
+                history, links = self._job_rows(doc)
+                conn.executemany(_INSERT_HISTORY, history)
+                conn.executemany(_INSERT_LINK, links)
                 return doc, True
             existing = self._read_job(conn, doc["uuid"], history=True)
         assert existing is not None  # read under the write lock: it cannot have gone
@@ -889,6 +896,28 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
             conn.executemany(
                 "INSERT OR IGNORE INTO dependencies (dependency, dependent) VALUES (?, ?)",
                 [(dependency, dependent) for dependency in unique(dependencies)])
+
+    def submit_jobs(self, uuids: list[str], plan: PlanSubmissions) -> Submissions:
+        """One transaction: the heads by ``uuid IN (...)``, the plan, then its new jobs,
+        entries, head moves and dependencies each in one ``executemany``."""
+        with self._write() as conn, sqlite_bulk.roomy_cache(conn):
+            heads = sqlite_bulk.head_docs(conn, unique(uuids))
+            planned = plan(heads)
+            jobs, history, links = [], [], []
+            for doc in planned.jobs:
+                jobs.append(self._job_row(doc))
+                entries, linked = self._job_rows(doc)
+                history += entries
+                links += linked
+            conn.executemany(f"INSERT {_INSERT_JOB}", jobs)
+            history += sqlite_bulk.move_entries(planned.moves)
+            conn.executemany(_INSERT_HISTORY, sorted(history))
+            conn.executemany(_INSERT_LINK, links)
+            sqlite_bulk.move_heads(conn, planned.moves, self._queue_columns)
+            conn.executemany(
+                "INSERT OR IGNORE INTO dependencies (dependency, dependent) VALUES (?, ?)",
+                planned.dependencies)
+        return planned
 
     def dependents(self, dependency: str) -> list[str]:
         rows = self._connection().execute(

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from catalog.errors import ConcurrencyConflict, JobNotFound
-from catalog.store.base import Applied, Decide, decided, lease_expiry
+from catalog.store.base import Applied, Decide, Doc, Move, decided, lease_expiry
 
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
@@ -67,6 +67,31 @@ def heads(conn: sqlite3.Connection, uuids: Sequence[str]) -> dict[str, tuple[Any
             f"({', '.join('?' * len(part))})", part)
         found.update((row[0], row[1:]) for row in rows)
     return found
+
+
+def head_docs(conn: sqlite3.Connection, uuids: Sequence[str]) -> dict[str, Doc]:
+    """The heads ({"uuid", "state", "version", "last_event", "queue"}) of the jobs that
+    exist, by uuid."""
+    return {uuid: _Head(uuid, row).doc for uuid, row in heads(conn, sorted(uuids)).items()}
+
+
+def move_entries(moves: Sequence[Move]) -> list[tuple[Any, ...]]:
+    """The history rows of ``moves``: each job's entries after the version it was read at."""
+    return [(move.uuid, seq, entry["uuid"], entry["event_id"], _dumps(entry))
+            for move in moves
+            for seq, entry in enumerate(move.entries, start=move.read_version + 1)]
+
+
+def move_heads(conn: sqlite3.Connection, moves: Sequence[Move],
+               queue_columns: Any) -> None:
+    """Each moved job's head on its last entry, compared with the version read."""
+    rows = []
+    for move in sorted(moves, key=lambda m: m.uuid):
+        last = move.entries[-1]
+        rows.append((move.state, move.read_version + len(move.entries), last["name"],
+                     last["date"], *queue_columns(move.queue), move.uuid, move.read_version))
+    if rows and conn.executemany(_UPDATE_HEAD_AND_QUEUE, rows).rowcount != len(rows):
+        raise ConcurrencyConflict("jobs changed while their submissions were written")
 
 
 class _Head:
