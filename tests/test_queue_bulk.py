@@ -150,3 +150,20 @@ def test_a_waiter_is_woken_at_once_by_an_event_of_its_own_process(catalog: Catal
         latencies.append(returned[0] - ended)
     # It slept the whole safety net before (WATCHED_FALLBACK_S on SQLite).
     assert max(latencies) < min(WATCHED_FALLBACK_S, 1.0) / 2, latencies
+
+
+def test_a_job_cancelled_at_submit_decides_its_own_dependents(catalog: Catalog) -> None:
+    """Submitted again behind a condition already false, a failed job is cancelled at once;
+    a job waiting on its cancellation is queued then, not left waiting for its other half."""
+    broken = submit(catalog, work("a", retries=0)).uuid
+    assert run(catalog, broken, "broken") == "FAILED"
+    x = submit(catalog, work("x", retries=0)).uuid
+    assert run(catalog, x, "broken") == "FAILED"
+    later = submit(catalog, work("b", priority=1)).uuid  # pending throughout
+    y = submit(catalog, work("y", when={"any": [{"job": x, "is": "cancelled"},
+                                               {"job": later, "is": "finished"}]})).uuid
+    assert state(catalog, y) == "WAITING"
+    again = submit(catalog, work("x", retries=0, when={"job": broken, "is": "finished"}))
+    assert again.state == "CANCELLED"
+    assert state(catalog, y) == "QUEUED"
+    assert state(catalog, later) == "QUEUED"

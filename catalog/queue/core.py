@@ -122,6 +122,8 @@ def submit(catalog: Catalog, request: SubmitRequest | dict[str, Any],
         # A dependency that ended between the evaluation and the wait found the job not yet
         # waiting: deciding again now leaves no window in which it would wait for ever.
         state = settle(catalog, job.uuid) or state
+        if state == "CANCELLED":  # cancelled at submit: its own dependents are decided now,
+            release(catalog, job.uuid)  # as when any job ends (one waiting on its cancelled)
     return outcome(state, True)
 
 
