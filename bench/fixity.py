@@ -187,6 +187,23 @@ def _tree_job(tree_dir: Path, name: str = "index-bench") -> Iterator[tuple[Any, 
             Path(f"{database}{suffix}").unlink(missing_ok=True)
 
 
+def bench_bagit_copy_tree(tree_dir: Path, files: int) -> float:
+    """bagit bagging a copy of the tree, making the copy timed too: ``make_bag`` moves the
+    files it is given into ``data/`` (a rename of each top-level entry) and creates no payload
+    file, while ``catalog bag`` must leave the archive in place and write every file anew, so
+    this is the like-for-like baseline for the export (``bag_vs_bagit`` is kept as before)."""
+    copy_dir = tree_dir.with_name(tree_dir.name + "-bag")
+    try:
+        start = time.perf_counter()
+        shutil.copytree(tree_dir, copy_dir)
+        bag = bagit.make_bag(str(copy_dir), checksums=["sha256"], processes=2)
+        seconds = time.perf_counter() - start
+        assert len(list(bag.payload_entries())) == files
+    finally:
+        shutil.rmtree(copy_dir)
+    return seconds
+
+
 def bench_index_tree(tree_dir: Path, files: int) -> float:
     """The whole `catalog index` path: events, listing, hashing (xxh3_128 + sha256), file
     records and their bulk upserts into a fresh SQLite catalog at default durability."""
@@ -277,6 +294,7 @@ TREE_CONTENDERS: dict[str, Callable[[Path, int], float]] = {
     "verify": bench_verify_tree,
     "bagit_validate": bench_bagit_validate_tree,
     "bag": bench_bag_tree,
+    "bagit_copy": bench_bagit_copy_tree,
 }
 
 
@@ -313,6 +331,10 @@ def bench_tree(root: Path, files: int, rounds: int) -> dict[str, Any]:
         "bag": "catalog bag of the indexed tree (each file read once, copied and re-verified "
                "against its record) against make_bag on a copy (each reads and hashes every "
                "file once)",
+        "bagit_copy_files_s": round(files / best["bagit_copy"], 1),
+        "bagit_copy": "shutil.copytree of the tree then make_bag(checksums=['sha256'], "
+                      "processes=2) of the copy, both timed: make_bag moves the files it is "
+                      "given and creates none, catalog bag writes each anew (like with like)",
     }
 
 
@@ -386,6 +408,8 @@ def main() -> None:
             "list_and_hash_many_vs_bagit": round(
                 tree["list_and_hash_many_files_s"] / tree["bagit_files_s"], 3),
             "bag_vs_bagit": round(tree["bag_files_s"] / tree["bagit_files_s"], 3),
+            "bag_vs_bagit_with_copy": round(
+                tree["bag_files_s"] / tree["bagit_copy_files_s"], 3),
         },
         "target": {"big_file": ">= 0.8", "tree_vs_bagit": ">= 1.0", "bag_vs_bagit": ">= 0.8",
                    "scale_vs_tree": ">= 0.9"},

@@ -40,6 +40,7 @@ BLOCK = 1024 * 1024
 PAGE = 1000  # records read at a time
 COPIERS = 4  # threads copying files (each mostly waits on the filesystem)
 WINDOW = 256  # copies pending at most, beyond those being written to the manifest
+BATCH = 32  # files handed to a copying thread at once
 
 
 @dataclass
@@ -116,7 +117,26 @@ def _write_bag(catalog: Catalog, job: Job, bag: Path) -> tuple[int, int]:
     # directory's lock, its journal) far longer than its bytes take to hash, and that wait
     # holds no GIL. The manifest is written in the records' order, as each copy is done; at
     # most WINDOW copies are pending, so memory does not grow with the job.
-    pending: deque[tuple[str, Future[tuple[str, int]]]] = deque()
+    # Records go to the threads a batch at a time: one hand-over per file cost more in lock
+    # traffic (strace: ~18 futex calls a file) than the file's own system calls.
+    pending: deque[tuple[list[str], Future[list[tuple[str, int]]]]] = deque()
+    batch: list[tuple[Doc, str]] = []
+
+    def drain(limit: int) -> None:
+        nonlocal files, size
+        while len(pending) > limit or (pending and pending[0][1].done()):
+            relatives, copying = pending.popleft()
+            # the first file not as recorded stops it
+            for relative, (sha256, copied) in zip(relatives, copying.result(), strict=True):
+                manifest.write(f"{sha256}  data/{_encode(relative)}\n")
+                files += 1
+                size += copied
+
+    def submit() -> None:
+        pending.append(([relative for _, relative in batch],
+                        threads.submit(copier.copy_batch, list(batch))))
+        batch.clear()
+
     with open(bag / "manifest-sha256.txt", "w", encoding="utf-8", newline="\n") as manifest, \
             ThreadPoolExecutor(COPIERS, thread_name_prefix="bag-copy") as threads:
         try:
@@ -124,20 +144,13 @@ def _write_bag(catalog: Catalog, job: Job, bag: Path) -> tuple[int, int]:
                 path = record["path"]
                 # A record of the job is under its archive path; one that is not keeps its path.
                 relative = path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
-                pending.append((relative, threads.submit(copier.copy_verified, record,
-                                                         relative)))
-                while len(pending) > WINDOW or (pending and pending[0][1].done()):
-                    relative, copying = pending.popleft()
-                    sha256, copied = copying.result()  # the first file not as recorded stops it
-                    manifest.write(f"{sha256}  data/{_encode(relative)}\n")
-                    files += 1
-                    size += copied
-            while pending:
-                relative, copying = pending.popleft()
-                sha256, copied = copying.result()
-                manifest.write(f"{sha256}  data/{_encode(relative)}\n")
-                files += 1
-                size += copied
+                batch.append((record, relative))
+                if len(batch) == BATCH:
+                    submit()
+                    drain(WINDOW // BATCH)
+            if batch:
+                submit()
+            drain(0)
         except BaseException:
             for _, copying in pending:
                 copying.cancel()  # those not started; leaving waits for those running
@@ -183,6 +196,11 @@ class _Copier:
     def __init__(self, storage: Storage, payload: str) -> None:
         self._storage, self._payload = storage, payload
         self._made: set[str] = set()
+
+    def copy_batch(self, batch: list[tuple[Doc, str]]) -> list[tuple[str, int]]:
+        """``copy_verified`` of each (record, relative path) in turn; the first that fails
+        raises."""
+        return [self.copy_verified(record, relative) for record, relative in batch]
 
     def copy_verified(self, record: Doc, relative: str) -> tuple[str, int]:
         """Copy ``record``'s file to ``relative`` in the payload, computing every recorded

@@ -24,6 +24,7 @@ from test_indexer import (  # noqa: F401  (the indexing tests' fixtures, used by
 from test_scheduled_fixity import run_cli
 
 from catalog import Catalog, ManagedPipelineJobInstance
+from catalog import bag as catalog_bag
 from catalog.bag import export_bag
 from catalog.errors import FixityMismatch, InvalidInput, TokenInvalid
 
@@ -87,6 +88,34 @@ def test_a_file_that_no_longer_matches_stops_the_export_naming_it(
     assert path in stopped.value.message
     assert (stopped.value.status, stopped.value.code) == (409, "fixity_mismatch")
     assert list(bags.iterdir()) == []  # no bag, and nothing half-written beside it
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_files_handed_to_the_copiers_in_batches_keep_the_manifest_whole_and_in_order(
+        catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    """Batches that do not divide the job's files: every file in the manifest once, in the
+    records' order, and a damaged file of a later batch still stops the export."""
+    monkeypatch.setattr(catalog_bag, "BATCH", batch)
+    monkeypatch.setattr(catalog_bag, "WINDOW", 2)
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    result = export_bag(catalog, job.uuid, tmp_path / "bag", job.token)
+    assert result.files == 4
+    bagit.Bag(str(tmp_path / "bag")).validate()
+    listed = [line.split("  ", 1)[1] for line in
+              (tmp_path / "bag" / "manifest-sha256.txt").read_text().splitlines()]
+    order = [record["path"].removeprefix(job.archive_path + "/")
+             for record in catalog.store.find_files(child_of=job.uuid, limit=100).items]
+    assert listed == [f"data/{name}" for name in order]
+
+    last = f"{job.archive_path}/{order[-1]}"  # in the last batch, whatever its size
+    catalog.storage.write(last, b"not as recorded")
+    bags = tmp_path / "bags"
+    bags.mkdir()
+    with pytest.raises(FixityMismatch, match="does not match its record") as stopped:
+        export_bag(catalog, job.uuid, bags / "bag", job.token)
+    assert last in stopped.value.message
+    assert list(bags.iterdir()) == []
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
