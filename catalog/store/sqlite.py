@@ -936,7 +936,8 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
             raise link_source_not_found(src)
         doc, key = json.loads(row[0]), row[1]
         present = doc.get(relation, [])
-        new = [target for target in unique(targets) if target not in present]
+        known = set(present)  # not the list: a product of 500,000 runs made this quadratic
+        new = [target for target in unique(targets) if target not in known]
         if not new:
             return
         doc[relation] = [*present, *new]
