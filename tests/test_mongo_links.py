@@ -167,7 +167,8 @@ def test_an_earlier_database_is_migrated_when_opened(
     try:
         assert isinstance(again, MongoStore)
         assert again.migrations() == [(1, "history in its own collection"),
-                                      (2, "links added later in their own collection")]
+                                      (2, "links added later in their own collection"),
+                                      (3, "fixity history in its own collection")]
         assert raw(again, "entities", PRODUCT)["generated_by"] == []
         assert raw(again, "jobs", job["uuid"])["acted_on"] == []
         assert raw(again, "jobs", job["uuid"])["child_of"] == [EXPERIMENT]  # its identity
@@ -183,7 +184,7 @@ def test_an_earlier_database_is_migrated_when_opened(
     third = open_store(mongo_url)
     try:
         assert isinstance(third, MongoStore)
-        assert third.migrations()[-1][0] == 2
+        assert third.migrations()[-1][0] == 3
         assert third.get_entity(PRODUCT) == product
     finally:
         third.close()
