@@ -302,12 +302,21 @@ class Catalog:
 
     # files -------------------------------------------------------------------------------
     def get_file(self, uuid: str) -> FileRecord:
-        """A file record by UUID, with its fixity history and links."""
+        """A file record by UUID, with its last fixity check and links (its whole history:
+        ``fixity_checks``)."""
         uuid = parse_uuid(uuid, UUIDType.file)
         doc = self.store.get_file(uuid)
         if doc is None:
             raise FileNotFound(uuid)
         return FileRecord.model_validate(doc)
+
+    def fixity_checks(self, uuid: str, limit: int = 100, cursor: str | None = None) -> Page:
+        """A file record's fixity history, oldest first, a page at a time (the record itself
+        keeps only its last check, in ``fixity``). FileNotFound for an unknown record."""
+        uuid = parse_uuid(uuid, UUIDType.file)
+        if self.store.get_file(uuid) is None:
+            raise FileNotFound(uuid)
+        return self.store.fixity_checks(uuid, limit, cursor)
 
     def find_files(self, job: str | None = None, path_prefix: str | None = None,
                    status: str | None = None, checksum: str | None = None, limit: int = 100,

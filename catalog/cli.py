@@ -29,6 +29,7 @@ from catalog.tokens import keys_from_env_or_file
 
 # Exit codes by HTTP status class of the error; documented in the README.
 EXIT_CODES = {400: 2, 422: 2, 401: 3, 403: 3, 404: 4, 409: 5, 410: 4}
+FIXITY_SHOWN = 100  # checks "file show" lists (the API pages through the rest)
 
 # Plain help (click's layout): Typer's Rich help shows every flag as "--json <bool>", as if
 # it took a value, --help included.
@@ -369,9 +370,12 @@ def file_show(uuid: str, json_: JsonOption = False) -> None:
     """Show a file record with its checksums, links and fixity history."""
     with _catalog() as catalog:
         record = catalog.get_file(uuid)
+        history = catalog.fixity_checks(uuid, FIXITY_SHOWN) if not json_ else None
     document = record.model_dump(mode="json")
-    checks = _table(document["fixity"], ["date", "outcome", "size", "changed"],
-                    f"{record.path}: {record.status}")
+    more = "" if history is None or history.next is None else \
+        f" (first {FIXITY_SHOWN} checks; GET /files/{uuid}/fixity pages on)"
+    checks = _table(history.items if history else [], ["date", "outcome", "size", "changed"],
+                    f"{record.path}: {record.status}{more}")
     _emit(document, json_, checks)
 
 

@@ -281,9 +281,12 @@ class JobDeleted(CatalogError):
     status = 410
     code = "job_deleted"
 
-    def __init__(self, uuid: str, date: str, source: str) -> None:
-        super().__init__(f"job {uuid} was deleted at {date} (from {source})", uuid=uuid,
-                         date=date)
+    def __init__(self, uuid: str, date: str, source: str, place: str | None = None) -> None:
+        # ``place``: where a request named it (a condition's ``when.all[0].job``)
+        prefix = "" if place is None else f"{place}: "
+        where = {} if place is None else {"place": place}
+        super().__init__(f"{prefix}job {uuid} was deleted at {date} (from {source})",
+                         uuid=uuid, date=date, source=source, **where)
 
 
 class JobActive(CatalogError):

@@ -314,7 +314,10 @@ class FileRecord(_Strict):
     level: Level | None = None
     checksums: dict[str, str] = Field(default_factory=dict)
     status: Literal["ok", "changed", "missing", "unreadable", "unchecked"] = "unchecked"
-    fixity: list[FixityCheck] = Field(default_factory=list)
+    fixity: list[FixityCheck] = Field(
+        default_factory=list,
+        description="The last check, if any: the whole history is read a page at a time "
+        "(GET /files/{uuid}/fixity), so that no record grows with its checks.")
     checked: UTCDate | None = Field(None, description="When the file was last read.")
     version: int = Field(1, ge=1, description="Which content the checksums are: 1 until a "
                          "change is accepted (--accept-changes), then one more each time.")

@@ -35,27 +35,27 @@ def version_at(record: Doc, date: str) -> int:
 def settle(record: Doc, old: Doc | None, size: int, checksums: dict[str, str], stamp: str,
            accept_by: str | None) -> str:
     """Fill ``record`` (built from a new listing of its file) from a reading of the file: its
-    checksums, status, fixity log and versions. Returns the check's outcome: ``indexed`` (new
+    checksums, status, its check (which the store adds to the record's history) and
+    versions. Returns the check's outcome: ``indexed`` (new
     content, or the recorded content read again), ``changed`` (content that differs from
     ``old``'s checksums: the record keeps them, and ``old``'s size, date and ETag, so the next
     index reads it again), or ``accepted`` (it differed, and ``accept_by``, the accepting job,
     made it the next version)."""
-    log = list((old or {}).get("fixity", []))
     if old is None or not old.get("checksums"):
         record["checksums"] = checksums
-        record["fixity"] = [*log, check(stamp, "indexed", size, checksums, [])]
+        record["fixity"] = [check(stamp, "indexed", size, checksums, [])]
         return "indexed"
     outcome, changed = compare(old["checksums"], old["size"], size, checksums)
     if outcome == "ok":
         # The truth read again (touched, or copied back): the new listing stands, and a digest
         # not recorded before (sha256 turned on) joins the recorded ones.
         record["checksums"] = {**checksums, **old["checksums"]}
-        record["fixity"] = [*log, check(stamp, "indexed", size, checksums, [])]
+        record["fixity"] = [check(stamp, "indexed", size, checksums, [])]
         return "indexed"
     if accept_by is None:
         record.update(size=old["size"], mtime=old["mtime"], etag=old.get("etag"),
                       checksums=old["checksums"], status="changed")
-        record["fixity"] = [*log, check(stamp, "changed", size, checksums, changed)]
+        record["fixity"] = [check(stamp, "changed", size, checksums, changed)]
         return "changed"
     earlier: dict[str, Any] = {
         "version": old.get("version", 1), "checksums": old["checksums"], "size": old["size"],
@@ -63,5 +63,5 @@ def settle(record: Doc, old: Doc | None, size: int, checksums: dict[str, str], s
         "superseded": stamp, "accepted_by": accept_by}
     record.update(checksums=checksums, version=old.get("version", 1) + 1,
                   versions=[*old.get("versions", []), earlier])
-    record["fixity"] = [*log, check(stamp, "accepted", size, checksums, changed)]
+    record["fixity"] = [check(stamp, "accepted", size, checksums, changed)]
     return "accepted"

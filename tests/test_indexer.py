@@ -97,7 +97,13 @@ def finished_job(catalog: Catalog, files: dict[str, bytes] = FILES, **extra: Any
 def records(catalog: Catalog, job: ManagedPipelineJob) -> dict[str, dict[str, Any]]:
     page = catalog.store.find_files(child_of=job.uuid, limit=1000)
     prefix = job.archive_path + "/"
-    return {doc["path"][len(prefix):]: doc for doc in page.items}
+    # each with its whole fixity history in place of the last check the record keeps
+    return {doc["path"][len(prefix):]: {**doc, "fixity": history(catalog, doc["uuid"])}
+            for doc in page.items}
+
+
+def history(catalog: Catalog, uuid: str) -> list[dict[str, Any]]:
+    return catalog.fixity_checks(uuid, 1000).items
 
 
 def refuse_to_open(catalog: Catalog, broken: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,7 +383,10 @@ def test_a_verify_during_an_index_keeps_its_checks(catalog: Catalog) -> None:
     # The collector is paused while the records are built (catalog.gcpause), and only then.
     assert collecting == [False] * 4 and gc.isenabled()
     for relative, doc in records(catalog, job).items():
-        assert [c["outcome"] for c in doc["fixity"]] == ["indexed", "ok", "indexed"], relative
+        # the history in the order the readings were stamped: the index stamped its reading
+        # before it hashed, so before the verify's
+        assert [c["outcome"] for c in doc["fixity"]] == ["indexed", "indexed", "ok"], relative
+        assert catalog.store.get_file(doc["uuid"])["fixity"] == doc["fixity"][-1:]
         assert doc["status"] == "ok"
 
 
@@ -514,7 +523,8 @@ def test_reset_empties_the_archive_path_and_unlinks_records(catalog: Catalog) ->
         kept = catalog.store.get_file(doc["uuid"])
         assert kept is not None
         assert job.uuid not in kept["child_of"] and job.uuid not in kept["generated_by"]
-        assert kept["fixity"] == doc["fixity"]
+        assert kept["fixity"] == doc["fixity"][-1:]  # its last check; its history stays
+        assert history(catalog, doc["uuid"]) == doc["fixity"]
     assert job.ready(token=catalog.admin_token()).state == "CREATED"
 
 
@@ -633,7 +643,8 @@ def test_index_and_verify_on_the_command_line(catalog: Catalog, tmp_path: Path) 
     assert [f["name"] for f in listed["files"]] == ["p.png", "summary.pdf"]
     shown = cli("--json", "file", "show", listed["files"][0]["uuid"])
     # verified twice above (--json, then for people): both checks are on the record
-    assert [c["outcome"] for c in json.loads(shown.stdout)["fixity"]] == [
+    assert [c["outcome"] for c in json.loads(shown.stdout)["fixity"]] == ["missing"]  # last
+    assert [c["outcome"] for c in history(catalog, listed["files"][0]["uuid"])] == [
         "indexed", "missing", "missing"]
     unknown = cli("file", "show", "nope")
     assert unknown.returncode == 2 and "not a UUID" in unknown.stderr
@@ -720,7 +731,8 @@ def test_file_lookups_by_job_prefix_status_and_checksum(catalog: Catalog) -> Non
     missing = catalog.find_files(status="missing").items
     assert [d["name"] for d in missing] == ["p.png", "summary.pdf"]
     record = catalog.get_file(missing[0]["uuid"])
-    assert [c.outcome for c in record.fixity] == ["indexed", "missing"]
+    assert [c.outcome for c in record.fixity] == ["missing"]  # the last check
+    assert [c["outcome"] for c in history(catalog, record.uuid)] == ["indexed", "missing"]
 
     for bad, error in ((dict(status="lost"), InvalidInput),
                        (dict(checksum="sha256"), InvalidInput),

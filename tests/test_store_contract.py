@@ -1298,6 +1298,18 @@ def test_upsert_files_replaces_a_record_and_its_checksum_lookups(store: Store) -
     assert with_checksum(store, "sha256", new["sha256"]) == [second_stored]
 
 
+def history(store: Store, uuid: str, limit: int = 100) -> list[Doc]:
+    """A record's whole fixity history, read a page of ``limit`` at a time."""
+    checks: list[Doc] = []
+    cursor = None
+    while True:
+        page = store.fixity_checks(uuid, limit, cursor)
+        checks += page.items
+        if page.next is None:
+            return checks
+        cursor = page.next
+
+
 def test_upsert_files_never_loses_a_fixity_check(store: Store) -> None:
     indexed, verified, reindexed = (make_check(0, "indexed"), make_check(30, "ok"),
                                     make_check(60, "indexed"))
@@ -1306,16 +1318,19 @@ def test_upsert_files_never_loses_a_fixity_check(store: Store) -> None:
     # A verify records its check while an indexer works from the record as it read it before.
     store.record_fixity([(record["uuid"], verified, "ok")])
     store.upsert_files([{**record, "fixity": [indexed, reindexed]}])
-    assert store.get_file(record["uuid"])["fixity"] == [indexed, verified, reindexed]
+    assert history(store, record["uuid"]) == [indexed, verified, reindexed]
+    assert store.get_file(record["uuid"])["fixity"] == [reindexed]  # the last check only
     # Sending the log again (whole, a part of it, or none of it) adds nothing and loses nothing.
     for fixity in ([indexed, verified, reindexed], [indexed], [], [reindexed, indexed]):
         store.upsert_files([{**record, "fixity": fixity}])
-        assert store.get_file(record["uuid"])["fixity"] == [indexed, verified, reindexed]
+        assert history(store, record["uuid"]) == [indexed, verified, reindexed]
+        assert store.get_file(record["uuid"])["fixity"] == [reindexed]
     # A check with a "$" in a value is data, not an expression (MongoDB update pipelines).
     odd = {**make_check(90, "changed", changed=("sha256",)), "note": "$fixity"}
     store.upsert_files([{**record, "note": "$path", "fixity": [odd]}])
     stored = store.get_file(record["uuid"])
-    assert stored["fixity"] == [indexed, verified, reindexed, odd]
+    assert stored["fixity"] == [odd]
+    assert history(store, record["uuid"], 1) == [indexed, verified, reindexed, odd]
     assert stored["note"] == "$path"
 
 
@@ -1481,7 +1496,7 @@ def test_find_files_filters_combine(store: Store) -> None:
     assert pages == [[e], [a], [b_now], [d]]
 
 
-def test_record_fixity_appends_checks_in_order(store: Store) -> None:
+def test_record_fixity_adds_checks_in_order(store: Store) -> None:
     indexed = make_check(0, "indexed")
     record = make_file("/products/v2/out.csv", fixity=(indexed,))
     neighbour = make_file("/products/v2/neighbour.csv")
@@ -1494,9 +1509,11 @@ def test_record_fixity_appends_checks_in_order(store: Store) -> None:
     store.record_fixity([])
 
     last = at(30).strftime("%Y-%m-%dT%H:%M:%S.123Z")
-    expected = {**record, "fixity": [indexed, *(c for c, _ in checks)], "status": "missing",
+    expected = {**record, "fixity": [checks[-1][0]], "status": "missing",
                 "updated": last, "checked": last}
     assert store.get_file(record["uuid"]) == expected
+    assert history(store, record["uuid"], 2) == [indexed, *(c for c, _ in checks)]
+    assert history(store, neighbour["uuid"]) == []
     assert store.get_file(neighbour["uuid"]) == neighbour
     assert store.find_files(status="missing").items == [expected]
     assert store.find_files(status="unchecked").items == [neighbour]
@@ -1516,6 +1533,7 @@ def test_record_fixity_on_an_unknown_file_raises_file_not_found(store: Store) ->
     assert (raised.value.code, raised.value.status) == ("file_not_found", 404)
     assert store.get_file(UNKNOWN_FILE) is None
     assert store.get_file(known["uuid"]) == known  # nothing of the call was written
+    assert history(store, known["uuid"]) == []
 
 
 def test_unlink_job_files_keeps_the_records_and_their_fixity(store: Store) -> None:
@@ -1623,8 +1641,8 @@ def test_file_records_neither_carry_the_database_id_nor_share_the_callers_docs(
     store.record_fixity([(record["uuid"], check, "ok")])
     assert [record, check] == originals
 
-    expected = {**originals[0], "fixity": [*originals[0]["fixity"], originals[1]],
-                "status": "ok", "updated": originals[1]["date"], "checked": originals[1]["date"]}
+    expected = {**originals[0], "fixity": [originals[1]], "status": "ok",
+                "updated": originals[1]["date"], "checked": originals[1]["date"]}
     returned: list[Any] = [
         store.get_file(record["uuid"]), store.get_files([record["uuid"]]),
         store.find_files().items, store.find_files(child_of=FILE_JOB).items,
@@ -1643,6 +1661,7 @@ def test_file_records_neither_carry_the_database_id_nor_share_the_callers_docs(
         doc["fixity"].append({"not": "stored"})
         doc["checksums"]["md5"] = "not stored"
     assert store.get_file(record["uuid"]) == expected
+    assert history(store, record["uuid"]) == [originals[0]["fixity"][0], originals[1]]
 
 
 def test_mongo_bulk_upsert_runs_one_unordered_bulk_write_and_retries_lost_races() -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog.errors import CatalogError, InvalidCondition, InvalidInput
+from catalog.errors import CatalogError, InvalidCondition, InvalidInput, JobDeleted
 from catalog.identifiers import UUIDType, looks_like_uuid, typed_uuid
 from catalog.queue.bulk import Planned, write
 from catalog.queue.conditions import as_json, check
@@ -121,6 +121,10 @@ def _check_named(catalog: Catalog, i: int, when: Any, earlier: dict[str, int],
         if job in earlier:
             continue
         if not looks_like_uuid(job) or catalog.store.get_job(job, history=False) is None:
+            tombstone = catalog.store.get_tombstone(job) if looks_like_uuid(job) else None
+            if tombstone is not None:  # gone, not malformed (410)
+                raise JobDeleted(job, tombstone["deleted"]["date"],
+                                 tombstone["deleted"]["source"], place=f"items[{i}].{place}.job")
             raise InvalidCondition(
                 f"items[{i}].{place}.job: {job!r} is neither an earlier item's key nor a "
                 "stored job", job=job, place=f"items[{i}].{place}.job")

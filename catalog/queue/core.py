@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from catalog.catalog import Catalog, parse_document
 from catalog.errors import (
@@ -19,6 +19,7 @@ from catalog.errors import (
     EventNotAllowed,
     InvalidCondition,
     InvalidInput,
+    JobDeleted,
     JobNotFound,
     LeaseNotHeld,
 )
@@ -134,7 +135,7 @@ def _check_condition(catalog: Catalog, uuid: str, when: dict[str, Any]
     condition, places = check(when)
     for named, place in places.items():
         if catalog.store.get_job(named, history=False) is None:
-            raise InvalidCondition(f"{place}: no job {named}", job=named, place=place)
+            _refuse_missing(catalog, named, place)
 
     def condition_of(job: str) -> dict[str, Any] | None:
         head = catalog.store.get_job(job, history=False)
@@ -147,6 +148,17 @@ def _check_condition(catalog: Catalog, uuid: str, when: dict[str, Any]
         raise InvalidCondition(f"{places[cycle[1]]}: a cycle: " + " waits on ".join(cycle),
                                cycle=cycle, place=places[cycle[1]])
     return condition, jobs
+
+
+def _refuse_missing(catalog: Catalog, named: str, place: str) -> NoReturn:
+    """A condition naming a job the store does not have: JobDeleted (410) when it was
+    deleted (gone, not malformed), InvalidCondition (400) when there never was one."""
+    from catalog.deletion import missing
+
+    error = missing(catalog, named)
+    if isinstance(error, JobDeleted):
+        raise JobDeleted(named, error.details["date"], error.details["source"], place=place)
+    raise InvalidCondition(f"{place}: no job {named}", job=named, place=place)
 
 
 def _queue_data(info: QueueInfo, resubmitted: bool) -> Doc:

@@ -216,24 +216,25 @@ def latest_files(docs: list[Doc]) -> dict[str, Doc]:
 FixityUpdate = tuple[str, Doc, str]
 
 
-def merge_fixity(stored: list[Doc], given: list[Doc]) -> list[Doc]:
-    """A record's fixity log after an upsert: every check stored, then those ``given`` that are
-    not stored yet, in their order.
+def last_check(stored: list[Doc], given: list[Doc]) -> list[Doc]:
+    """What a record keeps of its fixity after an upsert: its last check (the latest ``date``
+    of those stored and ``given``; on a tie, the later one in that order), or nothing.
 
-    The log only grows. An indexer builds its record from a reading taken before it hashed, so
-    a check recorded meanwhile (``record_fixity`` from a verify) is missing from ``given``;
-    it is kept. Usually ``given`` extends ``stored`` or repeats it, answered without comparing
-    checks one by one."""
-    if given[:len(stored)] == stored:
-        return given
-    if stored[:len(given)] == given:
-        return stored
-    seen = {_check_key(check) for check in stored}
-    return [*stored, *(check for check in given if _check_key(check) not in seen)]
+    The whole log is in the store's fixity history (``fixity_checks``), one row or document a
+    check, so a record verified nightly stays the same size. An indexer builds its record from
+    a reading taken before it hashed, so a check recorded meanwhile (``record_fixity`` from a
+    verify) may be newer than the doc's: it stays the last."""
+    best: Doc | None = None
+    for check in (*stored[-1:], *given):
+        if best is None or str(check["date"]) >= str(best["date"]):
+            best = check
+    return [] if best is None else [best]
 
 
-def _check_key(check: Doc) -> str:
-    return json.dumps(check, sort_keys=True, separators=(",", ":"))
+def check_identity(check: Doc) -> tuple[str, str]:
+    """A check's key in a record's history: (date, outcome). The same check given again (an
+    indexer's doc repeating the record's last check) is stored once."""
+    return str(check["date"]), str(check["outcome"])
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -510,9 +511,10 @@ class Store(Protocol):
     def upsert_files(self, docs: list[Doc]) -> None:
         """Insert or replace file records (``FileRecord`` dumps) by ``uuid``, all together.
 
-        A replaced record is replaced whole, but for its ``fixity`` log, which only grows: the
-        stored checks stay, and the doc's checks not stored yet are added (``merge_fixity``),
-        so a check recorded while the doc was being made is never lost. Its checksum lookups
+        A replaced record is replaced whole, but for its ``fixity``: the doc's checks not
+        stored yet join the record's history (``fixity_checks``), and the record keeps only
+        its last check (``last_check``), so a check recorded while the doc was being made is
+        never lost and no record grows with its checks. Its checksum lookups
         and its edges of the relations in ``ENTITY_LINK_FIELDS`` become those of the new doc.
         Link lists are stored without repeats (first-seen order); within ``docs`` the last doc
         of a uuid wins.
@@ -548,14 +550,21 @@ class Store(Protocol):
         ...
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
-        """For each ``(uuid, check, status)``, in order: append ``check`` (a ``FixityCheck``
-        dump) to the record's ``fixity`` list, set its ``status``, and its ``updated`` and
+        """For each ``(uuid, check, status)``, in order: add ``check`` (a ``FixityCheck``
+        dump) to the record's history (``fixity_checks``), make it the record's ``fixity``
+        (its last check: the record does not grow), set its ``status``, and its ``updated`` and
         ``checked`` to ``check["date"]``; the record's ``checksums`` stay the reference they
         were.
 
         All in one write (a verify of thousands of files is not thousands of commits). Raises
         FileNotFound, writing nothing, when a uuid names no record.
         """
+        ...
+
+    def fixity_checks(self, uuid: str, limit: int = 100, cursor: str | None = None) -> Page:
+        """A file record's fixity history, oldest first (by date, then outcome), a page at a
+        time: every check recorded by ``record_fixity`` or brought by ``upsert_files``. An
+        unknown uuid has an empty history."""
         ...
 
     def unlink_job_files(self, job_uuid: str) -> int:

@@ -7,8 +7,8 @@ created (idempotently) when the store is opened; then the migrations not recorde
 No document grows with use. A record's link lists as written with it stay in its document
 (multikey indexes serve the reverse direction); links added later are documents of ``links``
 (``mongo_links``), merged into the lists when a record is read. A job's history is in
-``history`` (below); a file's fixity log is in its record (one entry per check: see the
-remaining note in ``record_fixity``).
+``history`` (below); a file's fixity log is in ``fixity_checks`` (``fixity_mongo``), its
+record keeping only the last check.
 
 Writes that span documents and must be seen whole (a file record replaced and its added links
 dropped, a job's files unlinked, a job deleted with its history and links) run in a transaction
@@ -94,6 +94,7 @@ from catalog.store.base import (
     decided,
     decode_cursor,
     decode_sorted_cursor,
+    last_check,
     latest_files,
     link_source_not_found,
     page_of,
@@ -101,6 +102,7 @@ from catalog.store.base import (
     sorted_page,
     unique,
 )
+from catalog.store.fixity_mongo import FixityMongo, last_check_expression
 from catalog.store.mongo_links import Links, Session, in_transaction, merged
 from catalog.store.openlineage_mongo import OpenLineageMongo
 from catalog.store.tombstones_mongo import TombstonesMongo
@@ -176,7 +178,7 @@ def _has_transactions(database: Database[Doc]) -> bool:
     return "setName" in hello or hello.get("msg") == "isdbgrid"
 
 
-class MongoStore(OpenLineageMongo, TombstonesMongo):
+class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
     """Store backed by a MongoDB database (or a mongomock one in tests)."""
 
     kind = "mongo"
@@ -206,12 +208,14 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
         self._files: Collection[Doc] = database["files"]
         self._audit: Collection[Doc] = database["audit"]
         self._fixity_runs: Collection[Doc] = database["fixity_runs"]
+        self._fixity_checks: Collection[Doc] = database["fixity_checks"]
         self._dependencies: Collection[Doc] = database["dependencies"]
         self._links = Links(database["links"], self._guard)
         self._schema: Collection[Doc] = database["schema_migrations"]
         self._transactions = not mock and _has_transactions(database)
         self._create_indexes()
         self._tombstone_indexes()
+        self._fixity_indexes()
         self.migrate()
         self._open_lineage()
 
@@ -289,7 +293,9 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
         for version, name, step in ((1, "history in its own collection",
                                      MongoStore._move_embedded_histories),
                                     (2, "links added later in their own collection",
-                                     MongoStore._move_added_links)):
+                                     MongoStore._move_added_links),
+                                    (3, "fixity history in its own collection",
+                                     MongoStore._move_fixity_logs)):
             if version in done:
                 continue
             step(self)
@@ -743,6 +749,9 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
         if not latest:
             return
         uuids = list(latest)
+        # The doc's checks join the history first; the record keeps its last (fixity_mongo).
+        self._add_checks([(uuid, check) for uuid, doc in latest.items()
+                          for check in doc.get("fixity") or ()])
         # A replaced record's lists become its edges: the links added to it since go too.
         replaced_links: Doc = {"src": {"$in": uuids}, "kind": "file"}
         if self._mock:
@@ -834,8 +843,9 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
         for uuid in wanted:
             if uuid not in found:  # records are never deleted: checked first, nothing written
                 raise FileNotFound(uuid)
-        updates = [({"uuid": uuid}, {"$push": {"fixity": copy.deepcopy(check)},
-                                     "$set": {"status": status, "updated": check["date"],
+        self._add_checks([(uuid, check) for uuid, check, _ in checks])  # first: see the module
+        updates = [({"uuid": uuid}, {"$set": {"fixity": [copy.deepcopy(check)],
+                                              "status": status, "updated": check["date"],
                                               "checked": check["date"]}})
                    for uuid, check, status in checks]
         with self._guard:
@@ -896,13 +906,10 @@ class MongoStore(OpenLineageMongo, TombstonesMongo):
 
 def _file_upsert(doc: Doc) -> list[Doc]:
     """The update pipeline that upserts a file record: ``doc`` whole (``$literal``: no value of
-    it is read as an expression), but for its fixity log, which keeps every stored check and
-    adds the doc's checks not stored yet (``merge_fixity``), in one atomic write."""
-    stored: Doc = {"$ifNull": ["$fixity", []]}
-    added = {"$filter": {"input": {"$literal": doc.get("fixity") or []}, "as": "check",
-                         # not $not: mongomock 4.3 evaluates it wrongly in expressions
-                         "cond": {"$eq": [{"$in": ["$$check", stored]}, False]}}}
-    fixity = {"$concatArrays": [stored, added]}
+    it is read as an expression), but for its fixity, which is the last of the stored check
+    and the doc's (``last_check``: the doc's checks are in the history already), in one
+    atomic write."""
+    fixity = last_check_expression(last_check([], doc.get("fixity") or []))
     root: Doc = {"_id": "$_id"}  # the fields in the doc's order, the fixity log in its place
     root.update((key, fixity if key == "fixity" else {"$literal": value})
                 for key, value in doc.items())

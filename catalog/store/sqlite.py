@@ -58,15 +58,17 @@ from catalog.store.base import (
     decided,
     decode_cursor,
     decode_sorted_cursor,
+    last_check,
     latest_files,
     lease_expiry,
     link_source_not_found,
-    merge_fixity,
     page_of,
     prefix_upper_bound,
     sorted_page,
     unique,
 )
+from catalog.store.fixity_sqlite import MIGRATION as FIXITY_MIGRATION
+from catalog.store.fixity_sqlite import SET_LAST_CHECK, FixitySQLite, add_checks
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
 from catalog.store.openlineage_sqlite import OpenLineageSQLite
 from catalog.store.sqlite_loop import LoopEventsRegistry
@@ -268,6 +270,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         """,
     ),
     TOMBSTONES_MIGRATION,
+    FIXITY_MIGRATION,  # 15 (14: another branch)
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -303,12 +306,6 @@ _UPSERT_FILE = (
     "kind = excluded.kind, level = excluded.level, media_type = excluded.media_type, "
     "created = excluded.created, doc = excluded.doc, "
     "checked = max(files.checked, excluded.checked)"
-)
-# A check appended to a record's fixity list (made first if the doc has none), with its status.
-_APPEND_CHECK = (
-    "UPDATE files SET status = ?, checked = ?, "
-    "doc = json_set(json_insert(doc, '$.fixity', json('[]')), "
-    "'$.fixity[#]', json(?), '$.status', ?, '$.updated', ?, '$.checked', ?) WHERE uuid = ?"
 )
 _INSERT_CHECKSUM = "INSERT OR IGNORE INTO file_checksums (algorithm, digest, uuid) VALUES (?, ?, ?)"
 _LINK_SOURCE_TABLES = {"job": "jobs", "file": "files", "entity": "entities"}
@@ -366,7 +363,7 @@ class _PendingEvent:
     future: Future[Applied] = field(default_factory=Future)
 
 
-class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
+class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     """Store backed by one SQLite file."""
 
     kind = "sqlite"
@@ -968,7 +965,8 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
             raise link_source_not_found(src)
         doc, key = json.loads(row[0]), row[1]
         present = doc.get(relation, [])
-        new = [target for target in unique(targets) if target not in present]
+        known = set(present)  # not the list: a product of 500,000 runs made this quadratic
+        new = [target for target in unique(targets) if target not in known]
         if not new:
             return
         doc[relation] = [*present, *new]
@@ -1001,9 +999,10 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
         with self._write() as conn:
             # A replaced record's checksum rows are found through its old doc (the table's key
             # starts with the algorithm), and its edges through the links key (src, relation).
-            # Its fixity log is read under the write lock, to be kept (merge_fixity).
+            # Its last check is read under the write lock, to be kept if newer (last_check).
             stale_checksums: list[tuple[str, str, str]] = []
             replaced: list[str] = []
+            stored: dict[str, list[Doc]] = {}
             for chunk in chunked(list(latest), _IN_CHUNK):
                 rows = conn.execute(
                     "SELECT uuid, json_extract(doc, '$.checksums'), json_extract(doc, '$.fixity') "
@@ -1014,10 +1013,15 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
                     replaced.append(uuid)
                     stale_checksums += [(algorithm, digest, uuid) for algorithm, digest
                                         in json.loads(checksums or "{}").items()]
-                    stored = json.loads(fixity or "[]")
-                    given = latest[uuid].get("fixity") or []
-                    if stored and (merged := merge_fixity(stored, given)) is not given:
-                        latest[uuid] = {**latest[uuid], "fixity": merged}
+                    stored[uuid] = json.loads(fixity or "[]")
+            # The doc's checks join the history; the record keeps its last check only.
+            add_checks(conn, ((uuid, check) for uuid, doc in latest.items()
+                              for check in doc.get("fixity") or ()))
+            for uuid, doc in latest.items():
+                given = doc.get("fixity") or []
+                kept = last_check(stored.get(uuid, []), given)
+                if kept != given:
+                    latest[uuid] = {**doc, "fixity": kept}
             conn.executemany(
                 "DELETE FROM file_checksums WHERE algorithm = ? AND digest = ? AND uuid = ?",
                 stale_checksums,
@@ -1117,9 +1121,9 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
         if not checks:
             return
         with self._write() as conn:
-            # Appended by SQLite's JSON functions: no record is parsed and rewritten in Python.
+            # Set by SQLite's JSON functions: no record is parsed and rewritten in Python.
             appended = conn.executemany(
-                _APPEND_CHECK,
+                SET_LAST_CHECK,
                 [(status, check["date"], _dumps(check), status, check["date"], check["date"],
                   uuid) for uuid, check, status in checks],
             ).rowcount
@@ -1132,6 +1136,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite):
                         chunk))
                 # Raised inside the transaction: it is rolled back, nothing is written.
                 raise FileNotFound(next(uuid for uuid in wanted if uuid not in found))
+            add_checks(conn, ((uuid, check) for uuid, check, _ in checks))
 
     def unlink_job_files(self, job_uuid: str) -> int:
         relations = ", ".join(f"'{relation}'" for relation in FILE_JOB_LINK_FIELDS)

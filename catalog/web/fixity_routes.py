@@ -1,4 +1,5 @@
-"""Fixity over HTTP: the summaries of fixity runs (anyone, as file records are) and a job's
+"""Fixity over HTTP: the summaries of fixity runs and a file's fixity history (anyone, as
+file records are) and a job's
 BagIt export (the job's token or the admin token). Each route parses, calls the library and
 renders."""
 
@@ -25,6 +26,14 @@ def add_fixity_routes(app: FastAPI, catalog: Catalog) -> None:
         --older-than``), most recent first: when, how many files, their outcomes, and the
         first problems named."""
         return {"runs": catalog.store.find_fixity_runs(limit)}
+
+    @app.get("/files/{uuid}/fixity")
+    def fixity_checks(uuid: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      cursor: str | None = None) -> dict[str, Any]:
+        """A file record's fixity history, oldest first, a page at a time (``next``: the
+        cursor of the next page; the record keeps only its last check)."""
+        page = catalog.fixity_checks(uuid, limit, cursor)
+        return {"checks": page.items, "next": page.next}
 
     @app.post("/jobs/{uuid}/bag", response_class=FileResponse,
               responses={200: {"content": {"application/x-tar": {}}}, 400: {}, 401: {},

@@ -88,6 +88,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/lineage/{uuid}"): (404, 422),
     ("get", "/files"): (422,),
     ("get", "/files/{uuid}"): (404,),
+    ("get", "/files/{uuid}/fixity"): (404, 422),
     ("get", "/pipelines"): (422,),
     ("get", "/pipelines/{uuid}"): (404, 409),
     ("post", "/pipelines"): (401, 403, 422, 429),

@@ -129,7 +129,8 @@ def add_ui_routes(app: FastAPI, catalog: Catalog) -> None:
 
     @app.get("/ui/files/{uuid}", include_in_schema=False)
     def file(request: Request, uuid: str) -> HTMLResponse:
-        return render(request, "file.html", pages.file(catalog, uuid))
+        return render(request, "file.html", pages.file(
+            catalog, uuid, request.query_params.get("fixity_cursor")))
 
     @app.get("/ui/records/{uuid}", include_in_schema=False)
     def record(request: Request, uuid: str) -> HTMLResponse:

@@ -18,6 +18,7 @@ __all__ = ["dashboard", "file", "job", "jobs", "node_href", "queue", "record", "
 PAGE = 50  # rows of a table
 RECENT = 15
 LINEAGE_DEPTH, LINEAGE_EDGES = 3, 40  # what a page draws; the API walks further
+FIXITY_PAGE = 100  # fixity checks shown on a file's page (a link pages on)
 JOB_FILTERS = ("state", "pipeline", "child_of", "text", "created_after", "created_before",
                "sort")
 _CHECKSUM = re.compile(r"^[a-z0-9-]+:[0-9a-fA-F]{8,}$")
@@ -101,12 +102,15 @@ def queue(catalog: Catalog) -> dict[str, Any]:
             "columns": ("WAITING", "QUEUED", "RUNNING", "FAILED", "FINISHED", "CANCELLED")}
 
 
-def file(catalog: Catalog, uuid: str) -> dict[str, Any]:
+def file(catalog: Catalog, uuid: str, cursor: str | None = None) -> dict[str, Any]:
+    """A file record, a page of its fixity history (``cursor``: the page after) and lineage."""
     record = catalog.get_file(uuid)
     down = catalog.lineage(record.uuid, "down", 1, LINEAGE_EDGES)
     up = catalog.lineage(record.uuid, "up", 1, LINEAGE_EDGES)
     used_by = sorted({e["from"] for e in down["edges"]})
+    checks = catalog.fixity_checks(record.uuid, FIXITY_PAGE, cursor)
     return {"title": f"File {record.path}", "file": record, "used_by": used_by,
+            "checks": checks.items, "checks_next": checks.next,
             "lineage": lineage_graph(record.uuid, up, down)}
 
 
