@@ -73,7 +73,8 @@ class _Plan:
         self.catalog = catalog
         self.items = items
         self.source = source
-        self.outcomes: list[tuple[str, str, bool, bool]] = []  # uuid, state, queued, created
+        # uuid, state, queued, created, the resources its attempts ask for (as SubmitOutcome)
+        self.outcomes: list[tuple[str, str, bool, bool, Any]] = []
         self.cancelled: list[str] = []
 
     def uuids(self) -> list[str]:
@@ -98,14 +99,15 @@ class _Plan:
                                                ).model_dump(mode="json")
                     jobs[uuid] = _Job(_head(doc), doc=doc)
                     written.jobs.append(doc)
-                    self.outcomes.append((uuid, doc["state"], True, True))
+                    self.outcomes.append((uuid, doc["state"], True, True, item.info.resources))
                     continue
                 doc = item.managed.new_job().model_dump(mode="json")
                 job = jobs[uuid] = _Job(_head(doc), doc=doc)
                 written.jobs.append(doc)
             state = job.head["state"]
             if state in DONE_STATES or state in IN_FLIGHT_STATES:
-                self.outcomes.append((uuid, state, False, False))
+                kept = (job.head.get("queue") or {}).get("resources")
+                self.outcomes.append((uuid, state, False, False, kept))
                 continue
             if item.when is not None:
                 written.dependencies += [(named, uuid) for named in item.places]
@@ -113,7 +115,7 @@ class _Plan:
                 job.move = Move(uuid, job.head["version"], state, [], job.head["queue"])
                 written.moves.append(job.move)
             self._queue(item, job, jobs)
-            self.outcomes.append((uuid, job.head["state"], True, created))
+            self.outcomes.append((uuid, job.head["state"], True, created, item.info.resources))
         return written
 
     def _queue(self, item: Planned, job: _Job, jobs: dict[str, _Job]) -> None:
@@ -174,13 +176,13 @@ def write(catalog: Catalog, items: list[Planned], source: str) -> list[SubmitOut
     new = {doc["uuid"]: doc["archive_path"] for doc in written.jobs}
     paths: dict[str, str] = {}
     outcomes = []
-    for uuid, state, queued, created in plan.outcomes:
+    for uuid, state, queued, created, resources in plan.outcomes:
         if uuid not in new and uuid not in paths:  # stored before: its own archive path
             stored = catalog.store.get_job(uuid, history=False)
             paths[uuid] = str((stored or {}).get("archive_path", ""))
         outcomes.append(SubmitOutcome(
             uuid=uuid, state=state, memoised=state in DONE_STATES, queued=queued,
-            created=created, archive_path=new.get(uuid) or paths[uuid]))
+            created=created, archive_path=new.get(uuid) or paths[uuid], resources=resources))
     for uuid in plan.cancelled:
         release(catalog, uuid)
     return outcomes
