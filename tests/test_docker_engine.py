@@ -148,7 +148,8 @@ def test_a_network_must_exist_and_is_joined(docker_daemon: DockerDaemon,
     assert engine.state("job-net") == {}  # nothing was created
     with pytest.raises(ValueError, match="cannot name a docker network"):
         engine.start({**work, "network": "--privileged"}, tmp_path, 60)
-    run = engine.start({**work, "network": "none", "command": ["sleep", "30"]}, tmp_path, 60)
+    waits = ["sh", "-c", "trap 'exit 0' TERM; sleep 30 & wait"]  # stops at once when asked
+    run = engine.start({**work, "network": "none", "command": waits}, tmp_path, 60)
     try:
         host = _inspect("job-net")["HostConfig"]
         assert isinstance(host, dict) and host["NetworkMode"] == "none"
