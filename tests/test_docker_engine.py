@@ -14,7 +14,7 @@ from dockerimage import DockerDaemon
 
 from catalog.engines.docker import LABEL, DockerEngine, kernel_logged_oom
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 docker_daemon = dockerimage.docker_daemon  # the session's fixture, used by name
 
 
@@ -137,3 +137,24 @@ def test_an_oom_kill_docker_missed_is_found_in_the_kernel_log(tmp_path: Path) ->
     assert not kernel_logged_oom("0" * 64, str(log))  # another container's kill
     assert not kernel_logged_oom(f"{container},task_memcg", str(log))  # not a container id
     assert not kernel_logged_oom(container, str(tmp_path / "unreadable"))
+
+
+def test_a_network_must_exist_and_is_joined(docker_daemon: DockerDaemon,
+                                            tmp_path: Path) -> None:
+    engine = DockerEngine()
+    work = {"image": docker_daemon.image, "job_uuid": "job-net", "command": ["true"]}
+    with pytest.raises(ValueError, match="network 'no-such-net' does not exist"):
+        engine.start({**work, "network": "no-such-net"}, tmp_path, 60)
+    assert engine.state("job-net") == {}  # nothing was created
+    with pytest.raises(ValueError, match="cannot name a docker network"):
+        engine.start({**work, "network": "--privileged"}, tmp_path, 60)
+    waits = ["sh", "-c", "trap 'exit 0' TERM; sleep 30 & wait"]  # stops at once when asked
+    run = engine.start({**work, "network": "none", "command": waits}, tmp_path, 60)
+    try:
+        host = _inspect("job-net")["HostConfig"]
+        assert isinstance(host, dict) and host["NetworkMode"] == "none"
+    finally:
+        run.kill("test over")
+        run.wait(30)
+        run.result()  # removes the container
+    assert engine.state("job-net") == {}

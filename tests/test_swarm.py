@@ -20,6 +20,8 @@ from catalog.states import STATES
 from catalog.tokens import Keys
 from catalog.web import create_app
 
+pytestmark = pytest.mark.xdist_group("docker")
+
 KEYS = Keys(b"s" * 32, b"w" * 32)
 WORKER = {"authorization": KEYS.worker_token()}
 docker_daemon = dockerimage.docker_daemon  # the session's fixture, used by name
@@ -256,3 +258,36 @@ async def test_a_stopping_server_stops_its_containers_and_fails_their_jobs(
     assert job.state == "FAILED"
     assert job.history[-1].data.get("error") == "the catalog server stopped"
     assert runner.engine.state(uuid) == {}
+
+
+@pytest.mark.anyio
+async def test_a_queued_job_and_its_withheld_values_survive_a_restart(
+        docker_daemon: DockerDaemon, catalog: Catalog, tmp_path: Path) -> None:
+    """A server that acknowledged a spawn and died before its thread withdrew it: the next
+    server finds the job queued, its withheld value kept apart (mode 0600), and runs it."""
+    first = create_app(catalog)
+    first.state.swarm.stop.set()  # this server withdraws nothing: it "dies" after answering
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=first),
+                                 base_url="http://test") as opened:
+        answer = await opened.post("/v1/swarm/spawn-job", headers=WORKER, json=spawn_payload(
+            arguments=["echo hello $MY_TOKEN"], environment={"MY_TOKEN": "t0ken"}))
+    assert answer.status_code == 200, answer.text
+    uuid = answer.json()["uuid"]
+    for thread in first.state.swarm.threads:
+        thread.join(30)
+    assert catalog.get_job(uuid, history=False).state == "QUEUED"
+    kept = tmp_path / ".catalog" / "swarm-secrets" / f"{uuid}.json"
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert kept.parent.stat().st_mode & 0o777 == 0o700
+    assert "t0ken" not in str(catalog.store.get_job(uuid))
+
+    second = create_app(catalog)  # the restarted server
+    try:
+        assert STATUS_OF_STATE[wait(catalog, [uuid], timeout=60).jobs[uuid]] == "completed"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=second),
+                                     base_url="http://test") as opened:
+            logs = (await opened.get("/v1/swarm/logs/hello-1", headers=WORKER)).json()
+        assert logs == {"hello-1": "hello t0ken\n"}
+        assert not kept.exists()  # removed once the job ended
+    finally:
+        second.state.swarm.close()

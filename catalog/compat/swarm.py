@@ -2,12 +2,16 @@
 and the docker engine (DESIGN §12, §13): a spawned job is a catalog job like any other.
 
 - ``spawn-job`` submits a job of pipeline ``swarm`` whose data is the image, the command with
-  its arguments, the job name, the environment (values of names that look secret withheld:
-  they are handed to the container, never stored), the limits, and the spawn time (so that
+  its arguments, the job name, the environment (values of names that look secret withheld
+  from it: they are kept apart, in one file per job beside the server's secret file, mode 0600
+  in a 0700 directory, read back at the job's start and removed at its end; never in the job's
+  data, history or identity), the limits, and the spawn time (so that
   each spawn is a job of its own, as each is a service in Docker Swarm). One attempt, no
   retries: Swarm does not restart a job that exited. A thread of this server then withdraws it
   and runs it through the docker engine (``catalog.worker``'s loop, one job): its logs go into
-  the job's archive path, its end into its history.
+  the job's archive path, its end into its history. A restarted server starts a thread for
+  each Swarm job still queued, so that nothing acknowledged is lost; a job whose withheld
+  values are missing (the server died between storing it and keeping them) fails, saying so.
 - Where no docker daemon answers, spawn is refused (503 ``engine_unavailable``, naming why)
   before anything is stored. No fallback to local processes: a Swarm job is an image, and
   running its command on the host instead would be another job under its name.
@@ -19,6 +23,8 @@ and the docker engine (DESIGN §12, §13): a spawned job is a catalog job like a
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import tempfile
 import threading
@@ -111,10 +117,19 @@ class SwarmRunner:
         self.engine = engine or DockerEngine()
         self.stop = threading.Event()
         self.workdir = Path(tempfile.gettempdir()) / "catalog-swarm"
-        self.secrets: dict[str, dict[str, str]] = {}
+        self.secrets = SecretsStore(Path(catalog.settings.secret_file).parent / "swarm-secrets")
         self.lock = threading.Lock()  # a name is checked and taken at once
         self.threads: list[threading.Thread] = []
         self.runs: dict[str, Run] = {}  # the containers in hand, by job UUID
+
+    def resume(self) -> int:
+        """Start a thread for each Swarm job left queued (by a server that stopped); how many."""
+        count = 0
+        for job in visible_jobs(self.catalog):
+            if job.state == "QUEUED":
+                self.launch()
+                count += 1
+        return count
 
     def launch(self) -> None:
         thread = threading.Thread(target=self._run_one, name="swarm-job", daemon=True)
@@ -122,6 +137,8 @@ class SwarmRunner:
         thread.start()
 
     def _run_one(self) -> None:
+        if self.stop.is_set():
+            return  # a stopping server withdraws nothing: the job stays queued for the next
         queue = LocalQueue(self.catalog, SOURCE)
         options = WorkerOptions(WorkFilter(pipelines=[PIPELINE]), lives=1, lease=LEASE_S,
                                 workdir=self.workdir)
@@ -139,6 +156,46 @@ class SwarmRunner:
             thread.join(timeout)
 
 
+class SecretsStore:
+    """Withheld environment values, one JSON file per job UUID, readable by this server's user
+    only: kept (durably) before a spawn is answered, so a restart does not lose them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, uuid: str) -> Path:
+        if not re.match(r"^[0-9a-f-]{36}$", uuid):
+            raise InvalidInput(f"job UUID {uuid!r}")
+        return self.root / f"{uuid}.json"
+
+    def keep(self, uuid: str, values: dict[str, str]) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        path = self._path(uuid)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(values, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        dir_fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def read(self, uuid: str) -> dict[str, str] | None:
+        try:
+            values = json.loads(self._path(uuid).read_text())
+        except FileNotFoundError:
+            return None
+        return {str(key): str(value) for key, value in values.items()}
+
+    def remove(self, uuid: str) -> None:
+        self._path(uuid).unlink(missing_ok=True)
+
+
 class _SwarmWorker(Worker):
     def __init__(self, runner: SwarmRunner, *args: Any) -> None:
         super().__init__(*args)
@@ -146,7 +203,11 @@ class _SwarmWorker(Worker):
 
     def _work(self, job: Withdrawn) -> dict[str, Any]:
         environment = dict(job.data.get("environment") or {})
-        environment.update(self.runner.secrets.pop(job.uuid, {}))
+        kept = self.runner.secrets.read(job.uuid)
+        if kept is None and WITHHELD in environment.values():
+            raise ValueError("the withheld environment values of this job were not kept "
+                             "(the server stopped as it was spawned); spawn it again")
+        environment.update(kept or {})
         return {**job.data, "environment": environment, "job_uuid": job.uuid}
 
     def run_one(self, job: Withdrawn) -> Attempt:
@@ -155,6 +216,7 @@ class _SwarmWorker(Worker):
             return super().run_one(job)
         finally:
             self.runner.runs.pop(job.uuid, None)
+            self.runner.secrets.remove(job.uuid)
 
 
 class _Tracked:
@@ -256,7 +318,8 @@ def spawn(runner: SwarmRunner, document: Any) -> dict[str, Any]:
         outcome = submit(catalog, SubmitRequest(
             pipeline=PIPELINE, data=data, retries=0, timeout=TIMEOUT_S, tags=["swarm"],
             agent="swarm", products="leave", plots="leave"), SOURCE)
-        runner.secrets[outcome.uuid] = secrets
+        if secrets:
+            runner.secrets.keep(outcome.uuid, secrets)
     runner.launch()
     return {"job_name": name, "uuid": outcome.uuid,
             "status": status_of(catalog.get_job(outcome.uuid, history=False))}

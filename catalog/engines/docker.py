@@ -225,8 +225,9 @@ class DockerEngine:
         return done.returncode == 0
 
     def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> DockerRun:
-        """Start ``work`` (``image``, ``command``, optional ``environment``, ``limits``
-        and ``job_uuid``, the container's name) detached; ValueError for work that cannot run
+        """Start ``work`` (``image``, ``command``, optional ``environment``, ``limits``,
+        ``network`` (a docker network that must exist) and ``job_uuid``, the container's
+        name) detached; ValueError for work that cannot run
         here (no image, an image not present, bad limits), DockerUnavailable without a
         daemon."""
         image = work.get("image")
@@ -241,6 +242,14 @@ class DockerEngine:
         if not self.has_image(image):
             raise ValueError(f"image {image!r} is not on this machine, and nothing is pulled "
                              "here: load or build it first")
+        network = work.get("network")
+        if network is not None:
+            if not isinstance(network, str) or not _CONTAINER_NAME.match(network):
+                raise ValueError(f"{network!r} cannot name a docker network")
+            if self._call("network", "inspect", "--", network).returncode != 0:
+                raise ValueError(f"docker network {network!r} does not exist here: create it "
+                                 "first (nothing is created for a job)")
+            flags = [*flags, "--network", network]
         workdir.mkdir(parents=True, exist_ok=True)
         client_env = {**os.environ, **environment}
         done = self._call(

@@ -50,6 +50,7 @@ def add_swarm_routes(app: FastAPI, catalog: Catalog) -> swarm.SwarmRunner:
     ``app.state.swarm``)."""
     runner = swarm.SwarmRunner(catalog)
     app.state.swarm = runner
+    runner.resume()
 
     def check(request: Request, action: str) -> str:
         token = _token(request)
