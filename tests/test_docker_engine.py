@@ -14,7 +14,7 @@ from dockerimage import DockerDaemon
 
 from catalog.engines.docker import LABEL, DockerEngine, kernel_logged_oom
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
+pytestmark = pytest.mark.slow
 docker_daemon = dockerimage.docker_daemon  # the session's fixture, used by name
 
 

@@ -20,8 +20,6 @@ from catalog.states import STATES
 from catalog.tokens import Keys
 from catalog.web import create_app
 
-pytestmark = pytest.mark.xdist_group("docker")
-
 KEYS = Keys(b"s" * 32, b"w" * 32)
 WORKER = {"authorization": KEYS.worker_token()}
 docker_daemon = dockerimage.docker_daemon  # the session's fixture, used by name

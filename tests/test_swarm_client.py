@@ -16,7 +16,7 @@ import pytest
 from dockerimage import DockerDaemon
 from test_chime_clients import Client, client_venv, start_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
+pytestmark = pytest.mark.slow
 docker_daemon = dockerimage.docker_daemon  # the session's fixture, used by name
 
 # The client's calls, one JSON line each on stdin; each answer (or the HTTP error) a line.
