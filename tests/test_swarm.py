@@ -4,6 +4,7 @@ reads, refusals that store nothing, and jobs spawned into a dockerd of the tests
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,11 @@ async def test_a_spawned_job_runs_in_docker_and_is_a_catalog_job(
     names = [entry.name for entry in job.history]
     assert names.index("queue") < names.index("run") < names.index("finish")
     assert "t0ken" not in str(catalog.store.get_job(uuid))
-    logged = catalog.find_files(job=uuid).items  # the container's output, archived
+    # the container's output, archived and indexed by the worker right after the job's
+    # finish, which is what woke the wait
+    deadline = time.monotonic() + 30
+    while len(logged := catalog.find_files(job=uuid).items) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sorted(str(f["path"]).rsplit("/", 1)[-1] for f in logged) == ["stderr.txt",
                                                                          "stdout.txt"]
     assert all(f["checksums"]["sha256"] and f["generated_by"] == [uuid] for f in logged)
