@@ -26,31 +26,17 @@ _FILE_FIELDS = ("path", "kind", "status")  # what a file's node shows
 
 
 def _describe(catalog: Catalog, uuid: str, depth: int,
-              files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+              records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A node: its uuid, type, distance from the root, and a few fields of its record.
 
-    File records (most of the nodes of a large answer) come in ``files``: their shown fields,
-    read in batches.
+    Records (file fields, job fields with their run's times) come in ``records``, read in
+    batches by ``_read_records``; pipelines and entities (few in an answer) are read here.
     """
     kind = uuid_type(uuid)
     node: dict[str, Any] = {"uuid": uuid, "type": kind.name, "depth": depth}
     store = catalog.store
-    if kind is UUIDType.pipelinejob:
-        job = store.get_job(uuid, history=False)
-        if job is None:  # deleted (catalog.deletion): shown from its tombstone, marked so
-            job = store.get_tombstone(uuid)
-            if job is not None:
-                node.update(deleted=job["deleted"]["date"])
-        if job is not None:
-            node.update(state=job["state"], pipeline_uuid=job["pipeline_uuid"],
-                        archive_path=job["archive_path"])
-            run = (job.get("data") or {}).get("openlineage")
-            if isinstance(run, dict) and "runId" in run:  # times and parent from its events
-                from catalog.openlineage_views import run_times
-
-                node.update(run_id=run["runId"], **run_times(catalog, run["runId"]))
-    elif kind is UUIDType.file:
-        node.update(files.get(uuid, {}))
+    if kind in (UUIDType.pipelinejob, UUIDType.file):
+        node.update(records.get(uuid, {}))
     elif kind is UUIDType.pipeline:
         pipeline = store.get_pipeline(uuid)
         if pipeline is not None:
@@ -60,6 +46,34 @@ def _describe(catalog: Catalog, uuid: str, depth: int,
         if entity is not None:
             node.update(name=entity["name"], uri=entity.get("uri"))
     return node
+
+
+def _job_fields(catalog: Catalog, uuids: list[str]) -> dict[str, dict[str, Any]]:
+    """What the nodes of the jobs of ``uuids`` show, by uuid: one read of their heads and one
+    of their runs' events per batch (a deleted job is shown from its tombstone, marked so)."""
+    from catalog.openlineage_views import runs_times
+
+    heads = catalog.store.get_jobs(uuids)
+    shown: dict[str, dict[str, Any]] = {}
+    runs: dict[str, str] = {}
+    for uuid in uuids:
+        fields: dict[str, Any] = {}
+        job = heads.get(uuid)
+        if job is None:
+            job = catalog.store.get_tombstone(uuid)
+            if job is not None:
+                fields.update(deleted=job["deleted"]["date"])
+        if job is not None:
+            fields.update(state=job["state"], pipeline_uuid=job["pipeline_uuid"],
+                          archive_path=job["archive_path"])
+            run = (job.get("data") or {}).get("openlineage")
+            if isinstance(run, dict) and "runId" in run:  # times and parent from its events
+                runs[uuid] = run["runId"]
+        shown[uuid] = fields
+    times = runs_times(catalog, list(runs.values())) if runs else {}
+    for uuid, run_id in runs.items():
+        shown[uuid].update(run_id=run_id, **times.get(run_id, {}))
+    return shown
 
 
 def _known(catalog: Catalog, uuid: str) -> bool:
@@ -132,16 +146,19 @@ def lineage(catalog: Catalog, uuid: str, direction: str = "up", depth: int = 5,
             frontier = following
     # File records (most of a large answer) are read a batch at a time, and only what a node
     # shows of them is kept: whole records of a large answer would take gigabytes.
-    files: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any]] = {}
     # Files with earlier versions (rare): whoever used them is told which version it was.
     versioned: dict[str, dict[str, Any]] = {}
     for batch in chunked([n for n in distance if n.startswith(UUIDType.file.prefix)], _BATCH):
         for uuid, record in catalog.store.get_files(batch).items():
-            files[uuid] = {key: record[key] for key in _FILE_FIELDS}
+            records[uuid] = {key: record[key] for key in _FILE_FIELDS}
             if record.get("versions"):
-                files[uuid].update(version=record["version"], versions=record["versions"])
+                records[uuid].update(version=record["version"], versions=record["versions"])
                 versioned[uuid] = record
-    nodes = [_describe(catalog, node, distance[node], files)
+    for batch in chunked([n for n in distance if n.startswith(UUIDType.pipelinejob.prefix)],
+                         _BATCH):
+        records.update(_job_fields(catalog, batch))
+    nodes = [_describe(catalog, node, distance[node], records)
              for node in sorted(distance, key=lambda n: (distance[n], n))]
     found_edges: list[dict[str, Any]] = [
         {"from": src, "relation": relation, "to": dst} for src, relation, dst in sorted(edges)]

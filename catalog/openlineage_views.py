@@ -19,7 +19,7 @@ from catalog.errors import EntityNotFound, InvalidInput, RunNotFound
 from catalog.identifiers import UUIDType
 from catalog.openlineage_events import TERMINAL, normalise, run_id_of
 
-__all__ = ["get_dataset", "get_run", "list_datasets", "run_times"]
+__all__ = ["get_dataset", "get_run", "list_datasets", "run_times", "runs_times"]
 
 STATES = {"COMPLETE": "COMPLETED", "FAIL": "FAILED", "ABORT": "ABORTED"}
 _MAX_EVENTS = 1000  # a run's events read back (a run of more keeps the latest)
@@ -81,7 +81,17 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_times(catalog: Catalog, run_id: str) -> dict[str, Any]:
     """``{"state", "startedAt", "endedAt", "parent"}`` of a run (lineage nodes show them)."""
-    events = catalog.store.lineage_events(run_id=run_id, limit=_MAX_EVENTS)
+    return _times(catalog.store.lineage_events(run_id=run_id, limit=_MAX_EVENTS))
+
+
+def runs_times(catalog: Catalog, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``run_times`` of each of ``run_ids``, by run id, from one batched read of their
+    events (a lineage answer's jobs, not one query per job)."""
+    events = catalog.store.lineage_events_of_runs(run_ids, limit=_MAX_EVENTS)
+    return {run_id: _times(events.get(run_id, [])) for run_id in run_ids}
+
+
+def _times(events: list[dict[str, Any]]) -> dict[str, Any]:
     if not events:
         return {}
     summary = summarise(events)

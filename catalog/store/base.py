@@ -423,6 +423,12 @@ class Store(Protocol):
         """The tombstone of a deleted (not yet purged) job."""
         ...
 
+    def get_jobs(self, uuids: list[str]) -> dict[str, Doc]:
+        """The heads (no history, no results) of the jobs of ``uuids`` that exist, by uuid,
+        read a batch at a time (lineage describes a level of nodes in one query, not one
+        query per node)."""
+        ...
+
     def purge_job(self, uuid: str, page: int = 1000) -> bool:
         """Erase a tombstoned job: unlink its file records (``page`` at a time, the records
         and their fixity stay), then its history, links from and to it, its dependencies both
@@ -602,6 +608,12 @@ class Store(Protocol):
         """Keep an OpenLineage event (``event_id``, ``run_id``, ``parent_run_id``, ``job``,
         ``datasets``: uuids, ...) unless its ``event_id`` is stored, with its ``entities``
         (as ``upsert_entities``) and ``links`` (as ``add_links``); whether it was new."""
+        ...
+
+    def lineage_events_of_runs(self, run_ids: list[str],
+                               limit: int = 1000) -> dict[str, list[Doc]]:
+        """The events of each of ``run_ids`` (the last ``limit`` of each, oldest first), by
+        run id, in one batched read; runs without events are left out."""
         ...
 
     def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,

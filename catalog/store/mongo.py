@@ -476,6 +476,15 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
             return doc
         return {**doc, "history": self._entries(doc)}
 
+    def get_jobs(self, uuids: list[str]) -> dict[str, Doc]:
+        wanted = unique(uuids)
+        if not wanted:
+            return {}
+        with self._guard:
+            docs = list(self._jobs.find({"uuid": {"$in": wanted}}, _WITHOUT_HISTORY))
+        found = {doc["uuid"]: doc for doc in self._links.attach(docs, JOB_LINK_FIELDS)}
+        return {uuid: found[uuid] for uuid in wanted if uuid in found}
+
     def history_page(self, head: Doc, after: int = 0, limit: int = 1000) -> list[Doc]:
         with self._guard:
             return list(self._history.find(

@@ -101,6 +101,20 @@ class OpenLineageMongo:
                          .sort("_id", DESCENDING).limit(limit))
         return found[::-1]
 
+    def lineage_events_of_runs(self, run_ids: list[str],
+                               limit: int = 1000) -> dict[str, list[Doc]]:
+        check_limit(limit)
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return {}
+        with self._guard:
+            docs = list(self._ol_events.find({"run_id": {"$in": wanted}}, _NO_ID)
+                        .sort("_id", ASCENDING))
+        found: dict[str, list[Doc]] = {}
+        for doc in docs:
+            found.setdefault(doc["run_id"], []).append(doc)
+        return {run_id: events[-limit:] for run_id, events in found.items()}
+
     def lineage_namespaces(self, name: str | None = None, limit: int = 100,
                            offset: int = 0) -> tuple[list[Doc], int]:
         check_limit(limit)

@@ -23,7 +23,18 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.store.base import Doc, Link, Page, check_limit, decode_cursor, page_of
+from catalog.store.base import (
+    Doc,
+    Link,
+    Page,
+    check_limit,
+    chunked,
+    decode_cursor,
+    page_of,
+    unique,
+)
+
+_IN_CHUNK = 500  # run ids per IN (...) list, well under SQLite's bound on parameters
 
 # The OpenLineage products of earlier versions (a dataset a run wrote: a namespace, and
 # generated_by) join the reference of the same namespace and name (the dataset read): their
@@ -206,6 +217,19 @@ class OpenLineageSQLite:
             params = [value, limit]
         rows = self._connection().execute(sql, params).fetchall()
         return [json.loads(row[0]) for row in reversed(rows)]
+
+    def lineage_events_of_runs(self, run_ids: list[str],
+                               limit: int = 1000) -> dict[str, list[Doc]]:
+        check_limit(limit)
+        found: dict[str, list[Doc]] = {}
+        conn = self._connection()
+        for chunk in chunked(unique(run_ids), _IN_CHUNK):
+            rows = conn.execute(
+                "SELECT run_id, doc FROM ol_events WHERE run_id IN "
+                f"({', '.join('?' * len(chunk))}) ORDER BY seq", chunk)
+            for run_id, doc in rows:
+                found.setdefault(run_id, []).append(json.loads(doc))
+        return {run_id: events[-limit:] for run_id, events in found.items()}
 
     def lineage_namespaces(self, name: str | None = None, limit: int = 100,
                            offset: int = 0) -> tuple[list[Doc], int]:

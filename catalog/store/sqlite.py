@@ -579,6 +579,16 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     def get_job(self, uuid: str, history: bool = True) -> Doc | None:
         return self._read_job(self._connection(), uuid, history)
 
+    def get_jobs(self, uuids: list[str]) -> dict[str, Doc]:
+        wanted = unique(uuids)
+        found: dict[str, Doc] = {}
+        conn = self._connection()
+        for chunk in chunked(wanted, _IN_CHUNK):
+            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE uuid IN "
+                                f"({', '.join('?' * len(chunk))})", chunk)
+            found.update((row[0], self._job_from_row(row)) for row in rows)
+        return {uuid: found[uuid] for uuid in wanted if uuid in found}
+
     def _read_job(self, conn: sqlite3.Connection, uuid: str, history: bool) -> Doc | None:
         row = conn.execute(f"SELECT {_JOB_COLUMNS}, results FROM jobs WHERE uuid = ?",
                            (uuid,)).fetchone()
