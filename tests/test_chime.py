@@ -199,6 +199,9 @@ async def test_delete_hides_and_results_mark_without_erasing(
     ({"pipeline": ""}, "pipeline"),
     ({"event": ["one"]}, "event"),
     ({"tags": [f"t{n}" for n in range(40)]}, "tags"),
+    ({"attempt": False}, "attempt"),  # numbers are numbers, not booleans or text
+    ({"priority": "3"}, "priority"),
+    ({"start": True}, "start"),
 ])
 async def test_a_malformed_work_is_refused_and_nothing_stored(
         catalog: Catalog, client: httpx.AsyncClient, change: dict[str, Any], why: str) -> None:

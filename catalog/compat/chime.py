@@ -26,7 +26,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from catalog.catalog import Catalog, parse_document
 from catalog.errors import InvalidInput, LeaseNotHeld, SchemaViolation
@@ -78,7 +78,8 @@ Status = Literal["created", "queued", "running", "success", "failure", "cancelle
 
 
 class WorkIn(BaseModel):
-    """A Work as the clients send it (every field, nulls included); the rest is ignored."""
+    """A Work as the clients send it (every field, nulls included); the rest is ignored.
+    Numbers are numbers: ``true`` is no attempt count, ``"3"`` no priority."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -91,18 +92,18 @@ class WorkIn(BaseModel):
     results: dict[str, Any] | None = None
     products: list[str] | None = None
     plots: list[str] | None = None
-    event: list[int] | None = Field(None, max_length=1000)
+    event: list[StrictInt] | None = Field(None, max_length=1000)
     tags: list[str] | None = None
-    timeout: int = Field(3600, ge=1, le=MAX_TIMEOUT_S)
-    retries: int = Field(2, ge=0, le=5)
-    priority: int = Field(3, ge=1, le=5)
+    timeout: StrictInt = Field(3600, ge=1, le=MAX_TIMEOUT_S)
+    retries: StrictInt = Field(2, ge=0, le=5)
+    priority: StrictInt = Field(3, ge=1, le=5)
     config: dict[str, Any] | None = None
     notify: dict[str, Any] | None = None
     id: str | None = None
     status: Status | None = None
-    attempt: int | None = Field(None, ge=0)
-    start: float | None = None
-    stop: float | None = None
+    attempt: StrictInt | None = Field(None, ge=0)
+    start: StrictFloat | None = None
+    stop: StrictFloat | None = None
 
     @model_validator(mode="after")
     def _one_way_to_run(self) -> WorkIn:
