@@ -200,20 +200,25 @@ def _cursor(event_id: str) -> tuple[str, str, int]:
     return when, uuid, int(version)
 
 
-def test_ids_order_what_is_sent_and_resume_exactly_after_one(catalog: Catalog,
-                                                              subscribe: Any) -> None:
-    """A burst puts several jobs' steps in one millisecond: the ids still follow the order
-    the messages are sent in, and resuming from any of them gives exactly the rest."""
+def test_a_reconnection_from_any_id_loses_nothing_sent_after_it(catalog: Catalog,
+                                                                subscribe: Any) -> None:
+    """A burst puts several jobs' steps in one millisecond, and a read can fall between two
+    of them: resuming from any id gives every step sent after it (the other jobs' steps of
+    its millisecond may come again: at least once, never lost), each job's in order."""
     first = subscribe()
     for _ in range(40):
         queued(catalog)
     sent = [first.next() for _ in range(80)]
-    cursors = [_cursor(event_id) for event_id, _ in sent]
-    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+    steps = [_cursor(event_id) for event_id, _ in sent]
+    assert len(set(steps)) == len(steps)
+    for uuid in {uuid for _, uuid, _ in steps}:  # each job's steps in order
+        assert [version for _, job, version in steps if job == uuid] == [1, 2]
     for cut in (1, 25, 51, 79):
         resumed = subscribe(last_event_id=sent[cut - 1][0])
-        rest = [resumed.next()[0] for _ in range(80 - cut)]
-        assert rest == [event_id for event_id, _ in sent[cut:]]
+        when, uuid, version = steps[cut - 1]
+        again = [s for s in steps[:cut] if s[0] == when and s[1] != uuid]
+        rest = {_cursor(resumed.next()[0]) for _ in range(80 - cut + len(again))}
+        assert rest == set(steps[cut:]) | set(again)
         assert resumed.nothing_within(0.2)
         resumed.close()
 

@@ -136,9 +136,9 @@ class Follower:
     def changes(self) -> list[dict[str, Any]]:
         """The changes not sent yet, oldest first (blocking: call it in a thread).
 
-        Oldest first is (time, uuid, version), the order of the messages' ids, so that a
-        reconnection's ``Last-Event-ID`` splits what was sent from what was not even when
-        several jobs changed within one millisecond (the dates' resolution)."""
+        Oldest first is (time, uuid, version) within a read. Across reads two jobs' steps of
+        one millisecond (the dates' resolution) can come in either order, which is why a
+        reconnection resends the other jobs' steps of its last event's millisecond."""
         found: list[dict[str, Any]] = []
         while True:
             heads = self.catalog.store.changed_jobs(self.read_from, BATCH)
@@ -168,11 +168,19 @@ class Follower:
         steps = []
         for seq, entry in enumerate(self.catalog.store.history_page(head, after, MAX_STEPS),
                                     start=after + 1):
-            if last is None and (str(entry["date"]), uuid, seq) <= self.resume:
+            if last is None and self._sent_before(str(entry["date"]), uuid, seq):
                 continue  # from before the subscription (or the reconnection's last event)
             if self.wanted.wants_state(str(entry["state"])):
                 steps.append(self._message(head, seq, entry))
         return steps
+
+    def _sent_before(self, date: str, uuid: str, seq: int) -> bool:
+        """Whether a step came before the point this subscription starts from. Dates have
+        millisecond resolution, and another job's step of the resumed millisecond may have
+        been committed after the client's last read: those are sent again (at least once,
+        never lost); the resumed job's own steps up to its version are not."""
+        when, resumed_uuid, version = self.resume
+        return date < when or (uuid == resumed_uuid and seq <= version)
 
     def _message(self, head: dict[str, Any], seq: int, entry: dict[str, Any]
                  ) -> dict[str, Any]:
