@@ -45,8 +45,12 @@ def catalog(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def queued(catalog: Catalog, n: int, retries: int = 0) -> str:
-    return submit(catalog, {"pipeline": "step", "data": {"command": ["step", str(n)]},
+    """A queued job, withdrawn after those queued before it: jobs of one priority go oldest
+    first, by their queued time (milliseconds), and by UUID within a millisecond."""
+    uuid = submit(catalog, {"pipeline": "step", "data": {"command": ["step", str(n)]},
                             "retries": retries}).uuid
+    time.sleep(0.002)
+    return uuid
 
 
 def end(catalog: Catalog, uuid: str, error: str | None = None) -> None:
@@ -162,7 +166,7 @@ def test_catalog_wait_is_woken_by_an_event_another_process_applies(
     finally:
         if waiter.poll() is None:
             os.killpg(waiter.pid, signal.SIGKILL)
-            waiter.wait()
+            waiter.communicate()  # reaped, its pipes closed
     assert waiter.returncode == 1, stderr
     assert json.loads(stdout) == {"jobs": {a: "FINISHED", b: "FAILED"}, "timed_out": False}
     assert woken_after < WATCHED_FALLBACK_S / 2  # the event woke it, not the safety net
