@@ -16,7 +16,9 @@ is sent twice.
 
 Each message's id is ``time|uuid|version``, from the history: a client that reconnects with
 ``Last-Event-ID`` gets the steps of every job dated after that point (``EventSource`` sends it
-by itself). What it cannot get back: steps of a job deleted meanwhile, and steps of a job
+by itself), and other jobs' steps of that same millisecond again (dates have millisecond
+resolution, and one of them may have been committed after the client's last read: at least
+once, never lost). What it cannot get back: steps of a job deleted meanwhile, and steps of a job
 whose history has moved on by more than ``MAX_STEPS`` since.
 """
 
@@ -79,7 +81,7 @@ def _earlier(text: str, seconds: float) -> str:
     return format_date(moment - timedelta(seconds=seconds))
 
 
-Cursor = tuple[str, str, int]  # (time, uuid, version): the order messages are sent in
+Cursor = tuple[str, str, int]  # (time, uuid, version): a message's id
 
 
 def parse_last_event_id(value: str | None) -> Cursor | None:
