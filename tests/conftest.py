@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import httpx
 import pymongo
 import pytest
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ from catalog.indexer import file_uuid
 from catalog.models import FileRecord, utc_now
 from catalog.store import Store, open_store
 from catalog.tokens import Keys
+from catalog.web import create_app
 
 LINEAGE_KEYS = Keys(b"l" * 32, b"a" * 32)
 MONGODB_URI_ENV = "CATALOG_TEST_MONGODB_URI"
@@ -159,6 +161,39 @@ def store(store_url: str) -> Iterator[Store]:
     opened = open_store(store_url)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def queue_catalog(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                  ) -> Iterator[Callable[..., Catalog]]:
+    """Opens a catalog on the test's store (in a working directory of its own) with these
+    keys and pipelines: a module's ``catalog`` fixture, in one line. Closed after the test."""
+    monkeypatch.chdir(tmp_path)
+    opened: list[Catalog] = []
+
+    def open_(keys: Keys, *pipelines: str) -> Catalog:
+        catalog = Catalog.open(store_url, keys=keys, sqlite_synchronous="NORMAL")
+        opened.append(catalog)
+        for name in pipelines:
+            catalog.add_pipeline(name)
+        return catalog
+
+    yield open_
+    for catalog in opened:
+        catalog.close()
+
+
+@pytest.fixture
+async def client(catalog: Catalog) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API of the test module's ``catalog``, in process (httpx's ASGI transport)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(catalog)),
+                                 base_url="http://test", timeout=60) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,25 +18,14 @@ from catalog import Catalog, ManagedPipelineJob
 from catalog.errors import InvalidCondition, JobDeleted
 from catalog.identifiers import UUIDType, typed_uuid
 from catalog.tokens import Keys
-from catalog.web import create_app
 
 KEYS = Keys(b"q" * 32, b"r" * 32)
 SCRIPT = Path(sys.executable).parent / "catalog"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def catalog(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[Catalog]:
-    monkeypatch.chdir(tmp_path)
-    opened = Catalog.open(store_url, keys=KEYS, sqlite_synchronous="NORMAL")
-    opened.add_pipeline("step")
-    yield opened
-    opened.close()
+def catalog(queue_catalog: Callable[..., Catalog]) -> Catalog:
+    return queue_catalog(KEYS, "step")
 
 
 def deleted_job(catalog: Catalog) -> str:
@@ -80,13 +69,6 @@ def test_python_single_and_batch(catalog: Catalog) -> None:
         catalog.submit("step", {"n": 5}, when={"job": never, "is": "ended"})
     with pytest.raises(InvalidCondition, match="neither an earlier item's key"):
         catalog.submit_many([work(6, when={"job": never, "is": "ended"})])
-
-
-@pytest.fixture
-async def client(catalog: Catalog) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(catalog)),
-                                 base_url="http://test") as opened:
-        yield opened
 
 
 @pytest.mark.anyio

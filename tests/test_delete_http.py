@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +15,14 @@ import pytest
 
 from catalog import Catalog, ManagedPipelineJob
 from catalog.tokens import Keys, keys_from_env_or_file
-from catalog.web import create_app
 
 KEYS = Keys(b"h" * 32, b"i" * 32)
 SCRIPT = Path(sys.executable).parent / "catalog"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def catalog(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[Catalog]:
-    monkeypatch.chdir(tmp_path)
-    opened = Catalog.open(store_url, keys=KEYS, sqlite_synchronous="NORMAL")
-    opened.add_pipeline("step")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-async def client(catalog: Catalog) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(catalog))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as opened:
-        yield opened
+def catalog(queue_catalog: Callable[..., Catalog]) -> Catalog:
+    return queue_catalog(KEYS, "step")
 
 
 def make_job(catalog: Catalog, n: int) -> ManagedPipelineJob:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -11,7 +10,6 @@ import pytest
 
 from catalog import Catalog
 from catalog.tokens import Keys
-from catalog.web import create_app
 
 KEYS = Keys(b"h" * 32, b"k" * 32)
 WORK = {"pipeline": "reduce", "data": {"function": "pkg.mod.f", "parameters": {"n": 1}}}
@@ -19,25 +17,8 @@ FILTER = {"filter": {"pipelines": ["reduce"]}, "worker": "w1", "lease": 30}
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def catalog(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[Catalog]:
-    monkeypatch.chdir(tmp_path)
-    opened = Catalog.open(store_url, keys=KEYS, sqlite_synchronous="NORMAL")
-    opened.add_pipeline("reduce")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-async def client(catalog: Catalog) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(catalog)),
-                                 base_url="http://test") as opened:
-        yield opened
+def catalog(queue_catalog: Callable[..., Catalog]) -> Catalog:
+    return queue_catalog(KEYS, "reduce")
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from catalog.models import QueueInfo
 from catalog.queue import end_attempt, withdraw
 from catalog.queue.models import WorkFilter
 from catalog.tokens import Keys
-from catalog.web import create_app
 from catalog.worker import LocalQueue, Worker, WorkerOptions
 
 KEYS = Keys(b"r" * 32, b"s" * 32)
@@ -29,13 +28,8 @@ WORK = {"command": ["sh", "-c", "echo \"{'cores': $CATALOG_CORES, 'memory': "
 
 
 @pytest.fixture
-def catalog(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[Catalog]:
-    monkeypatch.chdir(tmp_path)
-    opened = Catalog.open(store_url, keys=KEYS, sqlite_synchronous="NORMAL")
-    opened.add_pipeline("reduce")
-    yield opened
-    opened.close()
+def catalog(queue_catalog: Callable[..., Catalog]) -> Catalog:
+    return queue_catalog(KEYS, "reduce")
 
 
 def jobs_stored(catalog: Catalog) -> int:
@@ -126,18 +120,6 @@ def test_the_worker_hands_the_resources_to_the_engine(catalog: Catalog, tmp_path
     assert [a.state for a in attempts] == ["FINISHED", "FINISHED"]
     assert catalog.get_job(asked.uuid).results == {"cores": 3, "memory": 1024, "time": 120}
     assert catalog.get_job(legacy.uuid).results == {"cores": 5, "memory": 64, "time": 30}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def client(catalog: Catalog) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(catalog)),
-                                 base_url="http://test") as opened:
-        yield opened
 
 
 @pytest.mark.anyio

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,25 +23,14 @@ from catalog.queue import end_attempt, submit, withdraw
 from catalog.queue.models import TIMEOUT_EXIT
 from catalog.queue.waits import WATCHED_FALLBACK_S
 from catalog.tokens import Keys
-from catalog.web import create_app
 
 KEYS = Keys(b"w" * 32, b"a" * 32)
 SCRIPT = Path(sys.executable).parent / "catalog"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def catalog(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[Catalog]:
-    monkeypatch.chdir(tmp_path)
-    opened = Catalog.open(store_url, keys=KEYS, sqlite_synchronous="NORMAL")
-    opened.add_pipeline("step")
-    yield opened
-    opened.close()
+def catalog(queue_catalog: Callable[..., Catalog]) -> Catalog:
+    return queue_catalog(KEYS, "step")
 
 
 def queued(catalog: Catalog, n: int, retries: int = 0) -> str:
@@ -104,13 +93,6 @@ def test_a_wait_refuses_unknown_jobs_and_bad_bounds(catalog: Catalog) -> None:
         catalog.wait([], timeout=1)
     with pytest.raises(InvalidInput):
         catalog.wait([queued(catalog, 1)], timeout=-1)
-
-
-@pytest.fixture
-async def client(catalog: Catalog) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(catalog)),
-                                 base_url="http://test", timeout=60) as opened:
-        yield opened
 
 
 @pytest.mark.anyio
