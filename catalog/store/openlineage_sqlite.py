@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from catalog.store.base import (
+    ENTITY_LINK_FIELDS,
     Doc,
     Link,
     Page,
@@ -33,6 +34,7 @@ from catalog.store.base import (
     page_of,
     unique,
 )
+from catalog.store.sqlite_links import attach
 
 _IN_CHUNK = 500  # run ids per IN (...) list, well under SQLite's bound on parameters
 
@@ -277,5 +279,7 @@ class OpenLineageSQLite:
             f"IS NOT NULL ORDER BY {', '.join(_DATASET_KEY)} LIMIT ? OFFSET ?",
             [*params, limit + 1, offset]).fetchall()
         docs = [json.loads(row[0]) for row in rows]
-        return page_of(docs, limit, "namespace", "name", "uuid")
+        page = page_of(docs, limit, "namespace", "name", "uuid")
+        attach(self._connection(), page.items, ENTITY_LINK_FIELDS)  # lists: sqlite_links
+        return page
 
