@@ -276,7 +276,7 @@ def heartbeat(catalog: Catalog, uuid: str, worker: str, lease: int | None = None
 
 def _ender(catalog: Catalog, worker: str | None, error: str | None,
            results: dict[str, Any] | None, source: str, expired_before: str | None,
-           attempts: list[int]) -> Decide:
+           attempts: list[int], told: dict[str, Any] | None = None) -> Decide:
     """The decide of ``end_attempt``; it notes the attempt it ended in ``attempts``."""
 
     def decide(head: Doc) -> Outcome:
@@ -295,6 +295,7 @@ def _ender(catalog: Catalog, worker: str | None, error: str | None,
         data: Doc = {"attempt": attempt, "worker": queue["lease"]["worker"]}
         if error is not None:
             data["error"] = error
+        data.update(told or {})
         entry = catalog.history_entry(head["uuid"], event, data, source, state)
         changes: Doc = {"queue": {**queue, "lease": None, "stop": entry["date"],
                                   "reason": error}}
@@ -306,13 +307,14 @@ def _ender(catalog: Catalog, worker: str | None, error: str | None,
 
 
 def end_attempt(catalog: Catalog, uuid: str, worker: str, error: str | None,
-                results: dict[str, Any] | None = None, source: str = "python") -> str:
+                results: dict[str, Any] | None = None, source: str = "python",
+                told: dict[str, Any] | None = None) -> str:
     """End ``worker``'s running attempt on ``uuid`` (it must hold the lease): ``finish`` with
     ``results`` when ``error`` is None, else ``fail`` with it, then ``retry`` while attempts
-    remain. Returns the job's state then."""
+    remain; ``told`` goes into the event's data. Returns the job's state then."""
     attempts: list[int] = []
     applied = _apply(catalog, uuid, _ender(catalog, worker, error, results, source, None,
-                                           attempts))
+                                           attempts, told))
     if error is not None and not applied.duplicate:
         try:
             applied = _apply(catalog, uuid, _retrier(catalog, attempts, source))
