@@ -139,15 +139,17 @@ class _CpuUse:
 
 _CPUS = _CpuUse()
 _GROUPS_LOCK = threading.Lock()
-_GROUPS: list[MemoryGroups | None] = []  # opened once per process: [groups] or [None]
+_GROUPS: dict[int, MemoryGroups | None] = {}  # pid -> its groups (a forked child: its own)
 
 
 def memory_groups() -> MemoryGroups | None:
     """This process's memory groups, None where it may make none (opened on first use)."""
     with _GROUPS_LOCK:
-        if not _GROUPS:
-            _GROUPS.append(MemoryGroups.open())
-        return _GROUPS[0]
+        pid = os.getpid()
+        if pid not in _GROUPS:
+            _GROUPS.clear()
+            _GROUPS[pid] = MemoryGroups.open()
+        return _GROUPS[pid]
 
 
 class LocalRun:
