@@ -24,7 +24,7 @@ from catalog import Catalog
 from catalog.engines import LocalEngine
 from catalog.engines.cgroups import MemoryGroups
 from catalog.engines.guard import remove_cgroup
-from catalog.engines.local import memory_groups
+from catalog.engines.local import CPU_USE, memory_groups
 from catalog.queue.models import WorkFilter
 from catalog.tokens import Keys
 from catalog.worker import LocalQueue, Worker, WorkerOptions
@@ -312,4 +312,17 @@ def test_the_engine_is_safe_to_start_from_many_threads(module: Path) -> None:
     for thread in threads:
         thread.join(60)
     assert errors == [None] * 8
+    assert _job_groups(groups) == before
+
+
+def test_a_start_that_fails_leaves_no_group_and_holds_no_cpu(tmp_path: Path) -> None:
+    groups = _groups()
+    before = _job_groups(groups)
+    engine = LocalEngine()
+    with pytest.raises(FileNotFoundError):
+        engine.start({"command": ["no-such-program-here"], "resources": {"memory": 64}},
+                     tmp_path / "missing", 10)
+    with pytest.raises(ValueError, match="a command is a list of strings"):
+        engine.start({"command": 3, "resources": {"cores": 1}}, tmp_path / "bad", 10)
+    assert CPU_USE.held() == {}
     assert _job_groups(groups) == before

@@ -136,8 +136,13 @@ class _CpuUse:
             for cpu in cpus:
                 self._held[cpu] -= 1
 
+    def held(self) -> dict[int, int]:
+        """How many runs hold each CPU (those held by none left out)."""
+        with self._lock:
+            return {cpu: count for cpu, count in self._held.items() if count}
 
-_CPUS = _CpuUse()
+
+CPU_USE = _CpuUse()
 _GROUPS_LOCK = threading.Lock()
 _GROUPS: dict[int, MemoryGroups | None] = {}  # pid -> its groups (a forked child: its own)
 
@@ -202,7 +207,8 @@ class LocalRun:
         try:  # set only now, so that nothing of this process's is ever killed by it
             MemoryGroups.limit(self._group)
         except OSError as exc:
-            if exc.errno != errno.EBUSY:
+            if exc.errno != errno.EBUSY:  # no limit: the job does not run without one
+                self.kill(f"its memory limit could not be set: {exc}")
                 raise
             self._oom = (f"{OUT_OF_MEMORY}: the job used more than its memory ({memory} MB) "
                          "as it started and was killed")
@@ -247,7 +253,8 @@ class LocalRun:
                              "of its processes in its memory cgroup)")
             group.remove()
         if limits.cpus is not None:
-            _CPUS.give(limits.cpus)
+            CPU_USE.give(limits.cpus)
+            limits.cpus = None  # given back once
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s (less if the work's own time runs out first)."""
@@ -312,13 +319,13 @@ class LocalEngine:
         for malformed resources or more than this machine has: then nothing starts)."""
         limits = self.limits(work, timeout)
         if limits is not None:
-            limits.cpus = _CPUS.take(os.sched_getaffinity(0), limits.cores)
+            limits.cpus = CPU_USE.take(os.sched_getaffinity(0), limits.cores)
         resources = None if limits is None else _resources_env(limits)
         try:
             return self._start(work, workdir, timeout, limits, resources)
         except BaseException:
             if limits is not None and limits.cpus is not None:
-                _CPUS.give(limits.cpus)
+                CPU_USE.give(limits.cpus)
             raise
 
     def _start(self, work: dict[str, Any], workdir: Path, timeout: int,
