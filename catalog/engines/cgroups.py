@@ -10,7 +10,8 @@ group whatever process group or session they move to: the kernel's OOM killer ac
 ``memory.oom_control`` counts its kills, and at the end whatever is left in it is killed and
 the group removed. A worker killed outright: its guard removes its groups
 (``Guard.remove_at_death``); a guard killed too: the next worker started under the same parent
-removes the groups of workers that have gone.
+removes the groups of workers that have gone (by pid and start time: workers sharing a parent
+group are assumed to share a pid namespace, as processes of one machine or container do).
 
 Where groups cannot be made (no cgroup v1 memory controller, cgroup v2 only, not root and no
 delegated group), ``MemoryGroups.open`` answers None and the engine falls back to a limit per

@@ -28,6 +28,8 @@ a job on its nodes, and told them in ``CATALOG_CORES``, ``CATALOG_MEMORY_MB`` an
   reported with its exit code and the limit it ran under.
 - **time**: the job's wall time and its timeout, the smaller wins; the reason says which.
 
+Work that asks for no resources runs as it always did: on every CPU, with no memory limit.
+
 Both are set without a ``preexec_fn`` or a wrapper, keeping ``vfork``: the starting thread
 takes the job's affinity and cgroup for the instant of the start, then its own back.
 """
