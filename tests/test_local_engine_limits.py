@@ -7,6 +7,7 @@ killed outright."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,9 +128,10 @@ def test_a_job_past_its_memory_fails_out_of_memory_children_included(
     assert stored.state == "FAILED"
     events = [(entry.name, entry.data.get("error")) for entry in stored.history
               if entry.name in ("fail", "retry")]
-    reason = ("OUT_OF_MEMORY: the job went past its memory (64 MB) and was killed (the kernel "
-              "killed 1 of its processes in its memory cgroup)")
-    assert events == [("fail", reason), ("retry", None), ("fail", reason)]
+    assert [name for name, _ in events] == ["fail", "retry", "fail"]
+    reason = (r"OUT_OF_MEMORY: the job went past its memory \(64 MB\) and was killed \(the "
+              r"kernel killed [1-9][0-9]* of its processes in its memory cgroup\)")
+    assert all(re.fullmatch(reason, str(events[i][1])) for i in (0, 2)), events
     # The leader exited 0, but its child was killed for memory: the job failed all the same;
     # the sleeper it left in a session of its own died with the job's group.
     assert not _running(int(sleeper.read_text()))
