@@ -290,7 +290,8 @@ def test_a_worker_killed_outright_leaves_no_cgroup_behind(
         _wait_for(lambda: not Path(group).exists(), 10, "the job's cgroup to be removed: "
                   f"{_left(Path(group))}")
         _wait_for(lambda: not _running(int(leader)), 10, "the job to be killed")
-        assert not Path(group).parent.exists()  # nor the dead worker's directory
+        _wait_for(lambda: not Path(group).parent.exists(), 10,  # nor its worker's directory
+                  "the dead worker's directory to be removed")
     finally:
         if worker.poll() is None:
             worker.kill()
