@@ -24,6 +24,11 @@ def outputs_of_line(line: str) -> Outputs | None:
     return outputs
 
 
+class EngineAway(RuntimeError):
+    """An engine's client failed or its daemon or controller did not answer (why, in the
+    message): the dispatcher tries again on its next tick."""
+
+
 @dataclass
 class Execution:
     """How a run ended."""
