@@ -9,9 +9,16 @@ and the docker engine (DESIGN §12, §13): a spawned job is a catalog job like a
   each spawn is a job of its own, as each is a service in Docker Swarm). One attempt, no
   retries: Swarm does not restart a job that exited. A thread of this server then withdraws it
   and runs it through the docker engine (``catalog.worker``'s loop, one job): its logs go into
-  the job's archive path, its end into its history. A restarted server starts a thread for
-  each Swarm job still queued, so that nothing acknowledged is lost; a job whose withheld
-  values are missing (the server died between storing it and keeping them) fails, saying so.
+  the job's archive path, its end into its history. A job whose withheld values are missing
+  (the server died between storing it and keeping them) fails, saying so.
+- The lease of a running Swarm job is held as ``swarm:HOST`` (the host of the docker daemon
+  the server drives), and its container (named by the job UUID) is removed only once its end
+  is recorded. So a server restarted after dying (SIGKILL included) loses nothing and starts
+  nothing twice: it starts a thread for each Swarm job still queued, and adopts each one
+  running under its host's name: follows its container again (started before, or ended
+  meanwhile: its logs and exit code are read then), or starts it when there is none (the
+  server died before ``docker run``). A lock file per job (``swarm-locks`` beside the secret
+  file, held while a thread follows it) keeps two servers of one host from following one job.
 - Where no docker daemon answers, spawn is refused (503 ``engine_unavailable``, naming why)
   before anything is stored. No fallback to local processes: a Swarm job is an image, and
   running its command on the host instead would be another job under its name.
@@ -23,9 +30,12 @@ and the docker engine (DESIGN §12, §13): a spawned job is a catalog job like a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -36,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalog.catalog import Catalog, parse_document
 from catalog.engines.base import Run
-from catalog.engines.docker import DockerEngine, DockerUnavailable
+from catalog.engines.docker import DockerEngine, DockerRun, DockerUnavailable
 from catalog.errors import (
     CatalogError,
     EngineUnavailable,
@@ -45,7 +55,7 @@ from catalog.errors import (
     NotFound,
 )
 from catalog.identifiers import pipeline_uuid
-from catalog.models import MAX_TIMEOUT_S, AuditEntry, Job, utc_now
+from catalog.models import MAX_TIMEOUT_S, AuditEntry, Job, QueueInfo, format_date, utc_now
 from catalog.patterns import Pattern
 from catalog.queue import cancel, submit
 from catalog.queue.models import SubmitRequest, Withdrawn, WorkFilter
@@ -117,34 +127,85 @@ class SwarmRunner:
         self.engine = engine or DockerEngine()
         self.stop = threading.Event()
         self.workdir = Path(tempfile.gettempdir()) / "catalog-swarm"
-        self.secrets = SecretsStore(Path(catalog.settings.secret_file).parent / "swarm-secrets")
+        home = Path(catalog.settings.secret_file).parent
+        self.secrets = SecretsStore(home / "swarm-secrets")
+        self.locks = home / "swarm-locks"
         self.lock = threading.Lock()  # a name is checked and taken at once
         self.threads: list[threading.Thread] = []
         self.runs: dict[str, Run] = {}  # the containers in hand, by job UUID
+        self.name = f"swarm:{socket.gethostname()}"  # the leases' holder, across restarts
 
     def resume(self) -> int:
-        """Start a thread for each Swarm job left queued (by a server that stopped); how many."""
+        """Start a thread for each Swarm job left queued, and adopt each one left running on
+        this host, by a server that stopped (or died); how many."""
         count = 0
         for job in visible_jobs(self.catalog):
+            lease = job.queue.lease if job.queue is not None else None
             if job.state == "QUEUED":
                 self.launch()
-                count += 1
+            elif job.state == "RUNNING" and lease is not None and lease.worker == self.name:
+                self.launch(adopt=job.uuid)
+            else:
+                continue
+            count += 1
         return count
 
-    def launch(self) -> None:
-        thread = threading.Thread(target=self._run_one, name="swarm-job", daemon=True)
+    def launch(self, adopt: str | None = None) -> None:
+        thread = threading.Thread(target=self._run_one, args=(adopt,), name="swarm-job",
+                                  daemon=True)
         self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         thread.start()
 
-    def _run_one(self) -> None:
+    def _run_one(self, adopt: str | None = None) -> None:
         if self.stop.is_set():
             return  # a stopping server withdraws nothing: the job stays queued for the next
         queue = LocalQueue(self.catalog, SOURCE)
         options = WorkerOptions(WorkFilter(pipelines=[PIPELINE]), lives=1, lease=LEASE_S,
-                                workdir=self.workdir)
-        job = queue.withdraw(options.work_filter, options.name, options.lease)
-        if job is not None:
-            _SwarmWorker(self, queue, options, self.engine, self.stop).run_one(job)
+                                workdir=self.workdir, name=self.name)
+        job = queue.withdraw(options.work_filter, options.name, options.lease) \
+            if adopt is None else self._held(queue, adopt)
+        if job is None:
+            return
+        with self._followed(job.uuid) as mine:
+            if mine:
+                _SwarmWorker(self, queue, options, self.engine, self.stop,
+                             adopted=adopt is not None).run_one(job)
+
+    def _held(self, queue: LocalQueue, uuid: str) -> Withdrawn | None:
+        """The running job ``uuid`` as a withdraw hands it, its lease renewed; None when it is
+        no longer this host's."""
+        try:
+            queue.heartbeat(uuid, self.name, LEASE_S)
+        except CatalogError:  # ended, cancelled or taken meanwhile
+            return None
+        head = self.catalog.store.get_job(uuid, history=False)
+        if head is None:
+            return None
+        held = QueueInfo.model_validate(head["queue"])
+        if held.lease is None:
+            return None
+        return Withdrawn(uuid=uuid, pipeline=PIPELINE, data=head["data"],
+                         archive_path=head["archive_path"], attempt=held.attempt,
+                         timeout=held.timeout, lease_expiry=format_date(held.lease.expiry),
+                         token=self.catalog.job_token(uuid), queue=held)
+
+    @contextlib.contextmanager
+    def _followed(self, uuid: str) -> Iterator[bool]:
+        """Hold the job's lock file while its container is followed: True when this thread
+        has it, False when another server (of this host) follows the job. The kernel drops
+        the lock of a process that dies."""
+        self.locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.locks / f"{uuid}.lock"
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                path.unlink(missing_ok=True)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the containers in hand (their jobs fail, saying so) and wait for their reports
@@ -197,9 +258,10 @@ class SecretsStore:
 
 
 class _SwarmWorker(Worker):
-    def __init__(self, runner: SwarmRunner, *args: Any) -> None:
+    def __init__(self, runner: SwarmRunner, *args: Any, adopted: bool = False) -> None:
         super().__init__(*args)
         self.runner = runner
+        self.adopted = adopted  # its container may run already (started before a restart)
 
     def _work(self, job: Withdrawn) -> dict[str, Any]:
         environment = dict(job.data.get("environment") or {})
@@ -211,27 +273,36 @@ class _SwarmWorker(Worker):
         return {**job.data, "environment": environment, "job_uuid": job.uuid}
 
     def run_one(self, job: Withdrawn) -> Attempt:
-        self.engine = _Tracked(self.runner)
+        self.engine = _Tracked(self.runner, self.adopted)
         try:
             return super().run_one(job)
         finally:
             self.runner.runs.pop(job.uuid, None)
             self.runner.secrets.remove(job.uuid)
+            with contextlib.suppress(DockerUnavailable):  # once its end is recorded
+                self.runner.engine.remove(job.uuid)
 
 
 class _Tracked:
-    """The runner's engine, each run it starts kept by job UUID until it is reported."""
+    """The runner's engine, each run it starts (or, adopting, finds running) kept by job UUID
+    until it is reported; its container is left for run_one to remove."""
 
     name = "docker"
 
-    def __init__(self, runner: SwarmRunner) -> None:
+    def __init__(self, runner: SwarmRunner, adopted: bool) -> None:
         self.runner = runner
+        self.adopted = adopted
 
     def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> Run:
         if self.runner.stop.is_set():
             raise ValueError("the catalog server is stopping")
-        run = self.runner.engine.start(work, workdir, timeout)
-        self.runner.runs[str(work["job_uuid"])] = run
+        engine, uuid = self.runner.engine, str(work["job_uuid"])
+        run = engine.attach(uuid, workdir, timeout) if self.adopted else None
+        if run is None:
+            name, container, limited = engine.run_container(work, workdir)
+            run = DockerRun(engine, name, container, workdir, timeout,
+                            memory_limited=limited, keep=True)
+        self.runner.runs[uuid] = run
         return run
 
 
