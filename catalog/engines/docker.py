@@ -5,7 +5,9 @@ kernel killed it for memory are read from ``docker inspect``, its output from ``
 Nothing is ever pulled (``--pull never``, and an image that is not present is refused before
 anything runs). The daemon is whichever the ``docker`` client reaches (``DOCKER_HOST``).
 Environment values are handed to the client in its own environment and named with ``-e NAME``,
-so that no value (a token, say) appears on a command line.
+so that no value (a token, say) appears on a command line (docker_flags.py builds the flags).
+A container started before a restart is followed again with ``attach``; many containers at once,
+for ``catalog run --engine docker``, are docker_fleet.py's.
 """
 
 from __future__ import annotations
@@ -22,88 +24,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from catalog.engines.base import EngineAway, Execution, Resources, last_line, outputs_of_line
+from catalog.engines.base import EngineAway, Execution, last_line, outputs_of_line
 from catalog.engines.call import Outputs
+from catalog.engines.docker_flags import environment_of, limit_flags, mount_flags
 from catalog.engines.local import command_argv
 
 LABEL = "org.catalog.job"  # the job UUID, on every container this engine starts
 _CLI_TIMEOUT_S = 60.0  # any one docker client call (a start included)
 _KILL_TIMEOUT_S = 10  # docker stop's grace before SIGKILL
 _LOG_BYTES = 16 * 1024 * 1024  # of a container's output kept in its work directory
-_MIN_MEMORY = 6 * 1024 * 1024  # the least docker accepts for --memory
 _KMSG = "/dev/kmsg"
 _KMSG_RECORDS = 100_000  # at most this many records read (the ring buffer holds far fewer)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 
 class DockerUnavailable(EngineAway):
     """No docker daemon answers (why, in the message)."""
-
-
-def _limits(work: dict[str, Any]) -> list[str]:
-    """``--memory``, ``--memory-reservation`` (bytes) and ``--cpus`` from the work's ``limits``
-    (docker's own terms, as Swarm gives them), else from the job's ``resources`` (cores, and
-    memory in MB: catalog.engines.base.Resources)."""
-    if work.get("limits") is None and work.get("resources") is not None:
-        asked = Resources.of(work, 1)  # ValueError, saying which, when they are bad
-        memory_mb = asked.memory_mb
-        work = {"limits": {"cpus": asked.cores, **(
-            {"memory": memory_mb * 1024 * 1024} if memory_mb is not None else {})}}
-    resources = work.get("limits") or {}
-    if not isinstance(resources, dict):
-        raise ValueError("the work's limits are not a JSON object")
-    flags: list[str] = []
-    memory = resources.get("memory")
-    reservation = resources.get("memory_reservation")
-    cpus = resources.get("cpus")
-    if memory is not None:
-        if not isinstance(memory, int) or memory < _MIN_MEMORY:
-            raise ValueError(f"a memory limit is at least {_MIN_MEMORY} bytes, not {memory!r}")
-        flags += ["--memory", str(memory)]
-    if reservation is not None:
-        if not isinstance(reservation, int) or reservation < 0 or (
-                memory is not None and reservation > memory):
-            raise ValueError(f"a memory reservation is 0 to the limit, not {reservation!r}")
-        if reservation:
-            flags += ["--memory-reservation", str(reservation)]
-    if cpus is not None:
-        if not isinstance(cpus, int | float) or not 0 < cpus <= (os.cpu_count() or 1):
-            raise ValueError(f"a CPU limit is more than 0 and at most this machine's "
-                             f"{os.cpu_count() or 1} cores, not {cpus!r}")
-        flags += ["--cpus", f"{float(cpus):g}"]
-    return flags
-
-
-def _environment(work: dict[str, Any]) -> dict[str, str]:
-    environment = work.get("environment") or {}
-    if not isinstance(environment, dict):
-        raise ValueError("the work's environment is not a JSON object")
-    for name, value in environment.items():
-        if not _ENV_NAME.match(str(name)) or not isinstance(value, str):
-            raise ValueError(f"environment variable {name!r}: a name of letters, digits and "
-                             "_ with a string value")
-    return {str(name): str(value) for name, value in environment.items()}
-
-
-def _mounts(work: dict[str, Any]) -> list[str]:
-    """``--mount`` (bind, read-write) for each of the work's ``mounts``, and ``--workdir``."""
-    flags: list[str] = []
-    for mount in work.get("mounts") or []:
-        source, target = str(mount.get("source", "")), str(mount.get("target", ""))
-        for path in (source, target):
-            if not os.path.isabs(path) or "," in path or "=" in path:
-                raise ValueError(f"a mount is between absolute paths without ',' or '=', not "
-                                 f"{path!r}")
-        if not os.path.isdir(source):
-            raise ValueError(f"the directory {source!r} to mount does not exist")
-        flags += ["--mount", f"type=bind,source={source},target={target}"]
-    cwd = work.get("workdir_in")
-    if cwd is not None:
-        if not isinstance(cwd, str) or not cwd.startswith("/"):
-            raise ValueError(f"a container's working directory is absolute, not {cwd!r}")
-        flags += ["--workdir", cwd]
-    return flags
 
 
 def started_at(state: dict[str, Any]) -> float | None:
@@ -293,8 +229,8 @@ class DockerEngine:
         if not isinstance(image, str) or not image or image.startswith("-"):
             raise ValueError("the work names no container image")
         argv = command_argv(work.get("command")) if work.get("command") is not None else []
-        environment = _environment(work)
-        flags = [*_limits(work), *_mounts(work)]
+        environment = environment_of(work)
+        flags = [*limit_flags(work), *mount_flags(work)]
         name = str(work.get("job_uuid") or f"catalog-{uuid_module.uuid4()}")
         if not _CONTAINER_NAME.match(name):
             raise ValueError(f"{name!r} cannot name a container")
