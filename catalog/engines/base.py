@@ -41,6 +41,7 @@ class Execution:
     stdout: Path | None = None
     stderr: Path | None = None
     native_id: str = ""
+    result_missing: bool = False  # a function's report file was not there to read
 
 
 class Run(Protocol):
@@ -102,6 +103,7 @@ def read_execution(code: int | None, stdout: Path, stderr: Path, result_file: Pa
         except (OSError, ValueError):
             execution.error = f"the function's process ended with code {code} and no " \
                               "result (see its stderr)"
+            execution.result_missing = True
             return execution
         if "error" in document:
             execution.error = str(document["error"])

@@ -17,7 +17,8 @@ cancelled in it (config/mappings/slurm.toml and docker.toml say which states mea
 With ``report_url`` Slurm's nodes report each job's start and outcome to its webhook (node.py)
 as ``update`` events in its history; the job still ends once, here, from Slurm's state and the
 work's files: the node's reports never end a job, so a node that cannot reach the catalog
-changes nothing but its history.
+changes nothing but its history. Where a function's report file is missing here (a node whose
+disk is not the dispatcher's), the results its node reported are taken instead.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from catalog.engines.base import EngineAway, Execution
+from catalog.engines.call import Outputs
 from catalog.errors import CatalogError, LeaseNotHeld
 from catalog.queue.models import Withdrawn, WorkFilter
 from catalog.worker import QueueClient, completion_of
@@ -267,6 +269,8 @@ class Dispatcher:
 
     def _report(self, uuid: str, workdir: Path, execution: Execution,
                 run: FleetRun | None = None) -> None:
+        if execution.result_missing:
+            execution = self._as_the_node_reported(uuid, execution)
         completion = completion_of(self.options.name, execution, workdir)
         try:
             state = self.queue.complete(uuid, completion)
@@ -284,6 +288,24 @@ class Dispatcher:
             self._forget(run)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _as_the_node_reported(self, uuid: str, execution: Execution) -> Execution:
+        """A function whose report file is missing here (the node's disk is not this one's,
+        or it was lost) ends with the results its node reported through the webhook, when it
+        reported a success (node.py's ``ended`` update of this native id); else as it was."""
+        try:
+            updates = self.queue.updates(uuid)
+        except CatalogError:
+            return execution
+        for data in reversed(updates):
+            if data.get("stage") == "ended" and data.get("native_id") == execution.native_id:
+                results = data.get("results")
+                if data.get("exit_code") != 0 or "error" in data or not isinstance(results,
+                                                                                   dict):
+                    return execution
+                return Execution(0, outputs=Outputs(results), stdout=execution.stdout,
+                                 stderr=execution.stderr, native_id=execution.native_id)
+        return execution
 
     def _forget(self, run: FleetRun) -> None:
         """The engine's job released (after the report: a restart in between finds it, sees
