@@ -195,7 +195,10 @@ class _SwarmWorker(Worker):
         work = {key: value for key, value in job.data.items() if key not in _ENGINE_ONLY}
         work.update(environment=environment, job_uuid=job.uuid)
         if job.data.get("mount_archiver") is True:
-            archive = archive_directory(self.runner.catalog, job.archive_path)
+            try:
+                archive = archive_directory(self.runner.catalog, job.archive_path)
+            except InvalidInput as exc:  # the archive root moved to S3 since the spawn
+                raise ValueError(exc.message) from None
             archive.mkdir(parents=True, exist_ok=True)
             work["mounts"] = [{"source": str(archive), "target": ARCHIVE_MOUNT}]
         return work
