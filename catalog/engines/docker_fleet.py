@@ -7,7 +7,8 @@ with it and the dispatcher's name, all followed with one ``docker inspect`` a ti
   reaches ``docker run``: no mounts, network or privileges a job could ask for itself.
 - The job's work directory is bound read-write at ``/work``, where the command starts: a
   product it writes there and names on its last line of output (``({...}, ["out.csv"], [])``,
-  relative or under ``/work``) is archived and indexed with fixity like any worker's.
+  relative or under ``/work``) is archived and indexed with fixity like any worker's. (A bind
+  mount is a path of the daemon's machine: the dispatcher runs beside its dockerd.)
 - The job's timeout is kept from the container's own start time (so a restarted dispatcher
   keeps it too): SIGTERM at the timeout, SIGKILL ``STOP_GRACE_S`` later.
 - How a container ended maps to an event through config/mappings/docker.toml: COMPLETED,
