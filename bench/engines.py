@@ -38,7 +38,7 @@ from catalog import Catalog  # noqa: E402
 from catalog.engines import LocalEngine  # noqa: E402
 from catalog.engines.dispatcher import Dispatcher, DispatchOptions  # noqa: E402
 from catalog.engines.local import memory_groups  # noqa: E402
-from catalog.engines.slurm import SlurmEngine  # noqa: E402
+from catalog.engines.slurm import SlurmEngine, SlurmFleet  # noqa: E402
 from catalog.engines.slurm_client import SlurmClient  # noqa: E402
 from catalog.queue.models import WorkFilter  # noqa: E402
 from catalog.tokens import Keys  # noqa: E402
@@ -106,7 +106,7 @@ def catalog_slurm(client: SlurmClient, jobs: int, root: Path, tag: str) -> float
                                   name=f"bench-{tag}", max_in_flight=max(jobs, 1), poll=POLL_S,
                                   lives=jobs, sleep=POLL_S)
         started = time.perf_counter()
-        ended = Dispatcher(LocalQueue(catalog, "bench"), SlurmEngine(client), options,
+        ended = Dispatcher(LocalQueue(catalog, "bench"), SlurmFleet(SlurmEngine(client)), options,
                            threading.Event()).run()
         took = time.perf_counter() - started
         assert len(ended) == jobs and {e.state for e in ended} == {"FINISHED"}, ended[:3]

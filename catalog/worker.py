@@ -53,6 +53,10 @@ class QueueClient(Protocol):
         """Fail expired leases (the local queue does; a server sweeps on its own)."""
         ...
 
+    def updates(self, uuid: str) -> list[dict[str, Any]]:
+        """The data of the job's ``update`` events (what its node reported), oldest first."""
+        ...
+
 
 class LocalQueue:
     """The queue of a catalog opened in this process."""
@@ -84,6 +88,10 @@ class LocalQueue:
         from catalog.queue import sweep
 
         sweep(self.catalog)
+
+    def updates(self, uuid: str) -> list[dict[str, Any]]:
+        return [dict(entry.data) for entry in self.catalog.get_job(uuid).history
+                if entry.name == "update"]
 
 
 class HTTPQueue:
@@ -142,6 +150,18 @@ class HTTPQueue:
 
     def sweep(self) -> None:
         self._call("/queue/sweep", {})
+
+    def updates(self, uuid: str) -> list[dict[str, Any]]:
+        """From the job's history (``GET /jobs/{uuid}/history``)."""
+        try:
+            with urlopen(f"{self.url}/jobs/{quote(uuid)}/history",  # noqa: S310 (checked)
+                         timeout=self.timeout) as response:
+                history = json.loads(response.read())["history"]
+        except (URLError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise CatalogError(f"cannot read the history of {uuid} at {self.url}: {exc}") \
+                from None
+        return [dict(entry.get("data") or {}) for entry in history
+                if isinstance(entry, dict) and entry.get("name") == "update"]
 
 
 def worker_name() -> str:

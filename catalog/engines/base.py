@@ -24,6 +24,11 @@ def outputs_of_line(line: str) -> Outputs | None:
     return outputs
 
 
+class EngineAway(RuntimeError):
+    """An engine's client failed or its daemon or controller did not answer (why, in the
+    message): the dispatcher tries again on its next tick."""
+
+
 @dataclass
 class Execution:
     """How a run ended."""
@@ -36,6 +41,7 @@ class Execution:
     stdout: Path | None = None
     stderr: Path | None = None
     native_id: str = ""
+    result_missing: bool = False  # a function's report file was not there to read
 
 
 class Run(Protocol):
@@ -97,6 +103,7 @@ def read_execution(code: int | None, stdout: Path, stderr: Path, result_file: Pa
         except (OSError, ValueError):
             execution.error = f"the function's process ended with code {code} and no " \
                               "result (see its stderr)"
+            execution.result_missing = True
             return execution
         if "error" in document:
             execution.error = str(document["error"])

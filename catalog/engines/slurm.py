@@ -209,6 +209,58 @@ def execution_of(state: NativeState | None, workdir: Path, result_file: Path | N
     return execution
 
 
+class SlurmFleet:
+    """The slurm engine as the dispatcher drives it (catalog.engines.dispatcher.Fleet): jobs
+    named by their UUID, all followed with one ``squeue`` a tick (and the jobcomp log for those
+    it no longer shows). With ``report_url`` (the catalog's base URL) the nodes report to each
+    job's webhook (node.py)."""
+
+    name = "slurm"
+
+    def __init__(self, engine: SlurmEngine | None = None, report_url: str | None = None) -> None:
+        self.engine = engine or SlurmEngine()
+        self.client = self.engine.client
+        self.report_url = report_url
+
+    def start(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
+              token: str) -> SlurmRun:
+        report = self.report_url
+        return self.engine.start(
+            work, workdir, timeout, name=uuid,
+            secrets={"CATALOG_JOB_TOKEN": token} if token else None,
+            report_url=f"{report.rstrip('/')}/jobs/{uuid}/events" if report and token
+            else None)
+
+    def find(self, uuids: list[str]) -> dict[str, str]:
+        wanted = set(uuids)
+        found = [*self.client.ended_from_log().values(), *self.client.states().values()]
+        return {state.name: state.native_id for state in found if state.name in wanted}
+
+    def adopt(self, uuid: str, native_id: str, workdir: Path, timeout: int) -> SlurmRun:
+        result_file = workdir / ".result.json" if (workdir / ".parameters.json").exists() \
+            else None
+        return SlurmRun(self.client, native_id, uuid, workdir, result_file)
+
+    def follow(self, runs: list[Any]) -> list[Any]:
+        states = self.client.states()
+        logged: dict[str, NativeState] | None = None
+        ended = []
+        for run in runs:
+            if run.native_id not in states and logged is None:
+                logged = self.client.ended_from_log()
+            if run.observe(states, logged):
+                ended.append(run)
+        return ended
+
+    def discard(self, uuid: str, native_id: str) -> None:
+        state = self.client.states().get(native_id)
+        if state is not None and not state.ended:
+            self.client.scancel([native_id])
+
+    def release(self, run: Any) -> None:
+        """Nothing to remove: Slurm forgets ended jobs on its own."""
+
+
 def _oom(stderr: Path) -> bool:
     try:
         with open(stderr, "rb") as handle:
