@@ -9,13 +9,11 @@ attributes (``Job.queue``) changing in the same write, so every step is provenan
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from catalog.catalog import Catalog, parse_document
 from catalog.errors import (
-    CatalogError,
     EventNotAllowed,
     InvalidCondition,
     InvalidInput,
@@ -23,13 +21,13 @@ from catalog.errors import (
     JobNotFound,
     LeaseNotHeld,
 )
-from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
-from catalog.models import QueueInfo, format_date, utc_now
+from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid, random_typed_uuids
+from catalog.models import QueueInfo, format_date, utc_now, utc_now_text
 from catalog.queue.conditions import Value, check, evaluate, find_cycle
 from catalog.queue.models import SubmitOutcome, SubmitRequest, Withdrawn, WorkFilter
 from catalog.queue.release import after_event, release, settle
 from catalog.states import allowed_events, next_state
-from catalog.store.base import Applied, ClaimLost, Decide, Doc
+from catalog.store.base import Applied, ClaimLost, Decide, Doc, Move, PlanSweep
 
 # A job in one of these has run to success: submitting it again answers it, memoised.
 DONE_STATES = frozenset({"FINISHED", "INDEXING", "VALIDATING", "VALIDATED", "FINALIZED"})
@@ -274,20 +272,12 @@ def heartbeat(catalog: Catalog, uuid: str, worker: str, lease: int | None = None
     return expiry
 
 
-def _ender(catalog: Catalog, worker: str | None, error: str | None,
-           results: dict[str, Any] | None, source: str, expired_before: str | None,
-           attempts: list[int]) -> Decide:
+def _ender(catalog: Catalog, worker: str, error: str | None,
+           results: dict[str, Any] | None, source: str, attempts: list[int]) -> Decide:
     """The decide of ``end_attempt``; it notes the attempt it ended in ``attempts``."""
 
     def decide(head: Doc) -> Outcome:
-        if worker is not None:
-            queue = _check_holder(head, worker)
-        else:
-            queue = dict(head.get("queue") or {})
-            lease = queue.get("lease")
-            if head["state"] != "RUNNING" or lease is None or expired_before is None or \
-                    lease["expiry"] >= expired_before:
-                raise ClaimLost(head["uuid"])  # renewed, ended or reported meanwhile
+        queue = _check_holder(head, worker)
         attempt = int(queue["lease"]["attempt"])
         attempts.append(attempt)
         event = "finish" if error is None else "fail"
@@ -311,8 +301,7 @@ def end_attempt(catalog: Catalog, uuid: str, worker: str, error: str | None,
     ``results`` when ``error`` is None, else ``fail`` with it, then ``retry`` while attempts
     remain. Returns the job's state then."""
     attempts: list[int] = []
-    applied = _apply(catalog, uuid, _ender(catalog, worker, error, results, source, None,
-                                           attempts))
+    applied = _apply(catalog, uuid, _ender(catalog, worker, error, results, source, attempts))
     if error is not None and not applied.duplicate:
         try:
             applied = _apply(catalog, uuid, _retrier(catalog, attempts, source))
@@ -380,40 +369,58 @@ def cancel(catalog: Catalog, uuid: str, reason: str = "cancelled by a user",
 
 
 # the sweep and the counts -------------------------------------------------------------------
-def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000,
-          on_error: Callable[[str, CatalogError], None] | None = None) -> dict[str, int]:
+LEASE_EXPIRED = "lease expired"
+
+
+def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000
+          ) -> dict[str, int]:
     """Fail every attempt whose lease expired before ``now`` (reason ``lease expired``) and
-    retry those with attempts left. The expired leases come from an index; the events go to
-    the store together (``apply_events``: a few commits, not one each)."""
+    retry those with attempts left. The expired leases come from an index, a chunk at a time,
+    each job's fail and retry one move of its head (``Store.sweep_leases``)."""
     now_text = format_date(now or utc_now())
-    expired = catalog.store.expired_leases(now_text, limit)
-    attempts: dict[str, list[int]] = {uuid: [] for uuid in expired}
-    events: list[tuple[str, str | None, Decide]] = []
-    for uuid in expired:  # each job's fail then its retry: one write of the job on SQLite
-        events.append((uuid, None, _ender(catalog, None, "lease expired", None, SOURCE,
-                                          now_text, attempts[uuid])))
-        events.append((uuid, None, _retrier(catalog, attempts[uuid], SOURCE)))
-    outcomes = catalog.store.apply_events(events)
-    failed = _settled(expired, outcomes[0::2], on_error)
-    retried = _settled(expired, outcomes[1::2], on_error)
-    for uuid in set(failed) - set(retried):  # final failures: their dependents are decided
+    read, moves = catalog.store.sweep_leases(now_text, limit, _sweep_plan(catalog, now_text))
+    final = [move.uuid for move in moves if move.state != "QUEUED"]
+    for uuid in final:  # final failures: their dependents are decided
         release(catalog, uuid)
-    return {"expired": len(expired), "failed": len(failed), "retried": len(retried)}
+    return {"expired": read, "failed": len(moves), "retried": len(moves) - len(final)}
 
 
-def _settled(uuids: list[str], outcomes: list[Applied | Exception],
-             on_error: Callable[[str, CatalogError], None] | None) -> list[str]:
-    """The uuids whose event went through; a ClaimLost (nothing to do) is no error, another
-    refusal goes to ``on_error``."""
-    done = []
-    for uuid, outcome in zip(uuids, outcomes, strict=True):
-        if isinstance(outcome, Applied):
-            done.append(uuid)
-        elif isinstance(outcome, CatalogError) and on_error is not None:
-            on_error(uuid, outcome)
-        elif not isinstance(outcome, ClaimLost | CatalogError):
-            raise outcome
-    return done
+def _sweep_plan(catalog: Catalog, now: str) -> PlanSweep:
+    """The sweep's decision on a chunk of heads: for each RUNNING job whose lease expired
+    before ``now``, the entry of ``fail`` (the attempt, its worker, the reason) and, while
+    attempts remain, of an automatic ``retry``, as ``end_attempt`` writes them. The states
+    come from the one table (``next_state``), looked up once, not once per job; the entries
+    of a chunk share one date and get their uuids in one call."""
+    failed = next_state("", "RUNNING", "fail")
+    queued = next_state("", failed, "retry")
+
+    def plan(heads: list[Doc]) -> list[Move]:
+        date = utc_now_text()
+        uuids = iter(random_typed_uuids(UUIDType.pipelinejob_event, 2 * len(heads)))
+        moves: list[Move] = []
+        for head in heads:
+            queue = head.get("queue") or {}
+            lease = queue.get("lease")
+            if head["state"] != "RUNNING" or lease is None or lease["expiry"] >= now:
+                continue  # renewed, ended or reported meanwhile
+            uuid, attempt = head["uuid"], int(lease["attempt"])
+            entries = [catalog.history_entry(
+                uuid, "fail", {"attempt": attempt, "worker": lease["worker"],
+                               "error": LEASE_EXPIRED}, SOURCE, failed,
+                entry_uuid=next(uuids), date=date)]
+            queue = {**queue, "lease": None, "stop": date, "reason": LEASE_EXPIRED}
+            state = failed
+            if queue.get("attempt") == attempt and attempt < int(queue.get("retries", 0)):
+                entries.append(catalog.history_entry(
+                    uuid, "retry", {"attempt": attempt, "retries": queue["retries"],
+                                    "automatic": True}, SOURCE, queued,
+                    entry_uuid=next(uuids), date=date))
+                queue["queued"] = date
+                state = queued
+            moves.append(Move(uuid, head["version"], state, entries, queue))
+        return moves
+
+    return plan
 
 
 def status(catalog: Catalog, pipelines: list[str] | None = None) -> dict[str, Any]:

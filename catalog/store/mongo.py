@@ -83,8 +83,10 @@ from catalog.store.base import (
     Doc,
     FixityUpdate,
     JobQuery,
+    Move,
     Page,
     PlanSubmissions,
+    PlanSweep,
     Submissions,
     check_algorithm,
     check_limit,
@@ -624,6 +626,9 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
             rows = list(self._jobs.find({"queue.lease.expiry": {"$lt": now}}, {"_id": 0, "uuid": 1})
                         .sort("queue.lease.expiry", ASCENDING).limit(limit))
         return [row["uuid"] for row in rows]
+
+    def sweep_leases(self, now: str, limit: int, plan: PlanSweep) -> tuple[int, list[Move]]:
+        return mongo_bulk.sweep_leases(self, now, limit, plan)
 
     def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:
         stages: list[Doc] = []

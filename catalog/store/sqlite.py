@@ -45,8 +45,10 @@ from catalog.store.base import (
     Doc,
     FixityUpdate,
     JobQuery,
+    Move,
     Page,
     PlanSubmissions,
+    PlanSweep,
     Submissions,
     check_algorithm,
     check_limit,
@@ -367,6 +369,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     """Store backed by one SQLite file."""
 
     kind = "sqlite"
+    sweep_chunk = _BULK_CHUNK // 2  # jobs per transaction of a sweep (a test makes it small)
 
     def __init__(self, path: str | Path, synchronous: str = "FULL",
                  busy_timeout_ms: int = 30000) -> None:
@@ -878,6 +881,25 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
             "SELECT uuid FROM jobs WHERE lease_expiry IS NOT NULL AND lease_expiry < ? "
             "ORDER BY lease_expiry LIMIT ?", (now, limit))
         return [uuid for uuid, in rows]
+
+    def sweep_leases(self, now: str, limit: int, plan: PlanSweep) -> tuple[int, list[Move]]:
+        """Chunks of ``sweep_chunk`` jobs (a fail and a retry each), a transaction each,
+        their COMMITs leaving the checkpoint to the store's thread (as ``apply_events``)."""
+        read, moved = 0, []
+        after: tuple[str, int] | None = None
+        with sqlite_checkpoint.deferred(self._connection()):
+            while read < limit:
+                chunk = min(self.sweep_chunk, limit - read)
+                with self._write() as conn, sqlite_bulk.roomy_cache(conn):
+                    count, moves, after = sqlite_bulk.sweep_chunk(
+                        conn, now, after, chunk, plan, self._queue_columns)
+                read += count
+                moved += moves
+                if count < chunk:  # the walk reached the leases not yet expired
+                    break
+        if moved:
+            self._checkpointer.request()
+        return read, moved
 
     def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:
         sql = "SELECT pipeline_uuid, state, count(*) FROM jobs"

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from catalog.errors import ConcurrencyConflict, JobNotFound
-from catalog.store.base import Applied, Decide, Doc, Move, decided, lease_expiry
+from catalog.store.base import Applied, Decide, Doc, Move, PlanSweep, decided, lease_expiry
 
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
@@ -92,6 +92,35 @@ def move_heads(conn: sqlite3.Connection, moves: Sequence[Move],
                      last["date"], *queue_columns(move.queue), move.uuid, move.read_version))
     if rows and conn.executemany(_UPDATE_HEAD_AND_QUEUE, rows).rowcount != len(rows):
         raise ConcurrencyConflict("jobs changed while their submissions were written")
+
+
+def sweep_chunk(conn: sqlite3.Connection, now: str, after: tuple[str, int] | None,
+                limit: int, plan: PlanSweep, queue_columns: Any
+                ) -> tuple[int, list[Move], tuple[str, int] | None]:
+    """One chunk of a sweep in the open write transaction of ``conn``: the heads of up to
+    ``limit`` jobs whose lease expired before ``now``, read with the lease index's walk
+    (after ``after``, its last (expiry, rowid): a job the plan left out is not read again),
+    planned, and their entries and heads written. Returns the heads read, the moves and
+    where the walk stopped (None when it read nothing)."""
+    sql = ("SELECT rowid, uuid, state, version, last_event, queue, lease_expiry FROM jobs "
+           "WHERE lease_expiry IS NOT NULL AND lease_expiry < ?")
+    params: list[Any] = [now]
+    if after is not None:
+        sql += " AND (lease_expiry, rowid) > (?, ?)"
+        params += after
+    rows = conn.execute(f"{sql} ORDER BY lease_expiry, rowid LIMIT ?", (*params, limit)
+                        ).fetchall()
+    if not rows:
+        return 0, [], None
+    heads = [{"uuid": uuid, "state": state, "version": version, "last_event": last_event,
+              "queue": None if queue_text is None else orjson.loads(queue_text)}
+             for _, uuid, state, version, last_event, queue_text, _ in rows]
+    moves = plan(heads)
+    history = move_entries(moves)
+    history.sort()  # in key order: neighbouring rows share their pages
+    conn.executemany(_INSERT_HISTORY, history)
+    move_heads(conn, moves, queue_columns)
+    return len(rows), moves, (rows[-1][6], rows[-1][0])
 
 
 class _Head:
