@@ -403,9 +403,9 @@ class Store(Protocol):
     def apply_events(self, events: list[tuple[str, str | None, Decide]]
                      ) -> list[Applied | Exception]:
         """``apply_event`` for each (uuid, event_id, decide), in order, in as few commits as
-        the backend allows (a sweep fails thousands of jobs at once); each item's outcome or
+        the backend allows (a release queues thousands of jobs at once); each item's outcome or
         the error that refused it alone. A job named twice gets its events in their order, the
-        later one deciding on the head the earlier left (a sweep's ``fail`` then ``retry``)."""
+        later one deciding on the head the earlier left (a ``fail`` then a ``retry``)."""
         ...
 
     def delete_job(self, uuid: str) -> bool:

@@ -276,7 +276,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 )
 
 _MAX_BATCH = 256  # events per group commit
-_BULK_CHUNK = 10000  # events per transaction of apply_events (a sweep of 5,000 jobs each)
+_BULK_CHUNK = 10000  # events per transaction of apply_events (a sweep takes 5,000 jobs each)
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _CACHE_KIB = 64 * 1024  # page cache per connection, at most (filled on demand)
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"

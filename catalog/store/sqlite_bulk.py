@@ -1,12 +1,14 @@
-"""Set-based writes of many events on SQLite, for ``SQLiteStore.apply_events``.
+"""Set-based writes of many events on SQLite, for ``SQLiteStore.apply_events`` (and the
+sweep's chunks, ``sweep_chunk``).
 
-A sweep fails thousands of jobs at once, a release queues every dependent of a job: applied
-one by one, each event costs three statements (read the head, append the entry, move the
-head), some 30 µs each on a loaded machine. Here a chunk of events on distinct jobs costs a
-read of their heads by ``uuid IN (...)``, their decides in Python, and one ``executemany`` for
-the entries and one per kind of head update: the same rows written, a fraction of the
-statements. The write lock is held throughout (the caller's transaction), so the heads read
-are the heads written over; the compare-and-set on ``version`` still guards every row.
+A release queues every dependent of a job, a sweep fails thousands of jobs: applied one by
+one, each event costs three statements (read the head, append the entry, move the head), some
+30 µs each on a loaded machine. Here a chunk of events on distinct jobs costs a read of their
+heads by ``uuid IN (...)`` (a sweep's, by its walk of the lease index), their decides in
+Python, and one ``executemany`` for the entries and one per kind of head update: the same
+rows written, a fraction of the statements. The write lock is held throughout (the caller's
+transaction), so the heads read are the heads written over; the compare-and-set on
+``version`` still guards every row.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def apply_set(conn: sqlite3.Connection, events: Sequence[tuple[str, str | None, 
               ) -> list[Applied | Exception]:
     """Apply ``events`` (``settable``) in the open write transaction of ``conn``, in order: a
     job's later event sees the head its earlier ones left, and a job gets one head update for
-    all of its events (a sweep's ``fail`` then ``retry`` is one compare-and-set recording both
+    all of its events (a ``fail`` then a ``retry`` is one compare-and-set recording both
     entries). Each outcome, or the error that refused that event alone (it writes nothing)."""
     uuids = list(dict.fromkeys(uuid for uuid, _, _ in events))
     found = {uuid: _Head(uuid, row) for uuid, row in heads(conn, sorted(uuids)).items()}
