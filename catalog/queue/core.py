@@ -2,9 +2,10 @@
 
 The queue is a view over job states, not a second database: submitting sends ``queue`` (or
 ``retry`` to a failed job), a worker's withdraw sends ``run`` with its lease, its report sends
-``finish`` or ``fail`` (then ``retry`` while attempts remain), the sweep fails the attempts whose
-lease expired. Each is one compare-and-set on the job with its history entry, the queue
-attributes (``Job.queue``) changing in the same write, so every step is provenance.
+``finish`` or ``fail`` (then ``retry`` while attempts remain), the sweep
+(``catalog.queue.sweeper``) fails the attempts whose lease expired. Each is one
+compare-and-set on the job with its history entry, the queue attributes (``Job.queue``)
+changing in the same write, so every step is provenance.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from catalog.errors import (
     JobNotFound,
     LeaseNotHeld,
 )
-from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid, random_typed_uuids
-from catalog.models import QueueInfo, format_date, utc_now, utc_now_text
+from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
+from catalog.models import QueueInfo, format_date, utc_now
 from catalog.queue.conditions import Value, check, evaluate, find_cycle
 from catalog.queue.models import SubmitOutcome, SubmitRequest, Withdrawn, WorkFilter
 from catalog.queue.release import after_event, release, settle
 from catalog.states import allowed_events, next_state
-from catalog.store.base import Applied, ClaimLost, Decide, Doc, Move, PlanSweep
+from catalog.store.base import Applied, ClaimLost, Decide, Doc
 
 # A job in one of these has run to success: submitting it again answers it, memoised.
 DONE_STATES = frozenset({"FINISHED", "INDEXING", "VALIDATING", "VALIDATED", "FINALIZED"})
@@ -368,61 +369,7 @@ def cancel(catalog: Catalog, uuid: str, reason: str = "cancelled by a user",
     return _apply(catalog, uuid, decide)
 
 
-# the sweep and the counts -------------------------------------------------------------------
-LEASE_EXPIRED = "lease expired"
-
-
-def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000
-          ) -> dict[str, int]:
-    """Fail every attempt whose lease expired before ``now`` (reason ``lease expired``) and
-    retry those with attempts left. The expired leases come from an index, a chunk at a time,
-    each job's fail and retry one move of its head (``Store.sweep_leases``)."""
-    now_text = format_date(now or utc_now())
-    read, moves = catalog.store.sweep_leases(now_text, limit, _sweep_plan(catalog, now_text))
-    final = [move.uuid for move in moves if move.state != "QUEUED"]
-    for uuid in final:  # final failures: their dependents are decided
-        release(catalog, uuid)
-    return {"expired": read, "failed": len(moves), "retried": len(moves) - len(final)}
-
-
-def _sweep_plan(catalog: Catalog, now: str) -> PlanSweep:
-    """The sweep's decision on a chunk of heads: for each RUNNING job whose lease expired
-    before ``now``, the entry of ``fail`` (the attempt, its worker, the reason) and, while
-    attempts remain, of an automatic ``retry``, as ``end_attempt`` writes them. The states
-    come from the one table (``next_state``), looked up once, not once per job; the entries
-    of a chunk share one date and get their uuids in one call."""
-    failed = next_state("", "RUNNING", "fail")
-    queued = next_state("", failed, "retry")
-
-    def plan(heads: list[Doc]) -> list[Move]:
-        date = utc_now_text()
-        uuids = iter(random_typed_uuids(UUIDType.pipelinejob_event, 2 * len(heads)))
-        moves: list[Move] = []
-        for head in heads:
-            queue = head.get("queue") or {}
-            lease = queue.get("lease")
-            if head["state"] != "RUNNING" or lease is None or lease["expiry"] >= now:
-                continue  # renewed, ended or reported meanwhile
-            uuid, attempt = head["uuid"], int(lease["attempt"])
-            entries = [catalog.history_entry(
-                uuid, "fail", {"attempt": attempt, "worker": lease["worker"],
-                               "error": LEASE_EXPIRED}, SOURCE, failed,
-                entry_uuid=next(uuids), date=date)]
-            queue = {**queue, "lease": None, "stop": date, "reason": LEASE_EXPIRED}
-            state = failed
-            if queue.get("attempt") == attempt and attempt < int(queue.get("retries", 0)):
-                entries.append(catalog.history_entry(
-                    uuid, "retry", {"attempt": attempt, "retries": queue["retries"],
-                                    "automatic": True}, SOURCE, queued,
-                    entry_uuid=next(uuids), date=date))
-                queue["queued"] = date
-                state = queued
-            moves.append(Move(uuid, head["version"], state, entries, queue))
-        return moves
-
-    return plan
-
-
+# the counts ---------------------------------------------------------------------------------
 def status(catalog: Catalog, pipelines: list[str] | None = None) -> dict[str, Any]:
     """Jobs by pipeline name and state: ``{"pipelines": {name: {state: n}}, "total": {...}}``."""
     uuids = list(pipeline_uuids(catalog, pipelines)) if pipelines is not None else None
