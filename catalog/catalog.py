@@ -644,14 +644,17 @@ class Catalog:
         return self.handle_event(uuid, event, token, source=source, client=client)
 
     def history_entry(self, uuid: str, name: str, data: Doc, source: str, state: str,
-                      event_id: str | None = None) -> Doc:
+                      event_id: str | None = None, *, entry_uuid: str | None = None,
+                      date: str | None = None) -> Doc:
         """A history entry in its serialised form, from parts already validated (the event
-        by its model, the rest made here): this is the hot path."""
-        entry_uuid = (
-            self.entry_uuid(uuid, event_id) if event_id is not None
-            else random_typed_uuid(UUIDType.pipelinejob_event, self.settings.namespace)
-        )
-        return {"uuid": entry_uuid, "name": name, "date": utc_now_text(), "data": data,
+        by its model, the rest made here): this is the hot path. A bulk writer (the sweep)
+        passes the entry's random uuid and date, made for all of its entries at once."""
+        if entry_uuid is None:
+            entry_uuid = (
+                self.entry_uuid(uuid, event_id) if event_id is not None
+                else random_typed_uuid(UUIDType.pipelinejob_event, self.settings.namespace)
+            )
+        return {"uuid": entry_uuid, "name": name, "date": date or utc_now_text(), "data": data,
                 "source": source, "event_id": event_id or entry_uuid, "state": state}
 
     def _decider(self, uuid: str, event: Event, source: str) -> Decide:

@@ -125,6 +125,32 @@ def test_claim_order_is_priority_then_age_and_the_filter_holds(catalog: Catalog)
     assert withdraw(catalog, {"pipelines": ["no-such-pipeline"]}, "w") is None
 
 
+def test_later_claims_keep_the_claim_order(catalog: Catalog) -> None:
+    """MongoDB's claims read from where the store's last claim was (``mongo_claim``): a job
+    passed over before it, the next ones after it, one queued a second later and one of a
+    higher priority queued last are all taken as one sorted read would take them."""
+    def take(**filters: Any) -> str | None:
+        got = withdraw(catalog, {"pipelines": ["reduce"], **filters}, "w")
+        return None if got is None else got.uuid
+
+    def queued(n: int, **queue: Any) -> str:
+        time.sleep(0.005)  # a millisecond of its own: the order is not left to the uuids
+        return submit(catalog, work(n, **queue)).uuid
+
+    passed = queued(1)
+    first, second, third = (queued(n, user="ann") for n in (2, 3, 4))
+    assert take(users=["ann"]) == first
+    assert take() == passed
+    assert take() == second
+    time.sleep(1.1)  # past the first windows after the mark
+    later = queued(5)
+    top = queued(6, priority=5)
+    assert take() == top
+    assert take() == third
+    assert take() == later
+    assert take() is None
+
+
 def test_withdraw_gives_the_worker_what_it_needs_and_records_the_lease(
         catalog: Catalog) -> None:
     uuid = submit(catalog, work(1, timeout=600)).uuid

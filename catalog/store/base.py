@@ -145,6 +145,9 @@ class Submissions:
 # Called with the heads ({"uuid", "state", "version", "last_event", "queue"}) of the jobs
 # asked for that exist; returns what to write, or raises to write nothing.
 PlanSubmissions = Callable[[dict[str, Doc]], Submissions]
+# Called with the heads of jobs whose lease expired, soonest first; returns the moves to write
+# (a job it leaves out stays as it is).
+PlanSweep = Callable[[list[Doc]], list[Move]]
 
 
 def check_new_job(doc: Doc) -> None:
@@ -400,9 +403,9 @@ class Store(Protocol):
     def apply_events(self, events: list[tuple[str, str | None, Decide]]
                      ) -> list[Applied | Exception]:
         """``apply_event`` for each (uuid, event_id, decide), in order, in as few commits as
-        the backend allows (a sweep fails thousands of jobs at once); each item's outcome or
+        the backend allows (a release queues thousands of jobs at once); each item's outcome or
         the error that refused it alone. A job named twice gets its events in their order, the
-        later one deciding on the head the earlier left (a sweep's ``fail`` then ``retry``)."""
+        later one deciding on the head the earlier left (a ``fail`` then a ``retry``)."""
         ...
 
     def delete_job(self, uuid: str) -> bool:
@@ -456,6 +459,14 @@ class Store(Protocol):
     def expired_leases(self, now: str, limit: int = 1000) -> list[str]:
         """Uuids of jobs whose lease expired before ``now``, soonest expired first, from an
         index (never a scan of the jobs)."""
+        ...
+
+    def sweep_leases(self, now: str, limit: int, plan: PlanSweep) -> tuple[int, list[Move]]:
+        """Read the heads of up to ``limit`` jobs whose lease expired before ``now`` from
+        the lease index, soonest first, a chunk at a time, ``plan`` each chunk and write its
+        moves: one transaction per chunk on SQLite, the heads read under its write lock;
+        each entry its own compare-and-set on MongoDB (a job moved meanwhile is left out).
+        Returns the number of heads read and the moves written."""
         ...
 
     def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:

@@ -45,8 +45,10 @@ from catalog.store.base import (
     Doc,
     FixityUpdate,
     JobQuery,
+    Move,
     Page,
     PlanSubmissions,
+    PlanSweep,
     Submissions,
     check_algorithm,
     check_limit,
@@ -274,7 +276,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 )
 
 _MAX_BATCH = 256  # events per group commit
-_BULK_CHUNK = 10000  # events per transaction of apply_events (a sweep of 5,000 jobs each)
+_BULK_CHUNK = 10000  # events per transaction of apply_events, jobs per one of a sweep
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _CACHE_KIB = 64 * 1024  # page cache per connection, at most (filled on demand)
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
@@ -367,6 +369,11 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     """Store backed by one SQLite file."""
 
     kind = "sqlite"
+    # Jobs per transaction of a sweep (a test makes it small): 10,000 expired leases in one
+    # COMMIT. Measured on 1,000,000 jobs: a second COMMIT of 5,000 cost more wall time (its
+    # fsync, its WAL pages) than holding the write lock for all 10,000 (2.7 / 1.6 / 2.3 s
+    # against 3.8 / 3.3 / 3.1 s, same CPU, under a load of 9 on 2 cores).
+    sweep_chunk = _BULK_CHUNK
 
     def __init__(self, path: str | Path, synchronous: str = "FULL",
                  busy_timeout_ms: int = 30000) -> None:
@@ -878,6 +885,25 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
             "SELECT uuid FROM jobs WHERE lease_expiry IS NOT NULL AND lease_expiry < ? "
             "ORDER BY lease_expiry LIMIT ?", (now, limit))
         return [uuid for uuid, in rows]
+
+    def sweep_leases(self, now: str, limit: int, plan: PlanSweep) -> tuple[int, list[Move]]:
+        """Chunks of ``sweep_chunk`` jobs (a fail and a retry each), a transaction each,
+        their COMMITs leaving the checkpoint to the store's thread (as ``apply_events``)."""
+        read, moved = 0, []
+        after: tuple[str, int] | None = None
+        with sqlite_checkpoint.deferred(self._connection()):
+            while read < limit:
+                chunk = min(self.sweep_chunk, limit - read)
+                with self._write() as conn, sqlite_bulk.roomy_cache(conn):
+                    count, moves, after = sqlite_bulk.sweep_chunk(
+                        conn, now, after, chunk, plan, self._queue_columns)
+                read += count
+                moved += moves
+                if count < chunk:  # the walk reached the leases not yet expired
+                    break
+        if moved:
+            self._checkpointer.request()
+        return read, moved
 
     def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:
         sql = "SELECT pipeline_uuid, state, count(*) FROM jobs"
