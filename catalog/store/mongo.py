@@ -116,7 +116,7 @@ _HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1, "c
 # What a history document adds to the entry it stores: "changes" are the job fields the event
 # replaced (the queue's), kept so that whoever moves the head onto the entry sets them too.
 _ENTRY_KEYS = ("job_uuid", "job_created", "seq", "changes")
-_CLAIM_ORDER = [("queue.priority", DESCENDING), ("queue.queued", ASCENDING), ("uuid", ASCENDING)]
+_CLAIM_ORDER = mongo_claim.CLAIM_ORDER  # the claim index's order
 _ENTRY: Doc = {"_id": 0, **dict.fromkeys(_ENTRY_KEYS, 0)}
 _LEGACY_HISTORY_INDEX = "history.event_id_1"  # earlier versions looked event_ids up in jobs
 _DUPLICATE_KEY = 11000

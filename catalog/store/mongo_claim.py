@@ -16,6 +16,11 @@ The ranges cover every queued time, read in order, so the claim takes the job on
 would have given: priorities 5 to 1, the pipelines' jobs of one priority merged oldest first,
 the first that ``match`` accepts and that the compare-and-set wins. The mark only shortens the
 reads; without one (this store's first claim there) the priority is read whole, once.
+
+A server that takes the order from the claim index (``mongod``: its plan has no SORT stage)
+is asked the one sorted query instead, a page at a time: one round trip per claim, where the
+windows would cost one per priority and window. Which of the two a store uses is decided once,
+from the server's ``explain`` of that query (``Claims.sorted_by_index``).
 """
 
 from __future__ import annotations
@@ -26,10 +31,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 
 from catalog.errors import JobNotFound
-from catalog.store.base import Applied, ClaimLost, ClaimMatch, Decide, Doc, claim_order, unique
+from catalog.store.base import (
+    CLAIM_PAGE,
+    Applied,
+    ClaimLost,
+    ClaimMatch,
+    Decide,
+    Doc,
+    claim_order,
+    unique,
+)
 
 if TYPE_CHECKING:
     from catalog.store.mongo import MongoStore
@@ -38,6 +52,7 @@ PRIORITIES = (5, 4, 3, 2, 1)  # QueueInfo.priority's range, highest first
 _FIRST_WINDOW = timedelta(milliseconds=250)
 _CANDIDATE: Doc = {"_id": 0, "uuid": 1, "state": 1, "pipeline_uuid": 1, "queue": 1}
 _DATE = "%Y-%m-%dT%H:%M:%S.%f"
+CLAIM_ORDER = [("queue.priority", DESCENDING), ("queue.queued", ASCENDING), ("uuid", ASCENDING)]
 
 
 def _date_text(value: datetime) -> str:
@@ -59,6 +74,7 @@ class Claims:
         self.store = store
         self._marks: dict[tuple[str, int], tuple[str, datetime]] = {}
         self._lock = threading.Lock()
+        self.sorted_by_index: bool | None = None  # decided at the first claim
 
     def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
               priority: int | None = None) -> tuple[str, Applied] | None:
@@ -67,6 +83,10 @@ class Claims:
                 raise ClaimLost(head["uuid"])
             return decide(head)
 
+        if self.sorted_by_index is None:
+            self.sorted_by_index = self._server_sorts_by_index()
+        if self.sorted_by_index:
+            return self._claim_sorted(pipelines, match, still_queued, priority)
         for level in PRIORITIES if priority is None else (priority,):
             candidates = heapq.merge(*(self._queued(pipeline, level)
                                        for pipeline in unique(pipelines)), key=claim_order)
@@ -110,3 +130,46 @@ class Claims:
         with self.store._guard:
             return list(self.store._jobs.find(where, _CANDIDATE).sort(
                 [("queue.queued", ASCENDING), ("uuid", ASCENDING)]))
+
+    def _claim_sorted(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
+                      priority: int | None) -> tuple[str, Applied] | None:
+        """The claim as one query sorted in claim order, read a page at a time."""
+        query: Doc = {"state": "QUEUED", "pipeline_uuid": {"$in": unique(pipelines)}}
+        if priority is not None:
+            query["queue.priority"] = priority
+        skip = 0
+        while True:
+            with self.store._guard:
+                page = list(self.store._jobs.find(query, _CANDIDATE).sort(CLAIM_ORDER)
+                            .skip(skip).limit(CLAIM_PAGE))
+            for head in page:
+                if not match(head):
+                    continue
+                try:  # compare-and-set on version: of two claims of one job, one wins
+                    return head["uuid"], self.store.apply_event(head["uuid"], None, decide)
+                except (ClaimLost, JobNotFound):
+                    continue
+            if len(page) < CLAIM_PAGE:
+                return None
+            skip += len(page)
+
+    def _server_sorts_by_index(self) -> bool:
+        """Whether the server's plan for the sorted claim query has no SORT stage (the order
+        read from the claim index). A server that cannot explain is not trusted to."""
+        query: Doc = {"state": "QUEUED", "pipeline_uuid": {"$in": [""]}}
+        try:
+            with self.store._guard:
+                plan = self.store._jobs.find(query, _CANDIDATE).sort(CLAIM_ORDER).limit(1).explain()
+        except Exception:  # noqa: BLE001 (mongomock: NotImplementedError; a server: its error)
+            return False
+        winning = (plan.get("queryPlanner") or {}).get("winningPlan")
+        return isinstance(winning, dict) and not _has_stage(winning, "SORT")
+
+
+def _has_stage(plan: object, stage: str) -> bool:
+    """Whether an explained plan (nested dicts and lists of stages) has ``stage``."""
+    if isinstance(plan, dict):
+        return plan.get("stage") == stage or any(_has_stage(v, stage) for v in plan.values())
+    if isinstance(plan, list):
+        return any(_has_stage(item, stage) for item in plan)
+    return False
