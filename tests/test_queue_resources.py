@@ -162,6 +162,7 @@ def test_the_submit_command_takes_resource_flags(tmp_path: Path) -> None:
         return subprocess.run([command, *args], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=120)
 
+    assert cli("init").returncode == 0
     assert cli("pipeline", "add", "--name", "reduce").returncode == 0
     submit = ["--json", "submit", "--pipeline", "reduce", "--data", json.dumps(WORK)]
     done = cli(*submit, "--cores", "2", "--memory", "2G", "--time", "30m")
