@@ -654,6 +654,15 @@ class Catalog:
         return {"uuid": entry_uuid, "name": name, "date": utc_now_text(), "data": data,
                 "source": source, "event_id": event_id or entry_uuid, "state": state}
 
+    def decider(self, uuid: str, event: Event, source: str) -> Decide:
+        """The state machine's decision on ``event`` for job ``uuid``, for a store to take
+        in its atomic section (``handle_event``'s, for a caller that writes more with it)."""
+        return self._decider(uuid, event, source)
+
+    def after_event(self, uuid: str, applied: Applied, source: str) -> str | None:
+        """What an event applied by ``decider`` does beyond the state (``handle_event``'s)."""
+        return self._after_event(uuid, applied, source)
+
     def _decider(self, uuid: str, event: Event, source: str) -> Decide:
         def decide(head: Doc) -> tuple[str, Doc] | tuple[str, Doc, Doc]:
             state = next_state(uuid, head["state"], event.name)
@@ -676,6 +685,11 @@ class Catalog:
     def _audit(self, uuid: str, event: Any, source: str, exc: CatalogError,
                keep_data: bool) -> None:
         """Record a refused event: its name, event_id and, for authenticated senders, data."""
+        self.store.append_audit(self.audit_entry(uuid, event, source, exc, keep_data))
+
+    def audit_entry(self, uuid: str, event: Any, source: str, exc: CatalogError,
+                    keep_data: bool) -> Doc:
+        """The audit entry ``handle_event`` records for a refused event (not stored here)."""
         document = event if isinstance(event, dict) else {}
         name, event_id, data = (document.get(k) for k in ("name", "event_id", "data"))
         if not keep_data or not isinstance(data, dict):
@@ -692,7 +706,7 @@ class Catalog:
             event_id=storable_text(str(event_id)[:256]) if event_id is not None else None,
             code=exc.code, reason=exc.message, data=data,
         )
-        self.store.append_audit(entry.model_dump(mode="json"))
+        return entry.model_dump(mode="json")
 
     def check_worker(self, token: str | None, action: str, source: str = "python",
                      client: str | None = None) -> None:

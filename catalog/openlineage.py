@@ -11,9 +11,12 @@ Events (parsed and checked first: catalog.openlineage_events) are merged in what
 arrive (DESIGN §13), never refused for being late: a
 COMPLETE or FAIL for a run still CREATED first sends an implied ``run``; an event the job's state
 no longer takes (a START after COMPLETE, a second terminal event) is still kept, its datasets
-linked, and answered ``applied: false`` (the refusal is in the audit log). Every distinct event
-is kept whole in the store's OpenLineage events, so its times, facets and parent are read back
-(catalog.openlineage_views). An event's ``event_id`` is a digest of (runId, eventType,
+linked, and answered ``applied: false`` (the refusal is in the audit log). Everything one event
+writes (the pipeline and job when new, the job's events, a refusal's audit entry, the event with
+its datasets and links) is handed to the store as one ``LineageWrite``: one transaction, one
+commit shared with the events queued meanwhile (catalog.store.openlineage_write). Every
+distinct event is kept whole in the store's OpenLineage events, so its times, facets and parent
+are read back (catalog.openlineage_views). An event's ``event_id`` is a digest of (runId, eventType,
 eventTime): a sender's retry is applied once and answered as a duplicate.
 
 A dataset is ONE ``reference`` entity whatever its role, its UUID derived from its normalised
@@ -29,13 +32,15 @@ admin token. A refusal before the event is known (no or wrong key, malformed eve
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from catalog.catalog import Catalog, parse_document
-from catalog.errors import EventNotAllowed, SchemaViolation
-from catalog.identifiers import UUIDType, pipeline_uuid
+from catalog.deletion import gone_or, refuse_deleted
+from catalog.errors import CatalogError, EventNotAllowed, SchemaViolation
+from catalog.identifiers import UUIDType, job_uuid, pipeline_uuid
 from catalog.jobs import ManagedPipelineJob
-from catalog.models import Entity, LineageOutcome, Pipeline, utc_now
+from catalog.models import Entity, Event, LineageOutcome, Pipeline, utc_now
 from catalog.openlineage_events import (
     EVENTS,
     MAX_FACET_BYTES,
@@ -56,7 +61,8 @@ from catalog.openlineage_events import (
     unique_outputs,
 )
 from catalog.states import INITIAL_STATE
-from catalog.store.base import Link
+from catalog.store.base import Decide, Doc, Link
+from catalog.store.openlineage_write import LineageStep, LineageWrite
 
 __all__ = ["EVENTS", "MAX_FACET_BYTES", "DatasetEvent", "JobEvent", "RunEvent", "authenticate",
            "dataset_key", "event_id", "ingest"]
@@ -73,9 +79,9 @@ def _entities(catalog: Catalog, datasets: list[LineageDataset]) -> list[Entity]:
     for dataset in datasets:
         namespace, name = normalise(dataset.namespace, dataset.name)
         uuid = catalog.typed_uuid(UUIDType.reference, f"{namespace}/{name}")
-        found.setdefault(uuid, Entity(uuid=uuid, kind="reference", name=name,
-                                      namespace=namespace, uri=dataset_uri(namespace, name)[:2049],
-                                      created=utc_now()))
+        if uuid not in found:
+            found[uuid] = Entity(uuid=uuid, kind="reference", name=name, namespace=namespace,
+                                 uri=dataset_uri(namespace, name)[:2049], created=utc_now())
     return list(found.values())
 
 
@@ -100,25 +106,46 @@ def _lineage(catalog: Catalog, job_uuid: str, event: RunEvent | JobEvent,
     return inputs, outputs, stored, links
 
 
+def _record_doc(identifier: str, kind: str, event: dict[str, Any], time: str,
+                datasets: list[Entity], **fields: Any) -> Doc:
+    """The event as kept: whole (as JSON text), with what its reads are indexed by."""
+    return {"event_id": identifier, "kind": kind, "event_time": instant(time),
+            "received": utc_now().isoformat(), "datasets": [e.uuid for e in datasets],
+            "event": json.dumps(event, separators=(",", ":"), ensure_ascii=False), **fields}
+
+
 def _record(catalog: Catalog, identifier: str, kind: str, event: dict[str, Any], time: str,
             datasets: list[Entity], stored: list[Entity], links: list[Link],
             **fields: Any) -> bool:
     """Keep the event whole, with its datasets and links (one write); whether it was new."""
-    doc = {"event_id": identifier, "kind": kind, "event_time": instant(time),
-           "received": utc_now().isoformat(), "datasets": [e.uuid for e in datasets],
-           "event": json.dumps(event, separators=(",", ":"), ensure_ascii=False), **fields}
     return catalog.store.add_lineage_event(
-        doc, [entity.model_dump(mode="json") for entity in stored], links)
+        _record_doc(identifier, kind, event, time, datasets, **fields),
+        [entity.model_dump(mode="json") for entity in stored], links)
+
+
+@lru_cache(maxsize=4096)
+def _pipeline_of(namespace: str, name: str, catalog_namespace: str) -> tuple[str, str]:
+    """The uuid and name of an OpenLineage job's pipeline (a digest: worth keeping)."""
+    components: list[Any] = [{"openlineage": {"namespace": namespace, "name": name}}]
+    full_name = f"{namespace}/{name}"
+    return pipeline_uuid(full_name, None, components, catalog_namespace), full_name
+
+
+def _new_pipeline(catalog: Catalog, namespace: str, name: str) -> Pipeline:
+    """The OpenLineage job's pipeline as ``add_pipeline`` stores it (not stored here)."""
+    uuid, full_name = _pipeline_of(namespace, name, catalog.settings.namespace)
+    return Pipeline(uuid=uuid, name=full_name, created=utc_now(),
+                    components=[{"openlineage": {"namespace": namespace, "name": name}}])
 
 
 def _pipeline(catalog: Catalog, namespace: str, name: str) -> Pipeline:
     """The OpenLineage job's pipeline, read (most events) or else stored."""
-    components: list[Any] = [{"openlineage": {"namespace": namespace, "name": name}}]
-    uuid = pipeline_uuid(f"{namespace}/{name}", None, components, catalog.settings.namespace)
+    uuid, _ = _pipeline_of(namespace, name, catalog.settings.namespace)
     stored = catalog.store.get_pipeline(uuid)
     if stored is not None:
         return Pipeline.model_validate(stored)
-    return catalog.add_pipeline(name=f"{namespace}/{name}", components=components)[0]
+    pipeline = _new_pipeline(catalog, namespace, name)
+    return catalog.add_pipeline(name=pipeline.name, components=pipeline.components)[0]
 
 
 def _event_data(event: RunEvent, kind: str) -> dict[str, Any]:
@@ -128,6 +155,13 @@ def _event_data(event: RunEvent, kind: str) -> dict[str, Any]:
     facets = event.run.facets or {}
     data.update({name: facets[name] for name in _KEPT_RUN_FACETS if name in facets})
     return data
+
+
+def _decide(catalog: Catalog, uuid: str, name: str, data: dict[str, Any], identifier: str,
+            source: str) -> Decide:
+    # The event's parts are checked already (the RunEvent's model and check_json of the whole).
+    event = Event.model_construct(name=name, data=data, event_id=identifier)
+    return catalog.decider(uuid, event, source)
 
 
 def ingest(catalog: Catalog, event: Any, token: str | None, source: str = "api") -> dict[str, Any]:
@@ -148,42 +182,72 @@ def ingest(catalog: Catalog, event: Any, token: str | None, source: str = "api")
     except ValueError:
         raise SchemaViolation("run event: the parent facet's runIds must be UUIDs") from None
     namespace, name, run_id = parsed.job.namespace, parsed.job.name, parsed.run.runId
-    pipeline = _pipeline(catalog, namespace, name)
-    managed = ManagedPipelineJob(
-        catalog, pipeline.uuid, data={"openlineage": {"runId": run_id}}, source=source,
-        agent=parsed.producer[:_MAX_AGENT] if parsed.producer else None,
-    )
-    head = catalog.store.get_job(managed.uuid, history=False)  # most runs have one already
-    state = head["state"] if head is not None else managed.setup().stored.state
+    pipeline, _ = _pipeline_of(namespace, name, catalog.settings.namespace)
+    data = {"openlineage": {"runId": run_id}}
+    uuid = job_uuid(pipeline, [], data, catalog.settings.namespace)
+    head = catalog.store.get_job(uuid, history=False)  # most runs have one already
+    write = LineageWrite({}, uuid=uuid)
+    if head is None:  # stored with the event, unless a concurrent event stores it first
+        new = _new_pipeline(catalog, namespace, name)
+        refuse_deleted(catalog, uuid)  # a tombstone stands until purged
+        managed = ManagedPipelineJob(
+            catalog, new, data=data, source=source,
+            agent=parsed.producer[:_MAX_AGENT] if parsed.producer else None)
+        write.pipeline = new.model_dump(mode="json")
+        write.job = managed.new_job().model_dump(mode="json")
+    state = head["state"] if head is not None else INITIAL_STATE
     kind = parsed.eventType or "OTHER"  # the spec reads a missing type as OTHER
-    created = state == INITIAL_STATE
-    if kind in _IMPLY_START and created:
+    steps: list[LineageStep] = []
+    if kind in _IMPLY_START and state == INITIAL_STATE:  # unless a concurrent event moved it
         implied = {"eventType": "START", "impliedBy": kind, "eventTime": parsed.eventTime}
-        try:
-            managed.run(implied, event_id=event_id(run_id, f"START/{kind}", parsed.eventTime))
-        except EventNotAllowed:
-            pass  # a concurrent event moved the run on: the end decides below
+        implied_id = event_id(run_id, f"START/{kind}", parsed.eventTime)
+        steps.append(LineageStep(implied_id, _decide(catalog, uuid, "run", implied, implied_id,
+                                                     source), only_in=INITIAL_STATE))
     identifier = event_id(run_id, kind, parsed.eventTime)
-    name_of = "run" if kind == "RUNNING" and created else EVENTS[kind]
-    applied = True
+    event_data = _event_data(parsed, kind)
+    document = {"name": EVENTS[kind], "data": event_data, "event_id": identifier}
+    decide = _decide(catalog, uuid, EVENTS[kind], event_data, identifier, source)
+    if kind == "RUNNING":  # a RUNNING that finds the run CREATED starts it
+        starts = _decide(catalog, uuid, "run", event_data, identifier, source)
+        updates = decide
+
+        def decide(head: Doc) -> Any:
+            return (starts if head["state"] == INITIAL_STATE else updates)(head)
+
+    steps.append(LineageStep(identifier, decide))
+    write.steps = steps
+
+    def refused(exc: CatalogError) -> Doc | None:
+        # Late (the refusal is in the audit log): kept and linked all the same.
+        if not isinstance(exc, EventNotAllowed):
+            return None
+        return catalog.audit_entry(uuid, document, source, exc, keep_data=True)
+
+    write.refused = refused
+    inputs, outputs, stored, write.links = _lineage(catalog, uuid, parsed)
+    write.entities = [entity.model_dump(mode="json") for entity in stored]
+    write.record = _record_doc(
+        identifier, "run", event, parsed.eventTime, inputs + outputs, event_type=kind,
+        run_id=run_id, parent_run_id=parent_run, root_run_id=root_run, job=pipeline,
+        job_uuid=uuid, job_namespace=namespace, job_name=name, applied=True,
+        inputs=[e.uuid for e in inputs], outputs=[e.uuid for e in outputs])
     try:
-        outcome = managed.handle({"name": name_of, "data": _event_data(parsed, kind),
-                                  "event_id": identifier})
-    except EventNotAllowed:
-        applied = False  # late (the refusal is in the audit log): kept and linked all the same
-    inputs, outputs, stored, links = _lineage(catalog, managed.uuid, parsed)
-    new = _record(catalog, identifier, "run", event, parsed.eventTime, inputs + outputs,
-                  stored, links, event_type=kind, run_id=run_id, parent_run_id=parent_run,
-                  root_run_id=root_run, job=pipeline.uuid, job_uuid=managed.uuid,
-                  job_namespace=namespace, job_name=name, applied=applied,
-                  inputs=[e.uuid for e in inputs], outputs=[e.uuid for e in outputs])
-    if applied:
-        return LineageOutcome(**outcome.model_dump(), pipeline_uuid=pipeline.uuid).model_dump(
-            mode="json")
-    now = catalog.get_job(managed.uuid, history=False)
+        result = catalog.store.apply_lineage(write)
+    except CatalogError as exc:
+        error = gone_or(catalog, exc)
+        catalog.store.append_audit(catalog.audit_entry(uuid, document, source, error, True))
+        raise error from None
+    if result.applied is not None:
+        entry = result.applied.entry
+        cleanup = catalog.after_event(uuid, result.applied, source)
+        return LineageOutcome(
+            uuid=uuid, state=entry["state"], last_event=entry["name"],
+            event_id=entry["event_id"], duplicate=result.applied.duplicate,
+            cleanup_error=cleanup, pipeline_uuid=pipeline).model_dump(mode="json")
+    assert result.head is not None
     return LineageOutcome(
-        uuid=now.uuid, state=now.state, last_event=now.last_event, event_id=identifier,
-        duplicate=not new, pipeline_uuid=pipeline.uuid, applied=False,
+        uuid=uuid, state=result.head["state"], last_event=result.head["last_event"],
+        event_id=identifier, duplicate=not result.new, pipeline_uuid=pipeline, applied=False,
     ).model_dump(mode="json")
 
 
@@ -191,18 +255,20 @@ def _static(catalog: Catalog, parsed: JobEvent | DatasetEvent, event: Any) -> di
     """A JobEvent or a DatasetEvent: its datasets stored, linked to the pipeline, kept."""
     check_facets(parsed)
     fields: dict[str, Any] = {}
+    pipeline: Doc | None = None
     if isinstance(parsed, JobEvent):
         namespace, name = parsed.job.namespace, parsed.job.name
-        pipeline = _pipeline(catalog, namespace, name)
-        inputs, outputs, stored, links = _lineage(catalog, "", parsed, pipeline.uuid)
+        pipeline = _new_pipeline(catalog, namespace, name).model_dump(mode="json")
+        inputs, outputs, stored, links = _lineage(catalog, "", parsed, pipeline["uuid"])
         datasets, kind = inputs + outputs, "job"
-        fields = {"job": pipeline.uuid, "job_namespace": namespace, "job_name": name,
+        fields = {"job": pipeline["uuid"], "job_namespace": namespace, "job_name": name,
                   "inputs": [e.uuid for e in inputs], "outputs": [e.uuid for e in outputs]}
     else:
         datasets, kind, links = _entities(catalog, [parsed.dataset]), "dataset", []
         stored = datasets
     identifier = body_id(kind, event)
-    new = _record(catalog, identifier, kind, event, parsed.eventTime, datasets, stored, links,
-                  **fields)
-    return {"kind": kind, "event_id": identifier, "duplicate": not new,
+    result = catalog.store.apply_lineage(LineageWrite(
+        _record_doc(identifier, kind, event, parsed.eventTime, datasets, **fields),
+        [entity.model_dump(mode="json") for entity in stored], links, pipeline=pipeline))
+    return {"kind": kind, "event_id": identifier, "duplicate": not result.new,
             "datasets": [entity.uuid for entity in datasets]}

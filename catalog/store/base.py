@@ -16,10 +16,13 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from catalog.errors import EntityNotFound, FileNotFound, InvalidInput, JobNotFound, NotFound
 from catalog.identifiers import UUIDType
+
+if TYPE_CHECKING:
+    from catalog.store.openlineage_write import LineageApplied, LineageWrite
 
 Doc = dict[str, Any]
 
@@ -608,6 +611,13 @@ class Store(Protocol):
         """Keep an OpenLineage event (``event_id``, ``run_id``, ``parent_run_id``, ``job``,
         ``datasets``: uuids, ...) unless its ``event_id`` is stored, with its ``entities``
         (as ``upsert_entities``) and ``links`` (as ``add_links``); whether it was new."""
+        ...
+
+    def apply_lineage(self, write: LineageWrite) -> LineageApplied:
+        """One OpenLineage event whole (``catalog.store.openlineage_write``): its pipeline and
+        job stored if absent, its job's events applied (a kept refusal of the last one in the
+        audit log), the event kept as ``add_lineage_event`` keeps it. In one transaction where
+        the backend has them (SQLite: committed with the events queued meanwhile)."""
         ...
 
     def lineage_events_of_runs(self, run_ids: list[str],

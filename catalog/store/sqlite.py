@@ -70,7 +70,7 @@ from catalog.store.base import (
 from catalog.store.fixity_sqlite import MIGRATION as FIXITY_MIGRATION
 from catalog.store.fixity_sqlite import SET_LAST_CHECK, FixitySQLite, add_checks
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
-from catalog.store.openlineage_sqlite import OpenLineageSQLite
+from catalog.store.openlineage_sqlite import OpenLineageSQLite, PendingLineage
 from catalog.store.sqlite_loop import LoopEventsRegistry
 from catalog.store.tombstones_sqlite import MIGRATION as TOMBSTONES_MIGRATION
 from catalog.store.tombstones_sqlite import TombstonesSQLite
@@ -362,6 +362,17 @@ class _PendingEvent:
     error: BaseException | None = None
     future: Future[Applied] = field(default_factory=Future)
 
+    def settle(self) -> None:
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            assert self.result is not None
+            self.future.set_result(self.result)
+
+
+# What the group commit takes: job events, and OpenLineage events whole (openlineage_sqlite).
+_Pending = _PendingEvent | PendingLineage
+
 
 class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     """Store backed by one SQLite file."""
@@ -387,7 +398,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_PendingEvent | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         self._loop_events = LoopEventsRegistry(self, self._loop_connection)
@@ -563,14 +574,19 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 [(doc["uuid"], relation, target, doc["created"])
                  for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])])
 
+    @classmethod
+    def _insert_new_job(cls, conn: sqlite3.Connection, doc: Doc) -> bool:
+        """Insert the job with its history and links unless it exists; whether it was new."""
+        if conn.execute(f"INSERT OR IGNORE {_INSERT_JOB}", cls._job_row(doc)).rowcount != 1:
+            return False
+        history, links = cls._job_rows(doc)
+        conn.executemany(_INSERT_HISTORY, history)
+        conn.executemany(_INSERT_LINK, links)
+        return True
+
     def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
-        row = self._job_row(doc)
         with self._write() as conn:
-            cursor = conn.execute(f"INSERT OR IGNORE {_INSERT_JOB}", row)
-            if cursor.rowcount == 1:
-                history, links = self._job_rows(doc)
-                conn.executemany(_INSERT_HISTORY, history)
-                conn.executemany(_INSERT_LINK, links)
+            if self._insert_new_job(conn, doc):
                 return doc, True
             existing = self._read_job(conn, doc["uuid"], history=True)
         assert existing is not None  # read under the write lock: it cannot have gone
@@ -670,7 +686,12 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
         """Apply in the calling thread (no hand-over to the writer: a lone caller pays no
         thread switch), committing along whatever else is queued."""
-        pending = _PendingEvent(uuid, event_id, decide)
+        applied: Applied = self._apply_pending(_PendingEvent(uuid, event_id, decide))
+        return applied
+
+    def _apply_pending(self, pending: _PendingEvent | PendingLineage) -> Any:
+        """Queue ``pending``; unless another caller's commit took it meanwhile, commit it with
+        whatever else is queued; its outcome once committed."""
         self._queue.put(pending)
         with self._write_lock:
             if not pending.future.done():
@@ -714,7 +735,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 outcomes.append(item.result)
         return outcomes
 
-    def _drain(self, batch: list[_PendingEvent]) -> tuple[list[_PendingEvent], bool]:
+    def _drain(self, batch: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what is queued to ``batch`` (up to a limit); True if the stop signal came."""
         while len(batch) < _MAX_BATCH:
             try:
@@ -737,7 +758,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
             if stop:
                 return
 
-    def _commit_batch(self, batch: list[_PendingEvent]) -> None:
+    def _commit_batch(self, batch: list[_Pending]) -> None:
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -759,19 +780,19 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 raise
         finally:
             for item in batch:
-                if item.error is not None:
-                    item.future.set_exception(item.error)
-                else:
-                    assert item.result is not None
-                    item.future.set_result(item.result)
+                item.settle()
 
     @classmethod
-    def _apply_batch(cls, conn: sqlite3.Connection, batch: Sequence[_Batched]) -> None:
+    def _apply_batch(cls, conn: sqlite3.Connection,
+                     batch: Sequence[_Batched | PendingLineage]) -> None:
         """Apply each event of ``batch`` in the open transaction, noting its result or error.
 
         ``_apply_one`` writes nothing unless it succeeds, so one refusal needs no savepoint to
-        leave the rest of the batch intact."""
+        leave the rest of the batch intact (an OpenLineage write, of many statements, has one)."""
         for item in batch:
+            if isinstance(item, PendingLineage):
+                cls._apply_lineage(conn, item)
+                continue
             try:
                 item.result = cls._apply_one(conn, item.uuid, item.event_id, item.decide)
             except sqlite3.IntegrityError as exc:
@@ -1189,10 +1210,12 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO audit (job_uuid, date, doc) VALUES (?, ?, ?)",
-                (entry["job_uuid"], entry["date"], _dumps(entry)),
-            )
+            self._insert_audit(conn, entry)
+
+    @staticmethod
+    def _insert_audit(conn: sqlite3.Connection, entry: Doc) -> None:
+        conn.execute("INSERT INTO audit (job_uuid, date, doc) VALUES (?, ?, ?)",
+                     (entry["job_uuid"], entry["date"], _dumps(entry)))
 
     def find_audit(self, job_uuid: str | None = None, limit: int = 100) -> list[Doc]:
         check_limit(limit)
