@@ -502,11 +502,7 @@ class Catalog:
             except CatalogError as exc:
                 prepared.error = await asyncio.to_thread(gone_or, self, exc)
             else:
-                failure = None
-                if applied.entry["name"] in _SIDE_EFFECTS or (
-                        applied.entry["state"] in ENDED_STATES and not applied.duplicate):
-                    failure = await asyncio.to_thread(self._after_event, prepared.uuid, applied,
-                                                      source)
+                failure = await self.after_event_async(prepared.uuid, applied, source)
                 return self._outcome(prepared, applied, failure)
         if not prepared.authenticated and client is not None:  # counted: no write, no thread
             error = self.refusals.refuse(client, source, prepared.error)
@@ -662,6 +658,13 @@ class Catalog:
     def after_event(self, uuid: str, applied: Applied, source: str) -> str | None:
         """What an event applied by ``decider`` does beyond the state (``handle_event``'s)."""
         return self._after_event(uuid, applied, source)
+
+    async def after_event_async(self, uuid: str, applied: Applied, source: str) -> str | None:
+        """``after_event`` from an event loop: in a thread, when it has something to do."""
+        if applied.entry["name"] in _SIDE_EFFECTS or (
+                applied.entry["state"] in ENDED_STATES and not applied.duplicate):
+            return await asyncio.to_thread(self._after_event, uuid, applied, source)
+        return None
 
     def _decider(self, uuid: str, event: Event, source: str) -> Decide:
         def decide(head: Doc) -> tuple[str, Doc] | tuple[str, Doc, Doc]:

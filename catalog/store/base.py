@@ -620,6 +620,10 @@ class Store(Protocol):
         the backend has them (SQLite: committed with the events queued meanwhile)."""
         ...
 
+    async def apply_lineage_async(self, write: LineageWrite) -> LineageApplied:
+        """``apply_lineage`` awaited on an event loop (SQLite: with the loop's job events)."""
+        ...
+
     def lineage_events_of_runs(self, run_ids: list[str],
                                limit: int = 1000) -> dict[str, list[Doc]]:
         """The events of each of ``run_ids`` (the last ``limit`` of each, oldest first), by

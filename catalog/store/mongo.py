@@ -378,11 +378,14 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
 
     def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
         """Apply on a small pool of threads (each event is its own compare-and-set)."""
+        return self._pool().submit(self.apply_event, uuid, event_id, decide)
+
+    def _pool(self) -> ThreadPoolExecutor:
         with self._executor_lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=8,
                                                     thread_name_prefix="catalog-mongo")
-            return self._executor.submit(self.apply_event, uuid, event_id, decide)
+            return self._executor
 
     def apply_events(self, events: list[tuple[str, str | None, Decide]]
                      ) -> list[Applied | Exception]:

@@ -10,7 +10,9 @@ a namespace and ``generated_by``) are joined to the reference of the same namesp
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -116,6 +118,13 @@ class OpenLineageMongo:
                                            {"_id": 0, "state": 1, "last_event": 1})
         new = self._keep_record(write.record_as(refusal), write.entities, write.links)
         return LineageApplied(new, applied, refusal, head)
+
+    async def apply_lineage_async(self, write: LineageWrite) -> LineageApplied:
+        """``apply_lineage`` on the pool of ``submit_event``."""
+        return await asyncio.wrap_future(self._pool().submit(self.apply_lineage, write))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        raise NotImplementedError  # MongoStore's
 
     def _insert_absent(self, collection: Collection[Doc], doc: Doc) -> bool:
         try:

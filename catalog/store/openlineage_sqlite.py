@@ -102,6 +102,12 @@ class PendingLineage:
     write: LineageWrite
     result: LineageApplied | None = None
     error: BaseException | None = None
+
+
+@dataclass
+class ThreadLineage(PendingLineage):
+    """One from a thread (``apply_lineage``), answered through a future."""
+
     future: Future[LineageApplied] = field(default_factory=Future)
 
     def settle(self) -> None:
@@ -127,8 +133,11 @@ class OpenLineageSQLite:
     def _connection(self) -> sqlite3.Connection:
         raise NotImplementedError  # SQLiteStore's
 
-    def _apply_pending(self, pending: PendingLineage) -> LineageApplied:
+    def _apply_pending(self, pending: ThreadLineage) -> LineageApplied:
         raise NotImplementedError  # SQLiteStore's: queued for its group commit
+
+    async def _apply_on_loop(self, write: LineageWrite) -> LineageApplied:
+        raise NotImplementedError  # SQLiteStore's: with its loop's events (sqlite_loop)
 
     @staticmethod
     def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
@@ -158,7 +167,10 @@ class OpenLineageSQLite:
     def apply_lineage(self, write: LineageWrite) -> LineageApplied:
         # One transaction (one sync) for the whole event, shared with every write queued
         # meanwhile (module docstring).
-        return self._apply_pending(PendingLineage(write))
+        return self._apply_pending(ThreadLineage(write))
+
+    async def apply_lineage_async(self, write: LineageWrite) -> LineageApplied:
+        return await self._apply_on_loop(write)
 
     @classmethod
     def _apply_lineage(cls, conn: sqlite3.Connection, item: PendingLineage) -> None:
@@ -167,7 +179,7 @@ class OpenLineageSQLite:
         conn.execute("SAVEPOINT ol_write")
         try:
             item.result = cls._write_lineage(conn, item.write)
-        except sqlite3.IntegrityError as exc:
+        except sqlite3.Error as exc:  # a constraint, a full disk, ...: named, not raw
             item.error = StoreError(f"the catalog database refused a write: {exc}")
         except Exception as exc:  # the caller's, its writes undone
             item.error = exc

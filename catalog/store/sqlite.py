@@ -70,7 +70,8 @@ from catalog.store.base import (
 from catalog.store.fixity_sqlite import MIGRATION as FIXITY_MIGRATION
 from catalog.store.fixity_sqlite import SET_LAST_CHECK, FixitySQLite, add_checks
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
-from catalog.store.openlineage_sqlite import OpenLineageSQLite, PendingLineage
+from catalog.store.openlineage_sqlite import OpenLineageSQLite, PendingLineage, ThreadLineage
+from catalog.store.openlineage_write import LineageApplied, LineageWrite
 from catalog.store.sqlite_loop import LoopEventsRegistry
 from catalog.store.tombstones_sqlite import MIGRATION as TOMBSTONES_MIGRATION
 from catalog.store.tombstones_sqlite import TombstonesSQLite
@@ -371,7 +372,7 @@ class _PendingEvent:
 
 
 # What the group commit takes: job events, and OpenLineage events whole (openlineage_sqlite).
-_Pending = _PendingEvent | PendingLineage
+_Pending = _PendingEvent | ThreadLineage
 
 
 class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
@@ -669,13 +670,22 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         one refusal undoes only itself.
         """
         pending = _PendingEvent(uuid, event_id, decide)
+        self._to_writer(pending)
+        return pending.future
+
+    def submit_lineage(self, write: LineageWrite) -> Future[LineageApplied]:
+        """``apply_lineage`` for the writer thread (``submit_event``'s)."""
+        pending = ThreadLineage(write)
+        self._to_writer(pending)
+        return pending.future
+
+    def _to_writer(self, pending: _Pending) -> None:
         with self._writer_lock:
             if self._writer is None or not self._writer.is_alive():
                 self._writer = threading.Thread(target=self._write_events, daemon=True,
                                                 name=f"catalog-sqlite-writer:{self.path}")
                 self._writer.start()
             self._queue.put(pending)
-        return pending.future
 
     async def apply_event_async(self, uuid: str, event_id: str | None,
                                 decide: Decide) -> Applied:
@@ -683,13 +693,17 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         its turn, made durable off it (``catalog.store.sqlite_loop``)."""
         return await self._loop_events.for_running_loop().submit(uuid, event_id, decide)
 
+    async def _apply_on_loop(self, write: LineageWrite) -> LineageApplied:
+        """An OpenLineage event from an event loop, in the loop's next batch of events."""
+        return await self._loop_events.for_running_loop().submit_lineage(write)
+
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
         """Apply in the calling thread (no hand-over to the writer: a lone caller pays no
         thread switch), committing along whatever else is queued."""
         applied: Applied = self._apply_pending(_PendingEvent(uuid, event_id, decide))
         return applied
 
-    def _apply_pending(self, pending: _PendingEvent | PendingLineage) -> Any:
+    def _apply_pending(self, pending: _Pending) -> Any:
         """Queue ``pending``; unless another caller's commit took it meanwhile, commit it with
         whatever else is queued; its outcome once committed."""
         self._queue.put(pending)
@@ -988,6 +1002,13 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     def _link(conn: sqlite3.Connection, src: str, relation: str, targets: list[str]) -> None:
         """add_links within the caller's write transaction."""
         table = _LINK_SOURCE_TABLES[check_link(src, relation)]
+        wanted = unique(targets)
+        if 0 < len(wanted) <= _IN_CHUNK and conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE uuid = ?) AND (SELECT count(*) "
+                "FROM links WHERE src = ? AND relation = ? AND dst IN "
+                f"({', '.join('?' * len(wanted))})) = ?",
+                (src, src, relation, *wanted, len(wanted))).fetchone()[0]:
+            return  # every link there already (its rows are written with the doc's list)
         # The list field lives in the doc's JSON: read, extend and rewrite it under the
         # write lock, leaving the head (state, version, updated) alone.
         row = conn.execute(f"SELECT doc, {_LINK_KEY_COLUMNS[table]} FROM {table} "

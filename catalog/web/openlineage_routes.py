@@ -25,7 +25,7 @@ from catalog.compat.marquez import (
     marquez_runs,
 )
 from catalog.errors import BodyTooLarge, InvalidData, InvalidInput, NotFound
-from catalog.openlineage import ingest
+from catalog.openlineage import ingest_async
 from catalog.openlineage_views import get_dataset, get_run, list_datasets
 
 _REFUSALS: dict[int | str, dict[str, Any]] = {400: {}, 401: {}, 403: {}, 404: {}, 413: {},
@@ -88,8 +88,7 @@ def add_openlineage_routes(app: FastAPI, catalog: Catalog) -> None:
         token = _key(request)
         body = decompressed(await request.body(), request.headers.get("content-encoding"),
                             limit)
-        outcome = await run_in_threadpool(ingest, catalog, parse_body(body), token, "api")
-        return JSONResponse(outcome)
+        return JSONResponse(await ingest_async(catalog, parse_body(body), token, "api"))
 
     @app.get("/api/v1/lineage", responses=_REFUSALS)
     def marquez_lineage(node_id: Annotated[str, Query(alias="nodeId")],
