@@ -209,7 +209,10 @@ async def ingest_async(catalog: Catalog, event: Any, token: str | None,
     """``ingest`` from an event loop: parsed and prepared in a thread (it reads the store),
     written with the loop's other events (``Store.apply_lineage_async``: one commit for all
     that arrived together, webhook events too), never blocking the loop on the store."""
-    prepared = await asyncio.to_thread(_prepare, catalog, event, token, source)
+    if catalog.store.kind == "sqlite":  # its reads are local and short: on the loop
+        prepared = _prepare(catalog, event, token, source)
+    else:
+        prepared = await asyncio.to_thread(_prepare, catalog, event, token, source)
     try:
         result = await catalog.store.apply_lineage_async(prepared.write)
     except CatalogError as exc:
