@@ -43,7 +43,7 @@ from catalog.deletion import gone_or, refuse_deleted
 from catalog.errors import CatalogError, EventNotAllowed, SchemaViolation
 from catalog.identifiers import UUIDType, job_uuid, pipeline_uuid
 from catalog.jobs import ManagedPipelineJob
-from catalog.models import Entity, Event, LineageOutcome, Pipeline, utc_now, utc_now_text
+from catalog.models import Entity, Event, Pipeline, utc_now, utc_now_text
 from catalog.openlineage_events import (
     EVENTS,
     MAX_FACET_BYTES,
@@ -303,17 +303,16 @@ def _prepare(catalog: Catalog, event: Any, token: str | None, source: str) -> _P
         inputs=[e["uuid"] for e in inputs], outputs=[e["uuid"] for e in outputs])
 
     def answer(result: LineageApplied) -> dict[str, Any]:
+        # A LineageOutcome's JSON, built from what the store wrote (nothing to validate).
         if result.applied is not None:
             entry = result.applied.entry
-            return LineageOutcome(
-                uuid=uuid, state=entry["state"], last_event=entry["name"],
-                event_id=entry["event_id"], duplicate=result.applied.duplicate,
-                pipeline_uuid=pipeline).model_dump(mode="json")
+            return {"uuid": uuid, "state": entry["state"], "last_event": entry["name"],
+                    "event_id": entry["event_id"], "duplicate": result.applied.duplicate,
+                    "pipeline_uuid": pipeline, "applied": True}
         assert result.head is not None
-        return LineageOutcome(
-            uuid=uuid, state=result.head["state"], last_event=result.head["last_event"],
-            event_id=identifier, duplicate=not result.new, pipeline_uuid=pipeline,
-            applied=False).model_dump(mode="json")
+        return {"uuid": uuid, "state": result.head["state"],
+                "last_event": result.head["last_event"], "event_id": identifier,
+                "duplicate": not result.new, "pipeline_uuid": pipeline, "applied": False}
 
     return _Prepared(write, answer, audit, uuid)
 

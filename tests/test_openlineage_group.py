@@ -19,6 +19,7 @@ import pytest
 from catalog import Catalog
 from catalog.errors import CatalogError, StoreError
 from catalog.identifiers import UUIDType, typed_uuid
+from catalog.models import Entity, LineageOutcome
 from catalog.openlineage import ingest, ingest_async
 from catalog.store.base import Doc
 from catalog.store.openlineage_write import LineageWrite
@@ -225,6 +226,17 @@ async def test_the_route_answers_as_the_library_call(catalog: Catalog) -> None:
     assert (again["state"], again["duplicate"]) == ("FINISHED", True)
     assert (late["state"], late["applied"], late["duplicate"]) == ("FINISHED", False, False)
     assert [entry.code for entry in catalog.audit_log(first["uuid"])] == ["event_not_allowed"]
+    for answer in (first, again, late):  # built as dicts: exactly the model's JSON
+        assert LineageOutcome.model_validate(answer).model_dump(mode="json") == answer
+
+
+def test_datasets_are_stored_as_the_entity_model_makes_them(catalog: Catalog) -> None:
+    """The datasets are built as documents (not models): each is what Entity would store."""
+    ingest(catalog, run_event("START"), KEY)
+    for name in ("raw.fits", "cube.fits"):
+        doc = catalog.store.get_entity(typed_uuid(UUIDType.reference, f"s3://lake/{name}"))
+        assert doc is not None
+        assert Entity.model_validate(doc).model_dump(mode="json") == doc
 
 
 @pytest.mark.anyio
