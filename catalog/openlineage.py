@@ -256,7 +256,7 @@ def _prepare(catalog: Catalog, event: Any, token: str | None, source: str) -> _P
     pipeline, _ = _pipeline_of(namespace, name, catalog.settings.namespace)
     data = {"openlineage": {"runId": run_id}}
     uuid = job_uuid(pipeline, [], data, catalog.settings.namespace)
-    head = catalog.store.get_job(uuid, history=False)  # most runs have one already
+    head = catalog.store.job_head(uuid)  # most runs have one already
     write = LineageWrite({}, uuid=uuid)
     if head is None:  # stored with the event, unless a concurrent event stores it first
         new = _new_pipeline(catalog, namespace, name)

@@ -360,6 +360,11 @@ class Store(Protocol):
 
     def get_job(self, uuid: str, history: bool = True) -> Doc | None: ...
 
+    def job_head(self, uuid: str) -> Doc | None:
+        """The job's head alone (``uuid``, ``state``, ``version``, ``last_event``,
+        ``created``), in one read: no links, history or results."""
+        ...
+
     def history_page(self, head: Doc, after: int = 0, limit: int = 1000) -> list[Doc]:
         """The entries of the job ``head`` (a ``get_job`` document) after its ``after``-th, up
         to its version (what the head has seen, even while events come), in order, at most

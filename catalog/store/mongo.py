@@ -479,6 +479,12 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
             return doc
         return {**doc, "history": self._entries(doc)}
 
+    def job_head(self, uuid: str) -> Doc | None:
+        with self._guard:
+            head = self._jobs.find_one({"uuid": uuid}, _HEAD)
+        return None if head is None else {field: head[field] for field in (
+            "uuid", "state", "version", "last_event", "created")}
+
     def get_jobs(self, uuids: list[str]) -> dict[str, Doc]:
         wanted = unique(uuids)
         if not wanted:

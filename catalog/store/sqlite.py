@@ -596,6 +596,13 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     def get_job(self, uuid: str, history: bool = True) -> Doc | None:
         return self._read_job(self._connection(), uuid, history)
 
+    def job_head(self, uuid: str) -> Doc | None:
+        row = self._connection().execute(
+            "SELECT state, version, last_event, created FROM jobs WHERE uuid = ?",
+            (uuid,)).fetchone()
+        return None if row is None else {"uuid": uuid, "state": row[0], "version": row[1],
+                                         "last_event": row[2], "created": row[3]}
+
     def get_jobs(self, uuids: list[str]) -> dict[str, Doc]:
         wanted = unique(uuids)
         found: dict[str, Doc] = {}
