@@ -299,6 +299,7 @@ _UPDATE_HEAD_AND_QUEUE = ("UPDATE jobs SET state = ?, version = version + 1, las
                           "updated = ?, queue = ?, priority = ?, queued = ?, lease_expiry = ? "
                           "WHERE uuid = ? AND version = ?")
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
+_ENTITY_CHUNK = 200  # entities per INSERT (4 parameters each)
 _UPSERT_FILE = (
     "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, created, "
     "doc, checked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -981,19 +982,25 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
 
     @staticmethod
     def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
-        """upsert_entities within the caller's write transaction."""
-        for doc in docs:
+        """upsert_entities within the caller's write transaction: one statement per chunk,
+        which answers the entities it inserted (their links are inserted with them)."""
+        for start in range(0, len(docs), _ENTITY_CHUNK):
+            first: dict[str, Doc] = {}  # of a uuid given twice, the first is kept
+            for doc in docs[start:start + _ENTITY_CHUNK]:
+                first.setdefault(doc["uuid"], doc)
+            rows = list(first.values())
             inserted = conn.execute(
-                "INSERT OR IGNORE INTO entities (uuid, kind, created, doc) VALUES (?, ?, ?, ?)",
-                (doc["uuid"], doc["kind"], doc["created"], _dumps(doc)),
-            ).rowcount
-            if inserted:
-                conn.executemany(
-                    _INSERT_LINK,
-                    [(doc["uuid"], relation, target, None)
-                     for relation in ENTITY_LINK_FIELDS
-                     for target in unique(doc.get(relation, []))],
-                )
+                "INSERT OR IGNORE INTO entities (uuid, kind, created, doc) VALUES "
+                f"{', '.join(['(?, ?, ?, ?)'] * len(rows))} RETURNING uuid",
+                [value for doc in rows
+                 for value in (doc["uuid"], doc["kind"], doc["created"], _dumps(doc))],
+            ).fetchall()
+            conn.executemany(
+                _INSERT_LINK,
+                [(uuid, relation, target, None) for uuid, in inserted
+                 for relation in ENTITY_LINK_FIELDS
+                 for target in unique(first[uuid].get(relation, []))],
+            )
 
     def get_entity(self, uuid: str) -> Doc | None:
         row = self._connection().execute(
