@@ -16,10 +16,13 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from catalog.errors import EntityNotFound, FileNotFound, InvalidInput, JobNotFound, NotFound
 from catalog.identifiers import UUIDType
+
+if TYPE_CHECKING:
+    from catalog.store.openlineage_write import LineageApplied, LineageWrite
 
 Doc = dict[str, Any]
 
@@ -360,6 +363,11 @@ class Store(Protocol):
 
     def get_job(self, uuid: str, history: bool = True) -> Doc | None: ...
 
+    def job_head(self, uuid: str) -> Doc | None:
+        """The job's head alone (``uuid``, ``state``, ``version``, ``last_event``,
+        ``created``), in one read: no links, history or results."""
+        ...
+
     def history_page(self, head: Doc, after: int = 0, limit: int = 1000) -> list[Doc]:
         """The entries of the job ``head`` (a ``get_job`` document) after its ``after``-th, up
         to its version (what the head has seen, even while events come), in order, at most
@@ -619,6 +627,17 @@ class Store(Protocol):
         """Keep an OpenLineage event (``event_id``, ``run_id``, ``parent_run_id``, ``job``,
         ``datasets``: uuids, ...) unless its ``event_id`` is stored, with its ``entities``
         (as ``upsert_entities``) and ``links`` (as ``add_links``); whether it was new."""
+        ...
+
+    def apply_lineage(self, write: LineageWrite) -> LineageApplied:
+        """One OpenLineage event whole (``catalog.store.openlineage_write``): its pipeline and
+        job stored if absent, its job's events applied (a kept refusal of the last one in the
+        audit log), the event kept as ``add_lineage_event`` keeps it. In one transaction where
+        the backend has them (SQLite: committed with the events queued meanwhile)."""
+        ...
+
+    async def apply_lineage_async(self, write: LineageWrite) -> LineageApplied:
+        """``apply_lineage`` awaited on an event loop (SQLite: with the loop's job events)."""
         ...
 
     def lineage_events_of_runs(self, run_ids: list[str],

@@ -379,11 +379,14 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
 
     def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
         """Apply on a small pool of threads (each event is its own compare-and-set)."""
+        return self._pool().submit(self.apply_event, uuid, event_id, decide)
+
+    def _pool(self) -> ThreadPoolExecutor:
         with self._executor_lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=8,
                                                     thread_name_prefix="catalog-mongo")
-            return self._executor.submit(self.apply_event, uuid, event_id, decide)
+            return self._executor
 
     def apply_events(self, events: list[tuple[str, str | None, Decide]]
                      ) -> list[Applied | Exception]:
@@ -476,6 +479,12 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
         if not history:
             return doc
         return {**doc, "history": self._entries(doc)}
+
+    def job_head(self, uuid: str) -> Doc | None:
+        with self._guard:
+            head = self._jobs.find_one({"uuid": uuid}, _HEAD)
+        return None if head is None else {field: head[field] for field in (
+            "uuid", "state", "version", "last_event", "created")}
 
     def get_jobs(self, uuids: list[str]) -> dict[str, Doc]:
         wanted = unique(uuids)

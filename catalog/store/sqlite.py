@@ -72,7 +72,8 @@ from catalog.store.base import (
 from catalog.store.fixity_sqlite import MIGRATION as FIXITY_MIGRATION
 from catalog.store.fixity_sqlite import SET_LAST_CHECK, FixitySQLite, add_checks
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
-from catalog.store.openlineage_sqlite import OpenLineageSQLite
+from catalog.store.openlineage_sqlite import OpenLineageSQLite, PendingLineage, ThreadLineage
+from catalog.store.openlineage_write import LineageApplied, LineageWrite
 from catalog.store.sqlite_loop import LoopEventsRegistry
 from catalog.store.tombstones_sqlite import MIGRATION as TOMBSTONES_MIGRATION
 from catalog.store.tombstones_sqlite import TombstonesSQLite
@@ -300,6 +301,7 @@ _UPDATE_HEAD_AND_QUEUE = ("UPDATE jobs SET state = ?, version = version + 1, las
                           "updated = ?, queue = ?, priority = ?, queued = ?, lease_expiry = ? "
                           "WHERE uuid = ? AND version = ?")
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
+_ENTITY_CHUNK = 200  # entities per INSERT (4 parameters each)
 _UPSERT_FILE = (
     "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, created, "
     "doc, checked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -364,6 +366,17 @@ class _PendingEvent:
     error: BaseException | None = None
     future: Future[Applied] = field(default_factory=Future)
 
+    def settle(self) -> None:
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            assert self.result is not None
+            self.future.set_result(self.result)
+
+
+# What the group commit takes: job events, and OpenLineage events whole (openlineage_sqlite).
+_Pending = _PendingEvent | ThreadLineage
+
 
 class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     """Store backed by one SQLite file."""
@@ -394,7 +407,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_PendingEvent | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         self._loop_events = LoopEventsRegistry(self, self._loop_connection)
@@ -570,14 +583,19 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 [(doc["uuid"], relation, target, doc["created"])
                  for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])])
 
+    @classmethod
+    def _insert_new_job(cls, conn: sqlite3.Connection, doc: Doc) -> bool:
+        """Insert the job with its history and links unless it exists; whether it was new."""
+        if conn.execute(f"INSERT OR IGNORE {_INSERT_JOB}", cls._job_row(doc)).rowcount != 1:
+            return False
+        history, links = cls._job_rows(doc)
+        conn.executemany(_INSERT_HISTORY, history)
+        conn.executemany(_INSERT_LINK, links)
+        return True
+
     def insert_job(self, doc: Doc) -> tuple[Doc, bool]:
-        row = self._job_row(doc)
         with self._write() as conn:
-            cursor = conn.execute(f"INSERT OR IGNORE {_INSERT_JOB}", row)
-            if cursor.rowcount == 1:
-                history, links = self._job_rows(doc)
-                conn.executemany(_INSERT_HISTORY, history)
-                conn.executemany(_INSERT_LINK, links)
+            if self._insert_new_job(conn, doc):
                 return doc, True
             existing = self._read_job(conn, doc["uuid"], history=True)
         assert existing is not None  # read under the write lock: it cannot have gone
@@ -585,6 +603,13 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
 
     def get_job(self, uuid: str, history: bool = True) -> Doc | None:
         return self._read_job(self._connection(), uuid, history)
+
+    def job_head(self, uuid: str) -> Doc | None:
+        row = self._connection().execute(
+            "SELECT state, version, last_event, created FROM jobs WHERE uuid = ?",
+            (uuid,)).fetchone()
+        return None if row is None else {"uuid": uuid, "state": row[0], "version": row[1],
+                                         "last_event": row[2], "created": row[3]}
 
     def get_jobs(self, uuids: list[str]) -> dict[str, Doc]:
         wanted = unique(uuids)
@@ -660,13 +685,22 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         one refusal undoes only itself.
         """
         pending = _PendingEvent(uuid, event_id, decide)
+        self._to_writer(pending)
+        return pending.future
+
+    def submit_lineage(self, write: LineageWrite) -> Future[LineageApplied]:
+        """``apply_lineage`` for the writer thread (``submit_event``'s)."""
+        pending = ThreadLineage(write)
+        self._to_writer(pending)
+        return pending.future
+
+    def _to_writer(self, pending: _Pending) -> None:
         with self._writer_lock:
             if self._writer is None or not self._writer.is_alive():
                 self._writer = threading.Thread(target=self._write_events, daemon=True,
                                                 name=f"catalog-sqlite-writer:{self.path}")
                 self._writer.start()
             self._queue.put(pending)
-        return pending.future
 
     async def apply_event_async(self, uuid: str, event_id: str | None,
                                 decide: Decide) -> Applied:
@@ -674,10 +708,19 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         its turn, made durable off it (``catalog.store.sqlite_loop``)."""
         return await self._loop_events.for_running_loop().submit(uuid, event_id, decide)
 
+    async def _apply_on_loop(self, write: LineageWrite) -> LineageApplied:
+        """An OpenLineage event from an event loop, in the loop's next batch of events."""
+        return await self._loop_events.for_running_loop().submit_lineage(write)
+
     def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
         """Apply in the calling thread (no hand-over to the writer: a lone caller pays no
         thread switch), committing along whatever else is queued."""
-        pending = _PendingEvent(uuid, event_id, decide)
+        applied: Applied = self._apply_pending(_PendingEvent(uuid, event_id, decide))
+        return applied
+
+    def _apply_pending(self, pending: _Pending) -> Any:
+        """Queue ``pending``; unless another caller's commit took it meanwhile, commit it with
+        whatever else is queued; its outcome once committed."""
         self._queue.put(pending)
         with self._write_lock:
             if not pending.future.done():
@@ -721,7 +764,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 outcomes.append(item.result)
         return outcomes
 
-    def _drain(self, batch: list[_PendingEvent]) -> tuple[list[_PendingEvent], bool]:
+    def _drain(self, batch: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what is queued to ``batch`` (up to a limit); True if the stop signal came."""
         while len(batch) < _MAX_BATCH:
             try:
@@ -744,7 +787,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
             if stop:
                 return
 
-    def _commit_batch(self, batch: list[_PendingEvent]) -> None:
+    def _commit_batch(self, batch: list[_Pending]) -> None:
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -766,19 +809,19 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 raise
         finally:
             for item in batch:
-                if item.error is not None:
-                    item.future.set_exception(item.error)
-                else:
-                    assert item.result is not None
-                    item.future.set_result(item.result)
+                item.settle()
 
     @classmethod
-    def _apply_batch(cls, conn: sqlite3.Connection, batch: Sequence[_Batched]) -> None:
+    def _apply_batch(cls, conn: sqlite3.Connection,
+                     batch: Sequence[_Batched | PendingLineage]) -> None:
         """Apply each event of ``batch`` in the open transaction, noting its result or error.
 
         ``_apply_one`` writes nothing unless it succeeds, so one refusal needs no savepoint to
-        leave the rest of the batch intact."""
+        leave the rest of the batch intact (an OpenLineage write, of many statements, has one)."""
         for item in batch:
+            if isinstance(item, PendingLineage):
+                cls._apply_lineage(conn, item)
+                continue
             try:
                 item.result = cls._apply_one(conn, item.uuid, item.event_id, item.decide)
             except sqlite3.IntegrityError as exc:
@@ -965,19 +1008,25 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
 
     @staticmethod
     def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
-        """upsert_entities within the caller's write transaction."""
-        for doc in docs:
+        """upsert_entities within the caller's write transaction: one statement per chunk,
+        which answers the entities it inserted (their links are inserted with them)."""
+        for start in range(0, len(docs), _ENTITY_CHUNK):
+            first: dict[str, Doc] = {}  # of a uuid given twice, the first is kept
+            for doc in docs[start:start + _ENTITY_CHUNK]:
+                first.setdefault(doc["uuid"], doc)
+            rows = list(first.values())
             inserted = conn.execute(
-                "INSERT OR IGNORE INTO entities (uuid, kind, created, doc) VALUES (?, ?, ?, ?)",
-                (doc["uuid"], doc["kind"], doc["created"], _dumps(doc)),
-            ).rowcount
-            if inserted:
-                conn.executemany(
-                    _INSERT_LINK,
-                    [(doc["uuid"], relation, target, None)
-                     for relation in ENTITY_LINK_FIELDS
-                     for target in unique(doc.get(relation, []))],
-                )
+                "INSERT OR IGNORE INTO entities (uuid, kind, created, doc) VALUES "
+                f"{', '.join(['(?, ?, ?, ?)'] * len(rows))} RETURNING uuid",
+                [value for doc in rows
+                 for value in (doc["uuid"], doc["kind"], doc["created"], _dumps(doc))],
+            ).fetchall()
+            conn.executemany(
+                _INSERT_LINK,
+                [(uuid, relation, target, None) for uuid, in inserted
+                 for relation in ENTITY_LINK_FIELDS
+                 for target in unique(first[uuid].get(relation, []))],
+            )
 
     def get_entity(self, uuid: str) -> Doc | None:
         row = self._connection().execute(
@@ -993,6 +1042,13 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     def _link(conn: sqlite3.Connection, src: str, relation: str, targets: list[str]) -> None:
         """add_links within the caller's write transaction."""
         table = _LINK_SOURCE_TABLES[check_link(src, relation)]
+        wanted = unique(targets)
+        if 0 < len(wanted) <= _IN_CHUNK and conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE uuid = ?) AND (SELECT count(*) "
+                "FROM links WHERE src = ? AND relation = ? AND dst IN "
+                f"({', '.join('?' * len(wanted))})) = ?",
+                (src, src, relation, *wanted, len(wanted))).fetchone()[0]:
+            return  # every link there already (its rows are written with the doc's list)
         # The list field lives in the doc's JSON: read, extend and rewrite it under the
         # write lock, leaving the head (state, version, updated) alone.
         row = conn.execute(f"SELECT doc, {_LINK_KEY_COLUMNS[table]} FROM {table} "
@@ -1215,10 +1271,12 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO audit (job_uuid, date, doc) VALUES (?, ?, ?)",
-                (entry["job_uuid"], entry["date"], _dumps(entry)),
-            )
+            self._insert_audit(conn, entry)
+
+    @staticmethod
+    def _insert_audit(conn: sqlite3.Connection, entry: Doc) -> None:
+        conn.execute("INSERT INTO audit (job_uuid, date, doc) VALUES (?, ?, ?)",
+                     (entry["job_uuid"], entry["date"], _dumps(entry)))
 
     def find_audit(self, job_uuid: str | None = None, limit: int = 100) -> list[Doc]:
         check_limit(limit)
