@@ -1,49 +1,54 @@
 """Hashing an index run's local files in worker processes, beside its record writes.
 
 On small files hashing is mostly Python (open, read, hexdigest: some 30 µs a file), and a
-thread doing it holds the GIL the record building and SQLite's parameter binding need: the
-indexer's hashing thread overlapped almost nothing. A worker process hashes on another core
-while the run builds and writes the previous chunk's records.
+thread doing it holds the GIL that the record building and SQLite's parameter binding need: the
+indexer's hashing thread overlapped little. A worker process hashes on another core while the
+run builds and writes the chunk before.
 
-A pool costs its start: each worker is a new interpreter (``spawn``: forking a process that
-runs threads can deadlock the child) that imports the catalog, about 0.4 s of CPU. Runs of
-fewer than ``POOL_FILES`` files hash in a thread as before (the crossover measured with
-``bench/hash_pool_crossover.py``); S3 storage always does (its reads wait on the network, which
-threads overlap well, and its client is not shared across processes).
+Each worker is ``python -m catalog.hash_worker``, talking pickles over its stdin and stdout
+(not ``multiprocessing``: its ``spawn`` re-runs the parent's main script in every child, which
+for a script that indexes at top level means indexing again, and ``fork`` in a process that
+runs threads can deadlock the child). A worker costs its start, an interpreter importing the
+catalog (about 0.4 s of CPU, on another core), so runs of fewer than ``POOL_FILES`` files hash
+in a thread as before; S3 storage always does (its reads wait on the network, which threads
+overlap well).
 
-No worker outlives its run: the pool is shut down when the run ends or fails, a worker ignores
-SIGINT (the parent stops it), and each worker watches its parent's sentinel and exits as soon
-as the parent is gone, however it went (SIGTERM, SIGKILL).
+No worker outlives its run: each is in a process group of its own (a terminal's Ctrl-C goes to
+the parent, which stops it), the pool closes every worker's input when the run ends or fails
+and reaps it, and a worker ends at the end of its input, which comes as well when the parent
+dies however it died (SIGTERM, SIGKILL): only the parent holds the other end of the pipe.
 """
 
 from __future__ import annotations
 
 import functools
-import multiprocessing
-import multiprocessing.connection
 import os
-import signal
+import pickle
+import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
+from pathlib import Path
 from types import TracebackType
 
 from catalog.errors import IndexingError
-from catalog.fixity import HashResult, hash_many
+from catalog.fixity import HashResult
 from catalog.storage import LocalStorage
 
 __all__ = ["POOL_FILES", "TASK_FILES", "HashPool", "pool_workers", "results"]
 
 # Files a run must claim for its hashing to go to worker processes. Measured on 2 cores
-# (bench/hash_pool_crossover.py, 4 KiB files): below it the worker's start-up costs more
-# than taking the hashing off the run's thread saves.
+# (bench/hash_pool_crossover.py, 4 KiB files): below it a worker's start costs more than
+# taking the hashing off the run's thread saves.
 POOL_FILES = 5000
 TASK_FILES = 1000  # files per task handed to a worker: one round trip for many small files
 _MAX_WORKERS = 4
-_PARENT_CHECK_S = 60.0
+_EXIT_WAIT_S = 10.0  # for a worker to end once its input is closed, before it is killed
 
-_storage: LocalStorage | None = None  # a worker's own, made at its start
+Answer = dict[str, HashResult | Exception]
+_Task = tuple[list[str], tuple[str, ...], "Future[Answer]"]
 
 
 @functools.cache
@@ -57,55 +62,107 @@ def pool_workers() -> int:
     return max(1, min(_MAX_WORKERS, cores - 1))
 
 
-def _start_worker(root: str) -> None:
-    """A worker's start: its storage, SIGINT left to the parent, and a watch on the parent."""
-    global _storage
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the run
-    _storage = LocalStorage(root)                 # stops the pool itself
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
-                         name="catalog-hash-parent-watch").start()
+class _Worker:
+    """One worker process, and the thread of this process that hands it tasks in turn."""
 
+    def __init__(self, root: str, tasks: queue.SimpleQueue[_Task | None],
+                 broken: threading.Event) -> None:
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        environment = {**os.environ, "PYTHONPATH": package_parent + (
+            os.pathsep + path if path else "")}  # this very catalog, wherever it came from
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "catalog.hash_worker", root], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=environment, process_group=0)
+        self._tasks, self._broken = tasks, broken
+        self.thread = threading.Thread(target=self._serve, daemon=True,
+                                       name=f"catalog-hash-worker:{self.process.pid}")
+        self.thread.start()
 
-def _exit_with_parent(sentinel: int) -> None:
-    """Exit once the parent is gone (its sentinel becomes readable at its exit, however it
-    exits): a parent killed mid-run leaves no worker waiting for work that never comes."""
-    while not multiprocessing.connection.wait([sentinel], timeout=_PARENT_CHECK_S):
-        pass
-    os._exit(1)
+    def _serve(self) -> None:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            while (task := self._tasks.get()) is not None:
+                paths, algorithms, future = task
+                if not future.set_running_or_notify_cancel():
+                    continue
+                if self._broken.is_set():
+                    future.set_exception(IndexingError("a hashing worker process ended "
+                                                       "abruptly: the run stopped"))
+                    continue
+                try:
+                    pickle.dump((paths, algorithms), stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                    stdin.flush()
+                    answer: Answer = pickle.load(stdout)
+                except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                    self._broken.set()
+                    future.set_exception(IndexingError(
+                        f"a hashing worker process ended abruptly "
+                        f"(exit status {self.process.poll()}): {type(exc).__name__}"))
+                else:
+                    future.set_result(answer)
+        finally:
+            self._stop()
 
-
-def _hash_task(paths: list[str], algorithms: tuple[str, ...]
-               ) -> dict[str, HashResult | Exception]:
-    """In a worker: ``hash_many`` of ``paths`` on one thread (the process is the parallelism)."""
-    assert _storage is not None, "a worker starts with _start_worker"
-    return hash_many(_storage, paths, algorithms, workers=1)
+    def _stop(self) -> None:
+        """Close the worker's input (it ends at its end) and reap it, killed if it lingers."""
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class HashPool:
-    """Worker processes hashing files of one ``LocalStorage``; use it as a context manager."""
+    """Worker processes hashing files of one ``LocalStorage``; use it as a context manager.
+    The workers start at once (their start-up overlaps the run's first chunk)."""
 
     def __init__(self, storage: LocalStorage, workers: int | None = None) -> None:
-        self._executor = ProcessPoolExecutor(
-            workers or pool_workers(), mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(storage.root,))
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._broken = threading.Event()
+        self._workers: list[_Worker] = []
+        try:
+            for _ in range(workers or pool_workers()):
+                self._workers.append(_Worker(storage.root, self._tasks, self._broken))
+        except BaseException:
+            self.close()
+            raise
 
-    def submit(self, paths: list[str], algorithms: Iterable[str]
-               ) -> list[Future[dict[str, HashResult | Exception]]]:
+    def submit(self, paths: list[str], algorithms: Iterable[str]) -> list[Future[Answer]]:
         """Tasks of up to ``TASK_FILES`` of ``paths``, each answering ``hash_many``'s dict."""
         names = tuple(algorithms)
-        return [self._executor.submit(_hash_task, paths[start:start + TASK_FILES], names)
-                for start in range(0, len(paths), TASK_FILES)]
+        futures: list[Future[Answer]] = []
+        for start in range(0, len(paths), TASK_FILES):
+            future: Future[Answer] = Future()
+            self._tasks.put((paths[start:start + TASK_FILES], names, future))
+            futures.append(future)
+        return futures
 
     def pids(self) -> list[int]:
-        """The workers' process ids (those started so far)."""
-        processes = getattr(self._executor, "_processes", None) or {}
-        return sorted(processes)
+        """The workers' process ids."""
+        return [worker.process.pid for worker in self._workers]
 
     def close(self) -> None:
-        """Stop the workers (after the task each is running; queued tasks are dropped)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Drop the tasks not started, let each worker finish the one it is on, then end and
+        reap every worker."""
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[2].cancel()
+        for _ in self._workers:
+            self._tasks.put(None)
+        for worker in self._workers:
+            worker.thread.join()
 
     def __enter__(self) -> HashPool:
         return self
@@ -115,13 +172,9 @@ class HashPool:
         self.close()
 
 
-def results(futures: list[Future[dict[str, HashResult | Exception]]]
-            ) -> dict[str, HashResult | Exception]:
-    """The tasks' answers merged; a worker that died is an IndexingError (the run stops)."""
-    merged: dict[str, HashResult | Exception] = {}
+def results(futures: list[Future[Answer]]) -> Answer:
+    """The tasks' answers merged (an IndexingError if a worker died: the run stops)."""
+    merged: Answer = {}
     for future in futures:
-        try:
-            merged.update(future.result())
-        except BrokenProcessPool as exc:
-            raise IndexingError(f"a hashing worker process ended abruptly: {exc}") from None
+        merged.update(future.result())
     return merged
