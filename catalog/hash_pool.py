@@ -9,9 +9,9 @@ Each worker is ``python -m catalog.hash_worker``, talking pickles over its stdin
 (not ``multiprocessing``: its ``spawn`` re-runs the parent's main script in every child, which
 for a script that indexes at top level means indexing again, and ``fork`` in a process that
 runs threads can deadlock the child). A worker costs its start, an interpreter importing the
-catalog (about 0.4 s of CPU, on another core), so runs of fewer than ``POOL_FILES`` files hash
-in a thread as before; S3 storage always does (its reads wait on the network, which threads
-overlap well).
+catalog (about 0.4 s of CPU, on another core): the run hashes on its own thread until a worker
+has started, and runs of fewer than ``POOL_FILES`` files start none. S3 storage always hashes
+on threads (its reads wait on the network, which threads overlap well).
 
 No worker outlives its run: each is in a process group of its own (a terminal's Ctrl-C goes to
 the parent, which stops it), the pool closes every worker's input when the run ends or fails
@@ -35,6 +35,7 @@ from types import TracebackType
 
 from catalog.errors import IndexingError
 from catalog.fixity import HashResult
+from catalog.hash_worker import READY
 from catalog.storage import LocalStorage
 
 __all__ = ["POOL_FILES", "TASK_FILES", "HashPool", "pool_workers", "results"]
@@ -75,6 +76,7 @@ class _Worker:
             [sys.executable, "-m", "catalog.hash_worker", root], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=environment, process_group=0)
         self._tasks, self._broken = tasks, broken
+        self.ready = threading.Event()  # set once the worker has started (its imports done)
         self.thread = threading.Thread(target=self._serve, daemon=True,
                                        name=f"catalog-hash-worker:{self.process.pid}")
         self.thread.start()
@@ -83,6 +85,8 @@ class _Worker:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
         try:
+            if stdout.read(len(READY)) == READY:
+                self.ready.set()
             while (task := self._tasks.get()) is not None:
                 paths, algorithms, future = task
                 if not future.set_running_or_notify_cancel():
@@ -144,6 +148,15 @@ class HashPool:
             self._tasks.put((paths[start:start + TASK_FILES], names, future))
             futures.append(future)
         return futures
+
+    def ready(self) -> bool:
+        """Whether a worker has started: until then a run hashes on its own thread, rather
+        than wait for a worker's start-up (about 0.4 s of imports, far more on a busy host)."""
+        return any(worker.ready.is_set() for worker in self._workers)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every worker to start; whether they all did."""
+        return all(worker.ready.wait(timeout) for worker in self._workers)
 
     def pids(self) -> list[int]:
         """The workers' process ids."""

@@ -132,7 +132,7 @@ class Hasher:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="index-hash")
 
     def submit(self, paths: list[str], algorithms: tuple[str, ...]) -> Hashing:
-        if self._pool is not None and len(paths) >= POOL_BATCH:
+        if self._pool is not None and len(paths) >= POOL_BATCH and self._pool.ready():
             return [(True, future) for future in self._pool.submit(paths, algorithms)]
         return [(False, self._thread.submit(hash_many, self._storage, paths, algorithms,
                                             on_done=self._progress))]

@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 import uuid as uuid_module
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,21 @@ def finished_job(catalog: Catalog, files: int) -> ManagedPipelineJob:
 
 
 @pytest.fixture
-def pools(monkeypatch: pytest.MonkeyPatch) -> list[HashPool]:
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every HashPool an index run makes, with the pool used for any tree and batch."""
-    made: list[HashPool] = []
+    made: list[Any] = []
 
     class Recorded(HashPool):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             made.append(self)
+            self.tasks = 0
+            assert self.wait_ready(60)  # else the run hashes on its thread until they are
+
+        def submit(self, paths: list[str], algorithms: Iterable[str]) -> Any:
+            futures = super().submit(paths, algorithms)
+            self.tasks += len(futures)
+            return futures
 
     monkeypatch.setattr(indexer, "HashPool", Recorded)
     monkeypatch.setattr(hash_pool, "POOL_FILES", 1)
@@ -105,12 +112,13 @@ def test_workers_answer_as_hash_many_does(tmp_path: Path) -> None:
 
 
 def test_an_index_run_hashes_in_workers_and_records_the_true_digests(
-        catalog: Catalog, pools: list[HashPool]) -> None:
+        catalog: Catalog, pools: list[Any]) -> None:
     job = finished_job(catalog, 40)
     seen: list[str] = []
     result = index_job(catalog, job.uuid, job.token, progress=lambda path, size: seen.append(path))
     assert (result.indexed, result.hashed, result.state) == (40, 40, "FINISHED")
     assert len(pools) == 1 and wait_gone(pools[0].pids(), 0) == []
+    assert pools[0].tasks == 6  # 40 files in tasks of 7
     assert len(seen) == 40  # the progress is told of every file the workers read
     for record in result.files:
         number = int(record["path"].rsplit("/f", 1)[1][:4])
@@ -120,14 +128,14 @@ def test_an_index_run_hashes_in_workers_and_records_the_true_digests(
 
 
 def test_a_small_tree_starts_no_worker(catalog: Catalog, monkeypatch: pytest.MonkeyPatch,
-                                       pools: list[HashPool]) -> None:
+                                       pools: list[Any]) -> None:
     monkeypatch.setattr(hash_pool, "POOL_FILES", 41)
     job = finished_job(catalog, 40)
     assert index_job(catalog, job.uuid, job.token).hashed == 40
     assert pools == []
 
 
-def test_a_failing_run_leaves_no_worker(catalog: Catalog, pools: list[HashPool],
+def test_a_failing_run_leaves_no_worker(catalog: Catalog, pools: list[Any],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(indexer, "UPSERT_CHUNK", 10)
     job = finished_job(catalog, 40)
@@ -141,7 +149,7 @@ def test_a_failing_run_leaves_no_worker(catalog: Catalog, pools: list[HashPool],
     assert wait_gone(pools[0].pids(), 0) == []  # reaped before the error came out
 
 
-def test_a_worker_that_dies_stops_the_run(catalog: Catalog, pools: list[HashPool],
+def test_a_worker_that_dies_stops_the_run(catalog: Catalog, pools: list[Any],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(indexer, "UPSERT_CHUNK", 10)
     job = finished_job(catalog, 40)
@@ -170,6 +178,7 @@ SCRIPT = textwrap.dedent("""
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
+            self.wait_ready(60)
 
     indexer.HashPool = Recorded
     catalog = Catalog.open("sqlite:///" + sys.argv[1] + "/catalog.db",
