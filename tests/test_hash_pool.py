@@ -154,9 +154,13 @@ def test_a_worker_that_dies_stops_the_run(catalog: Catalog, pools: list[Any],
     monkeypatch.setattr(indexer, "UPSERT_CHUNK", 10)
     job = finished_job(catalog, 40)
 
+    killed: list[int] = []
+
     def sink(records: list[Any]) -> None:
-        for pid in pools[0].pids():
-            os.kill(pid, signal.SIGKILL)
+        if not killed:  # after the first chunk: what is still to hash finds no worker
+            killed.extend(pools[0].pids())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
 
     with pytest.raises(IndexingError, match="hashing worker process ended abruptly"):
         index_job(catalog, job.uuid, job.token, sink=sink)
