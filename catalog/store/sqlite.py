@@ -1088,6 +1088,14 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         latest = latest_files(docs)
         if not latest:
             return
+        # The COMMIT does not checkpoint (a chunk of an index run dirties thousands of pages
+        # of its random-keyed trees: the checkpoint cost as much as the write); a thread of
+        # the store does, after (sqlite_checkpoint). Durability is the WAL's, synced at COMMIT.
+        with sqlite_checkpoint.deferred(self._connection()):
+            self._upsert_files(latest)
+        self._checkpointer.request()
+
+    def _upsert_files(self, latest: dict[str, Doc]) -> None:
         with self._write() as conn:
             # A replaced record's checksum rows are found through its old doc (the table's key
             # starts with the algorithm), and its edges through the links key (src, relation).
