@@ -672,3 +672,12 @@ class Store(Protocol):
                      offset: int = 0) -> tuple[list[Doc], int]:
         """The pipelines of OpenLineage jobs in ``namespace`` by (name, uuid), and how many."""
         ...
+
+
+def settle_future(future: Future[Any], result: Any, error: BaseException | None) -> None:
+    """Answer a write's waiting thread: its error, else its result (which must be there)."""
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)

@@ -36,6 +36,7 @@ from catalog.store.base import (
     chunked,
     decode_cursor,
     page_of,
+    settle_future,
     unique,
 )
 from catalog.store.openlineage_write import LineageApplied, LineageWrite, run_steps
@@ -111,11 +112,7 @@ class ThreadLineage(PendingLineage):
     future: Future[LineageApplied] = field(default_factory=Future)
 
     def settle(self) -> None:
-        if self.error is not None:
-            self.future.set_exception(self.error)
-        else:
-            assert self.result is not None
-            self.future.set_result(self.result)
+        settle_future(self.future, self.result, self.error)
 
 
 _DATASET_KEY = ("json_extract(doc, '$.namespace')", "json_extract(doc, '$.name')", "uuid")

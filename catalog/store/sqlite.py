@@ -66,6 +66,7 @@ from catalog.store.base import (
     link_source_not_found,
     page_of,
     prefix_upper_bound,
+    settle_future,
     sorted_page,
     unique,
 )
@@ -367,11 +368,7 @@ class _PendingEvent:
     future: Future[Applied] = field(default_factory=Future)
 
     def settle(self) -> None:
-        if self.error is not None:
-            self.future.set_exception(self.error)
-        else:
-            assert self.result is not None
-            self.future.set_result(self.result)
+        settle_future(self.future, self.result, self.error)
 
 
 # What the group commit takes: job events, and OpenLineage events whole (openlineage_sqlite).
