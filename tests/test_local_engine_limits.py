@@ -6,6 +6,7 @@ killed outright."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -38,13 +39,14 @@ CPUS = os.sched_getaffinity(0)
 HOG = textwrap.dedent('''
     import subprocess, sys
     sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    with open(sys.argv[1], "w") as handle:
-        handle.write(str(sleeper.pid))
+    with open(sys.argv[1], "a") as handle:
+        handle.write(str(sleeper.pid) + " ")
     hog = subprocess.run([sys.executable, "-c", "b = bytearray(400 << 20)"])
     print({"hog": hog.returncode})
 ''')
 
 MODULE = '''
+import contextlib
 import os
 
 def allocate(mb):
@@ -66,6 +68,10 @@ def _groups() -> MemoryGroups:
 
 def _job_groups(groups: MemoryGroups) -> list[str]:
     return sorted(entry.name for entry in os.scandir(groups.directory) if entry.is_dir())
+
+
+def _pids(listed: Path) -> list[int]:
+    return [int(line) for line in listed.read_text().split()] if listed.exists() else []
 
 
 def _running(pid: int) -> bool:
@@ -122,7 +128,13 @@ def test_a_job_past_its_memory_fails_out_of_memory_children_included(
                          resources={"memory": "64M"}, retries=2)
     options = WorkerOptions(WorkFilter(pipelines=["reduce"]), lives=2, sleep=0.1,
                             workdir=tmp_path / "work")
-    attempts = Worker(LocalQueue(catalog), options).run()
+    try:
+        attempts = Worker(LocalQueue(catalog), options).run()
+        left = [pid for pid in _pids(sleeper) if _running(pid)]
+    finally:  # stopped by their ids whatever the test finds
+        for pid in _pids(sleeper):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert [a.state for a in attempts] == ["QUEUED", "FAILED"]  # retried, as Slurm's would be
     stored = catalog.get_job(job.uuid)
     assert stored.state == "FAILED"
@@ -133,8 +145,8 @@ def test_a_job_past_its_memory_fails_out_of_memory_children_included(
               r"kernel killed [1-9][0-9]* of its processes in its memory cgroup\)")
     assert all(re.fullmatch(reason, str(events[i][1])) for i in (0, 2)), events
     # The leader exited 0, but its child was killed for memory: the job failed all the same;
-    # the sleeper it left in a session of its own died with the job's group.
-    assert not _running(int(sleeper.read_text()))
+    # the sleepers it left in sessions of their own (one an attempt) died with the job's group.
+    assert len(_pids(sleeper)) == 2 and left == []
     assert _job_groups(groups) == before
 
 
