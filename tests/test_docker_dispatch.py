@@ -101,9 +101,13 @@ def errors(job: Job) -> list[str]:
 def test_every_way_a_container_ends_reaches_the_catalog(home: Server, catalog: Catalog) -> None:
     writes = ("echo a,b > /work/out.csv; echo done; "
               "echo \"({'rows': 1}, ['/work/out.csv'], [])\"")
+    told = ("echo \"{'job': '$CATALOG_JOB_UUID', 'attempt': '$CATALOG_JOB_ATTEMPT', "
+            "'db': '${CATALOG_DB:-none}', 'archive': '${CATALOG_ARCHIVE_PATH:-none}'}\"")
     works: dict[str, tuple[dict[str, Any], dict[str, Any] | None, int]] = {
         "product": ({"image": IMAGE, "command": ["sh", "-c", writes]}, None, 0),
         "default_image": ({"command": ["echo", "{'n': 2}"]}, None, 0),
+        # told its job; not this host's paths, which mean nothing in a container
+        "told": ({"image": IMAGE, "command": ["sh", "-c", told]}, None, 0),
         "exits": ({"image": IMAGE, "command": ["sh", "-c", "exit 3"]}, None, 0),
         "hog": ({"image": IMAGE, "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=256M",
                                              "count=1"]}, {"memory": 8}, 0),
@@ -129,6 +133,8 @@ def test_every_way_a_container_ends_reaches_the_catalog(home: Server, catalog: C
     assert files["out.csv"]["generated_by"] == [product.uuid]
     assert "stdout.txt" in files  # the container's output, archived and indexed
     assert jobs["default_image"].results == {"n": 2}
+    assert jobs["told"].results == {"job": uuids["told"], "attempt": "1", "db": "none",
+                                    "archive": "none"}
     assert errors(jobs["exits"]) == ["docker FAILED: the command exited with code 3"]
     assert errors(jobs["hog"])[0].startswith("docker OOMKILLED: the container went past its "
                                              "memory limit")
@@ -139,7 +145,7 @@ def test_every_way_a_container_ends_reaches_the_catalog(home: Server, catalog: C
     assert "names no command" in errors(jobs["function"])[0]
     assert "CPU limit" in errors(jobs["too_many_cores"])[0]
     assert all(job.state == "FAILED" for key, job in jobs.items()
-               if key not in ("product", "default_image"))
+               if key not in ("product", "default_image", "told"))
     assert containers() == {}  # every container removed once its attempt was reported
     assert not any((home.directory / "docker-work").iterdir())
 

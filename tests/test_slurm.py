@@ -43,9 +43,16 @@ import os
 def add(a, b):
     with open("sum.csv", "w") as handle:
         handle.write(f"a,b,sum\\n{a},{b},{a + b}\\n")
-    return {"sum": a + b, "token_seen": bool(os.environ.get("CATALOG_JOB_TOKEN"))}, \\
-        ["sum.csv"], []
+    return {"sum": a + b, "token_seen": bool(os.environ.get("CATALOG_JOB_TOKEN")),
+            "job": os.environ.get("CATALOG_JOB_UUID"),
+            "key_seen": bool(os.environ.get("CATALOG_WORKER_KEY"))}, ["sum.csv"], []
 '''
+
+
+def told(total: int, uuid: str) -> dict[str, Any]:
+    """What ``add`` answers when run as job ``uuid``: told its job and its token, not the
+    dispatcher's worker key."""
+    return {"sum": total, "token_seen": True, "job": uuid, "key_seen": False}
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +246,7 @@ def test_the_node_reports_through_the_webhook_and_the_dispatcher_ends_the_job(
     running = commands()
     report = finish(process, timeout=60)
     assert {a["state"] for a in report["attempts"]} == {"FINISHED"}
-    for uuid, results in ((added, {"sum": 5, "token_seen": True}), (printed, {"n": 1})):
+    for uuid, results in ((added, told(5, added)), (printed, {"n": 1})):
         done = job(home, uuid)
         assert (done["state"], done["results"]) == ("FINISHED", results)
         started, ended = node_reports(done)
@@ -265,7 +272,7 @@ def test_the_node_reports_through_the_webhook_and_the_dispatcher_ends_the_job(
                     timeout=60)
     assert [a["state"] for a in report["attempts"]] == ["FINISHED"]
     done = job(home, cut_off)
-    assert (done["state"], done["results"]) == ("FINISHED", {"sum": 2, "token_seen": True})
+    assert (done["state"], done["results"]) == ("FINISHED", told(2, cut_off))
     assert node_reports(done) == []
 
     # Over HTTP the dispatcher cancels a job scancelled outside the catalog with its token.
@@ -298,7 +305,7 @@ def test_a_lost_result_file_is_taken_from_the_nodes_report(
                     timeout=60)
     assert [a["state"] for a in report["attempts"]] == ["FINISHED"]
     done = job(home, added)
-    assert (done["state"], done["results"]) == ("FINISHED", {"sum": 9, "token_seen": True})
+    assert (done["state"], done["results"]) == ("FINISHED", told(9, added))
     assert [e["name"] for e in done["history"]].count("finish") == 1
     home.stop()
 
@@ -368,7 +375,7 @@ def test_every_end_state_reaches_the_catalog_with_its_reason(
 
     done = job(home, added)
     assert done["state"] == "FINISHED"
-    assert done["results"] == {"sum": 5, "token_seen": True}  # the token, in its environment
+    assert done["results"] == told(5, added)  # the token, in its environment
     files = json.loads(home.cli("--json", "file", "list", "--job", added))["files"]
     product = next(f for f in files if f["name"] == "sum.csv")
     assert (product["kind"], product["status"], product["generated_by"]) == (

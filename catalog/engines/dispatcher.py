@@ -39,7 +39,7 @@ from catalog.engines.base import EngineAway, Execution
 from catalog.engines.call import Outputs
 from catalog.errors import CatalogError, LeaseNotHeld
 from catalog.queue.models import Withdrawn, WorkFilter
-from catalog.worker import QueueClient, completion_of
+from catalog.worker import QueueClient, completion_of, work_of
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -210,11 +210,12 @@ class Dispatcher:
         workdir.mkdir(parents=True)
         workdir.chmod(0o700)
         intent = workdir / ".intent"
-        intent.write_text(json.dumps({"work": job.work(), "timeout": job.timeout,
+        work = work_of(job, job.work(), self.queue.location())
+        intent.write_text(json.dumps({"work": work, "timeout": job.timeout,
                                       "token": job.token, "attempt": job.attempt}),
                           encoding="utf-8")
         intent.chmod(0o600)
-        self._start(job.uuid, job.work(), workdir, job.timeout, job.token)
+        self._start(job.uuid, work, workdir, job.timeout, job.token)
 
     def _start(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
                token: str) -> None:

@@ -24,9 +24,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from catalog.engines.base import EngineAway, Execution, last_line, outputs_of_line
+from catalog.engines.base import (
+    EngineAway,
+    Execution,
+    environment_of,
+    last_line,
+    outputs_of_line,
+)
 from catalog.engines.call import Outputs
-from catalog.engines.docker_flags import environment_of, limit_flags, mount_flags
+from catalog.engines.docker_flags import limit_flags, mount_flags
 from catalog.engines.local import command_argv
 
 LABEL = "org.catalog.job"  # the job UUID, on every container this engine starts

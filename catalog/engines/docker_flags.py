@@ -5,13 +5,11 @@ line) and bind mounts, each checked before anything runs (ValueError saying what
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from catalog.engines.base import Resources
 
 _MIN_MEMORY = 6 * 1024 * 1024  # the least docker accepts for --memory
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 
 
 def limit_flags(work: dict[str, Any]) -> list[str]:
@@ -46,17 +44,6 @@ def limit_flags(work: dict[str, Any]) -> list[str]:
                              f"{os.cpu_count() or 1} cores, not {cpus!r}")
         flags += ["--cpus", f"{float(cpus):g}"]
     return flags
-
-
-def environment_of(work: dict[str, Any]) -> dict[str, str]:
-    environment = work.get("environment") or {}
-    if not isinstance(environment, dict):
-        raise ValueError("the work's environment is not a JSON object")
-    for name, value in environment.items():
-        if not _ENV_NAME.match(str(name)) or not isinstance(value, str):
-            raise ValueError(f"environment variable {name!r}: a name of letters, digits and "
-                             "_ with a string value")
-    return {str(name): str(value) for name, value in environment.items()}
 
 
 def mount_flags(work: dict[str, Any]) -> list[str]:

@@ -39,6 +39,8 @@ DISPATCHER_LABEL = "org.catalog.dispatcher"
 MOUNT = "/work"  # the job's work directory, inside its container
 STOP_GRACE_S = 10.0
 _PASSED = ("image", "command", "environment", "resources", "limits")  # of a job's data
+# Told to work on this host, not in a container, which sees only its work directory.
+_HOST_PATHS = ("CATALOG_DB", "CATALOG_ARCHIVE_ROOT", "CATALOG_CONFIG", "CATALOG_ARCHIVE_PATH")
 
 
 class ContainerRun:
@@ -152,6 +154,9 @@ class DockerFleet:
                              "names no command" + (" (a function runs with --engine local "
                                                    "or slurm)" if "function" in work else ""))
         passed = {key: work[key] for key in _PASSED if work.get(key) is not None}
+        if isinstance(passed.get("environment"), dict):  # this host's paths mean nothing there
+            passed["environment"] = {name: value for name, value in passed["environment"].items()
+                                     if name not in _HOST_PATHS}
         passed.setdefault("image", self.image)
         if passed["image"] is None:
             raise ValueError("the job's data names no image, and the dispatcher has no "

@@ -54,7 +54,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from catalog.engines import call
-from catalog.engines.base import Execution, Resources, read_execution
+from catalog.engines.base import (
+    Execution,
+    Resources,
+    environment_of,
+    inherited_environment,
+    read_execution,
+)
 from catalog.engines.cgroups import JobGroup, MemoryGroups
 from catalog.engines.guard import GUARD
 from catalog.resources import parse_resources
@@ -333,8 +339,8 @@ class LocalEngine:
     def _start(self, work: dict[str, Any], workdir: Path, timeout: int,
                limits: Limits | None, resources: dict[str, str] | None) -> LocalRun:
         workdir.mkdir(parents=True, exist_ok=True)
+        env = {**inherited_environment(), **environment_of(work), **(resources or {})}
         if work.get("command") is not None:
-            env = None if resources is None else {**os.environ, **resources}
             return LocalRun(command_argv(work["command"]), workdir, timeout, None, env,
                             limits)
         function = work.get("function")
@@ -347,7 +353,6 @@ class LocalEngine:
         parameters_file.write_text(json.dumps(parameters), encoding="utf-8")
         result_file = workdir / ".result.json"
         # The worker's import path, so that functions importable here are importable there.
-        env = {**os.environ, **(resources or {})}
         env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)
         return LocalRun([self.python, call.__file__, function, str(parameters_file),
                          str(result_file)], workdir, timeout, result_file, env, limits)

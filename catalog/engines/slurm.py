@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from catalog.engines import call, node
-from catalog.engines.base import Execution, Resources, read_execution
+from catalog.engines.base import (
+    Execution,
+    Resources,
+    environment_of,
+    inherited_environment,
+    read_execution,
+)
 from catalog.engines.local import command_argv
 from catalog.engines.slurm_client import NativeState, SlurmClient, SlurmError, parse_minutes
 from catalog.mappings import get_mapping
@@ -82,6 +88,7 @@ class SlurmEngine:
         job_name = check_name(name or workdir.name)
         resources = Resources.of(work, timeout)
         self.check(resources)
+        environment = environment_of(work)
         workdir.mkdir(parents=True, exist_ok=True)
         argv, result_file = self._argv(work, workdir)
         if report_url:
@@ -99,7 +106,7 @@ class SlurmEngine:
             options.append(f"--mem={resources.memory_mb}M")
         if self.partition:
             options.append(f"--partition={self.partition}")
-        env = {**(self.client.env or os.environ), **(secrets or {})}
+        env = {**inherited_environment(self.client.env), **environment, **(secrets or {})}
         if report_url:
             env["CATALOG_REPORT_URL"] = report_url
         if result_file is not None:
