@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from test_web_e2e import CATALOG, Server
 
+from catalog.engines import LocalEngine
+
 pytestmark = pytest.mark.slow
 
 FUNCTIONS = '''
@@ -106,14 +108,20 @@ def test_the_work_s_own_environment_is_kept_and_cannot_claim_another_job(
     assert job(directory, uuid)["results"] == {"greeting": "hello", "uuid": uuid}
 
 
-def test_a_malformed_environment_fails_the_job_naming_the_variable(directory: Path) -> None:
-    uuid = submit(directory, {"command": ["true"], "environment": {"1BAD": "x"}},
-                  "--retries", "1")
-    run(directory, "--json", "run", "demo", "--lives", "1", "--sleep", "0.1")
-    failed = job(directory, uuid)
-    assert failed["state"] == "FAILED"
-    reason = failed["queue"]["reason"]
-    assert reason.startswith("could not start") and "'1BAD'" in reason, reason
+@pytest.mark.parametrize(("environment", "named"), [
+    ({"1BAD": "x"}, "'1BAD'"), ({"OK": 1}, "'OK'"), ("PATH=/x", "not a JSON object")])
+def test_a_malformed_environment_is_refused_at_submit_and_by_the_engine(
+        directory: Path, environment: Any, named: str) -> None:
+    data = {"command": ["true"], "environment": environment}
+    done = subprocess.run([str(CATALOG), "submit", "--pipeline", "demo", "--data",
+                           json.dumps(data)], cwd=directory, env=clean_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and named in done.stderr, done.stderr
+    assert json.loads(run(directory, "--json", "job", "list"))["jobs"] == []
+    # A job that reached a worker some other way is refused before anything starts.
+    with pytest.raises(ValueError, match=named):
+        LocalEngine().start(data, directory / "w", 5)
+    assert not (directory / "w").exists()
 
 
 def test_a_worker_over_http_tells_the_work_the_server_s_url(tmp_path: Path) -> None:

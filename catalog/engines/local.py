@@ -338,8 +338,8 @@ class LocalEngine:
 
     def _start(self, work: dict[str, Any], workdir: Path, timeout: int,
                limits: Limits | None, resources: dict[str, str] | None) -> LocalRun:
-        workdir.mkdir(parents=True, exist_ok=True)
         env = {**inherited_environment(), **environment_of(work), **(resources or {})}
+        workdir.mkdir(parents=True, exist_ok=True)
         if work.get("command") is not None:
             return LocalRun(command_argv(work["command"]), workdir, timeout, None, env,
                             limits)
