@@ -9,7 +9,9 @@ Prints one JSON document:
     bare sbatch -> COMPLETED with the same polling interval: the difference in s (target
     <= +0.5 s);
 (c) ``local``: ``--commands`` trivial commands through the local engine, against a bare loop of
-    ``subprocess.run``: rate ratio (target >= 0.5).
+    ``subprocess.run``: rate ratio (target >= 0.5); and the same commands held to resources
+    (one core, 256 MB: an affinity and a memory cgroup per job where there are cgroups),
+    ``limited_ratio`` against the same bare rate.
 (a) and (b) run on a one-node cluster this script starts (tests/slurmcluster.py); where none can
 start they are reported as skipped, with why.
 Usage: ``python bench/engines.py [--jobs N] [--commands N] [--local-only]``.
@@ -35,7 +37,8 @@ import slurmcluster  # noqa: E402
 from catalog import Catalog  # noqa: E402
 from catalog.engines import LocalEngine  # noqa: E402
 from catalog.engines.dispatcher import Dispatcher, DispatchOptions  # noqa: E402
-from catalog.engines.slurm import SlurmEngine  # noqa: E402
+from catalog.engines.local import memory_groups  # noqa: E402
+from catalog.engines.slurm import SlurmEngine, SlurmFleet  # noqa: E402
 from catalog.engines.slurm_client import SlurmClient  # noqa: E402
 from catalog.queue.models import WorkFilter  # noqa: E402
 from catalog.tokens import Keys  # noqa: E402
@@ -56,9 +59,19 @@ def local(commands: int, root: Path) -> dict[str, Any]:
         run.wait(60)
         assert run.result().error is None
     engine_rate = commands / (time.perf_counter() - started)
+    limited = {"command": ["true"], "resources": {"cores": 1, "memory": "256M"}}
+    started = time.perf_counter()
+    for i in range(commands):
+        run = engine.start(limited, root / f"limited-{i}", 60)
+        run.wait(60)
+        assert run.result().error is None
+    limited_rate = commands / (time.perf_counter() - started)
     return {"commands": commands, "bare_per_s": round(bare, 1),
             "engine_per_s": round(engine_rate, 1), "ratio": round(engine_rate / bare, 3),
-            "target": ">= 0.5", "load_average": [round(x, 2) for x in os.getloadavg()]}
+            "target": ">= 0.5", "limited_per_s": round(limited_rate, 1),
+            "limited_ratio": round(limited_rate / bare, 3),
+            "memory_cgroups": memory_groups() is not None,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def bare_slurm(client: SlurmClient, jobs: int, workdir: Path) -> float:
@@ -93,7 +106,7 @@ def catalog_slurm(client: SlurmClient, jobs: int, root: Path, tag: str) -> float
                                   name=f"bench-{tag}", max_in_flight=max(jobs, 1), poll=POLL_S,
                                   lives=jobs, sleep=POLL_S)
         started = time.perf_counter()
-        ended = Dispatcher(LocalQueue(catalog, "bench"), SlurmEngine(client), options,
+        ended = Dispatcher(LocalQueue(catalog, "bench"), SlurmFleet(SlurmEngine(client)), options,
                            threading.Event()).run()
         took = time.perf_counter() - started
         assert len(ended) == jobs and {e.state for e in ended} == {"FINISHED"}, ended[:3]

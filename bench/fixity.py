@@ -10,7 +10,8 @@ against ``bagit.make_bag(checksums=["sha256"], processes=2)`` on a copy of the s
 and ``catalog verify`` of the indexed tree against bagit validating its bag
 (``validate(processes=2)``), and ``catalog bag`` of the indexed tree against ``make_bag``.
 (c) With ``--scale-files N`` (200,000 in the issue): ``catalog index`` files/s on a tree of N
-files, against the tree's figure.
+files, against the tree's figure, and its peak RSS against that of indexing the tree (``--files``
+files), each run in a process of its own so that its peak is its own.
 
 Dropping the page cache needs root, so all data is synced and read once before it is timed:
 every figure is from a warm cache (reading from memory, not the disk, is what is measured).
@@ -26,6 +27,8 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -206,15 +209,29 @@ def bench_bagit_copy_tree(tree_dir: Path, files: int) -> float:
 
 def bench_index_tree(tree_dir: Path, files: int) -> float:
     """The whole `catalog index` path: events, listing, hashing (xxh3_128 + sha256), file
-    records and their bulk upserts into a fresh SQLite catalog at default durability."""
-    from catalog import ManagedPipelineJobInstance
+    records and their bulk upserts into a fresh SQLite catalog at default durability; the
+    records go to a sink that counts them, as the CLI's (which prints counts) does."""
+    from catalog.indexer import index_job
+
+    indexed = 0
+
+    def count(records: list[Any]) -> None:
+        nonlocal indexed
+        indexed += len(records)
 
     with _tree_job(tree_dir) as (catalog, job):
         start = time.perf_counter()
-        result = ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+        result = index_job(catalog, job.uuid, job.token, sink=count)
         seconds = time.perf_counter() - start
-        assert (len(result.files), result.hashed, result.state) == (files, files, "FINISHED")
+        assert (indexed, result.hashed, result.state) == (files, files, "FINISHED")
     return seconds
+
+
+def index_in_child(tree_dir: Path, files: int) -> dict[str, float]:
+    """``bench_index_tree`` in a process of its own: its seconds and its peak RSS alone."""
+    answer = subprocess.run([sys.executable, __file__, "--index-only", str(tree_dir),
+                             str(files)], check=True, capture_output=True, text=True)
+    return dict(json.loads(answer.stdout))
 
 
 def bench_store_write_tree(tree_dir: Path, files: int) -> float:
@@ -266,7 +283,13 @@ def bench_bagit_validate_tree(tree_dir: Path, files: int) -> float:
     return seconds
 
 
-def bench_bag_tree(tree_dir: Path, files: int) -> float:
+def bench_bag_link_tree(tree_dir: Path, files: int) -> float:
+    """``catalog bag --link``: as ``bench_bag_tree``, each file hard-linked from the archive
+    and read once through the link to verify it (no bytes written, as make_bag writes none)."""
+    return bench_bag_tree(tree_dir, files, link=True)
+
+
+def bench_bag_tree(tree_dir: Path, files: int, link: bool = False) -> float:
     """`catalog bag` of the indexed tree (indexing it is not timed): every file read once,
     copied into the bag and re-verified against its record, the manifest from the records."""
     from catalog import ManagedPipelineJobInstance
@@ -277,9 +300,9 @@ def bench_bag_tree(tree_dir: Path, files: int) -> float:
         ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
         try:
             start = time.perf_counter()
-            result = export_bag(catalog, job.uuid, destination, job.token)
+            result = export_bag(catalog, job.uuid, destination, job.token, link=link)
             seconds = time.perf_counter() - start
-            assert result.files == files, result
+            assert (result.files, result.linked) == (files, files if link else 0), result
         finally:
             shutil.rmtree(destination, ignore_errors=True)
     return seconds
@@ -294,6 +317,7 @@ TREE_CONTENDERS: dict[str, Callable[[Path, int], float]] = {
     "verify": bench_verify_tree,
     "bagit_validate": bench_bagit_validate_tree,
     "bag": bench_bag_tree,
+    "bag_link": bench_bag_link_tree,
     "bagit_copy": bench_bagit_copy_tree,
 }
 
@@ -316,8 +340,8 @@ def bench_tree(root: Path, files: int, rounds: int) -> dict[str, Any]:
         "bagit_files_s": round(files / best["bagit"], 1),
         "bagit": "make_bag(checksums=['sha256'], processes=2) on a fresh copy of the tree",
         "index_files_s": round(files / best["index"], 1),
-        "index": "catalog index end to end (ManagedPipelineJobInstance.index) on a fresh "
-                 "SQLite catalog: events, listing, hashing, records, bulk upserts "
+        "index": "catalog index end to end (index_job with a counting sink, as the CLI) on a "
+                 "fresh SQLite catalog: events, listing, hashing, records, bulk upserts "
                  "of 5,000",
         "store_write_files_s": round(files / best["store_write"], 1),
         "store_write": "the durable SQLite writes alone of the index's records (built "
@@ -331,6 +355,9 @@ def bench_tree(root: Path, files: int, rounds: int) -> dict[str, Any]:
         "bag": "catalog bag of the indexed tree (each file read once, copied and re-verified "
                "against its record) against make_bag on a copy (each reads and hashes every "
                "file once)",
+        "bag_link_files_s": round(files / best["bag_link"], 1),
+        "bag_link": "catalog bag --link: each file hard-linked from the archive and read once "
+                    "through the link to verify it, writing no file's bytes (as make_bag)",
         "bagit_copy_files_s": round(files / best["bagit_copy"], 1),
         "bagit_copy": "shutil.copytree of the tree then make_bag(checksums=['sha256'], "
                       "processes=2) of the copy, both timed: make_bag moves the files it is "
@@ -338,20 +365,34 @@ def bench_tree(root: Path, files: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def bench_scale(root: Path, files: int) -> dict[str, Any]:
-    """(c): `catalog index` files/s and peak RSS on a tree of ``files`` files (one round)."""
-    import resource
+def _peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (getrusage's ru_maxrss in
+    a child started by subprocess carries the parent's peak at the fork)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
-    tree_dir = root / "scale-tree"
-    write_tree(tree_dir, files)
-    _settle(tree_dir)
-    try:
-        seconds = bench_index_tree(tree_dir, files)
-    finally:
-        shutil.rmtree(tree_dir)
-    return {"files": files, "index_files_s": round(files / seconds, 1),
-            "peak_rss_mib_so_far": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+def bench_scale(root: Path, files: int, tree_files: int) -> dict[str, Any]:
+    """(c): `catalog index` files/s and peak RSS on a tree of ``files`` files and, for the
+    memory, on one of ``tree_files``: each run in a process of its own, so that its peak RSS
+    is its own (one round each)."""
+    results = {}
+    for count in (tree_files, files):
+        tree_dir = root / f"scale-tree-{count}"
+        write_tree(tree_dir, count)
+        _settle(tree_dir)
+        try:
+            results[count] = index_in_child(tree_dir, count)
+        finally:
+            shutil.rmtree(tree_dir)
+    return {"files": files, "index_files_s": round(files / results[files]["seconds"], 1),
+            "peak_rss_mib": results[files]["peak_rss_mib"],
+            "tree_files": tree_files,
+            "tree_index_files_s_child": round(tree_files / results[tree_files]["seconds"], 1),
+            "tree_peak_rss_mib": results[tree_files]["peak_rss_mib"]}
 
 
 def machine() -> dict[str, Any]:
@@ -380,12 +421,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each contender")
     parser.add_argument("--scale-files", type=int, default=0,
                         help="(c): also index a tree of this many files, e.g. 200000 (0: not)")
+    parser.add_argument("--index-only", nargs=2, metavar=("TREE_DIR", "FILES"),
+                        help=argparse.SUPPRESS)  # index_in_child's child
     args = parser.parse_args()
+    if args.index_only:
+        seconds = bench_index_tree(Path(args.index_only[0]), int(args.index_only[1]))
+        print(json.dumps({"seconds": seconds, "peak_rss_mib": _peak_rss_mib()}))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-fixity-") as temporary:
         root = Path(temporary) / "archive"
         big_file = bench_big_file(root, args.size_mib, args.rounds)
         tree = bench_tree(root, args.files, args.rounds)
-        scale = bench_scale(root, args.scale_files) if args.scale_files else None
+        scale = bench_scale(root, args.scale_files, args.files) if args.scale_files \
+            else None
     result: dict[str, Any] = {
         "benchmark": "fixity",
         "machine": machine(),
@@ -408,6 +456,7 @@ def main() -> None:
             "list_and_hash_many_vs_bagit": round(
                 tree["list_and_hash_many_files_s"] / tree["bagit_files_s"], 3),
             "bag_vs_bagit": round(tree["bag_files_s"] / tree["bagit_files_s"], 3),
+            "bag_link_vs_bagit": round(tree["bag_link_files_s"] / tree["bagit_files_s"], 3),
             "bag_vs_bagit_with_copy": round(
                 tree["bag_files_s"] / tree["bagit_copy_files_s"], 3),
         },
@@ -418,6 +467,11 @@ def main() -> None:
         result["scale"] = scale
         result["ratio"]["scale_vs_tree"] = round(
             scale["index_files_s"] / tree["index_files_s"], 3)
+        # both in processes of their own, one round each (the issue's measure is the above)
+        result["ratio"]["scale_vs_tree_children"] = round(
+            scale["index_files_s"] / scale["tree_index_files_s_child"], 3)
+        result["ratio"]["scale_rss_vs_tree_rss"] = round(
+            scale["peak_rss_mib"] / scale["tree_peak_rss_mib"], 3)
     print(json.dumps(result, indent=2))
 
 

@@ -7,6 +7,11 @@ from files of second-stage jobs, lineage down at depth 5 from measurements, and
 ``find_files(checksum="sha256:...")`` of random files. Every answer is checked, so a fast wrong
 answer fails the run instead of being measured.
 
+In the same run, on the same database and samples, each lineage query is also answered by a
+bare SQL recursive CTE over the ``links`` table (the edges alone, no node read or described, no
+limit): the baseline of ``ratio_to_sql_cte`` (catalog p95 / CTE p95). Every node the catalog's
+answer holds must be among the CTE's.
+
 Proportions are the same at every size, so each query's answer has the same size and only the
 catalog grows: 20 files per job, 5 jobs per measurement, 1 pipeline per 50,000 files (at least
 2). About 30% of jobs are second stage: they act on 2-4 files of an earlier first-stage job of
@@ -338,21 +343,50 @@ def percentiles(times_ms: list[float]) -> dict[str, float]:
     }
 
 
-def run_queries(catalog: Catalog, plan: Plan, samples: Samples, count: int) -> dict[str, Any]:
-    """``count`` timed queries of each kind, the kinds taking turns (noise hits all alike)."""
+# The baseline: the same walk as bare SQL, one recursive CTE over the links table (its key
+# serves up, links_reverse down).
+_CTE = {
+    "up": "WITH RECURSIVE walk(node, depth) AS (SELECT ?, 0 UNION SELECT links.dst, "
+          "walk.depth + 1 FROM walk JOIN links ON links.src = walk.node WHERE walk.depth < ?) "
+          "SELECT DISTINCT node FROM walk",
+    "down": "WITH RECURSIVE walk(node, depth) AS (SELECT ?, 0 UNION SELECT links.src, "
+            "walk.depth + 1 FROM walk JOIN links ON links.dst = walk.node WHERE walk.depth < ?) "
+            "SELECT DISTINCT node FROM walk",
+}
+_BASELINES = {"lineage_up_depth5": "up", "lineage_down_depth5": "down"}
+
+
+def run_queries(catalog: Catalog, plan: Plan, samples: Samples, count: int,
+                database: Path) -> dict[str, Any]:
+    """``count`` timed queries of each kind, the kinds taking turns (noise hits all alike);
+    each lineage query followed by its SQL baseline on the same sample."""
     queries = make_queries(catalog, plan, samples)
-    for turn in range(count + WARMUP):
-        for query in queries.values():
-            sample = query.samples[turn]
-            start = time.perf_counter()
-            answer = query.run(sample)
-            elapsed = (time.perf_counter() - start) * 1000
-            nodes, edges = query.check(sample, answer)
-            if turn >= WARMUP:
-                query.times_ms.append(elapsed)
-                query.nodes.append(nodes)
-                query.edges.append(edges)
-    return {
+    baseline_ms: dict[str, list[float]] = {name: [] for name in _BASELINES}
+    sql = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        for turn in range(count + WARMUP):
+            for name, query in queries.items():
+                sample = query.samples[turn]
+                start = time.perf_counter()
+                answer = query.run(sample)
+                elapsed = (time.perf_counter() - start) * 1000
+                nodes, edges = query.check(sample, answer)
+                if name in _BASELINES:
+                    start = time.perf_counter()
+                    reached = {node for node, in sql.execute(
+                        _CTE[_BASELINES[name]], (answer["root"], DEPTH))}
+                    cte_ms = (time.perf_counter() - start) * 1000
+                    missing = {node["uuid"] for node in answer["nodes"]} - reached
+                    assert not missing, f"the CTE from {answer['root']} misses {missing}"
+                    if turn >= WARMUP:
+                        baseline_ms[name].append(cte_ms)
+                if turn >= WARMUP:
+                    query.times_ms.append(elapsed)
+                    query.nodes.append(nodes)
+                    query.edges.append(edges)
+    finally:
+        sql.close()
+    results: dict[str, Any] = {
         name: {
             "queries": len(query.times_ms),
             **percentiles(query.times_ms),
@@ -361,6 +395,12 @@ def run_queries(catalog: Catalog, plan: Plan, samples: Samples, count: int) -> d
         }
         for name, query in queries.items()
     }
+    for name, times in baseline_ms.items():
+        baseline = percentiles(times)
+        results[name]["sql_cte"] = baseline
+        results[name]["ratio_to_sql_cte"] = round(
+            results[name]["p95_ms"] / baseline["p95_ms"], 3)
+    return results
 
 
 # --- one size -----------------------------------------------------------------------------------
@@ -410,7 +450,7 @@ def bench_size(files: int, queries: int, keep: Path | None) -> dict[str, Any]:
         # Queried through a fresh catalog at the default durability, as a reader would be.
         catalog = Catalog.open(url, keys=KEYS, archive_root=archive_root)
         try:
-            results = run_queries(catalog, plan, samples, queries)
+            results = run_queries(catalog, plan, samples, queries, database)
         finally:
             catalog.close()
     finally:
@@ -471,7 +511,9 @@ def main() -> None:
             "seed": SEED,
         },
         "sizes": by_size,
-        "ratios": {"p95_largest_over_smallest": ratios},
+        "ratios": {"p95_largest_over_smallest": ratios,
+                   "p95_over_sql_cte_at_largest": {
+                       kind: largest[kind]["ratio_to_sql_cte"] for kind in _BASELINES}},
         "targets": {
             "p95_le_20ms_at_largest": {kind: largest[kind]["p95_ms"] <= TARGET_P95_MS
                                        for kind in largest},

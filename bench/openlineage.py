@@ -177,7 +177,7 @@ def bulk_runs(catalog: Any, chain: int) -> None:
                 inputs + outputs, stored, links, event_type="COMPLETE",
                 run_id=parsed.run.runId, job=pipeline.uuid, job_uuid=job.uuid,
                 job_namespace=NS, job_name=f"step{chain}", applied=True,
-                inputs=[e.uuid for e in inputs], outputs=[e.uuid for e in outputs])
+                inputs=[e["uuid"] for e in inputs], outputs=[e["uuid"] for e in outputs])
 
 
 def deep_lineage(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -7,6 +7,12 @@ export, naming it, and nothing is left behind. ``manifest-sha256.txt`` holds the
 sha256 (a record without one, indexed with fixity off, gets the sha256 of the copy, which its
 recorded ``xxh3_128`` vouched for). ``bag-info.txt`` names the job, its pipeline and the
 catalog's URL for it. The bag is written beside the destination and renamed into place whole.
+
+With ``link`` a payload file is a hard link to the archive's file where the filesystem allows
+one (else a copy), read once through the link to verify it: the export then writes no file's
+bytes. Such a bag shares its files' storage with the archive, so anything that writes to one
+writes to the other (which ``verify`` would then report): it suits a bag that is sent on, as
+the tar of ``POST /jobs/{uuid}/bag`` is (its scratch bag is linked, tarred and removed).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import tarfile
 import uuid as uuid_module
 from collections import deque
@@ -51,16 +58,19 @@ class BagResult:
     path: str
     files: int
     bytes: int
+    linked: int = 0  # of the files, those that are hard links to the archive's
 
     def to_dict(self) -> dict[str, object]:
-        return {"uuid": self.uuid, "path": self.path, "files": self.files, "bytes": self.bytes}
+        return {"uuid": self.uuid, "path": self.path, "files": self.files, "bytes": self.bytes,
+                "linked": self.linked}
 
 
 def export_bag(catalog: Catalog, uuid: str, destination: str | Path, token: str | None,
-               source: str = "python") -> BagResult:
+               source: str = "python", link: bool = False) -> BagResult:
     """Write job ``uuid``'s files as a BagIt bag at ``destination`` (a new directory; its
-    parent must exist). The job's token or the admin token is required (a refusal is
-    audited). Raises FixityMismatch naming the first file that is not as recorded."""
+    parent must exist), its files hard links to the archive's with ``link`` where they can
+    be. The job's token or the admin token is required (a refusal is audited). Raises
+    FixityMismatch naming the first file that is not as recorded."""
     job = _job(catalog, uuid, token, source)
     target = Path(destination)
     if target.exists() or target.is_symlink():
@@ -70,19 +80,21 @@ def export_bag(catalog: Catalog, uuid: str, destination: str | Path, token: str 
     partial = target.parent / f".{target.name}.{uuid_module.uuid4().hex}.partial"
     partial.mkdir()
     try:
-        files, size = _write_bag(catalog, job, partial)
+        files, size, linked = _write_bag(catalog, job, partial, link)
         os.rename(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return BagResult(job.uuid, str(target), files, size)
+    return BagResult(job.uuid, str(target), files, size, linked)
 
 
 def export_bag_tar(catalog: Catalog, uuid: str, token: str | None, directory: str | Path,
                    source: str = "api") -> Path:
     """``export_bag`` into ``directory`` (a scratch directory the caller removes), then the
-    bag as one uncompressed tar file there (``<uuid>.tar``, the bag as its top directory)."""
-    bag = export_bag(catalog, uuid, Path(directory) / parse_uuid(uuid), token, source)
+    bag as one uncompressed tar file there (``<uuid>.tar``, the bag as its top directory).
+    The scratch bag's files are links where they can be: it is only read, then removed."""
+    bag = export_bag(catalog, uuid, Path(directory) / parse_uuid(uuid), token, source,
+                     link=True)
     archive = Path(directory) / f"{bag.uuid}.tar"
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
         tar.add(bag.path, arcname=bag.uuid)
@@ -108,29 +120,32 @@ def _records(catalog: Catalog, job: Job) -> Iterator[Doc]:
         cursor = page.next
 
 
-def _write_bag(catalog: Catalog, job: Job, bag: Path) -> tuple[int, int]:
-    """The payload, manifest and tag files of ``job``'s bag in ``bag``: (files, bytes)."""
-    files = size = 0
+def _write_bag(catalog: Catalog, job: Job, bag: Path, link: bool) -> tuple[int, int, int]:
+    """The payload, manifest and tag files of ``job``'s bag in ``bag``: (files, bytes,
+    files linked)."""
+    files = size = linked = 0
     prefix = job.archive_path.rstrip("/") + "/"
-    copier = _Copier(catalog.storage, os.path.join(bag, "data"))
+    copier = _Copier(catalog.storage, os.path.join(bag, "data"), link)
     # Files are copied by a few threads at once: making a file waits on the filesystem (its
     # directory's lock, its journal) far longer than its bytes take to hash, and that wait
     # holds no GIL. The manifest is written in the records' order, as each copy is done; at
     # most WINDOW copies are pending, so memory does not grow with the job.
     # Records go to the threads a batch at a time: one hand-over per file cost more in lock
     # traffic (strace: ~18 futex calls a file) than the file's own system calls.
-    pending: deque[tuple[list[str], Future[list[tuple[str, int]]]]] = deque()
+    pending: deque[tuple[list[str], Future[list[tuple[str, int, bool]]]]] = deque()
     batch: list[tuple[Doc, str]] = []
 
     def drain(limit: int) -> None:
-        nonlocal files, size
+        nonlocal files, size, linked
         while len(pending) > limit or (pending and pending[0][1].done()):
             relatives, copying = pending.popleft()
             # the first file not as recorded stops it
-            for relative, (sha256, copied) in zip(relatives, copying.result(), strict=True):
+            for relative, (sha256, copied, was_linked) in zip(relatives, copying.result(),
+                                                             strict=True):
                 manifest.write(f"{sha256}  data/{_encode(relative)}\n")
                 files += 1
                 size += copied
+                linked += was_linked
 
     def submit() -> None:
         pending.append(([relative for _, relative in batch],
@@ -177,7 +192,7 @@ def _write_bag(catalog: Catalog, job: Job, bag: Path) -> tuple[int, int]:
         digest.update((bag / name).read_bytes())
         tags.append(f"{digest.hexdigest()}  {name}\n")
     _write_text(bag / "tagmanifest-sha256.txt", "".join(tags))
-    return files, size
+    return files, size, linked
 
 
 @functools.lru_cache(maxsize=64)
@@ -193,19 +208,19 @@ class _Copier:
     Per file, only what must be done for it: directories made once each, the copy written
     through its descriptor (no buffered file object), small files read in one call."""
 
-    def __init__(self, storage: Storage, payload: str) -> None:
-        self._storage, self._payload = storage, payload
+    def __init__(self, storage: Storage, payload: str, link: bool = False) -> None:
+        self._storage, self._payload, self._link = storage, payload, link
         self._made: set[str] = set()
 
-    def copy_batch(self, batch: list[tuple[Doc, str]]) -> list[tuple[str, int]]:
+    def copy_batch(self, batch: list[tuple[Doc, str]]) -> list[tuple[str, int, bool]]:
         """``copy_verified`` of each (record, relative path) in turn; the first that fails
         raises."""
         return [self.copy_verified(record, relative) for record, relative in batch]
 
-    def copy_verified(self, record: Doc, relative: str) -> tuple[str, int]:
-        """Copy ``record``'s file to ``relative`` in the payload, computing every recorded
-        digest (and sha256) on the way; its sha256 and size, or FixityMismatch if the copy is
-        not what was recorded."""
+    def copy_verified(self, record: Doc, relative: str) -> tuple[str, int, bool]:
+        """Copy (or link) ``record``'s file to ``relative`` in the payload, computing every
+        recorded digest (and sha256) on the way; its sha256, size and whether it was linked,
+        or FixityMismatch if what the bag holds is not what was recorded."""
         recorded: dict[str, str] = record.get("checksums") or {}
         if not recorded:
             raise FixityMismatch(f"{record['path']} has no recorded checksum to export it by "
@@ -217,13 +232,18 @@ class _Copier:
         if parent not in self._made:
             os.makedirs(parent, exist_ok=True)
             self._made.add(parent)
+        linked = False
         try:
-            with self._storage.open(record["path"]) as stream:
-                out = os.open(target, _CREATE, 0o666)
-                try:
-                    size = _copy(stream, out, digests)
-                finally:
-                    os.close(out)
+            if self._link and self._storage.link(record["path"], target):
+                linked = True
+                size = _read_linked(target, digests)  # what the bag holds is what is checked
+            else:
+                with self._storage.open(record["path"]) as stream:
+                    out = os.open(target, _CREATE, 0o666)
+                    try:
+                        size = _copy(stream, out, digests)
+                    finally:
+                        os.close(out)
         except FileNotFoundError:
             raise FixityMismatch(f"{record['path']} is missing: the bag was not written",
                                  path=record["path"]) from None
@@ -238,7 +258,7 @@ class _Copier:
             raise FixityMismatch(
                 f"{record['path']} does not match its record ({', '.join(changed)} differ): "
                 "the bag was not written", path=record["path"], changed=changed)
-        return recorded.get("sha256", found["sha256"]), size
+        return recorded.get("sha256", found["sha256"]), size, linked
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -260,6 +280,26 @@ def _copy(stream: IO[bytes], out: int, digests: list[Any]) -> int:
         if len(chunk) == block:
             block = min(block * 8, BLOCK)  # a large file, likely: read more at a time
     return size
+
+
+def _read_linked(target: str, digests: list[Any]) -> int:
+    """Read the bag's link ``target`` to its end once, updating ``digests``; its size. A name
+    that is not a plain file (swapped for a symlink since it was linked) is refused."""
+    descriptor = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(f"{target} is not a plain file")
+        size = 0
+        block = _FIRST_READ
+        while chunk := os.read(descriptor, block):
+            size += len(chunk)
+            for digest in digests:
+                digest.update(chunk)
+            if len(chunk) == block:
+                block = min(block * 8, BLOCK)
+        return size
+    finally:
+        os.close(descriptor)
 
 
 def _encode(path: str) -> str:

@@ -502,11 +502,7 @@ class Catalog:
             except CatalogError as exc:
                 prepared.error = await asyncio.to_thread(gone_or, self, exc)
             else:
-                failure = None
-                if applied.entry["name"] in _SIDE_EFFECTS or (
-                        applied.entry["state"] in ENDED_STATES and not applied.duplicate):
-                    failure = await asyncio.to_thread(self._after_event, prepared.uuid, applied,
-                                                      source)
+                failure = await self.after_event_async(prepared.uuid, applied, source)
                 return self._outcome(prepared, applied, failure)
         if not prepared.authenticated and client is not None:  # counted: no write, no thread
             error = self.refusals.refuse(client, source, prepared.error)
@@ -644,15 +640,34 @@ class Catalog:
         return self.handle_event(uuid, event, token, source=source, client=client)
 
     def history_entry(self, uuid: str, name: str, data: Doc, source: str, state: str,
-                      event_id: str | None = None) -> Doc:
+                      event_id: str | None = None, *, entry_uuid: str | None = None,
+                      date: str | None = None) -> Doc:
         """A history entry in its serialised form, from parts already validated (the event
-        by its model, the rest made here): this is the hot path."""
-        entry_uuid = (
-            self.entry_uuid(uuid, event_id) if event_id is not None
-            else random_typed_uuid(UUIDType.pipelinejob_event, self.settings.namespace)
-        )
-        return {"uuid": entry_uuid, "name": name, "date": utc_now_text(), "data": data,
+        by its model, the rest made here): this is the hot path. A bulk writer (the sweep)
+        passes the entry's random uuid and date, made for all of its entries at once."""
+        if entry_uuid is None:
+            entry_uuid = (
+                self.entry_uuid(uuid, event_id) if event_id is not None
+                else random_typed_uuid(UUIDType.pipelinejob_event, self.settings.namespace)
+            )
+        return {"uuid": entry_uuid, "name": name, "date": date or utc_now_text(), "data": data,
                 "source": source, "event_id": event_id or entry_uuid, "state": state}
+
+    def decider(self, uuid: str, event: Event, source: str) -> Decide:
+        """The state machine's decision on ``event`` for job ``uuid``, for a store to take
+        in its atomic section (``handle_event``'s, for a caller that writes more with it)."""
+        return self._decider(uuid, event, source)
+
+    def after_event(self, uuid: str, applied: Applied, source: str) -> str | None:
+        """What an event applied by ``decider`` does beyond the state (``handle_event``'s)."""
+        return self._after_event(uuid, applied, source)
+
+    async def after_event_async(self, uuid: str, applied: Applied, source: str) -> str | None:
+        """``after_event`` from an event loop: in a thread, when it has something to do."""
+        if applied.entry["name"] in _SIDE_EFFECTS or (
+                applied.entry["state"] in ENDED_STATES and not applied.duplicate):
+            return await asyncio.to_thread(self._after_event, uuid, applied, source)
+        return None
 
     def _decider(self, uuid: str, event: Event, source: str) -> Decide:
         def decide(head: Doc) -> tuple[str, Doc] | tuple[str, Doc, Doc]:
@@ -676,6 +691,11 @@ class Catalog:
     def _audit(self, uuid: str, event: Any, source: str, exc: CatalogError,
                keep_data: bool) -> None:
         """Record a refused event: its name, event_id and, for authenticated senders, data."""
+        self.store.append_audit(self.audit_entry(uuid, event, source, exc, keep_data))
+
+    def audit_entry(self, uuid: str, event: Any, source: str, exc: CatalogError,
+                    keep_data: bool) -> Doc:
+        """The audit entry ``handle_event`` records for a refused event (not stored here)."""
         document = event if isinstance(event, dict) else {}
         name, event_id, data = (document.get(k) for k in ("name", "event_id", "data"))
         if not keep_data or not isinstance(data, dict):
@@ -692,7 +712,7 @@ class Catalog:
             event_id=storable_text(str(event_id)[:256]) if event_id is not None else None,
             code=exc.code, reason=exc.message, data=data,
         )
-        self.store.append_audit(entry.model_dump(mode="json"))
+        return entry.model_dump(mode="json")
 
     def check_worker(self, token: str | None, action: str, source: str = "python",
                      client: str | None = None) -> None:

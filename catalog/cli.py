@@ -22,9 +22,10 @@ from rich.text import Text
 
 from catalog.catalog import Catalog
 from catalog.config import load_settings
-from catalog.errors import CatalogError, InvalidInput
+from catalog.errors import CatalogError, CatalogNotFound, InvalidInput
 from catalog.identifiers import loads_json
 from catalog.lineage import DEFAULT_LIMIT, MAX_LIMIT
+from catalog.store import sqlite_path
 from catalog.tokens import keys_from_env_or_file
 
 # Exit codes by HTTP status class of the error; documented in the README.
@@ -107,9 +108,22 @@ def _fail(code: str, message: str, exit_code: int) -> NoReturn:
     raise SystemExit(exit_code)
 
 
+def _open_existing(**overrides: Any) -> Catalog:
+    """The catalog the command names. A SQLite one must exist (``catalog init`` makes it): a
+    command run in the wrong folder is told so, not answered from a new, empty catalog that
+    it would leave behind."""
+    url = load_settings(db=_state.db).db
+    path = sqlite_path(url)
+    if path is not None and path != ":memory:" and not os.path.exists(path):
+        raise CatalogNotFound(
+            f"no catalog at {url} ({os.path.abspath(path)} does not exist): 'catalog init' "
+            "creates it; --db or CATALOG_DB names another", db=url)
+    return Catalog.open(_state.db, **overrides)
+
+
 @contextmanager
 def _catalog() -> Iterator[Catalog]:
-    catalog = Catalog.open(_state.db)
+    catalog = _open_existing()
     try:
         yield catalog
     finally:
@@ -212,7 +226,7 @@ def serve(
     """Serve the webhooks and the JSON API (FastAPI on uvicorn)."""
     from catalog.web import serve as run_server
 
-    catalog = Catalog.open(_state.db, base_url=base_url or f"http://{host}:{port}")
+    catalog = _open_existing(base_url=base_url or f"http://{host}:{port}")
     _ = catalog.keys  # fail now, not on the first request, when there is no secret
     qcg = None
     if qcg_address is not None:

@@ -141,6 +141,10 @@ def bag(
     uuid: str,
     destination: Annotated[Path, typer.Argument(help="A new directory for the bag.")],
     token: TokenOption = None,
+    link: Annotated[bool, typer.Option(
+        "--link", help="Hard-link the files from the archive where the filesystem allows "
+        "(else copy): no bytes written, but the bag shares the archive's files, so a write "
+        "to one is a write to the other. For a bag that is sent on.")] = False,
     json_: JsonOption = False,
 ) -> None:
     """Export a job's files as a BagIt bag, its manifest the recorded checksums re-verified
@@ -148,6 +152,8 @@ def bag(
     from catalog.bag import export_bag
 
     with _catalog() as catalog:
-        result = export_bag(catalog, uuid, destination, token, "cli")
+        result = export_bag(catalog, uuid, destination, token, "cli", link=link)
+    linked = f", {result.linked} linked" if link else ""
     _emit(result.to_dict(), json_,
-          f"{result.path}: bag of {result.files} file(s), {result.bytes} bytes, of {uuid}")
+          f"{result.path}: bag of {result.files} file(s){linked}, {result.bytes} bytes, "
+          f"of {uuid}")

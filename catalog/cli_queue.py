@@ -174,13 +174,17 @@ def run(
     token: Annotated[str | None, typer.Option(
         "--token", envvar="CATALOG_WORKER_KEY", help="Worker key, with --url.")] = None,
     engine: Annotated[str, typer.Option(
-        help="Where the work runs: local (child processes) or slurm (sbatch on the cluster "
-        "SLURM_CONF names; jobs followed by a dispatcher).")] = "local",
+        help="Where the work runs: local (child processes), slurm (sbatch on the cluster "
+        "SLURM_CONF names) or docker (containers of the daemon DOCKER_HOST names); slurm and "
+        "docker jobs are followed by a dispatcher.")] = "local",
     max_in_flight: Annotated[int, typer.Option(
-        help="With --engine slurm: most jobs submitted and not yet ended.")] = 100,
+        help="With --engine slurm or docker: most jobs started and not yet ended.")] = 100,
     name: Annotated[str | None, typer.Option(
-        help="With --engine slurm: the dispatcher's name, kept across restarts so that it "
-        "finds its jobs again (default: slurm:HOST).")] = None,
+        help="With --engine slurm or docker: the dispatcher's name, kept across restarts so "
+        "that it finds its jobs again (default: ENGINE:HOST).")] = None,
+    image: Annotated[str | None, typer.Option(
+        help="With --engine docker: the image of jobs whose data names none (it must be on "
+        "this machine: nothing is pulled).")] = None,
     report_url: Annotated[str | None, typer.Option(
         help="With --engine slurm: the catalog server the nodes report to, through each "
         "job's webhook (default: --url; none for a local catalog).")] = None,
@@ -188,8 +192,8 @@ def run(
 ) -> None:
     """Run queued jobs: withdraw, execute under the job's timeout, archive, index, report.
 
-    SIGTERM or SIGINT lets the job in hand end, then stops (with --engine slurm: stops
-    following; a restart finds the jobs in flight again)."""
+    SIGTERM or SIGINT lets the job in hand end, then stops (with --engine slurm or docker:
+    stops following; a restart finds the jobs in flight again)."""
     from catalog.engines.local import command_argv
     from catalog.queue.models import WorkFilter
     from catalog.worker import HTTPQueue, LocalQueue, Worker, WorkerOptions
@@ -201,15 +205,20 @@ def run(
         raise ConfigurationError("give a FUNCTION or --command, not both")
     if lease < 5:
         raise ConfigurationError("--lease must be at least 5 seconds")
-    if engine not in ("local", "slurm"):
-        raise ConfigurationError(f"unknown engine {engine!r}: local or slurm")
+    if engine not in ("local", "slurm", "docker"):
+        raise ConfigurationError(f"unknown engine {engine!r}: local, slurm or docker")
     if max_in_flight < 1:
         raise ConfigurationError("--max-in-flight must be at least 1")
     if report_url is not None and not report_url.startswith(("http://", "https://")):
         raise ConfigurationError(f"--report-url {report_url!r} is not an http:// or https:// "
                                  "URL")
-    if engine == "slurm" and (function is not None or command is not None):
-        raise ConfigurationError("--engine slurm runs each job's own function or command")
+    if engine != "local" and (function is not None or command is not None):
+        raise ConfigurationError(f"--engine {engine} runs each job's own function or command")
+    if image is not None and engine != "docker":
+        raise ConfigurationError("--image is for --engine docker")
+    if report_url is not None and engine == "docker":
+        raise ConfigurationError("--report-url is for --engine slurm (a container reports "
+                                 "through the dispatcher)")
     work_filter = WorkFilter(pipelines=pipelines, site=site, tags=tag, users=user)
     options = WorkerOptions(work_filter, function=function,
                             command=command_argv(command) if command is not None else None,
@@ -220,9 +229,9 @@ def run(
         signal.signal(sig, lambda *_: stop.set())
 
     def work(queue: Any) -> list[Any]:
-        if engine == "slurm":
-            return _dispatch(queue, options, max_in_flight, name, stop,
-                             report_url or url)
+        if engine != "local":
+            return _dispatch(engine, queue, options, max_in_flight, name, stop,
+                             report_url or url, image)
         return Worker(queue, options, stop=stop).run()
 
     if url is not None:
@@ -237,21 +246,39 @@ def run(
           _table(rows, ["uuid", "state", "error"], f"worker {options.name}"))
 
 
-def _dispatch(queue: Any, options: Any, max_in_flight: int, name: str | None,
-              stop: threading.Event, report_url: str | None = None) -> list[Any]:
+def _dispatch(engine: str, queue: Any, options: Any, max_in_flight: int, name: str | None,
+              stop: threading.Event, report_url: str | None = None,
+              image: str | None = None) -> list[Any]:
     import tempfile
 
-    from catalog.engines.dispatcher import Dispatcher, DispatchOptions, dispatcher_name
-    from catalog.engines.slurm import SlurmEngine
-    from catalog.engines.slurm_client import available
+    from catalog.engines.dispatcher import Dispatcher, DispatchOptions, Fleet, dispatcher_name
 
-    reason = available()
-    if reason is not None:
-        raise ConfigurationError(f"--engine slurm: {reason}")
-    root = options.workdir or Path(tempfile.gettempdir()) / "catalog-slurm"
-    dispatch = DispatchOptions(options.work_filter, root, name=name or dispatcher_name(),
+    fleet: Fleet
+    name = name or dispatcher_name(engine)
+    if engine == "docker":
+        from catalog.engines.docker import DockerEngine
+        from catalog.engines.docker_fleet import DockerFleet
+
+        docker = DockerEngine()
+        reason = docker.unavailable()
+        if reason is not None:
+            raise ConfigurationError(f"--engine docker: {reason}")
+        if image is not None and not docker.has_image(image):
+            raise ConfigurationError(f"--image {image!r} is not on this machine, and nothing "
+                                     "is pulled here: load or build it first")
+        fleet = DockerFleet(docker, name, image)
+    else:
+        from catalog.engines.slurm import SlurmFleet
+        from catalog.engines.slurm_client import available
+
+        reason = available()
+        if reason is not None:
+            raise ConfigurationError(f"--engine slurm: {reason}")
+        fleet = SlurmFleet(report_url=report_url)
+    root = options.workdir or Path(tempfile.gettempdir()) / f"catalog-{engine}"
+    dispatch = DispatchOptions(options.work_filter, root, name=name,
                                max_in_flight=max_in_flight, lease=options.lease,
                                sleep=options.sleep, lives=options.lives,
-                               sweep_every=options.sweep_every, report_url=report_url)
+                               sweep_every=options.sweep_every)
     options.name = dispatch.name
-    return Dispatcher(queue, SlurmEngine(), dispatch, stop).run()
+    return Dispatcher(queue, fleet, dispatch, stop).run()

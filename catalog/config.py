@@ -7,6 +7,7 @@ called. The config file is ``catalog.toml`` in the working directory, or ``CATAL
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +110,12 @@ class Settings(BaseModel):
     fixity_batch: int = Field(
         1000, ge=1, description="How many files each scheduled fixity run re-reads.",
     )
+    swarm_networks: str = Field(
+        "", description="Docker networks a Swarm spawn's swarm_network may name, as "
+        "name=network pairs separated by ',' (e.g. 'default=frb-net,archiver=arch-net'): a "
+        "name maps to the docker network its container joins, true to the one named 'default' "
+        "(none configured, or false: docker's own default); an unknown name is refused.",
+    )
     chime_anonymous_writes: bool = Field(
         False, description="Let the CHIME/FRB Buckets and Results surfaces take writes without "
         "a token, as chime-frb-api 3.4 sends none (only on a trusted network).",
@@ -125,6 +132,12 @@ class Settings(BaseModel):
             raise ValueError(exc.message) from None
         return value
 
+    @field_validator("swarm_networks")
+    @classmethod
+    def _network_pairs(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
     @field_validator("openlineage_key")
     @classmethod
     def _long_enough(cls, value: str) -> str:
@@ -135,6 +148,24 @@ class Settings(BaseModel):
     @classmethod
     def env_name(cls, field: str) -> str:
         return f"CATALOG_{field.upper()}"
+
+
+_NETWORK_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}"
+
+
+def parse_networks(value: str) -> dict[str, str]:
+    """The ``swarm_networks`` setting as {name: docker network} (ValueError when malformed)."""
+    found: dict[str, str] = {}
+    for pair in filter(None, (part.strip() for part in value.split(","))):
+        name, equals, network = (side.strip() for side in pair.partition("="))
+        if not equals or not re.fullmatch(_NETWORK_NAME, name) or not re.fullmatch(
+                _NETWORK_NAME, network):
+            raise ValueError(f"swarm_networks: {pair!r} is not name=network (letters, digits, "
+                             "'_', '.', '-')")
+        if name in found:
+            raise ValueError(f"swarm_networks: {name!r} is named twice")
+        found[name] = network
+    return found
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

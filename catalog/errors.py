@@ -28,7 +28,8 @@ and a non-zero exit code on the command line)::
     │   ├── PipelineNotFound           404 pipeline_not_found
     │   ├── EntityNotFound             404 entity_not_found  (a reference, product, ...)
     │   ├── FileNotFound               404 file_not_found    (a file record)
-    │   └── RunNotFound                404 run_not_found     (an OpenLineage runId)
+    │   ├── RunNotFound                404 run_not_found     (an OpenLineage runId)
+    │   └── CatalogNotFound            404 catalog_not_found (no database where one is named)
     ├── JobDeleted                     410 job_deleted       (a tombstone: see purge)
     ├── EventNotAllowed                409 event_not_allowed
     ├── JobActive                      409 job_active        (delete a job still queued/running)
@@ -53,6 +54,7 @@ __all__ = [
     "AmbiguousPipeline",
     "BodyTooLarge",
     "CatalogError",
+    "CatalogNotFound",
     "ConcurrencyConflict",
     "ConfigurationError",
     "ConfirmationRequired",
@@ -239,6 +241,12 @@ class NotFound(CatalogError):
 
 class RunNotFound(NotFound):
     code = "run_not_found"
+
+
+class CatalogNotFound(NotFound):
+    """A command pointed at a SQLite catalog that does not exist (it is made by ``init``)."""
+
+    code = "catalog_not_found"
 
 
 class JobNotFound(NotFound):

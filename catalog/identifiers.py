@@ -93,6 +93,17 @@ def random_typed_uuid(kind: UUIDType, namespace: str = DEFAULT_NAMESPACE) -> str
     return _version_5(kind, os.urandom(16))
 
 
+def random_typed_uuids(kind: UUIDType, count: int) -> list[str]:
+    """``count`` of ``random_typed_uuid``'s, the bits set on all of them at once: a sweep
+    dates and names 20,000 entries, and one call each cost a tenth of its time."""
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = bytes((byte & 0x0F) | 0x50 for byte in raw[6::16])
+    raw[8::16] = bytes((byte & 0x3F) | 0x80 for byte in raw[8::16])
+    digits, prefix = raw.hex(), kind.prefix
+    return [f"{prefix}{digits[i + 3:i + 8]}-{digits[i + 8:i + 12]}-{digits[i + 12:i + 16]}-"
+            f"{digits[i + 16:i + 20]}-{digits[i + 20:i + 32]}" for i in range(0, 32 * count, 32)]
+
+
 def uuid_type(value: str) -> UUIDType:
     """The type of a typed UUID; raises MalformedIdentifier when it is not one."""
     if not isinstance(value, str) or not _UUID_RE.fullmatch(value):

@@ -1,9 +1,10 @@
 """The records of an index run, a chunk of files at a time (``catalog.indexer`` runs it).
 
-A chunk's files are looked up in the store, those new or changed since their last good check
-are hashed (in a thread, beside the building of every record's other parts), and what the
-hashing found is settled against the recorded checksums (``catalog.versions``): what the
-chunk's records are, and which of them differ from the stored ones and must be written.
+A chunk's files are looked up in the store and those new or changed since their last good check
+are handed to the run's ``Hasher`` (``prepare``), which hashes them in worker processes or a
+thread while the run finishes the chunk before; then (``finish``) every record is built and
+what the hashing found is settled against the recorded checksums (``catalog.versions``): what
+the chunk's records are, and which of them differ from the stored ones and must be written.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import mimetypes
 import posixpath
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -19,11 +20,13 @@ from typing import Any
 
 from catalog.catalog import Catalog
 from catalog.errors import CatalogError, UnsafePath
-from catalog.fixity import hash_many, normalise_algorithms
+from catalog.fixity import HashResult, hash_many, normalise_algorithms
+from catalog.hash_pool import HashPool, results
 from catalog.models import ArchiveIndexRequest, Job, format_date
 from catalog.references import file_uuid
 from catalog.selection import Claimed, Request
 from catalog.storage import FileInfo
+from catalog.storage.base import Storage
 from catalog.store.base import Doc
 from catalog.versions import settle
 
@@ -36,6 +39,7 @@ NAMED = 100  # changed files a result names (it counts them all)
 # Told of the files whose changed content a run accepts, a chunk at a time, before they are
 # written: [{"uuid", "path", "version"}] (index_job records them in the job's history).
 Accept = Callable[[list[Doc]], None]
+POOL_BATCH = 500  # fewer files to hash in a chunk than this stay on the thread (no round trip)
 
 
 @dataclass
@@ -113,6 +117,59 @@ def _why(error: Exception) -> str:
 
 
 
+# Tasks hashing a chunk's files, each with whether a worker process runs it (the progress is
+# then told of its files when it is collected: a process cannot call it).
+Hashing = list[tuple[bool, Future[dict[str, HashResult | Exception]]]]
+
+
+class Hasher:
+    """Where a run's files are hashed: worker processes (``catalog.hash_pool``) or one
+    thread, either way beside the run's own thread. Close it (a context manager)."""
+
+    def __init__(self, storage: Storage, progress: Progress | None, pool: HashPool | None
+                 ) -> None:
+        self._storage, self._progress, self._pool = storage, progress, pool
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="index-hash")
+
+    def submit(self, paths: list[str], algorithms: tuple[str, ...]) -> Hashing:
+        if self._pool is not None and len(paths) >= POOL_BATCH and self._pool.ready():
+            return [(True, future) for future in self._pool.submit(paths, algorithms)]
+        return [(False, self._thread.submit(hash_many, self._storage, paths, algorithms,
+                                            on_done=self._progress))]
+
+    def collect(self, hashing: Hashing) -> dict[str, HashResult | Exception]:
+        found: dict[str, HashResult | Exception] = {}
+        for pooled, future in hashing:
+            task = results([future])
+            if pooled and self._progress is not None:
+                for path, value in task.items():
+                    self._progress(path, 0 if isinstance(value, Exception) else value[0])
+            found.update(task)
+        return found
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> Hasher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@dataclass
+class Prepared:
+    """A chunk whose files are being hashed: what ``ChunkRun.finish`` needs of it."""
+
+    claimed: Claimed
+    uuids: dict[str, str]  # path -> file uuid
+    existing: dict[str, Doc]  # the stored records, by uuid
+    refused: dict[str, Exception]  # entries a request matched that must not be read
+    hashing: Hashing
+
+
 @dataclass
 class ChunkRun:
     """What every chunk of one indexing run shares."""
@@ -120,19 +177,18 @@ class ChunkRun:
     catalog: Catalog
     job: Job
     requests: list[Request]
-    links: list[Links]  # per request
+    links: Callable[[int], Links]  # a request's, by its number
     fixity: bool | None
     rehash: bool
     progress: Progress | None
     stamp: str  # the run's date, formatted once
     accept: Accept | None
+    hasher: Hasher
 
-    def chunk(self, claimed: Claimed, result: IndexResult,
-              unreadable: list[str]) -> tuple[list[Doc], list[Doc]]:
-        """The records of ``claimed``, hashed where new or changed (a file that could not be
-        read is added to ``unreadable`` instead), and those of them to write: the others are
-        stored exactly so already."""
-        storage, system = self.catalog.storage, self.job.archive_system
+    def prepare(self, claimed: Claimed) -> Prepared:
+        """Look ``claimed`` up in the store and start hashing what is new or changed (the
+        hasher works on it while the run finishes the chunk before)."""
+        system = self.job.archive_system
         uuids = {info.path: file_uuid(self.catalog, system, info.path) for info, _ in claimed}
         existing = self.catalog.store.get_files(list(uuids.values()))
         to_hash: dict[tuple[str, ...], list[str]] = {}
@@ -167,24 +223,22 @@ class ChunkRun:
         skip = getattr(self.progress, "skip", None)
         if skipped and callable(skip):
             skip(len(skipped), sum(skipped))
-        # Hashing (threads reading files, the digests without the GIL) runs beside the
-        # building of the records' other parts here: on small files each is a third of the time.
-        with ThreadPoolExecutor(1, thread_name_prefix="index-hash") as background:
-            hashing = [background.submit(hash_many, storage, paths, wanted,
-                                         on_done=self.progress)
-                       for wanted, paths in to_hash.items()]
-            try:
-                records = [
-                    file_record(info, self.requests[number], self.links[number], uuids[info.path],
-                            existing.get(uuids[info.path]), self.job, self.stamp)
-                    for info, number in claimed]
-            except BaseException:
-                for future in hashing:
-                    future.cancel()  # those not started; leaving waits for the one running
-                raise
-            digests: dict[str, tuple[int, dict[str, str]] | Exception] = dict(refused)
-            for future in hashing:
-                digests.update(future.result())
+        hashing = [task for wanted, paths in to_hash.items()
+                   for task in self.hasher.submit(paths, wanted)]
+        return Prepared(claimed, uuids, existing, refused, hashing)
+
+    def finish(self, prepared: Prepared, result: IndexResult,
+               unreadable: list[str]) -> tuple[list[Doc], list[Doc]]:
+        """The records of a prepared chunk, with what its hashing found (a file that could not
+        be read is added to ``unreadable`` instead), and those of them to write: the others
+        are stored exactly so already."""
+        uuids, existing = prepared.uuids, prepared.existing
+        records = [
+            file_record(info, self.requests[number], self.links(number), uuids[info.path],
+                        existing.get(uuids[info.path]), self.job, self.stamp)
+            for info, number in prepared.claimed]
+        digests: dict[str, HashResult | Exception] = dict(prepared.refused)
+        digests.update(self.hasher.collect(prepared.hashing))
         indexed: list[Doc] = []
         changed: list[Doc] = []
         accepted: list[Doc] = []

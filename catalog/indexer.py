@@ -4,10 +4,13 @@
 path with its index requests (regular expressions searched in the path relative to the archive
 path; the first request that matches a file claims it, archive requests before product
 requests), resolves each request's ``derived_from`` / ``derived_using`` references once, then
-goes through the files in chunks of thousands: hashes what is new or changed in one pass per
-file, upserts the records that differ from the stored ones in one bulk write, and hands the
-chunk to a sink (the CLI's and the API's ``JSONSpool``) or keeps it, and sends ``indexed`` (back
-to FINISHED). Memory stays that of a chunk, not of the tree. A file that cannot be read is
+lists the files again and goes through them in chunks of thousands, as they are listed: hashes
+what is new or changed in one pass per file (in worker processes for a large local tree,
+``catalog.hash_pool``; a chunk is hashed while the one before is written), upserts the records
+that differ from the stored ones in one bulk write, and hands the chunk to a sink (the CLI's and
+the API's ``JSONSpool``) or keeps it, and sends ``indexed`` (back to FINISHED). Memory stays that
+of two chunks, not of the tree: the first listing (which finds what can refuse the run) keeps
+counts, not files. A file that cannot be read is
 left out and the others are indexed; the run then fails naming it. A failure is written to the
 job's history as an ``update`` carrying the error, and sends ``fail`` only when asked; the job
 then stays INDEXING, and indexing again reads only what is not indexed yet. A run that cannot
@@ -17,21 +20,25 @@ refused before ``index`` is sent, and leaves the job as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from catalog import hash_pool
 from catalog.catalog import Catalog
 from catalog.errors import CatalogError, EventNotAllowed, IndexingError, OtherStorageSystem
 from catalog.gcpause import gc_paused
+from catalog.hash_pool import HashPool
 from catalog.identifiers import UUIDType, parse_uuid
 from catalog.index_chunk import (  # re-exported: what callers and tests import from here
     FAST_ONLY,
     NAMED,
     Accept,
     ChunkRun,
+    Hasher,
     IndexResult,
     Links,
+    Prepared,
     Progress,
     _media_type_of_suffix,
     file_record,
@@ -39,9 +46,10 @@ from catalog.index_chunk import (  # re-exported: what callers and tests import 
     media_type,
 )
 from catalog.models import Job, ProductIndexRequest, format_date, utc_now
-from catalog.references import Resolver, file_uuid
-from catalog.selection import Claimed, Request, claim, requests_of
+from catalog.references import Resolver, file_uuid, named_by
+from catalog.selection import Claimer, Request, requests_of
 from catalog.states import next_state
+from catalog.storage import LocalStorage
 from catalog.store.base import Doc
 
 __all__ = [
@@ -57,21 +65,14 @@ _NO_LINKS: Links = ([], [])
 Sink = Callable[[list[Doc]], None]
 
 
-def _resolve_links(references: Resolver, requests: list[Request],
-                   claimed: Claimed) -> list[Links]:
-    """Each request's references, resolved once for all the files it claimed (an unresolvable
-    one raises, naming it, before anything is read or written)."""
-    numbers = {number for _, number in claimed}
-    links: list[Links] = []
-    for number, request in enumerate(requests):
-        if number not in numbers or not isinstance(request, ProductIndexRequest):
-            links.append(_NO_LINKS)
-            continue
-        # A product is derived from files; it may be made using reference records too.
-        links.append((sorted({references.resolve(r, allow_references=False)
-                              for r in request.derived_from}),
-                      sorted({references.resolve(r) for r in request.derived_using})))
-    return links
+def _links_of(references: Resolver, request: Request) -> Links:
+    """A request's references, resolved once for all the files it claims (one that does not
+    resolve raises, naming it)."""
+    if not isinstance(request, ProductIndexRequest):
+        return _NO_LINKS
+    # A product is derived from files; it may be made using reference records too.
+    return (sorted({references.resolve(r, allow_references=False) for r in request.derived_from}),
+            sorted({references.resolve(r) for r in request.derived_using}))
 
 
 def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = None,
@@ -95,28 +96,56 @@ def index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None = Non
 
 @dataclass
 class _Plan:
-    """What an index run will do, found before any file is read or the job changes state."""
+    """What an index run will do, found before any file is read or the job changes state:
+    from a first listing of the archive path, of which only counts are kept."""
 
     chosen: list[Request]
-    claimed: Claimed
+    archive_path: str
+    files: int  # claimed by the requests when listed
+    size: int
     unmatched: list[str]
     references: Resolver | None = None
-    links: list[Links] = field(default_factory=list)
+    links: dict[int, Links] = field(default_factory=dict)  # by request number
+
+    def links_of(self, number: int) -> Links:
+        """Request ``number``'s links (resolved now if it claimed nothing when planned: a
+        file that came since)."""
+        if number not in self.links:
+            assert self.references is not None
+            self.links[number] = _links_of(self.references, self.chosen[number])
+        return self.links[number]
 
 
 def _plan(catalog: Catalog, job: Job, requests: Iterable[Any] | None) -> _Plan:
     """List and claim the files and resolve the references: everything that can refuse a run
-    before it starts (a request, the storage, a reference that does not resolve)."""
+    before it starts (a request, the storage, a reference that does not resolve). The files
+    are counted, not kept: the run lists them again, a chunk at a time."""
     archive_path = check_storage_system(catalog, job)
     chosen = requests_of(job, requests)
-    claimed, unmatched = claim(catalog.storage.list(archive_path), archive_path, chosen)
-    plan = _Plan(chosen, claimed, unmatched)
-    if claimed:
-        # References to files of this very run resolve to them (each file's uuid made on
-        # demand: a million of them need not be held for the few references there are).
-        plan.references = Resolver(catalog, job.archive_system, archive_path,
-                                   pending=_ClaimedFiles(catalog, job.archive_system, claimed))
-        plan.links = _resolve_links(plan.references, chosen, claimed)
+    # References to files of this very run resolve to them: the paths and uuids references
+    # name are known first, and which of them the listing holds is noted as it goes by.
+    named = [reference for request in chosen if isinstance(request, ProductIndexRequest)
+             for reference in (*request.derived_from, *request.derived_using)]
+    paths, uuids = named_by(catalog, job.archive_system, archive_path, named) if named \
+        else (set(), set())
+    pending: dict[str, str] = {}
+    claimer = Claimer(archive_path, chosen)
+    files = size = 0
+    for info in catalog.storage.list(archive_path):
+        if claimer(info) is None:
+            continue
+        files += 1
+        size += info.size
+        if info.path in paths or uuids:
+            uuid = file_uuid(catalog, job.archive_system, info.path)
+            if info.path in paths or uuid in uuids:
+                pending[info.path] = uuid
+    plan = _Plan(chosen, archive_path, files, size, claimer.unmatched())
+    if files:
+        plan.references = Resolver(catalog, job.archive_system, archive_path, pending=pending)
+        for number, used in enumerate(claimer.used):
+            if used:
+                plan.links_of(number)
     return plan
 
 
@@ -126,38 +155,57 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
                  plan: _Plan | None = None) -> IndexResult:
     if plan is None:
         plan = _plan(catalog, job, requests)
-    claimed, references = plan.claimed, plan.references
+    references = plan.references
     result = IndexResult(job.uuid, job.state, unmatched_requests=plan.unmatched)
-    if not claimed or references is None:
+    if not plan.files or references is None:
         return result
-    run = ChunkRun(catalog, job, plan.chosen, plan.links, fixity, rehash, progress,
-               format_date(utc_now()), accept)
     total = getattr(progress, "total", None)
     if callable(total):  # known from the listing: the bar has its end before the first read
-        total(len(claimed), sum(info.size for info, _ in claimed))
+        total(plan.files, plan.size)
     if references.new_references:  # before any record names them
         catalog.add_entities(list(references.new_references.values()))
     unreadable: list[str] = []
-
-    # Chunks of UPSERT_CHUNK records: each write holds the database's write lock a fraction
-    # of a second, however large the tree, so webhooks' events wait that long at most. Should
-    # the run stop, the job stays INDEXING, and indexing again reads only what was not written.
-    for start in range(0, len(claimed), UPSERT_CHUNK):
-        records, changed = run.chunk(claimed[start:start + UPSERT_CHUNK], result, unreadable)
-        if changed:
-            catalog.store.upsert_files(changed)
-            _stop_if_reset(catalog, job)
-        result.indexed += len(records)
-        if sink is None:
-            result.files += records
-        else:
-            sink(records)
+    storage = catalog.storage
+    pool = HashPool(storage) if isinstance(storage, LocalStorage) \
+        and plan.files >= hash_pool.POOL_FILES else None
+    with Hasher(storage, progress, pool) as hasher:
+        run = ChunkRun(catalog, job, plan.chosen, plan.links_of, fixity, rehash, progress,
+                       format_date(utc_now()), accept, hasher)
+        # Chunks of UPSERT_CHUNK records: each write holds the database's write lock a
+        # fraction of a second, however large the tree, so webhooks' events wait that long at
+        # most. A chunk's files are being hashed while the one before is built and written.
+        # Should the run stop, the job stays INDEXING, and indexing again reads only what was
+        # not written.
+        before: Prepared | None = None
+        listing = Claimer(plan.archive_path, plan.chosen).batches(
+            storage.list(plan.archive_path), UPSERT_CHUNK)
+        for claimed in listing:
+            prepared = run.prepare(claimed)
+            if before is not None:
+                _write_chunk(catalog, job, run, before, result, unreadable, sink)
+            before = prepared
+        if before is not None:
+            _write_chunk(catalog, job, run, before, result, unreadable, sink)
     if unreadable:
         raise IndexingError(
             f"could not read {len(unreadable)} file(s), which were not indexed (the other "
             f"{result.indexed} were): {'; '.join(unreadable[:5])}"
             + ("; ..." if len(unreadable) > 5 else ""))
     return result
+
+
+def _write_chunk(catalog: Catalog, job: Job, run: ChunkRun, prepared: Prepared,
+                 result: IndexResult, unreadable: list[str], sink: Sink | None) -> None:
+    """Finish a chunk's records, write those that changed, hand them all on."""
+    records, changed = run.finish(prepared, result, unreadable)
+    if changed:
+        catalog.store.upsert_files(changed)
+        _stop_if_reset(catalog, job)
+    result.indexed += len(records)
+    if sink is None:
+        result.files += records
+    else:
+        sink(records)
 
 
 def _stop_if_reset(catalog: Catalog, job: Job) -> None:
@@ -179,25 +227,6 @@ def _stop_if_reset(catalog: Catalog, job: Job) -> None:
         if not entries:
             return
         after += len(entries)
-
-
-class _ClaimedFiles(Mapping[str, str]):
-    """Storage path -> file uuid of the files an index run claimed, each uuid made on demand."""
-
-    def __init__(self, catalog: Catalog, system: str, claimed: Claimed) -> None:
-        self._catalog, self._system = catalog, system
-        self._paths = {info.path for info, _ in claimed}
-
-    def __getitem__(self, path: str) -> str:
-        if path not in self._paths:
-            raise KeyError(path)
-        return file_uuid(self._catalog, self._system, path)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._paths)
-
-    def __len__(self) -> int:
-        return len(self._paths)
 
 
 def check_storage_system(catalog: Catalog, job: Job) -> str:

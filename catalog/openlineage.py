@@ -11,9 +11,12 @@ Events (parsed and checked first: catalog.openlineage_events) are merged in what
 arrive (DESIGN §13), never refused for being late: a
 COMPLETE or FAIL for a run still CREATED first sends an implied ``run``; an event the job's state
 no longer takes (a START after COMPLETE, a second terminal event) is still kept, its datasets
-linked, and answered ``applied: false`` (the refusal is in the audit log). Every distinct event
-is kept whole in the store's OpenLineage events, so its times, facets and parent are read back
-(catalog.openlineage_views). An event's ``event_id`` is a digest of (runId, eventType,
+linked, and answered ``applied: false`` (the refusal is in the audit log). Everything one event
+writes (the pipeline and job when new, the job's events, a refusal's audit entry, the event with
+its datasets and links) is handed to the store as one ``LineageWrite``: one transaction, one
+commit shared with the events queued meanwhile (catalog.store.openlineage_write). Every
+distinct event is kept whole in the store's OpenLineage events, so its times, facets and parent
+are read back (catalog.openlineage_views). An event's ``event_id`` is a digest of (runId, eventType,
 eventTime): a sender's retry is applied once and answered as a duplicate.
 
 A dataset is ONE ``reference`` entity whatever its role, its UUID derived from its normalised
@@ -28,14 +31,21 @@ admin token. A refusal before the event is known (no or wrong key, malformed eve
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from catalog.catalog import Catalog, parse_document
-from catalog.errors import EventNotAllowed, SchemaViolation
-from catalog.identifiers import UUIDType, pipeline_uuid
+from catalog.deletion import gone_or, refuse_deleted
+from catalog.errors import CatalogError, EventNotAllowed, SchemaViolation
+from catalog.identifiers import UUIDType, job_uuid, pipeline_uuid, typed_uuid
 from catalog.jobs import ManagedPipelineJob
-from catalog.models import Entity, LineageOutcome, Pipeline, utc_now
+from catalog.models import Entity, Event, Pipeline, utc_now, utc_now_text
 from catalog.openlineage_events import (
     EVENTS,
     MAX_FACET_BYTES,
@@ -56,10 +66,11 @@ from catalog.openlineage_events import (
     unique_outputs,
 )
 from catalog.states import INITIAL_STATE
-from catalog.store.base import Link
+from catalog.store.base import Decide, Doc, Link
+from catalog.store.openlineage_write import LineageApplied, LineageStep, LineageWrite
 
 __all__ = ["EVENTS", "MAX_FACET_BYTES", "DatasetEvent", "JobEvent", "RunEvent", "authenticate",
-           "dataset_key", "event_id", "ingest"]
+           "dataset_key", "event_id", "ingest", "ingest_async"]
 
 # Ends of a run that imply it started, when its START never arrived (an ABORT may not have).
 _IMPLY_START = frozenset({"COMPLETE", "FAIL"})
@@ -68,57 +79,109 @@ _KEPT_RUN_FACETS = ("nominalTime", "parent")
 _MAX_AGENT = 256
 
 
-def _entities(catalog: Catalog, datasets: list[LineageDataset]) -> list[Entity]:
-    found: dict[str, Entity] = {}
+def _entities(catalog: Catalog, datasets: list[LineageDataset], created: str,
+              **links: list[str]) -> list[Doc]:
+    """The datasets' reference entities (each once), as ``Entity.model_dump(mode="json")``
+    makes them, built directly: an event has several, and the model cost a fifth of it.
+    ``links`` (``generated_by=[...]``) are the lists a dataset stored with it starts with."""
+    found: dict[str, Doc] = {}
     for dataset in datasets:
-        namespace, name = normalise(dataset.namespace, dataset.name)
-        uuid = catalog.typed_uuid(UUIDType.reference, f"{namespace}/{name}")
-        found.setdefault(uuid, Entity(uuid=uuid, kind="reference", name=name,
-                                      namespace=namespace, uri=dataset_uri(namespace, name)[:2049],
-                                      created=utc_now()))
+        namespace, name = _normalised(dataset.namespace, dataset.name)
+        uuid = _dataset_uuid(f"{namespace}/{name}", catalog.settings.namespace)
+        if uuid in found:
+            continue
+        doc = {"uuid": uuid, "kind": "reference", "name": name, "namespace": namespace,
+               "uri": dataset_uri(namespace, name)[:2049], "created": created,
+               "child_of": [], "generated_by": [], "derived_from": [], "derived_using": [],
+               **links}
+        if len(namespace) > 1024 or len(name) > 1024:  # normalised longer: the model says
+            doc = Entity.model_validate(doc).model_dump(mode="json")
+        found[uuid] = doc
     return list(found.values())
 
 
+# Datasets recur (a run's outputs are the next one's inputs): their names are normalised and
+# their UUIDs derived once (a URL parse and a SHA-1 each).
+_normalised = lru_cache(maxsize=65536)(normalise)
+
+
+@lru_cache(maxsize=65536)
+def _dataset_uuid(key: str, catalog_namespace: str) -> str:
+    return typed_uuid(UUIDType.reference, key, catalog_namespace)
+
+
 def _lineage(catalog: Catalog, job_uuid: str, event: RunEvent | JobEvent,
-             pipeline_uuid: str | None = None) -> tuple[list[Entity], list[Entity], list[Entity],
+             pipeline_uuid: str | None = None) -> tuple[list[Doc], list[Doc], list[Doc],
                                                         list[Link]]:
     """Inputs (datasets the run acted on), outputs (generated by the run, or for a JobEvent by
-    the pipeline), every dataset to store (column lineage's sources too) and the links."""
-    inputs = _entities(catalog, event.inputs or [])
-    outputs = _entities(catalog, event.outputs or [])
+    the pipeline), every dataset to store (column lineage's sources too) and the links. An
+    output is stored already linked (a new one then needs no second write), and linked again
+    in case it was stored before."""
+    created = utc_now_text()
+    source = job_uuid or str(pipeline_uuid)
+    inputs = _entities(catalog, event.inputs or [], created)
+    outputs = _entities(catalog, event.outputs or [], created, generated_by=[source])
     stored = inputs + outputs
     links: list[Link] = []
     if inputs and job_uuid:
-        links.append((job_uuid, "acted_on", [entity.uuid for entity in inputs]))
+        links.append((job_uuid, "acted_on", [entity["uuid"] for entity in inputs]))
     for entity in outputs:
-        links.append((entity.uuid, "generated_by", [job_uuid or str(pipeline_uuid)]))
+        links.append((entity["uuid"], "generated_by", [source]))
     for output, dataset in zip(outputs, unique_outputs(event.outputs or []), strict=True):
-        sources = _entities(catalog, column_sources(dataset))
+        sources = _entities(catalog, column_sources(dataset), created)
         if sources:
             stored += sources
-            links.append((output.uuid, "derived_from", [source.uuid for source in sources]))
+            links.append((output["uuid"], "derived_from", [e["uuid"] for e in sources]))
     return inputs, outputs, stored, links
 
 
+def _record_doc(identifier: str, kind: str, event: dict[str, Any], time: str,
+                datasets: list[Doc], **fields: Any) -> Doc:
+    """The event as kept: whole (as JSON text), with what its reads are indexed by."""
+    return {"event_id": identifier, "kind": kind, "event_time": instant(time),
+            "received": utc_now().isoformat(), "datasets": [e["uuid"] for e in datasets],
+            "event": _event_text(event), **fields}
+
+
+def _event_text(event: Any) -> str:
+    """The event as compact JSON text: orjson's (a tenth of json.dumps's time), or json's for
+    what orjson refuses (a lone surrogate in a string)."""
+    try:
+        return orjson.dumps(event).decode()
+    except TypeError:
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
 def _record(catalog: Catalog, identifier: str, kind: str, event: dict[str, Any], time: str,
-            datasets: list[Entity], stored: list[Entity], links: list[Link],
-            **fields: Any) -> bool:
+            datasets: list[Doc], stored: list[Doc], links: list[Link], **fields: Any) -> bool:
     """Keep the event whole, with its datasets and links (one write); whether it was new."""
-    doc = {"event_id": identifier, "kind": kind, "event_time": instant(time),
-           "received": utc_now().isoformat(), "datasets": [e.uuid for e in datasets],
-           "event": json.dumps(event, separators=(",", ":"), ensure_ascii=False), **fields}
     return catalog.store.add_lineage_event(
-        doc, [entity.model_dump(mode="json") for entity in stored], links)
+        _record_doc(identifier, kind, event, time, datasets, **fields), stored, links)
+
+
+@lru_cache(maxsize=4096)
+def _pipeline_of(namespace: str, name: str, catalog_namespace: str) -> tuple[str, str]:
+    """The uuid and name of an OpenLineage job's pipeline (a digest: worth keeping)."""
+    components: list[Any] = [{"openlineage": {"namespace": namespace, "name": name}}]
+    full_name = f"{namespace}/{name}"
+    return pipeline_uuid(full_name, None, components, catalog_namespace), full_name
+
+
+def _new_pipeline(catalog: Catalog, namespace: str, name: str) -> Pipeline:
+    """The OpenLineage job's pipeline as ``add_pipeline`` stores it (not stored here)."""
+    uuid, full_name = _pipeline_of(namespace, name, catalog.settings.namespace)
+    return Pipeline(uuid=uuid, name=full_name, created=utc_now(),
+                    components=[{"openlineage": {"namespace": namespace, "name": name}}])
 
 
 def _pipeline(catalog: Catalog, namespace: str, name: str) -> Pipeline:
     """The OpenLineage job's pipeline, read (most events) or else stored."""
-    components: list[Any] = [{"openlineage": {"namespace": namespace, "name": name}}]
-    uuid = pipeline_uuid(f"{namespace}/{name}", None, components, catalog.settings.namespace)
+    uuid, _ = _pipeline_of(namespace, name, catalog.settings.namespace)
     stored = catalog.store.get_pipeline(uuid)
     if stored is not None:
         return Pipeline.model_validate(stored)
-    return catalog.add_pipeline(name=f"{namespace}/{name}", components=components)[0]
+    pipeline = _new_pipeline(catalog, namespace, name)
+    return catalog.add_pipeline(name=pipeline.name, components=pipeline.components)[0]
 
 
 def _event_data(event: RunEvent, kind: str) -> dict[str, Any]:
@@ -130,10 +193,73 @@ def _event_data(event: RunEvent, kind: str) -> dict[str, Any]:
     return data
 
 
+def _decide(catalog: Catalog, uuid: str, name: str, data: dict[str, Any], identifier: str,
+            source: str) -> Decide:
+    # The event's parts are checked already (the RunEvent's model and check_json of the whole).
+    event = Event.model_construct(name=name, data=data, event_id=identifier)
+    return catalog.decider(uuid, event, source)
+
+
+@dataclass
+class _Prepared:
+    """An event parsed, checked and turned into its store write; ``answer`` makes the reply."""
+
+    write: LineageWrite
+    answer: Callable[[LineageApplied], dict[str, Any]]
+    refused: Callable[[CatalogError], Doc] | None = None  # the audit entry of a failed write
+    job: str | None = None  # the run's job: its side effects follow the write
+
+
 def ingest(catalog: Catalog, event: Any, token: str | None, source: str = "api") -> dict[str, Any]:
     """Apply one OpenLineage event (a parsed JSON document): a RunEvent answers a
     LineageOutcome dict, a JobEvent or DatasetEvent ``{"kind", "event_id", "duplicate",
     "datasets"}``."""
+    prepared = _prepare(catalog, event, token, source)
+    try:
+        result = catalog.store.apply_lineage(prepared.write)
+    except CatalogError as exc:
+        raise _failed(catalog, prepared, exc) from None
+    cleanup = None
+    if prepared.job is not None and result.applied is not None:
+        cleanup = catalog.after_event(prepared.job, result.applied, source)
+    return _answer(prepared, result, cleanup)
+
+
+async def ingest_async(catalog: Catalog, event: Any, token: str | None,
+                       source: str = "api") -> dict[str, Any]:
+    """``ingest`` from an event loop: parsed and prepared in a thread (it reads the store),
+    written with the loop's other events (``Store.apply_lineage_async``: one commit for all
+    that arrived together, webhook events too), never blocking the loop on the store."""
+    if catalog.store.kind == "sqlite":  # its reads are local and short: on the loop
+        prepared = _prepare(catalog, event, token, source)
+    else:
+        prepared = await asyncio.to_thread(_prepare, catalog, event, token, source)
+    try:
+        result = await catalog.store.apply_lineage_async(prepared.write)
+    except CatalogError as exc:
+        raise await asyncio.to_thread(_failed, catalog, prepared, exc) from None
+    cleanup = None
+    if prepared.job is not None and result.applied is not None:
+        cleanup = await catalog.after_event_async(prepared.job, result.applied, source)
+    return _answer(prepared, result, cleanup)
+
+
+def _failed(catalog: Catalog, prepared: _Prepared, exc: CatalogError) -> CatalogError:
+    """A write refused whole: recorded in the audit log as ``handle_event`` records it."""
+    error = gone_or(catalog, exc)
+    if prepared.refused is not None:
+        catalog.store.append_audit(prepared.refused(error))
+    return error
+
+
+def _answer(prepared: _Prepared, result: LineageApplied, cleanup: str | None) -> dict[str, Any]:
+    answer = prepared.answer(result)
+    if cleanup is not None:
+        answer["cleanup_error"] = cleanup
+    return answer
+
+
+def _prepare(catalog: Catalog, event: Any, token: str | None, source: str) -> _Prepared:
     authenticate(catalog, token)
     # A RunEvent has a run and a type; a JobEvent a job and neither; a DatasetEvent a dataset.
     static = isinstance(event, dict) and not {"run", "eventType"} & event.keys()
@@ -148,61 +274,89 @@ def ingest(catalog: Catalog, event: Any, token: str | None, source: str = "api")
     except ValueError:
         raise SchemaViolation("run event: the parent facet's runIds must be UUIDs") from None
     namespace, name, run_id = parsed.job.namespace, parsed.job.name, parsed.run.runId
-    pipeline = _pipeline(catalog, namespace, name)
-    managed = ManagedPipelineJob(
-        catalog, pipeline.uuid, data={"openlineage": {"runId": run_id}}, source=source,
-        agent=parsed.producer[:_MAX_AGENT] if parsed.producer else None,
-    )
-    head = catalog.store.get_job(managed.uuid, history=False)  # most runs have one already
-    state = head["state"] if head is not None else managed.setup().stored.state
+    pipeline, _ = _pipeline_of(namespace, name, catalog.settings.namespace)
+    data = {"openlineage": {"runId": run_id}}
+    uuid = job_uuid(pipeline, [], data, catalog.settings.namespace)
+    head = catalog.store.job_head(uuid)  # most runs have one already
+    write = LineageWrite({}, uuid=uuid)
+    if head is None:  # stored with the event, unless a concurrent event stores it first
+        new = _new_pipeline(catalog, namespace, name)
+        refuse_deleted(catalog, uuid)  # a tombstone stands until purged
+        managed = ManagedPipelineJob(
+            catalog, new, data=data, source=source,
+            agent=parsed.producer[:_MAX_AGENT] if parsed.producer else None)
+        write.pipeline = new.model_dump(mode="json")
+        write.job = managed.new_job().model_dump(mode="json")
+    state = head["state"] if head is not None else INITIAL_STATE
     kind = parsed.eventType or "OTHER"  # the spec reads a missing type as OTHER
-    created = state == INITIAL_STATE
-    if kind in _IMPLY_START and created:
+    steps: list[LineageStep] = []
+    if kind in _IMPLY_START and state == INITIAL_STATE:  # unless a concurrent event moved it
         implied = {"eventType": "START", "impliedBy": kind, "eventTime": parsed.eventTime}
-        try:
-            managed.run(implied, event_id=event_id(run_id, f"START/{kind}", parsed.eventTime))
-        except EventNotAllowed:
-            pass  # a concurrent event moved the run on: the end decides below
+        implied_id = event_id(run_id, f"START/{kind}", parsed.eventTime)
+        steps.append(LineageStep(implied_id, _decide(catalog, uuid, "run", implied, implied_id,
+                                                     source), only_in=INITIAL_STATE))
     identifier = event_id(run_id, kind, parsed.eventTime)
-    name_of = "run" if kind == "RUNNING" and created else EVENTS[kind]
-    applied = True
-    try:
-        outcome = managed.handle({"name": name_of, "data": _event_data(parsed, kind),
-                                  "event_id": identifier})
-    except EventNotAllowed:
-        applied = False  # late (the refusal is in the audit log): kept and linked all the same
-    inputs, outputs, stored, links = _lineage(catalog, managed.uuid, parsed)
-    new = _record(catalog, identifier, "run", event, parsed.eventTime, inputs + outputs,
-                  stored, links, event_type=kind, run_id=run_id, parent_run_id=parent_run,
-                  root_run_id=root_run, job=pipeline.uuid, job_uuid=managed.uuid,
-                  job_namespace=namespace, job_name=name, applied=applied,
-                  inputs=[e.uuid for e in inputs], outputs=[e.uuid for e in outputs])
-    if applied:
-        return LineageOutcome(**outcome.model_dump(), pipeline_uuid=pipeline.uuid).model_dump(
-            mode="json")
-    now = catalog.get_job(managed.uuid, history=False)
-    return LineageOutcome(
-        uuid=now.uuid, state=now.state, last_event=now.last_event, event_id=identifier,
-        duplicate=not new, pipeline_uuid=pipeline.uuid, applied=False,
-    ).model_dump(mode="json")
+    event_data = _event_data(parsed, kind)
+    document = {"name": EVENTS[kind], "data": event_data, "event_id": identifier}
+    decide = _decide(catalog, uuid, EVENTS[kind], event_data, identifier, source)
+    if kind == "RUNNING":  # a RUNNING that finds the run CREATED starts it
+        starts = _decide(catalog, uuid, "run", event_data, identifier, source)
+        updates = decide
+
+        def decide(head: Doc) -> Any:
+            return (starts if head["state"] == INITIAL_STATE else updates)(head)
+
+    steps.append(LineageStep(identifier, decide))
+    write.steps = steps
+
+    def audit(exc: CatalogError) -> Doc:
+        return catalog.audit_entry(uuid, document, source, exc, keep_data=True)
+
+    # Late (EventNotAllowed): kept and linked all the same, the refusal in the audit log.
+    write.refused = lambda exc: audit(exc) if isinstance(exc, EventNotAllowed) else None
+    inputs, outputs, write.entities, write.links = _lineage(catalog, uuid, parsed)
+    if write.job is not None:  # a new job is stored with the datasets it read
+        write.job["acted_on"] = [entity["uuid"] for entity in inputs]
+    write.record = _record_doc(
+        identifier, "run", event, parsed.eventTime, inputs + outputs, event_type=kind,
+        run_id=run_id, parent_run_id=parent_run, root_run_id=root_run, job=pipeline,
+        job_uuid=uuid, job_namespace=namespace, job_name=name, applied=True,
+        inputs=[e["uuid"] for e in inputs], outputs=[e["uuid"] for e in outputs])
+
+    def answer(result: LineageApplied) -> dict[str, Any]:
+        # A LineageOutcome's JSON, built from what the store wrote (nothing to validate).
+        if result.applied is not None:
+            entry = result.applied.entry
+            return {"uuid": uuid, "state": entry["state"], "last_event": entry["name"],
+                    "event_id": entry["event_id"], "duplicate": result.applied.duplicate,
+                    "pipeline_uuid": pipeline, "applied": True}
+        assert result.head is not None
+        return {"uuid": uuid, "state": result.head["state"],
+                "last_event": result.head["last_event"], "event_id": identifier,
+                "duplicate": not result.new, "pipeline_uuid": pipeline, "applied": False}
+
+    return _Prepared(write, answer, audit, uuid)
 
 
-def _static(catalog: Catalog, parsed: JobEvent | DatasetEvent, event: Any) -> dict[str, Any]:
+def _static(catalog: Catalog, parsed: JobEvent | DatasetEvent, event: Any) -> _Prepared:
     """A JobEvent or a DatasetEvent: its datasets stored, linked to the pipeline, kept."""
     check_facets(parsed)
     fields: dict[str, Any] = {}
+    pipeline: Doc | None = None
     if isinstance(parsed, JobEvent):
         namespace, name = parsed.job.namespace, parsed.job.name
-        pipeline = _pipeline(catalog, namespace, name)
-        inputs, outputs, stored, links = _lineage(catalog, "", parsed, pipeline.uuid)
+        pipeline = _new_pipeline(catalog, namespace, name).model_dump(mode="json")
+        inputs, outputs, stored, links = _lineage(catalog, "", parsed, pipeline["uuid"])
         datasets, kind = inputs + outputs, "job"
-        fields = {"job": pipeline.uuid, "job_namespace": namespace, "job_name": name,
-                  "inputs": [e.uuid for e in inputs], "outputs": [e.uuid for e in outputs]}
+        fields = {"job": pipeline["uuid"], "job_namespace": namespace, "job_name": name,
+                  "inputs": [e["uuid"] for e in inputs], "outputs": [e["uuid"] for e in outputs]}
     else:
-        datasets, kind, links = _entities(catalog, [parsed.dataset]), "dataset", []
-        stored = datasets
+        datasets = _entities(catalog, [parsed.dataset], utc_now_text())
+        kind, links, stored = "dataset", [], datasets
     identifier = body_id(kind, event)
-    new = _record(catalog, identifier, kind, event, parsed.eventTime, datasets, stored, links,
-                  **fields)
-    return {"kind": kind, "event_id": identifier, "duplicate": not new,
-            "datasets": [entity.uuid for entity in datasets]}
+    write = LineageWrite(
+        _record_doc(identifier, kind, event, parsed.eventTime, datasets, **fields), stored, links,
+        pipeline=pipeline)
+    return _Prepared(write, lambda result: {
+        "kind": kind, "event_id": identifier, "duplicate": not result.new,
+        "datasets": [entity["uuid"] for entity in datasets]})

@@ -146,6 +146,37 @@ class Resolver:
         return uuid
 
 
+@dataclass
+class _Probe(Resolver):
+    """What references name (archive paths, typed UUIDs), none of it looked up."""
+
+    paths: set[str] = field(default_factory=set)
+    uuids: set[str] = field(default_factory=set)
+
+    def _known(self, reference: str) -> str:
+        uuid = parse_uuid(reference, *_LINKABLE)
+        self.uuids.add(uuid)
+        return uuid
+
+    def _catalogued(self, path: str, reference: str) -> str:
+        self.paths.add(path)
+        return path
+
+
+def named_by(catalog: Catalog, archive_system: str, archive_path: str,
+             references: list[Any]) -> tuple[set[str], set[str]]:
+    """The archive paths and the typed UUIDs that ``references`` name, without looking them
+    up (one that is malformed is left out: resolving it says why). An index run sees which of
+    its own files they are as it lists them, rather than holding every path it lists."""
+    probe = _Probe(catalog, archive_system, archive_path)
+    for reference in references:
+        try:
+            probe.resolve(reference)
+        except (InvalidInput, UnsafePath):
+            continue
+    return probe.paths, probe.uuids
+
+
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
     """Every string in a JSON value (lists and objects walked), with where it was."""
     if isinstance(value, str):

@@ -27,9 +27,11 @@ from urllib.parse import quote
 from urllib.request import Request, urlopen
 
 from catalog.catalog import Catalog
+from catalog.config import CONFIG_ENV, DEFAULT_CONFIG_FILE
 from catalog.engines import Engine, Execution, LocalEngine
 from catalog.errors import CatalogError, ConfigurationError, LeaseNotHeld
 from catalog.queue.models import Completion, Withdrawn, WorkFilter
+from catalog.store import sqlite_path
 
 _ERRORS_BY_CODE: dict[str, type[CatalogError]] = {"lease_not_held": LeaseNotHeld}
 
@@ -51,6 +53,16 @@ class QueueClient(Protocol):
 
     def sweep(self) -> None:
         """Fail expired leases (the local queue does; a server sweeps on its own)."""
+        ...
+
+    def updates(self, uuid: str) -> list[dict[str, Any]]:
+        """The data of the job's ``update`` events (what its node reported), oldest first."""
+        ...
+
+    def location(self) -> dict[str, str]:
+        """Where this queue's catalog is (``CATALOG_DB``, ``CATALOG_ARCHIVE_ROOT`` and
+        ``CATALOG_CONFIG``, or ``CATALOG_URL``), told to every job's work in its environment
+        so that the work can reach it from its own working directory."""
         ...
 
 
@@ -84,6 +96,25 @@ class LocalQueue:
         from catalog.queue import sweep
 
         sweep(self.catalog)
+
+    def updates(self, uuid: str) -> list[dict[str, Any]]:
+        return [dict(entry.data) for entry in self.catalog.get_job(uuid).history
+                if entry.name == "update"]
+
+    def location(self) -> dict[str, str]:
+        """The catalog's database, local archive root and config file as absolute paths: the
+        work runs in a directory of its own, where relative ones name nothing."""
+        settings = self.catalog.settings
+        path = sqlite_path(settings.db)
+        found = {"CATALOG_DB": settings.db if path is None or path == ":memory:"
+                 else f"sqlite:///{os.path.abspath(path)}"}
+        if "://" not in settings.archive_root:
+            found["CATALOG_ARCHIVE_ROOT"] = os.path.abspath(settings.archive_root)
+        config = os.environ.get(CONFIG_ENV) or (
+            DEFAULT_CONFIG_FILE if os.path.isfile(DEFAULT_CONFIG_FILE) else None)
+        if config is not None:
+            found[CONFIG_ENV] = os.path.abspath(config)
+        return found
 
 
 class HTTPQueue:
@@ -142,6 +173,35 @@ class HTTPQueue:
 
     def sweep(self) -> None:
         self._call("/queue/sweep", {})
+
+    def updates(self, uuid: str) -> list[dict[str, Any]]:
+        """From the job's history (``GET /jobs/{uuid}/history``)."""
+        try:
+            with urlopen(f"{self.url}/jobs/{quote(uuid)}/history",  # noqa: S310 (checked)
+                         timeout=self.timeout) as response:
+                history = json.loads(response.read())["history"]
+        except (URLError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise CatalogError(f"cannot read the history of {uuid} at {self.url}: {exc}") \
+                from None
+        return [dict(entry.get("data") or {}) for entry in history
+                if isinstance(entry, dict) and entry.get("name") == "update"]
+
+    def location(self) -> dict[str, str]:
+        """The server's URL (its token stays with the worker: the work has the job's own
+        token only where an engine hands it one, as Slurm's node does)."""
+        return {"CATALOG_URL": self.url}
+
+
+def work_of(job: Withdrawn, work: dict[str, Any], location: dict[str, str]) -> dict[str, Any]:
+    """``work`` with the job's identity and its catalog's location added to its own
+    ``environment`` (ours win: a job cannot claim to be another). A malformed environment of
+    the job's own is left for the engine to refuse, naming it."""
+    own = work.get("environment")
+    if own is not None and not isinstance(own, dict):
+        return work
+    told = {"CATALOG_JOB_UUID": job.uuid, "CATALOG_PIPELINE": job.pipeline,
+            "CATALOG_JOB_ATTEMPT": str(job.attempt), "CATALOG_ARCHIVE_PATH": job.archive_path}
+    return {**work, "environment": {**(own or {}), **location, **told}}
 
 
 def worker_name() -> str:
@@ -205,7 +265,7 @@ class Worker:
     def _work(self, job: Withdrawn) -> dict[str, Any]:
         """What the engine runs: the job's own work, or the worker's static function or
         command; with the job's resources either way."""
-        work = job.work()
+        work = work_of(job, job.work(), self.queue.location())
         static: dict[str, Any] | None = None
         if self.options.command is not None:
             static = {"command": self.options.command}
@@ -214,7 +274,8 @@ class Worker:
                       "parameters": job.data.get("parameters") or {}}
         if static is None:
             return work
-        return {**static, "resources": work["resources"]} if "resources" in work else static
+        return {**static, **{key: work[key] for key in ("resources", "environment")
+                             if key in work}}
 
     def run_one(self, job: Withdrawn) -> Attempt:
         root = self.options.workdir or Path(tempfile.gettempdir())

@@ -58,7 +58,8 @@ json_values = st.recursive(
 # worker, in order (some read what earlier ones left; module fixtures start once), and so do
 # the modules of one machine-wide component: one Slurm cluster, one dockerd, never two at once.
 COMPONENT_MODULES = {
-    "docker": ("test_docker_engine.py", "test_swarm.py", "test_swarm_client.py"),
+    "docker": ("test_docker_engine.py", "test_docker_dispatch.py", "test_swarm.py",
+               "test_swarm_client.py"),
     "slurm": ("test_slurm.py",),
 }
 _COMPONENT_FIXTURES = {"docker_daemon": "docker", "cluster": "slurm"}

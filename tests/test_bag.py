@@ -8,7 +8,9 @@ import asyncio
 import hashlib
 import io
 import json
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import bagit
@@ -90,6 +92,72 @@ def test_a_file_that_no_longer_matches_stops_the_export_naming_it(
     assert list(bags.iterdir()) == []  # no bag, and nothing half-written beside it
 
 
+def _payload(bag: Path) -> dict[str, Path]:
+    return {str(path.relative_to(bag / "data")): path
+            for path in (bag / "data").rglob("*") if path.is_file()}
+
+
+def test_a_linked_bag_shares_the_archive_s_files_and_is_as_valid(
+        catalog: Catalog, tmp_path: Path) -> None:
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    result = export_bag(catalog, job.uuid, tmp_path / "bag", job.token, link=True)
+    bagit.Bag(str(tmp_path / "bag")).validate()
+    copied = export_bag(catalog, job.uuid, tmp_path / "copied", job.token)
+    assert (tmp_path / "bag" / "manifest-sha256.txt").read_text() == \
+        (tmp_path / "copied" / "manifest-sha256.txt").read_text()
+    payload = _payload(tmp_path / "bag")
+    assert sorted(payload) == sorted(INDEXED)
+    if catalog.storage.kind == "local":  # the archive's own files, under a second name
+        assert result.linked == 4
+        archive = Path(catalog.settings.archive_root)
+        for name, path in payload.items():
+            original = archive / job.archive_path.lstrip("/") / name
+            assert path.stat().st_ino == original.stat().st_ino
+            assert original.stat().st_nlink == 2
+    else:  # an object store has no file to link: every file copied
+        assert result.linked == 0
+        assert all(path.stat().st_nlink == 1 for path in payload.values())
+    assert copied.linked == 0
+
+
+def test_a_linked_export_still_verifies_every_file_and_leaves_the_archive_alone(
+        catalog: Catalog, tmp_path: Path) -> None:
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    path = f"{job.archive_path}/data/b.csv"
+    damaged = bytes([FILES["data/b.csv"][0] ^ 0x01]) + FILES["data/b.csv"][1:]
+    catalog.storage.write(path, damaged)
+    bags = tmp_path / "bags"
+    bags.mkdir()
+    with pytest.raises(FixityMismatch, match="does not match its record") as stopped:
+        export_bag(catalog, job.uuid, bags / "bag", job.token, link=True)
+    assert path in stopped.value.message
+    assert list(bags.iterdir()) == []  # the links went with the partial bag...
+    for name in INDEXED:  # ...and the archive's files stay, each under its one name
+        with catalog.storage.open(f"{job.archive_path}/{name}") as stream:
+            assert stream.read() == (damaged if name == "data/b.csv" else FILES[name])
+    if catalog.storage.kind == "local":
+        archive = Path(catalog.settings.archive_root) / job.archive_path.lstrip("/")
+        assert all((archive / name).stat().st_nlink == 1 for name in INDEXED)
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_linked_bag_on_another_filesystem_is_copied(catalog: Catalog, tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (/dev/shm) beside the test's own here")
+    job = finished_job(catalog)
+    ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
+    elsewhere = Path(tempfile.mkdtemp(prefix="catalog-test-bag-", dir=shm))
+    try:
+        result = export_bag(catalog, job.uuid, elsewhere / "bag", job.token, link=True)
+        assert (result.files, result.linked) == (4, 0)  # another device: copied, not refused
+        bagit.Bag(str(elsewhere / "bag")).validate()
+    finally:
+        shutil.rmtree(elsewhere)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_files_handed_to_the_copiers_in_batches_keep_the_manifest_whole_and_in_order(
         catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
@@ -146,7 +214,14 @@ def test_a_bag_over_http_and_on_the_command_line(
                              str(tmp_path / "cli"), "--token", job.token)
     assert code == 0, err
     assert json.loads(out) == {"uuid": job.uuid, "path": str(tmp_path / "cli"), "files": 4,
-                               "bytes": sum(len(FILES[name]) for name in INDEXED)}
+                               "bytes": sum(len(FILES[name]) for name in INDEXED),
+                               "linked": 0}
+    code, out, err = run_cli(catalog, monkeypatch, capsys, "bag", job.uuid,
+                             str(tmp_path / "cli-linked"), "--link", "--token", job.token)
+    assert code == 0, err
+    linked = 4 if catalog.storage.kind == "local" else 0  # an object is copied
+    assert f", {linked} linked," in out
+    bagit.Bag(str(tmp_path / "cli-linked")).validate()
     bagit.Bag(str(tmp_path / "cli")).validate()
 
     flipped = bytearray(FILES["data/a.csv"])

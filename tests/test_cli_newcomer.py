@@ -88,6 +88,27 @@ def test_token_job_without_a_secret_says_what_to_run(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing created on the way
 
 
+@pytest.mark.parametrize("args", [("file", "list", "--job", UNKNOWN_JOB), ("job", "list"),
+                                  ("queue", "status"), ("serve", "--port", "0"),
+                                  ("run", "reduce", "--lives", "1")])
+def test_a_command_in_a_folder_without_a_catalog_says_so_and_creates_none(
+        tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Run in the wrong folder, a command is told there is no catalog there (exit 4), rather
+    than answered from a new, empty one it would leave behind."""
+    done = run(tmp_path, "--json", *args)
+    assert done.returncode == 4, done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert error["code"] == "catalog_not_found"
+    assert error["message"] == (
+        f"no catalog at sqlite:///catalog.db ({tmp_path / 'catalog.db'} does not exist): "
+        "'catalog init' creates it; --db or CATALOG_DB names another")
+    assert list(tmp_path.iterdir()) == []
+    other = tmp_path / "elsewhere.db"
+    done = run(tmp_path, "job", "list", CATALOG_DB=f"sqlite:///{other}")
+    assert done.returncode == 4 and f"no catalog at sqlite:///{other}" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_lineage_of_an_unknown_record_is_404_everywhere(catalog: Catalog,
                                                         tmp_path: Path) -> None:
     job = make_job(catalog)

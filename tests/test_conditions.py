@@ -164,7 +164,8 @@ def test_limits_on_size_and_depth() -> None:
 # submit, release, cancellation ------------------------------------------------------------
 def test_a_job_waits_until_its_condition_holds_then_is_queued(catalog: Catalog) -> None:
     a = catalog.submit("step", work(1)["data"])
-    b = catalog.submit("step", work(2)["data"])
+    # b after a whatever their queued times (the same millisecond: the uuid would decide)
+    b = catalog.submit("step", work(2)["data"], priority=2)
     c = catalog.submit("step", work(3)["data"], when=a.finished & b.finished)
     assert (c.state, c.queued, c.created) == ("WAITING", True, True)
     stored = catalog.get_job(c.uuid)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from catalog.config import Settings, load_settings
+from catalog.config import Settings, load_settings, parse_networks
 from catalog.errors import ConfigurationError
 
 DEFAULTS = {
@@ -32,6 +32,7 @@ DEFAULTS = {
     "fixity_interval": "0",
     "fixity_batch": 1000,
     "chime_anonymous_writes": False,
+    "swarm_networks": "",
     "refusal_flush_s": 10.0,
     "refusal_max_keys": 1000,
     "refusal_rate": 5.0,
@@ -246,3 +247,15 @@ def test_an_in_memory_sqlite_database_is_refused(url: str, tmp_path: Path,
     with pytest.raises(ConfigurationError, match="is not a file"):
         open_store(url)
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("cluster", "'cluster' is not name=network"),
+    ("a=net,a=other", "'a' is named twice"),
+    ("a=bad net", "is not name=network"),
+])
+def test_swarm_networks_are_name_network_pairs(value: str, says: str) -> None:
+    assert parse_networks(" default = frb-net ,arch=arch.net,") == {
+        "default": "frb-net", "arch": "arch.net"}
+    with pytest.raises(ConfigurationError, match=says):
+        load_settings(swarm_networks=value)

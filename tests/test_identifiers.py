@@ -27,6 +27,8 @@ from catalog.identifiers import (
     loads_json,
     parse_uuid,
     pipeline_uuid,
+    random_typed_uuid,
+    random_typed_uuids,
     typed_uuid,
     upstream_uuids,
     uuid_type,
@@ -598,3 +600,15 @@ def test_models_refuse_non_json_data_unless_the_whole_document_was_checked(data:
         Event.model_validate({"name": "update", "data": data}, context={"json_checked": True})
     with pytest.raises(InvalidData):
         parse_event({"name": "update", "data": data})
+
+
+@pytest.mark.parametrize("kind", [UUIDType.pipelinejob_event, UUIDType.generic])
+def test_random_typed_uuids_are_what_random_typed_uuid_gives(kind: UUIDType) -> None:
+    """Made in bulk (a sweep's entries), each is a version-5, RFC 4122 typed UUID as one made
+    alone, all of them distinct."""
+    many = random_typed_uuids(kind, 2000)
+    assert len(set(many)) == 2000 and random_typed_uuids(kind, 0) == []
+    for value in [*many, random_typed_uuid(kind)]:
+        parsed = uuid.UUID(value)
+        assert (str(parsed), parsed.version, parsed.variant) == (value, 5, uuid.RFC_4122)
+        assert uuid_type(value) is kind and parse_uuid(value, kind) == value

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MONGO_BACKENDS
 
 from catalog import Catalog
 from catalog.errors import (
@@ -101,6 +102,10 @@ def test_a_finished_job_is_memoised_and_a_failed_or_cancelled_one_queued_again(
 
 
 def test_claim_order_is_priority_then_age_and_the_filter_holds(catalog: Catalog) -> None:
+    claim_order_holds(catalog)
+
+
+def claim_order_holds(catalog: Catalog) -> None:
     low = submit(catalog, work(1, priority=1)).uuid
     old = submit(catalog, work(2, priority=4, site="chime")).uuid
     new = submit(catalog, work(3, priority=4, tags=["x"], user="ann")).uuid
@@ -123,6 +128,59 @@ def test_claim_order_is_priority_then_age_and_the_filter_holds(catalog: Catalog)
     got = withdraw(catalog, {"pipelines": ["reduce", "fit"]}, "w")
     assert got is not None and got.uuid == other and got.pipeline == "fit"
     assert withdraw(catalog, {"pipelines": ["no-such-pipeline"]}, "w") is None
+
+
+def test_later_claims_keep_the_claim_order(catalog: Catalog) -> None:
+    later_claims_keep_the_order(catalog)
+
+
+def later_claims_keep_the_order(catalog: Catalog) -> None:
+    """MongoDB's claims read from where the store's last claim was (``mongo_claim``): a job
+    passed over before it, the next ones after it, one queued a second later and one of a
+    higher priority queued last are all taken as one sorted read would take them."""
+    def take(**filters: Any) -> str | None:
+        got = withdraw(catalog, {"pipelines": ["reduce"], **filters}, "w")
+        return None if got is None else got.uuid
+
+    def queued(n: int, **queue: Any) -> str:
+        time.sleep(0.005)  # a millisecond of its own: the order is not left to the uuids
+        return submit(catalog, work(n, **queue)).uuid
+
+    passed = queued(1)
+    first, second, third = (queued(n, user="ann") for n in (2, 3, 4))
+    assert take(users=["ann"]) == first
+    assert take() == passed
+    assert take() == second
+    time.sleep(1.1)  # past the first windows after the mark
+    later = queued(5)
+    top = queued(6, priority=5)
+    assert take() == top
+    assert take() == third
+    assert take() == later
+    assert take() is None
+
+
+@pytest.mark.parametrize("backend", MONGO_BACKENDS)
+def test_mongo_claims_by_windows_and_by_one_sorted_query_take_the_same_jobs(
+        backend: str, database_url: Callable[[str], str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store asks mongod (its plan has no SORT) one sorted query and a server that sorts
+    in memory (the wire server, mongomock) windows of queued times: both ways, on each test
+    server, take the jobs in the same order."""
+    from catalog.store.mongo import MongoStore
+
+    monkeypatch.chdir(tmp_path)
+    for sorted_by_index in (True, False):
+        for scenario in (claim_order_holds, later_claims_keep_the_order):
+            with Catalog.open(database_url(backend), keys=KEYS) as opened:
+                assert isinstance(opened.store, MongoStore)
+                opened.add_pipeline("reduce")
+                opened.add_pipeline("fit")
+                claims = opened.store._claims
+                if backend in ("mongomock", "mongowire"):  # neither reads the order from it
+                    assert claims._server_sorts_by_index() is False
+                claims.sorted_by_index = sorted_by_index
+                scenario(opened)
 
 
 def test_withdraw_gives_the_worker_what_it_needs_and_records_the_lease(

@@ -16,11 +16,11 @@ import pytest
 
 from catalog import Catalog
 from catalog.errors import JobNotFound
-from catalog.models import utc_now
+from catalog.models import format_date, utc_now
 from catalog.queue import end_attempt, submit, sweep, withdraw
 from catalog.queue.waits import WATCHED_FALLBACK_S
 from catalog.states import next_state
-from catalog.store.base import Applied, ClaimLost, Doc
+from catalog.store.base import Applied, ClaimLost, Doc, Move
 from catalog.tokens import Keys
 
 KEYS = Keys(b"q" * 32, b"b" * 32)
@@ -92,6 +92,61 @@ def test_the_sweep_writes_each_fail_and_its_retry(catalog: Catalog) -> None:
             ("run", "RUNNING"), ("fail", "FAILED"), ("retry", "QUEUED")]
         assert job.queue is not None and job.queue.lease is None
     assert state(catalog, final) == "FAILED"
+
+
+def test_the_sweep_writes_entries_as_a_worker_report_does(catalog: Catalog,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Chunks of two jobs (SQLite; MongoDB reads them at once): each expired job failed with
+    its attempt and worker, then queued again, its lease gone; a job that has attempts no
+    more stays FAILED; the limit bounds the jobs read; a fresh lease is left alone."""
+    monkeypatch.setattr(catalog.store, "sweep_chunk", 2, raising=False)
+    expired = [submit(catalog, work(n, retries=2)).uuid for n in range(5)]
+    final = submit(catalog, work("final", retries=1)).uuid
+    for _ in range(6):
+        assert withdraw(catalog, {"pipelines": ["step"]}, "w", lease=10) is not None
+    fresh = submit(catalog, work("fresh")).uuid
+    assert withdraw(catalog, {"pipelines": ["step"]}, "v", lease=3600) is not None
+    later = utc_now() + timedelta(seconds=60)
+    assert sweep(catalog, later, limit=3) == {"expired": 3, "failed": 3, "retried": 3}
+    assert sweep(catalog, later) == {"expired": 3, "failed": 3, "retried": 2}
+    for uuid in expired:
+        job = catalog.get_job(uuid)
+        run_, fail, retry = job.history[-3:]
+        assert (fail.name, fail.state, fail.source) == ("fail", "FAILED", "queue")
+        assert fail.data == {"attempt": 1, "worker": "w", "error": "lease expired"}
+        assert (retry.name, retry.state, retry.data) == (
+            "retry", "QUEUED", {"attempt": 1, "retries": 2, "automatic": True})
+        assert fail.event_id == fail.uuid != retry.uuid == retry.event_id
+        assert job.state == "QUEUED" and job.version == len(job.history)
+        assert job.queue is not None and job.queue.lease is None
+        assert job.queue.reason == "lease expired" and job.queue.stop == fail.date
+        assert job.queue.queued == retry.date and job.queue.attempt == 1
+    job = catalog.get_job(final)
+    assert job.state == "FAILED" and job.history[-1].name == "fail"
+    assert job.queue is not None and job.queue.lease is None
+    assert state(catalog, fresh) == "RUNNING"
+    assert sweep(catalog, later) == {"expired": 0, "failed": 0, "retried": 0}
+
+
+def test_a_job_the_sweeps_plan_leaves_out_is_read_once(catalog: Catalog,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """The walk of the lease index goes on past the jobs left out: it ends, each read once."""
+    monkeypatch.setattr(catalog.store, "sweep_chunk", 2, raising=False)
+    uuids = {submit(catalog, work(n)).uuid for n in range(5)}
+    for _ in uuids:
+        assert withdraw(catalog, {"pipelines": ["step"]}, "w", lease=10) is not None
+    seen: list[str] = []
+
+    def plan(heads: list[Doc]) -> list[Move]:
+        seen.extend(head["uuid"] for head in heads)
+        return []
+
+    later = format_date(utc_now() + timedelta(seconds=60))
+    assert catalog.store.sweep_leases(later, 100, plan) == (5, [])
+    assert sorted(seen) == sorted(uuids)
+    assert {state(catalog, uuid) for uuid in uuids} == {"RUNNING"}
 
 
 def test_a_fan_out_is_released_and_a_cancellation_propagates_in_rounds(

@@ -5,6 +5,7 @@ refused clearly when malformed, and handed to the engine that runs the job."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -108,18 +109,20 @@ def test_malformed_resources_are_refused_naming_the_field_and_store_nothing(
 
 def test_the_worker_hands_the_resources_to_the_engine(catalog: Catalog, tmp_path: Path
                                                       ) -> None:
-    asked = catalog.submit("reduce", WORK, resources={"cores": 3, "memory": "1G"},
+    cores = len(os.sched_getaffinity(0))  # no more than this machine has: it would refuse
+    asked = catalog.submit("reduce", WORK, resources={"cores": cores, "memory": "1G"},
                            timeout=120)
     # A job queued with its resources in its data (before they were queue attributes) still
     # has them read from there.
     legacy = ManagedPipelineJob(catalog, "reduce", {**WORK, "resources": {
-        "cores": 5, "memory": 64, "time": 30}}).setup(QueueInfo(timeout=60))
+        "cores": 1, "memory": 64, "time": 30}}).setup(QueueInfo(timeout=60))
     options = WorkerOptions(WorkFilter(pipelines=["reduce"]), lives=2, sleep=0.1,
                             workdir=tmp_path / "work")
     attempts = Worker(LocalQueue(catalog), options).run()
     assert [a.state for a in attempts] == ["FINISHED", "FINISHED"]
-    assert catalog.get_job(asked.uuid).results == {"cores": 3, "memory": 1024, "time": 120}
-    assert catalog.get_job(legacy.uuid).results == {"cores": 5, "memory": 64, "time": 30}
+    assert catalog.get_job(asked.uuid).results == {"cores": cores, "memory": 1024,
+                                                   "time": 120}
+    assert catalog.get_job(legacy.uuid).results == {"cores": 1, "memory": 64, "time": 30}
 
 
 @pytest.mark.anyio
@@ -159,6 +162,7 @@ def test_the_submit_command_takes_resource_flags(tmp_path: Path) -> None:
         return subprocess.run([command, *args], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=120)
 
+    assert cli("init").returncode == 0
     assert cli("pipeline", "add", "--name", "reduce").returncode == 0
     submit = ["--json", "submit", "--pipeline", "reduce", "--data", json.dumps(WORK)]
     done = cli(*submit, "--cores", "2", "--memory", "2G", "--time", "30m")

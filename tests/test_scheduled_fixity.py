@@ -87,7 +87,10 @@ def test_scheduled_verify_takes_the_oldest_checks_first_and_stops_at_its_limit(
     assert summary["older_than_s"] == 86400
 
     # The next run goes on from where that one stopped: checked files are not old any more,
-    # and summary.pdf, indexed just now, is not older than a day.
+    # and summary.pdf, indexed just now, is not older than a day. (Its checks are a
+    # millisecond later than the first run's, so that the rolling re-check below finds b.csv
+    # and p.png older than a.csv, not at the same date.)
+    time.sleep(0.002)
     second = verify_oldest(catalog, timedelta(days=1), limit=10, trigger="cli")
     assert [v.path.rpartition("/")[2] for v in second.report.files] == ["a.csv"]
     assert verify_oldest(catalog, timedelta(days=1), limit=10).report.files == []

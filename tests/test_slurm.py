@@ -1,7 +1,8 @@
 """The slurm engine and ``catalog run --engine slurm`` against a real one-node cluster started by
 this module (tests/slurmcluster.py): results and products indexed with fixity, exit codes,
 TIMEOUT, memory limits, cancellation from the catalog, 200 jobs, a dispatcher SIGKILLed and
-restarted, a job that dies without a word, and bad input.
+restarted, a job that dies without a word, a result file lost (the node's report taken), and
+bad input.
 
 The slow jobs (TIMEOUT lands 60-90 s after start: slurmctld checks time limits every 30 s) are
 submitted by a module fixture before the first test and checked by the last one, so that they
@@ -42,9 +43,16 @@ import os
 def add(a, b):
     with open("sum.csv", "w") as handle:
         handle.write(f"a,b,sum\\n{a},{b},{a + b}\\n")
-    return {"sum": a + b, "token_seen": bool(os.environ.get("CATALOG_JOB_TOKEN"))}, \\
-        ["sum.csv"], []
+    return {"sum": a + b, "token_seen": bool(os.environ.get("CATALOG_JOB_TOKEN")),
+            "job": os.environ.get("CATALOG_JOB_UUID"),
+            "key_seen": bool(os.environ.get("CATALOG_WORKER_KEY"))}, ["sum.csv"], []
 '''
+
+
+def told(total: int, uuid: str) -> dict[str, Any]:
+    """What ``add`` answers when run as job ``uuid``: told its job and its token, not the
+    dispatcher's worker key."""
+    return {"sum": total, "token_seen": True, "job": uuid, "key_seen": False}
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +246,7 @@ def test_the_node_reports_through_the_webhook_and_the_dispatcher_ends_the_job(
     running = commands()
     report = finish(process, timeout=60)
     assert {a["state"] for a in report["attempts"]} == {"FINISHED"}
-    for uuid, results in ((added, {"sum": 5, "token_seen": True}), (printed, {"n": 1})):
+    for uuid, results in ((added, told(5, added)), (printed, {"n": 1})):
         done = job(home, uuid)
         assert (done["state"], done["results"]) == ("FINISHED", results)
         started, ended = node_reports(done)
@@ -264,7 +272,7 @@ def test_the_node_reports_through_the_webhook_and_the_dispatcher_ends_the_job(
                     timeout=60)
     assert [a["state"] for a in report["attempts"]] == ["FINISHED"]
     done = job(home, cut_off)
-    assert (done["state"], done["results"]) == ("FINISHED", {"sum": 2, "token_seen": True})
+    assert (done["state"], done["results"]) == ("FINISHED", told(2, cut_off))
     assert node_reports(done) == []
 
     # Over HTTP the dispatcher cancels a job scancelled outside the catalog with its token.
@@ -275,6 +283,30 @@ def test_the_node_reports_through_the_webhook_and_the_dispatcher_ends_the_job(
     assert queue.cancel(queued, "stopped on the cluster", json.loads(
         home.cli("--json", "token", "job", queued))["token"]) == "CANCELLED"
     assert job(home, queued)["history"][-1]["data"] == {"reason": "stopped on the cluster"}
+    home.stop()
+
+
+def test_a_lost_result_file_is_taken_from_the_nodes_report(
+        home: Server, cluster: slurmcluster.Cluster) -> None:
+    """The dispatcher, SIGKILLed while a function runs, finds its report file gone on restart
+    (as on a node whose disk is not the dispatcher's): it ends the job with the results the
+    node reported through the webhook, once."""
+    home.start()
+    env = {**home.env, "CATALOG_WORKER_KEY": json.loads(
+        home.cli("--json", "token", "worker"))["token"]}
+    added = submit(home, {"function": "work.jobs.add", "parameters": {"a": 4, "b": 5}})
+    first = node_dispatcher(home, env, "--lives", "1", "--name", "slurm-lost")
+    wait_for(lambda: added in squeue_names(cluster), 30, "the submission")
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate()
+    wait_for(lambda: len(node_reports(job(home, added))) == 2, 60, "the node's reports")
+    (home.directory / "slurm-work" / added / ".result.json").unlink()
+    report = finish(node_dispatcher(home, env, "--lives", "0", "--name", "slurm-lost"),
+                    timeout=60)
+    assert [a["state"] for a in report["attempts"]] == ["FINISHED"]
+    done = job(home, added)
+    assert (done["state"], done["results"]) == ("FINISHED", told(9, added))
+    assert [e["name"] for e in done["history"]].count("finish") == 1
     home.stop()
 
 
@@ -343,7 +375,7 @@ def test_every_end_state_reaches_the_catalog_with_its_reason(
 
     done = job(home, added)
     assert done["state"] == "FINISHED"
-    assert done["results"] == {"sum": 5, "token_seen": True}  # the token, in its environment
+    assert done["results"] == told(5, added)  # the token, in its environment
     files = json.loads(home.cli("--json", "file", "list", "--job", added))["files"]
     product = next(f for f in files if f["name"] == "sum.csv")
     assert (product["kind"], product["status"], product["generated_by"]) == (

@@ -214,6 +214,15 @@ def test_insert_and_get_job(store: Store) -> None:
     assert store.get_job(UNKNOWN_JOB, history=False) is None
 
 
+def test_job_head_is_the_head_alone(store: Store) -> None:
+    job = make_job("head", state="RUNNING")
+    store.insert_job(job)
+    assert store.job_head(job["uuid"]) == {
+        "uuid": job["uuid"], "state": "RUNNING", "version": 1, "last_event": "create",
+        "created": job["created"]}
+    assert store.job_head(UNKNOWN_JOB) is None
+
+
 @settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=json_values)

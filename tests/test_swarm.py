@@ -294,3 +294,92 @@ async def test_a_queued_job_and_its_withheld_values_survive_a_restart(
         assert not kept.exists()  # removed once the job ended
     finally:
         second.state.swarm.close()
+
+
+@pytest.fixture
+async def networked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                    ) -> AsyncIterator[tuple[Catalog, httpx.AsyncClient]]:
+    """A catalog whose Swarm networks are 'default' and 'isolated' (docker's 'none') and
+    'gone' (a docker network that does not exist)."""
+    monkeypatch.chdir(tmp_path)
+    opened = Catalog.open(f"sqlite:///{tmp_path}/n.db", keys=KEYS, sqlite_synchronous="NORMAL",
+                          swarm_networks="default=none, isolated=none, gone=no-such-net")
+    app = create_app(opened)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as client:
+        yield opened, client
+    app.state.swarm.close()
+    opened.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("network", "says"), [
+    ("cluster", "swarm_network 'cluster' is not a network of this catalog; its networks: "
+                "default, gone, isolated"),
+    ("gone", "swarm_network 'gone' is docker network 'no-such-net', which does not exist here "
+              "(setting swarm_networks)"),
+])
+async def test_an_unknown_swarm_network_is_refused_naming_it(
+        docker_daemon: DockerDaemon, networked: tuple[Catalog, httpx.AsyncClient],
+        network: str, says: str) -> None:
+    catalog, client = networked
+    answer = await client.post("/v1/swarm/spawn-job", headers=WORKER,
+                               json=spawn_payload(swarm_network=network))
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == {"code": "invalid_input", "message": says}
+    assert swarm_jobs(catalog) == []
+
+
+@pytest.mark.anyio
+async def test_a_swarm_network_joins_its_docker_network(
+        docker_daemon: DockerDaemon, networked: tuple[Catalog, httpx.AsyncClient]) -> None:
+    catalog, client = networked
+    engine = client._transport.app.state.swarm.engine  # type: ignore[attr-defined]
+    waits = ["trap 'exit 0' TERM; sleep 30 & wait"]
+    uuids = {}
+    for name, network in (("by-name", "isolated"), ("by-default", True), ("no-network", False)):
+        answer = await client.post("/v1/swarm/spawn-job", headers=WORKER, json=spawn_payload(
+            job_name=name, swarm_network=network, arguments=waits))
+        assert answer.status_code == 200, answer.text
+        uuids[name] = answer.json()["uuid"]
+    modes = {}
+    for name, uuid in uuids.items():
+        for _ in range(300):
+            if engine.state(uuid).get("Running"):
+                break
+            wait(catalog, [uuid], timeout=0.1)
+        done = engine.call("inspect", "--format", "{{.HostConfig.NetworkMode}}", uuid)
+        modes[name] = done.stdout.strip()
+        await client.get(f"/v1/swarm/kill-job/{name}", headers=WORKER)
+    assert modes["by-name"] == modes["by-default"] == "none"
+    assert modes["no-network"] != "none"
+    assert catalog.get_job(uuids["by-name"]).data["network"] == "none"
+    assert "network" not in catalog.get_job(uuids["no-network"]).data
+
+
+@pytest.mark.anyio
+async def test_mount_archiver_puts_the_archive_path_in_the_container_and_indexes_it(
+        docker_daemon: DockerDaemon, catalog: Catalog, client: httpx.AsyncClient) -> None:
+    writes = ("mkdir -p /archive/tables && echo a,b > /archive/tables/t.csv && "
+              "echo note > /archive/note.txt && echo written")
+    mounted = await client.post("/v1/swarm/spawn-job", headers=WORKER, json=spawn_payload(
+        job_name="archiver", arguments=[writes]))
+    unmounted = await client.post("/v1/swarm/spawn-job", headers=WORKER, json=spawn_payload(
+        job_name="no-archiver", mount_archiver=False, arguments=["[ ! -e /archive ]"]))
+    uuid, other = mounted.json()["uuid"], unmounted.json()["uuid"]
+    assert wait(catalog, [uuid, other], timeout=60).jobs == {uuid: "FINISHED",
+                                                             other: "FINISHED"}
+    job = catalog.get_job(uuid)
+
+    def products() -> dict[str, dict[str, Any]]:
+        return {str(f["path"]).removeprefix(job.archive_path + "/"): f
+                for f in catalog.find_files(job=uuid).items if f["kind"] == "product"}
+
+    deadline = time.monotonic() + 30  # indexed by the worker right after the finish
+    while len(products()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(products()) == ["note.txt", "tables/t.csv"], (
+        catalog.find_files(job=uuid).items, catalog.get_job(uuid).history)
+    assert all(f["checksums"]["sha256"] and f["generated_by"] == [uuid]
+               for f in products().values())
+    assert not [f for f in catalog.find_files(job=other).items if f["kind"] == "product"]

@@ -7,6 +7,9 @@ server's clear refusal is what the client sees. A wrong token is refused either 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ import dockerimage
 import pytest
 from dockerimage import DockerDaemon
 from test_chime_clients import Client, client_venv, start_server
+
+from catalog.engines.docker import LABEL
 
 pytestmark = pytest.mark.slow
 docker_daemon = dockerimage.docker_daemon  # the session's fixture, used by name
@@ -142,3 +147,63 @@ def test_spawn_list_status_logs_kill_and_prune(with_docker: Client) -> None:
     assert "cancel" in [entry["name"] for entry in cancelled]
     assert job["data"]["limits"]["memory"] == 64 * 2**20
     assert job["data"]["job_name"] == "client-hello"
+
+
+def _containers(host: str) -> dict[str, str]:
+    """The catalog's containers on the daemon at ``host``: name -> state."""
+    done = subprocess.run(["docker", "ps", "--all", "--filter", f"label={LABEL}", "--format",
+                           "{{.Names}}\t{{.State}}"], capture_output=True, text=True,
+                          env={**os.environ, "DOCKER_HOST": host}, timeout=60, check=True)
+    return dict(line.split("\t", 1) for line in done.stdout.splitlines())
+
+
+def _starts(host: str, since: str) -> list[str]:
+    done = subprocess.run(["docker", "events", "--since", since, "--until",
+                           str(int(time.time()) + 1), "--filter", "event=start", "--filter",
+                           f"label={LABEL}", "--format", "{{.Actor.Attributes.name}}"],
+                          capture_output=True, text=True, timeout=60, check=True,
+                          env={**os.environ, "DOCKER_HOST": host})
+    return done.stdout.split()
+
+
+def test_jobs_running_when_the_server_is_killed_are_adopted_on_restart(
+        with_docker: Client, docker_daemon: DockerDaemon) -> None:
+    """``catalog serve`` SIGKILLed while two containers run, started again on the same
+    database: the job that ends meanwhile is FINISHED once with its logs and exit code; the
+    other is killed through the API after the restart, and its container with it."""
+    server = with_docker.server
+    token = server.worker_token  # type: ignore[attr-defined]
+    since = str(int(time.time()) - 1)
+    spawned = calls(
+        with_docker, token,
+        {"op": "spawn_job", "args": [dockerimage.IMAGE, ["sh", "-c"],
+                                     ["echo started; sleep 3; echo ended"], "adopted-1"]},
+        {"op": "spawn_job", "args": [dockerimage.IMAGE, ["sleep"], ["300"], "adopted-2"]})
+    uuids = [answer["ok"]["uuid"] for answer in spawned]
+    deadline = time.monotonic() + 60
+    while any(_containers(docker_daemon.host).get(u) != "running" for u in uuids):
+        assert time.monotonic() < deadline, "the containers did not start"
+        time.sleep(0.1)
+    server.kill()  # SIGKILL: no stop of any kind
+    assert all(_containers(docker_daemon.host)[u] == "running" for u in uuids)
+    server.start()
+    ended, killed, statuses, logs = calls(
+        with_docker, token,
+        {"op": "until_ended", "args": ["adopted-1"]},
+        {"op": "kill_job", "args": ["adopted-2"]},
+        {"op": "get_job_status", "args": ["^adopted-"]},
+        {"op": "get_logs", "args": ["adopted-1"]})
+    assert ended == {"ok": {"adopted-1": "completed"}}
+    assert killed == {"ok": {"adopted-2": True}}
+    assert statuses == {"ok": {"adopted-1": "completed", "adopted-2": "shutdown"}}
+    assert logs == {"ok": {"adopted-1": "started\nended\n"}}
+    with server.client() as http:
+        done = http.get(f"/jobs/{uuids[0]}").json()
+        history = [e["name"] for e in http.get(f"/jobs/{uuids[0]}/history").json()["history"]]
+    assert (done["state"], done["results"]) == ("FINISHED", {"returncode": 0})
+    assert (history.count("run"), history.count("finish")) == (1, 1)
+    deadline = time.monotonic() + 30
+    while _containers(docker_daemon.host):
+        assert time.monotonic() < deadline, "the containers were not removed"
+        time.sleep(0.1)
+    assert sorted(_starts(docker_daemon.host, since)) == sorted(uuids)  # none started twice

@@ -568,7 +568,7 @@ STATUS_REFUSALS = {
         f"status 'EXPLODED' has no mapping in 'tapis'; known statuses: {TAPIS_STATUSES}"),
     "unknown-mapping": (
         {"status": "RUNNING", "mapping": "pbs"}, "status:RUNNING", 422, "schema_violation",
-        "unknown status mapping 'pbs'; mappings: chime, slurm, tapis"),
+        "unknown status mapping 'pbs'; mappings: chime, docker, slurm, tapis"),
     "not-allowed-in-state": (
         {"status": "FINISHED", "mapping": "tapis"}, "finish", 409, "event_not_allowed",
         "event 'finish' is not allowed for job {uuid} in state CREATED; "
@@ -851,7 +851,8 @@ POST_JOB_REFUSALS = {
                            "invalid job request: data: Input should be a valid dictionary"),
     "unknown-status-mapping": ("admin", {"pipeline": "align", "status_mapping": "pbs"}, 422,
                                "schema_violation",
-                               "unknown status mapping 'pbs'; mappings: chime, slurm, tapis"),
+                               "unknown status mapping 'pbs'; mappings: chime, docker, slurm, "
+                               "tapis"),
     "patterns-not-a-list": ("admin", {"pipeline": "align", "archive_patterns": "*.fits"}, 422,
                             "schema_violation",
                             "invalid job request: archive_patterns: Input should be a valid list"),

@@ -9,34 +9,52 @@ and the docker engine (DESIGN §12, §13): a spawned job is a catalog job like a
   each spawn is a job of its own, as each is a service in Docker Swarm). One attempt, no
   retries: Swarm does not restart a job that exited. A thread of this server then withdraws it
   and runs it through the docker engine (``catalog.worker``'s loop, one job): its logs go into
-  the job's archive path, its end into its history. A restarted server starts a thread for
-  each Swarm job still queued, so that nothing acknowledged is lost; a job whose withheld
-  values are missing (the server died between storing it and keeping them) fails, saying so.
+  the job's archive path, its end into its history. A job whose withheld values are missing
+  (the server died between storing it and keeping them) fails, saying so.
+- The lease of a running Swarm job is held as ``swarm:HOST`` (the host of the docker daemon
+  the server drives), and its container (named by the job UUID) is removed only once its end
+  is recorded. So a server restarted after dying (SIGKILL included) loses nothing and starts
+  nothing twice: it starts a thread for each Swarm job still queued, and adopts each one
+  running under its host's name: follows its container again (started before, or ended
+  meanwhile: its logs and exit code are read then), or starts it when there is none (the
+  server died before ``docker run``). A lock file per job (``swarm-locks`` beside the secret
+  file, held while a thread follows it) keeps two servers of one host from following one job.
 - Where no docker daemon answers, spawn is refused (503 ``engine_unavailable``, naming why)
   before anything is stored. No fallback to local processes: a Swarm job is an image, and
   running its command on the host instead would be another job under its name.
-- ``mount_archiver`` and ``swarm_network`` are kept in the job's data; there are no archivers
-  or overlay network here to act on them.
+- ``swarm_network`` names a docker network through the setting ``swarm_networks`` (name ->
+  docker network; ``true``: the one named ``default``, if any; ``false`` or none configured:
+  docker's own default). An unknown name, or a docker network that does not exist, is refused
+  (400) before anything is stored; the docker network is kept in the job's data.
+- ``mount_archiver`` binds the job's archive path (the archive root must be a local directory)
+  read-write at ``/archive`` (``ARCHIVE_MOUNT``) in the container: every file the job writes
+  there is indexed with fixity as its product when it finishes (``logs/`` aside). Nothing else
+  of a job's data can ask for a mount.
 - ``kill-job`` cancels the catalog job and removes its container; ``prune-job`` hides ended jobs
   from this surface (an audit entry), their provenance whole.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalog.catalog import Catalog, parse_document
-from catalog.engines.base import Run
-from catalog.engines.docker import DockerEngine, DockerUnavailable
+from catalog.compat.swarm_runner import (
+    ARCHIVE_MOUNT,
+    MARKS_SOURCE,
+    PIPELINE,
+    PRUNED,
+    SOURCE,
+    WITHHELD,
+    SwarmRunner,
+    archive_directory,
+    visible_jobs,
+)
+from catalog.config import Settings, parse_networks
+from catalog.engines.docker import DockerUnavailable
 from catalog.errors import (
     CatalogError,
     EngineUnavailable,
@@ -44,19 +62,12 @@ from catalog.errors import (
     JobNameTaken,
     NotFound,
 )
-from catalog.identifiers import pipeline_uuid
 from catalog.models import MAX_TIMEOUT_S, AuditEntry, Job, utc_now
 from catalog.patterns import Pattern
 from catalog.queue import cancel, submit
-from catalog.queue.models import SubmitRequest, Withdrawn, WorkFilter
+from catalog.queue.models import SubmitRequest
 from catalog.states import ENDED_STATES
-from catalog.store.base import JobQuery
-from catalog.worker import Attempt, LocalQueue, Worker, WorkerOptions
 
-PIPELINE = "swarm"
-SOURCE = "api"  # of the jobs' history entries
-MARKS_SOURCE = "swarm"  # of this surface's marks in the audit log
-PRUNED = "swarm_pruned"
 # A Swarm task status (lower case, as the client's helpers compare them), from a job's state.
 STATUS_OF_STATE = {
     "CREATED": "new", "WAITING": "new", "RESET": "new",
@@ -70,10 +81,7 @@ STATUS_OF_STATE = {
 JOB_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")  # a Docker service name
 IMAGE_NAME = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"  # a Docker image reference
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|KEY", re.IGNORECASE)
-WITHHELD = "(withheld)"
 TIMEOUT_S = min(MAX_TIMEOUT_S, 72 * 3600)  # Swarm sets none; the catalog needs one
-LEASE_S = 60
-PAGE = 200
 LOG_BYTES = 1024 * 1024  # of a job's logs answered
 
 
@@ -87,7 +95,7 @@ class SpawnRequest(BaseModel):
     arguments: list[str] = Field(default_factory=list, max_length=10000)
     job_name: str = Field(min_length=1, max_length=63)
     mount_archiver: bool = True
-    swarm_network: bool = True
+    swarm_network: bool | str = True  # a name of the setting swarm_networks, or true/false
     job_mem_limit: int = Field(4294967296, ge=6 * 1024 * 1024)
     job_mem_reservation: int = Field(268435456, ge=0)
     job_cpu_limit: float = Field(1, gt=0)
@@ -108,157 +116,16 @@ def check_name(name: str) -> str:
     return name
 
 
-class SwarmRunner:
-    """Runs spawned jobs: a thread per spawn withdraws one Swarm job and runs it through the
-    engine; environment values withheld from the job's data wait here for its start."""
-
-    def __init__(self, catalog: Catalog, engine: DockerEngine | None = None) -> None:
-        self.catalog = catalog
-        self.engine = engine or DockerEngine()
-        self.stop = threading.Event()
-        self.workdir = Path(tempfile.gettempdir()) / "catalog-swarm"
-        self.secrets = SecretsStore(Path(catalog.settings.secret_file).parent / "swarm-secrets")
-        self.lock = threading.Lock()  # a name is checked and taken at once
-        self.threads: list[threading.Thread] = []
-        self.runs: dict[str, Run] = {}  # the containers in hand, by job UUID
-
-    def resume(self) -> int:
-        """Start a thread for each Swarm job left queued (by a server that stopped); how many."""
-        count = 0
-        for job in visible_jobs(self.catalog):
-            if job.state == "QUEUED":
-                self.launch()
-                count += 1
-        return count
-
-    def launch(self) -> None:
-        thread = threading.Thread(target=self._run_one, name="swarm-job", daemon=True)
-        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
-        thread.start()
-
-    def _run_one(self) -> None:
-        if self.stop.is_set():
-            return  # a stopping server withdraws nothing: the job stays queued for the next
-        queue = LocalQueue(self.catalog, SOURCE)
-        options = WorkerOptions(WorkFilter(pipelines=[PIPELINE]), lives=1, lease=LEASE_S,
-                                workdir=self.workdir)
-        job = queue.withdraw(options.work_filter, options.name, options.lease)
-        if job is not None:
-            _SwarmWorker(self, queue, options, self.engine, self.stop).run_one(job)
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the containers in hand (their jobs fail, saying so) and wait for their reports
-        (up to ``timeout`` s each): none is left running unheld once the server is gone."""
-        self.stop.set()
-        for run in list(self.runs.values()):
-            run.kill("the catalog server stopped")
-        for thread in self.threads:
-            thread.join(timeout)
-
-
-class SecretsStore:
-    """Withheld environment values, one JSON file per job UUID, readable by this server's user
-    only: kept (durably) before a spawn is answered, so a restart does not lose them."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, uuid: str) -> Path:
-        if not re.match(r"^[0-9a-f-]{36}$", uuid):
-            raise InvalidInput(f"job UUID {uuid!r}")
-        return self.root / f"{uuid}.json"
-
-    def keep(self, uuid: str, values: dict[str, str]) -> None:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        path = self._path(uuid)
-        temporary = path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(values, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def read(self, uuid: str) -> dict[str, str] | None:
-        try:
-            values = json.loads(self._path(uuid).read_text())
-        except FileNotFoundError:
-            return None
-        return {str(key): str(value) for key, value in values.items()}
-
-    def remove(self, uuid: str) -> None:
-        self._path(uuid).unlink(missing_ok=True)
-
-
-class _SwarmWorker(Worker):
-    def __init__(self, runner: SwarmRunner, *args: Any) -> None:
-        super().__init__(*args)
-        self.runner = runner
-
-    def _work(self, job: Withdrawn) -> dict[str, Any]:
-        environment = dict(job.data.get("environment") or {})
-        kept = self.runner.secrets.read(job.uuid)
-        if kept is None and WITHHELD in environment.values():
-            raise ValueError("the withheld environment values of this job were not kept "
-                             "(the server stopped as it was spawned); spawn it again")
-        environment.update(kept or {})
-        return {**job.data, "environment": environment, "job_uuid": job.uuid}
-
-    def run_one(self, job: Withdrawn) -> Attempt:
-        self.engine = _Tracked(self.runner)
-        try:
-            return super().run_one(job)
-        finally:
-            self.runner.runs.pop(job.uuid, None)
-            self.runner.secrets.remove(job.uuid)
-
-
-class _Tracked:
-    """The runner's engine, each run it starts kept by job UUID until it is reported."""
-
-    name = "docker"
-
-    def __init__(self, runner: SwarmRunner) -> None:
-        self.runner = runner
-
-    def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> Run:
-        if self.runner.stop.is_set():
-            raise ValueError("the catalog server is stopping")
-        run = self.runner.engine.start(work, workdir, timeout)
-        self.runner.runs[str(work["job_uuid"])] = run
-        return run
-
-
-# the jobs of this surface -------------------------------------------------------------------
-def _pipeline(catalog: Catalog) -> str:
-    return pipeline_uuid(PIPELINE, None, [], catalog.settings.namespace)
-
-
-def _marked(catalog: Catalog, uuid: str) -> bool:
-    return any(entry.get("source") == MARKS_SOURCE and entry.get("code") == PRUNED
-               for entry in catalog.store.find_audit(uuid, 100))
-
-
-def visible_jobs(catalog: Catalog) -> Iterator[Job]:
-    """The Swarm jobs not pruned, oldest first."""
-    cursor: str | None = None
-    pipeline = _pipeline(catalog)
-    while True:
-        page = catalog.store.find_jobs(JobQuery(pipeline_uuid=pipeline, limit=PAGE,
-                                                cursor=cursor))
-        for doc in page.items:
-            job = Job.model_validate(doc)
-            if isinstance(job.data.get("job_name"), str) and not _marked(catalog, job.uuid):
-                yield job
-        cursor = page.next
-        if cursor is None:
-            return
+def network_of(settings: Settings, asked: bool | str) -> str | None:
+    """The docker network a spawn's ``swarm_network`` names (None: docker's default)."""
+    networks = parse_networks(settings.swarm_networks)
+    if asked is True or asked is False:
+        return networks.get("default") if asked else None
+    if asked not in networks:
+        known = ", ".join(sorted(networks)) or "none (setting swarm_networks)"
+        raise InvalidInput(f"swarm_network {asked!r} is not a network of this catalog; its "
+                           f"networks: {known}", swarm_network=asked)
+    return networks[asked]
 
 
 def _named(catalog: Catalog, name: str) -> Job:
@@ -290,12 +157,20 @@ def spawn(runner: SwarmRunner, document: Any) -> dict[str, Any]:
     for key in request.environment:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$", key):
             raise InvalidInput(f"environment variable {key!r}: letters, digits and '_'")
+    network = network_of(catalog.settings, request.swarm_network)
+    if request.mount_archiver:
+        archive_directory(catalog, "/")  # refused before anything is stored
     why = runner.engine.unavailable()
     if why is not None:
         raise EngineUnavailable(f"Swarm jobs run in docker, and docker cannot run here: {why}")
     if not runner.engine.has_image(request.image_name):
         raise InvalidInput(f"image {request.image_name!r} is not on this machine, and nothing "
                            "is pulled here", image=request.image_name)
+    if network is not None and runner.engine.call("network", "inspect", "--",
+                                                  network).returncode != 0:
+        raise InvalidInput(f"swarm_network {request.swarm_network!r} is docker network "
+                           f"{network!r}, which does not exist here (setting swarm_networks)",
+                           swarm_network=request.swarm_network)
     secrets = {key: value for key, value in request.environment.items()
                if SECRET_NAME.search(key)}
     data = {
@@ -308,6 +183,7 @@ def spawn(runner: SwarmRunner, document: Any) -> dict[str, Any]:
                       "cpus": request.job_cpu_limit,
                       "cpu_reservation": request.job_cpu_reservation},
         "mount_archiver": request.mount_archiver, "swarm_network": request.swarm_network,
+        **({"network": network} if network is not None else {}),
         "spawned": utc_now().isoformat(),
     }
     with runner.lock:
@@ -389,3 +265,8 @@ def prune(runner: SwarmRunner, pattern: str) -> dict[str, bool]:
             runner.catalog.store.append_audit(entry.model_dump(mode="json"))
         pruned[job.data["job_name"]] = ended
     return pruned
+
+
+__all__ = ["ARCHIVE_MOUNT", "PIPELINE", "SOURCE", "STATUS_OF_STATE", "WITHHELD", "SpawnRequest",
+           "SwarmRunner", "check_name", "job_names", "kill", "logs", "network_of", "prune",
+           "spawn", "status_of", "statuses", "visible_jobs"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +26,38 @@ def outputs_of_line(line: str) -> Outputs | None:
     return outputs
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+
+# Credentials of the worker, or of whoever started it: never handed on to the work it runs.
+WITHHELD_ENV = frozenset({"CATALOG_WORKER_KEY", "CATALOG_TOKEN", "CATALOG_TOKEN_FILE",
+                          "CATALOG_OPENLINEAGE_KEY"})
+
+
+def inherited_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment work inherits from its worker (``base``, default this process's),
+    without the worker's credentials."""
+    return {name: value for name, value in (base or os.environ).items()
+            if name not in WITHHELD_ENV}
+
+
+def environment_of(work: dict[str, Any]) -> dict[str, str]:
+    """The variables ``work`` asks for under ``environment`` (ValueError, naming the first
+    malformed one)."""
+    environment = work.get("environment") or {}
+    if not isinstance(environment, dict):
+        raise ValueError("the work's environment is not a JSON object")
+    for name, value in environment.items():
+        if not _ENV_NAME.match(str(name)) or not isinstance(value, str):
+            raise ValueError(f"environment variable {name!r}: a name of letters, digits and "
+                             "_ with a string value")
+    return {str(name): str(value) for name, value in environment.items()}
+
+
+class EngineAway(RuntimeError):
+    """An engine's client failed or its daemon or controller did not answer (why, in the
+    message): the dispatcher tries again on its next tick."""
+
+
 @dataclass
 class Execution:
     """How a run ended."""
@@ -36,6 +70,7 @@ class Execution:
     stdout: Path | None = None
     stderr: Path | None = None
     native_id: str = ""
+    result_missing: bool = False  # a function's report file was not there to read
 
 
 class Run(Protocol):
@@ -97,6 +132,7 @@ def read_execution(code: int | None, stdout: Path, stderr: Path, result_file: Pa
         except (OSError, ValueError):
             execution.error = f"the function's process ended with code {code} and no " \
                               "result (see its stderr)"
+            execution.result_missing = True
             return execution
         if "error" in document:
             execution.error = str(document["error"])

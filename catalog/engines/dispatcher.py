@@ -1,20 +1,24 @@
-"""The dispatcher (``catalog run --engine slurm``): withdraws queued jobs, submits them to
-Slurm with a cap on jobs in flight, follows them all with one ``squeue`` call a tick (and the
-jobcomp log for the ones ``squeue`` no longer shows), renews their leases, and reports each
-attempt through the queue's complete path, as the local worker does.
+"""The dispatcher (``catalog run --engine slurm|docker``): withdraws queued jobs, starts them
+on an engine with a cap on jobs in flight, follows them all with one engine call a tick (Slurm:
+``squeue``, and the jobcomp log for the ones it no longer shows; docker: ``docker inspect``),
+renews their leases, and reports each attempt through the queue's complete path, as the local
+worker does. The engine is behind a small interface (``Fleet``): ``SlurmFleet`` in slurm.py,
+``DockerFleet`` in docker_fleet.py.
 
-Restarts lose nothing and submit nothing twice: each job's work directory is
-``WORKDIR/<job uuid>``; the intent (``.intent``) is written there before ``sbatch`` and the
-native id (``.native_id``) after. On start, every work directory whose job this dispatcher
-(same ``--name``) still holds the lease of is adopted: by its native id, else by the Slurm job
-named by its UUID (squeue, then the jobcomp log), else submitted (the intent never reached
-Slurm). A job cancelled in the catalog (its lease refused) is scancelled; one scancelled
-outside it is cancelled in it (config/mappings/slurm.toml says why).
+Restarts lose nothing and start nothing twice: each job's work directory is
+``WORKDIR/<job uuid>``; the intent (``.intent``) is written there before the engine is asked
+(``sbatch``, ``docker run``) and the native id (``.native_id``) after. On start, every work
+directory whose job this dispatcher (same ``--name``) still holds the lease of is adopted: by
+its native id, else by the engine's job named by its UUID (the Slurm job name, the container
+name), else started (the intent never reached the engine). A job cancelled in the catalog (its
+lease refused) is killed on the engine; one killed outside it (scancel, ``docker rm``) is
+cancelled in it (config/mappings/slurm.toml and docker.toml say which states mean that).
 
-With ``report_url`` the nodes report each job's start and outcome to its webhook (node.py) as
-``update`` events in its history; the job still ends once, here, from Slurm's state and the
+With ``report_url`` Slurm's nodes report each job's start and outcome to its webhook (node.py)
+as ``update`` events in its history; the job still ends once, here, from Slurm's state and the
 work's files: the node's reports never end a job, so a node that cannot reach the catalog
-changes nothing but its history.
+changes nothing but its history. Where a function's report file is missing here (a node whose
+disk is not the dispatcher's), the results its node reported are taken instead.
 """
 
 from __future__ import annotations
@@ -29,21 +33,71 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from catalog.engines.base import Execution
-from catalog.engines.slurm import SlurmEngine, SlurmRun
-from catalog.engines.slurm_client import NativeState, SlurmError
+from catalog.engines.base import EngineAway, Execution
+from catalog.engines.call import Outputs
 from catalog.errors import CatalogError, LeaseNotHeld
 from catalog.queue.models import Withdrawn, WorkFilter
-from catalog.worker import QueueClient, completion_of
+from catalog.worker import QueueClient, completion_of, work_of
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def dispatcher_name() -> str:
+class FleetRun(Protocol):
+    """One job on the engine, as the dispatcher follows it."""
+
+    native_id: str
+    workdir: Path
+
+    def kill(self, reason: str) -> None:
+        """End it now (the catalog cancelled it, or its lease is lost)."""
+        ...
+
+    def result(self) -> Execution:
+        """How it ended (once ``Fleet.follow`` said so), its logs in the work directory."""
+        ...
+
+    def cancelled_elsewhere(self) -> bool:
+        """Whether it was stopped outside the catalog (its engine mapping says ``cancel``)."""
+        ...
+
+
+class Fleet(Protocol):
+    """An engine as the dispatcher drives it: many jobs started, followed a tick at a time
+    with one call for all, found again by name after a restart."""
+
+    name: str
+
+    def start(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
+              token: str) -> FleetRun:
+        """Start the job's work named by its UUID; ValueError or OSError when it cannot."""
+        ...
+
+    def find(self, uuids: list[str]) -> dict[str, str]:
+        """The native ids of the engine's jobs named by these UUIDs (those it has)."""
+        ...
+
+    def adopt(self, uuid: str, native_id: str, workdir: Path, timeout: int) -> FleetRun:
+        """Follow again a job started before a restart."""
+        ...
+
+    def follow(self, runs: list[FleetRun]) -> list[FleetRun]:
+        """Those of ``runs`` that have ended (EngineAway when the engine did not answer)."""
+        ...
+
+    def discard(self, uuid: str, native_id: str) -> None:
+        """Kill (and remove) a job that is no longer this dispatcher's."""
+        ...
+
+    def release(self, run: FleetRun) -> None:
+        """Forget a job once its attempt is reported (docker: remove its container)."""
+        ...
+
+
+def dispatcher_name(engine: str = "slurm") -> str:
     """Stable across restarts on one host, so that a restarted dispatcher holds its leases."""
-    return f"slurm:{socket.gethostname()}"
+    return f"{engine}:{socket.gethostname()}"
 
 
 @dataclass
@@ -53,18 +107,17 @@ class DispatchOptions:
     name: str = field(default_factory=dispatcher_name)
     max_in_flight: int = 100
     lease: int = 60
-    poll: float = 0.25  # seconds between squeue calls
+    poll: float = 0.25  # seconds between the engine's state calls
     sleep: float = 5.0  # seconds between withdraws while the queue is empty
     lives: int = -1  # jobs to take before stopping (-1: until stopped); >= 0 also stops when
     # the queue is empty and nothing is in flight
     sweep_every: float = 10.0
-    report_url: str | None = None  # the catalog's base URL the nodes report to (webhook)
 
 
 @dataclass
 class Flight:
     uuid: str
-    run: SlurmRun
+    run: FleetRun
     beaten: float = field(default_factory=time.monotonic)
 
 
@@ -76,11 +129,10 @@ class Ended:
 
 
 class Dispatcher:
-    def __init__(self, queue: QueueClient, engine: SlurmEngine, options: DispatchOptions,
+    def __init__(self, queue: QueueClient, fleet: Fleet, options: DispatchOptions,
                  stop: threading.Event | None = None) -> None:
         self.queue = queue
-        self.engine = engine
-        self.client = engine.client
+        self.fleet = fleet
         self.options = options
         self.stop = stop or threading.Event()
         self.flights: dict[str, Flight] = {}
@@ -95,36 +147,27 @@ class Dispatcher:
                       if _UUID_RE.fullmatch(d.name) and (d / ".intent").exists()]
         if not candidates:
             return
-        states = self.client.states()
-        by_name = {s.name: s for s in states.values()}
-        logged = {s.name: s for s in self.client.ended_from_log().values()}
+        found = self.fleet.find([d.name for d in candidates])
         for workdir in candidates:
             uuid = workdir.name
+            native = _read(workdir / ".native_id") or found.get(uuid, "")
             try:
                 self.queue.heartbeat(uuid, self.options.name, self.options.lease)
             except LeaseNotHeld:  # ended, cancelled or retried meanwhile: not ours any more
-                native = _read(workdir / ".native_id") or getattr(by_name.get(uuid),
-                                                                  "native_id", "")
-                if native and native in states and not states[native].ended:
-                    with contextlib.suppress(SlurmError):
-                        self.client.scancel([native])
+                if native:
+                    with contextlib.suppress(EngineAway, OSError):
+                        self.fleet.discard(uuid, native)
                 shutil.rmtree(workdir, ignore_errors=True)
                 continue
             except CatalogError:
                 continue  # the queue is away a moment: its sweep decides, or the next start
-            native = _read(workdir / ".native_id")
-            found = by_name.get(uuid) or logged.get(uuid)
-            if not native and found is not None:
-                native = found.native_id
-            result_file = workdir / ".result.json" if (workdir / ".parameters.json").exists() \
-                else None
-            if native:
-                run = SlurmRun(self.client, native, uuid, workdir, result_file)
-                self.flights[uuid] = Flight(uuid, run)
-                continue
             intent = json.loads((workdir / ".intent").read_text(encoding="utf-8"))
-            self._submit(uuid, intent["work"], workdir, int(intent["timeout"]),
-                         intent.get("token", ""))
+            if native:
+                self.flights[uuid] = Flight(uuid, self.fleet.adopt(
+                    uuid, native, workdir, int(intent["timeout"])))
+                continue
+            self._start(uuid, intent["work"], workdir, int(intent["timeout"]),
+                        intent.get("token", ""))
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> list[Ended]:
@@ -150,7 +193,7 @@ class Dispatcher:
         return self.ended
 
     def _fill(self) -> bool:
-        """Withdraw and submit up to the cap; False when the queue had nothing."""
+        """Withdraw and start up to the cap; False when the queue had nothing."""
         while len(self.flights) < self.options.max_in_flight and (
                 self.options.lives < 0 or self.submitted < self.options.lives):
             job = self.queue.withdraw(self.options.work_filter, self.options.name,
@@ -167,22 +210,18 @@ class Dispatcher:
         workdir.mkdir(parents=True)
         workdir.chmod(0o700)
         intent = workdir / ".intent"
-        intent.write_text(json.dumps({"work": job.work(), "timeout": job.timeout,
+        work = work_of(job, job.work(), self.queue.location())
+        intent.write_text(json.dumps({"work": work, "timeout": job.timeout,
                                       "token": job.token, "attempt": job.attempt}),
                           encoding="utf-8")
         intent.chmod(0o600)
-        self._submit(job.uuid, job.work(), workdir, job.timeout, job.token)
+        self._start(job.uuid, work, workdir, job.timeout, job.token)
 
-    def _submit(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
-                token: str) -> None:
+    def _start(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
+               token: str) -> None:
         try:
-            report = self.options.report_url
-            run = self.engine.start(
-                work, workdir, timeout, name=uuid,
-                secrets={"CATALOG_JOB_TOKEN": token} if token else None,
-                report_url=f"{report.rstrip('/')}/jobs/{uuid}/events" if report and token
-                else None)
-        except (ValueError, OSError, SlurmError) as exc:
+            run = self.fleet.start(uuid, work, workdir, timeout, token)
+        except (ValueError, OSError, EngineAway) as exc:
             self._report(uuid, workdir, Execution(None, error=f"could not start: {exc}"))
             return
         (workdir / ".native_id").write_text(run.native_id, encoding="utf-8")
@@ -190,38 +229,36 @@ class Dispatcher:
 
     def _follow(self) -> None:
         try:
-            states = self.client.states()
-        except SlurmError:
-            return  # the controller is away a moment; the leases have more beats
-        logged: dict[str, NativeState] | None = None
+            ended = self.fleet.follow([flight.run for flight in self.flights.values()])
+        except EngineAway:
+            return  # the engine is away a moment; the leases have more beats
+        done = {id(run) for run in ended}
         now = time.monotonic()
         for uuid, flight in list(self.flights.items()):
-            if flight.run.native_id not in states and logged is None:
-                logged = self.client.ended_from_log()
-            if flight.run.observe(states, logged):
+            if id(flight.run) in done:
                 del self.flights[uuid]
                 if flight.run.cancelled_elsewhere():
                     self._cancel(uuid, flight.run)
                 else:
-                    self._report(uuid, flight.run.workdir, flight.run.result())
+                    self._report(uuid, flight.run.workdir, flight.run.result(), flight.run)
                 continue
             if now - flight.beaten >= max(1.0, self.options.lease / 3):
                 flight.beaten = now
                 try:
                     self.queue.heartbeat(uuid, self.options.name, self.options.lease)
                 except LeaseNotHeld:  # cancelled in the catalog (or its lease expired)
-                    with contextlib.suppress(SlurmError):
+                    with contextlib.suppress(EngineAway, OSError):
                         flight.run.kill("the lease was lost (cancelled, or expired)")
                     del self.flights[uuid]
                     self.ended.append(Ended(uuid, "abandoned", "the lease was lost"))
-                    shutil.rmtree(flight.run.workdir, ignore_errors=True)
+                    self._forget(flight.run)
                 except CatalogError:
                     continue
 
-    def _cancel(self, uuid: str, run: SlurmRun) -> None:
-        """A job scancelled outside the catalog is cancelled in it, as the slurm mapping says
+    def _cancel(self, uuid: str, run: FleetRun) -> None:
+        """A job stopped outside the catalog is cancelled in it, as the engine's mapping says
         (not failed and retried: whoever stopped it meant it to stop)."""
-        reason = run.result().error or "Slurm CANCELLED the job"
+        reason = run.result().error or f"{self.fleet.name} cancelled the job"
         intent = json.loads(_read(run.workdir / ".intent") or "{}")
         try:
             state = self.queue.cancel(uuid, reason, str(intent.get("token", "")))
@@ -229,9 +266,12 @@ class Dispatcher:
             self.ended.append(Ended(uuid, "abandoned", exc.message))
         else:
             self.ended.append(Ended(uuid, state, reason))
-        shutil.rmtree(run.workdir, ignore_errors=True)
+        self._forget(run)
 
-    def _report(self, uuid: str, workdir: Path, execution: Execution) -> None:
+    def _report(self, uuid: str, workdir: Path, execution: Execution,
+                run: FleetRun | None = None) -> None:
+        if execution.result_missing:
+            execution = self._as_the_node_reported(uuid, execution)
         completion = completion_of(self.options.name, execution, workdir)
         try:
             state = self.queue.complete(uuid, completion)
@@ -245,7 +285,35 @@ class Dispatcher:
             self.ended.append(Ended(uuid, state, completion.error))
         else:
             self.ended.append(Ended(uuid, state, completion.error))
-        shutil.rmtree(workdir, ignore_errors=True)
+        if run is not None:
+            self._forget(run)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _as_the_node_reported(self, uuid: str, execution: Execution) -> Execution:
+        """A function whose report file is missing here (the node's disk is not this one's,
+        or it was lost) ends with the results its node reported through the webhook, when it
+        reported a success (node.py's ``ended`` update of this native id); else as it was."""
+        try:
+            updates = self.queue.updates(uuid)
+        except CatalogError:
+            return execution
+        for data in reversed(updates):
+            if data.get("stage") == "ended" and data.get("native_id") == execution.native_id:
+                results = data.get("results")
+                if data.get("exit_code") != 0 or "error" in data or not isinstance(results,
+                                                                                   dict):
+                    return execution
+                return Execution(0, outputs=Outputs(results), stdout=execution.stdout,
+                                 stderr=execution.stderr, native_id=execution.native_id)
+        return execution
+
+    def _forget(self, run: FleetRun) -> None:
+        """The engine's job released (after the report: a restart in between finds it, sees
+        its lease gone and discards it), then its work directory."""
+        with contextlib.suppress(EngineAway, OSError):
+            self.fleet.release(run)
+        shutil.rmtree(run.workdir, ignore_errors=True)
 
 
 def _read(path: Path) -> str:
@@ -255,10 +323,11 @@ def _read(path: Path) -> str:
         return ""
 
 
-def dispatch_once(queue: QueueClient, engine: SlurmEngine, options: DispatchOptions,
+def dispatch_once(queue: QueueClient, fleet: Fleet, options: DispatchOptions,
                   stop: threading.Event | None = None) -> list[Ended]:
     """Run a dispatcher until it stops (``options.lives``, or ``stop``)."""
-    return Dispatcher(queue, engine, options, stop).run()
+    return Dispatcher(queue, fleet, options, stop).run()
 
 
-__all__ = ["DispatchOptions", "Dispatcher", "Ended", "dispatch_once", "dispatcher_name"]
+__all__ = ["DispatchOptions", "Dispatcher", "Ended", "EngineAway", "Fleet", "FleetRun",
+           "dispatch_once", "dispatcher_name"]

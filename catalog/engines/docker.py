@@ -5,7 +5,9 @@ kernel killed it for memory are read from ``docker inspect``, its output from ``
 Nothing is ever pulled (``--pull never``, and an image that is not present is refused before
 anything runs). The daemon is whichever the ``docker`` client reaches (``DOCKER_HOST``).
 Environment values are handed to the client in its own environment and named with ``-e NAME``,
-so that no value (a token, say) appears on a command line.
+so that no value (a token, say) appears on a command line (docker_flags.py builds the flags).
+A container started before a restart is followed again with ``attach``; many containers at once,
+for ``catalog run --engine docker``, are docker_fleet.py's.
 """
 
 from __future__ import annotations
@@ -18,65 +20,45 @@ import shutil
 import subprocess
 import time
 import uuid as uuid_module
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from catalog.engines.base import Execution, last_line, outputs_of_line
+from catalog.engines.base import (
+    EngineAway,
+    Execution,
+    environment_of,
+    last_line,
+    outputs_of_line,
+)
 from catalog.engines.call import Outputs
+from catalog.engines.docker_flags import limit_flags, mount_flags
 from catalog.engines.local import command_argv
 
 LABEL = "org.catalog.job"  # the job UUID, on every container this engine starts
 _CLI_TIMEOUT_S = 60.0  # any one docker client call (a start included)
 _KILL_TIMEOUT_S = 10  # docker stop's grace before SIGKILL
 _LOG_BYTES = 16 * 1024 * 1024  # of a container's output kept in its work directory
-_MIN_MEMORY = 6 * 1024 * 1024  # the least docker accepts for --memory
 _KMSG = "/dev/kmsg"
 _KMSG_RECORDS = 100_000  # at most this many records read (the ring buffer holds far fewer)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 
-class DockerUnavailable(RuntimeError):
+class DockerUnavailable(EngineAway):
     """No docker daemon answers (why, in the message)."""
 
 
-def _limits(work: dict[str, Any]) -> list[str]:
-    """``--memory``, ``--memory-reservation`` (bytes) and ``--cpus`` from the work's ``limits``
-    (docker's own terms; not ``resources``, whose memory is in MB: catalog.engines.base)."""
-    resources = work.get("limits") or {}
-    if not isinstance(resources, dict):
-        raise ValueError("the work's limits are not a JSON object")
-    flags: list[str] = []
-    memory = resources.get("memory")
-    reservation = resources.get("memory_reservation")
-    cpus = resources.get("cpus")
-    if memory is not None:
-        if not isinstance(memory, int) or memory < _MIN_MEMORY:
-            raise ValueError(f"a memory limit is at least {_MIN_MEMORY} bytes, not {memory!r}")
-        flags += ["--memory", str(memory)]
-    if reservation is not None:
-        if not isinstance(reservation, int) or reservation < 0 or (
-                memory is not None and reservation > memory):
-            raise ValueError(f"a memory reservation is 0 to the limit, not {reservation!r}")
-        if reservation:
-            flags += ["--memory-reservation", str(reservation)]
-    if cpus is not None:
-        if not isinstance(cpus, int | float) or not 0 < cpus <= (os.cpu_count() or 1):
-            raise ValueError(f"a CPU limit is more than 0 and at most this machine's "
-                             f"{os.cpu_count() or 1} cores, not {cpus!r}")
-        flags += ["--cpus", f"{float(cpus):g}"]
-    return flags
-
-
-def _environment(work: dict[str, Any]) -> dict[str, str]:
-    environment = work.get("environment") or {}
-    if not isinstance(environment, dict):
-        raise ValueError("the work's environment is not a JSON object")
-    for name, value in environment.items():
-        if not _ENV_NAME.match(str(name)) or not isinstance(value, str):
-            raise ValueError(f"environment variable {name!r}: a name of letters, digits and "
-                             "_ with a string value")
-    return {str(name): str(value) for name, value in environment.items()}
+def started_at(state: dict[str, Any]) -> float | None:
+    """A container's start time (epoch seconds) from its ``State.StartedAt``; None before."""
+    text = str(state.get("StartedAt") or "")
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        moment = datetime.fromisoformat(head + "+00:00")
+    except ValueError:
+        return None
+    return moment.timestamp() + (float(f"0.{fraction[:6]}") if fraction.isdigit() else 0.0)
 
 
 def kernel_logged_oom(container_id: str, kmsg: str = _KMSG) -> bool:
@@ -113,7 +95,8 @@ class DockerRun:
     """One container, followed with ``docker wait``."""
 
     def __init__(self, engine: DockerEngine, name: str, container: str, workdir: Path,
-                 timeout: int, memory_limited: bool = False) -> None:
+                 timeout: int, memory_limited: bool = False, remaining: float | None = None,
+                 keep: bool = False) -> None:
         self.engine = engine
         self.memory_limited = memory_limited
         self.name = name
@@ -122,7 +105,9 @@ class DockerRun:
         self.timeout = timeout
         self.stdout = workdir / "stdout.txt"
         self.stderr = workdir / "stderr.txt"
-        self._deadline = time.monotonic() + timeout
+        # ``remaining``: of a container started before (adopted), what is left of its time
+        self._deadline = time.monotonic() + (timeout if remaining is None else remaining)
+        self.keep = keep  # left for the caller to remove once the attempt is reported
         self._killed: str | None = None
         self._timed_out = False
         self._result: Execution | None = None
@@ -170,7 +155,8 @@ class DockerRun:
             return self._result
         state = self.engine.state(self.name)
         self.engine.logs_to(self.name, self.stdout, self.stderr)
-        self.engine.remove(self.name)
+        if not self.keep:
+            self.engine.remove(self.name)
         code = state.get("ExitCode")
         execution = Execution(code if isinstance(code, int) else None, stdout=self.stdout,
                               stderr=self.stderr, native_id=self.native_id,
@@ -208,6 +194,10 @@ class DockerEngine:
             raise DockerUnavailable(f"docker {args[0]} did not answer within {timeout:g} s") \
                 from None
 
+    def call(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """One docker client call (DockerUnavailable when there is no client or no answer)."""
+        return self._call(*args)
+
     def unavailable(self) -> str | None:
         """Why no container can run here (no client, no daemon), or None when one can."""
         try:
@@ -225,17 +215,28 @@ class DockerEngine:
         return done.returncode == 0
 
     def start(self, work: dict[str, Any], workdir: Path, timeout: int) -> DockerRun:
-        """Start ``work`` (``image``, ``command``, optional ``environment``, ``limits``,
-        ``network`` (a docker network that must exist) and ``job_uuid``, the container's
-        name) detached; ValueError for work that cannot run
+        """Start ``work`` (``image``, ``command``, optional ``environment``, ``limits`` or
+        ``resources``, ``network`` (a docker network that must exist), ``mounts`` and
+        ``job_uuid``, the container's name) detached; ValueError for work that cannot run
         here (no image, an image not present, bad limits), DockerUnavailable without a
         daemon."""
+        name, container, memory_limited = self.run_container(work, workdir)
+        return DockerRun(self, name, container, workdir, timeout, memory_limited=memory_limited)
+
+    def run_container(self, work: dict[str, Any], workdir: Path,
+                      labels: dict[str, str] | None = None,
+                      replace: bool = False) -> tuple[str, str, bool]:
+        """``docker run --detach`` of ``work`` (as ``start`` takes it): its name, container id
+        and whether it has a memory limit. ``mounts`` (``[{"source": host directory, "target":
+        path in the container}]``) are bound read-write; ``workdir_in`` is the directory the
+        command starts in. With ``replace`` a container of the same name (a previous attempt's)
+        is removed first."""
         image = work.get("image")
         if not isinstance(image, str) or not image or image.startswith("-"):
             raise ValueError("the work names no container image")
         argv = command_argv(work.get("command")) if work.get("command") is not None else []
-        environment = _environment(work)
-        flags = _limits(work)
+        environment = environment_of(work)
+        flags = [*limit_flags(work), *mount_flags(work)]
         name = str(work.get("job_uuid") or f"catalog-{uuid_module.uuid4()}")
         if not _CONTAINER_NAME.match(name):
             raise ValueError(f"{name!r} cannot name a container")
@@ -252,15 +253,42 @@ class DockerEngine:
             flags = [*flags, "--network", network]
         workdir.mkdir(parents=True, exist_ok=True)
         client_env = {**os.environ, **environment}
-        done = self._call(
-            "run", "--detach", "--pull", "never", "--name", name, "--label", f"{LABEL}={name}",
+        labelled = {LABEL: name, **(labels or {})}
+        argv_run = [
+            "run", "--detach", "--pull", "never", "--name", name,
+            *[part for key, value in labelled.items() for part in ("--label", f"{key}={value}")],
             *flags, *[part for key in environment for part in ("--env", key)],
-            "--", image, *argv, env=client_env)
+            "--", image, *argv]
+        done = self._call(*argv_run, env=client_env)
+        if done.returncode != 0 and replace and "already in use" in done.stderr:
+            self.remove(name)
+            done = self._call(*argv_run, env=client_env)
         if done.returncode != 0:
-            self.remove(name)  # created but not started (a command not in the image)
+            if "already in use" not in done.stderr:
+                self.remove(name)  # created but not started (a command not in the image)
             raise ValueError(f"docker could not start the container: {done.stderr.strip()}")
-        return DockerRun(self, name, done.stdout.strip(), workdir, timeout,
-                         memory_limited="--memory" in flags)
+        return name, done.stdout.strip(), "--memory" in flags
+
+    def attach(self, name: str, workdir: Path, timeout: int) -> DockerRun | None:
+        """Follow again the container ``name``, started before a restart (started now if it
+        was only created), with what is left of its ``timeout``; it is left for the caller
+        to remove. None when there is no such container."""
+        done = self._call("inspect", "--type", "container", "--format",
+                          "{{.Id}}\t{{.HostConfig.Memory}}\t{{json .State}}", "--", name)
+        if done.returncode != 0:
+            if "no such" in done.stderr.lower():
+                return None
+            raise DockerUnavailable(f"docker inspect failed: {done.stderr.strip()}")
+        container, memory, text = done.stdout.strip().split("\t", 2)
+        state = json.loads(text)
+        if state.get("Status") == "created":
+            self._call("start", "--", name)
+            state = {}  # all its time left
+        started = started_at(state)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return DockerRun(self, name, container, workdir, timeout, memory_limited=memory != "0",
+                         remaining=None if started is None else timeout - (time.time() - started),
+                         keep=True)
 
     def state(self, name: str) -> dict[str, Any]:
         """The container's ``State`` from ``docker inspect`` ({} once it is gone)."""
@@ -270,6 +298,27 @@ class DockerEngine:
             return {}
         state = json.loads(done.stdout)
         return state if isinstance(state, dict) else {}
+
+    def states(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The ``State`` of each of the containers ``names`` that exists, in one call."""
+        if not names:
+            return {}
+        done = self._call("inspect", "--type", "container", "--format",
+                          "{{.Name}}\t{{json .State}}", "--", *names)
+        found: dict[str, dict[str, Any]] = {}
+        for line in done.stdout.splitlines():
+            name, _, state = line.partition("\t")
+            if state:
+                found[name.lstrip("/")] = json.loads(state)
+        if done.returncode != 0 and len(found) < len(names) and \
+                "no such" not in done.stderr.lower():
+            raise DockerUnavailable(f"docker inspect failed: {done.stderr.strip()}")
+        return found
+
+    def signal(self, name: str, signal_name: str) -> bool:
+        """Send the container's command ``signal_name`` (TERM, KILL); False when it runs
+        no more."""
+        return self._call("kill", "--signal", signal_name, "--", name).returncode == 0
 
     def logs(self, name: str, limit: int = _LOG_BYTES) -> str | None:
         """The container's output so far (both streams), or None once it is gone."""

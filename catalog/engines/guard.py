@@ -16,6 +16,10 @@ Ctrl-C reaches the worker, not the guard; one that was killed is started again o
 table. Its window: a group started but not yet in the table when the worker dies survives
 (until its own timeout; the job's lease expires meanwhile and the job is retried).
 
+The table's tail holds the directory of the worker's memory cgroups, if it made any
+(``catalog.engines.cgroups``): the guard then kills what is left in each and removes them, so
+that a worker killed outright leaves no cgroup behind.
+
 Run by its path (``python .../catalog/engines/guard.py FD``), importing only the standard
 library.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import mmap
 import os
 import signal
@@ -32,20 +37,62 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 SLOTS = 65536  # groups a worker may have running at once (a 512 KB table, mapped lazily)
 _SLOT = struct.Struct("=q")
+_TAIL = 4096  # after the slots: a directory of cgroups to remove, NUL-padded UTF-8
+_TABLE = SLOTS * _SLOT.size + _TAIL
+_EMPTY_WAIT_S = 5.0  # for the processes killed in a cgroup to leave it
+
+
+def remove_cgroups(directory: str) -> None:
+    """Kill every process left in ``directory``'s cgroups (its subdirectories), remove them,
+    then ``directory`` itself; what cannot be removed within a few seconds is left."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False):
+                remove_cgroup(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
+
+
+def remove_cgroup(group: str, wait_s: float = _EMPTY_WAIT_S) -> bool:
+    """SIGKILL every process in cgroup ``group`` until it is empty, then remove it; whether it
+    is gone (False after ``wait_s`` s of trying)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.rmdir(group)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:  # EBUSY: processes still in it
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                return False
+        try:
+            with open(os.path.join(group, "cgroup.procs")) as handle:
+                pids = [int(line) for line in handle if line.strip()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
 
 
 def main(fd: int) -> int:
     """The guard's side: wait for the worker to go, then kill what the table holds."""
-    table = mmap.mmap(fd, SLOTS * _SLOT.size)
+    table = mmap.mmap(fd, _TABLE)
     while sys.stdin.buffer.read(4096):
         pass  # nothing is written: read returns b"" once the worker has gone
-    for (pgid,) in _SLOT.iter_unpack(table):
+    for (pgid,) in _SLOT.iter_unpack(memoryview(table)[:SLOTS * _SLOT.size]):
         if pgid > 1:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+    directory = table[SLOTS * _SLOT.size:].rstrip(b"\0").decode("utf-8", "replace")
+    if directory:
+        remove_cgroups(directory)
     return 0
 
 
@@ -81,8 +128,8 @@ class Guard:
             fd = os.memfd_create("catalog-guard", os.MFD_CLOEXEC)
         except (AttributeError, OSError):  # not Linux: an unlinked file does the same
             fd = os.dup(tempfile.TemporaryFile().fileno())
-        os.ftruncate(fd, SLOTS * _SLOT.size)
-        self._table = mmap.mmap(fd, SLOTS * _SLOT.size)
+        os.ftruncate(fd, _TABLE)
+        self._table = mmap.mmap(fd, _TABLE)
         self._fd, self._owner, self._process = fd, os.getpid(), None
         self._slots, self._free = {}, list(range(SLOTS - 1, -1, -1))
         atexit.register(self.close)
@@ -98,6 +145,16 @@ class Guard:
             slot = self._free.pop()
             _SLOT.pack_into(table, slot * _SLOT.size, pgid)
             self._slots[pgid] = slot
+
+    def remove_at_death(self, directory: str) -> None:
+        """Have the cgroups under ``directory`` emptied and removed (``remove_cgroups``) once
+        this process has gone."""
+        encoded = directory.encode("utf-8")
+        if len(encoded) >= _TAIL:
+            raise OSError(f"a cgroup directory of more than {_TAIL - 1} bytes: {directory}")
+        with self._lock:
+            table = self._ensure()
+            table[SLOTS * _SLOT.size:] = encoded.ljust(_TAIL, b"\0")
 
     def release(self, pgid: int) -> None:
         """Group ``pgid``'s leader has been reaped: no longer this process's to kill."""

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from catalog.engines import call, node
-from catalog.engines.base import Execution, Resources, read_execution
+from catalog.engines.base import (
+    Execution,
+    Resources,
+    environment_of,
+    inherited_environment,
+    read_execution,
+)
 from catalog.engines.local import command_argv
 from catalog.engines.slurm_client import NativeState, SlurmClient, SlurmError, parse_minutes
 from catalog.mappings import get_mapping
@@ -82,6 +88,7 @@ class SlurmEngine:
         job_name = check_name(name or workdir.name)
         resources = Resources.of(work, timeout)
         self.check(resources)
+        environment = environment_of(work)
         workdir.mkdir(parents=True, exist_ok=True)
         argv, result_file = self._argv(work, workdir)
         if report_url:
@@ -99,7 +106,7 @@ class SlurmEngine:
             options.append(f"--mem={resources.memory_mb}M")
         if self.partition:
             options.append(f"--partition={self.partition}")
-        env = {**(self.client.env or os.environ), **(secrets or {})}
+        env = {**inherited_environment(self.client.env), **environment, **(secrets or {})}
         if report_url:
             env["CATALOG_REPORT_URL"] = report_url
         if result_file is not None:
@@ -207,6 +214,58 @@ def execution_of(state: NativeState | None, workdir: Path, result_file: Path | N
     else:
         execution.error = f"Slurm {state.state}" + (f": {state.reason}" if state.reason else "")
     return execution
+
+
+class SlurmFleet:
+    """The slurm engine as the dispatcher drives it (catalog.engines.dispatcher.Fleet): jobs
+    named by their UUID, all followed with one ``squeue`` a tick (and the jobcomp log for those
+    it no longer shows). With ``report_url`` (the catalog's base URL) the nodes report to each
+    job's webhook (node.py)."""
+
+    name = "slurm"
+
+    def __init__(self, engine: SlurmEngine | None = None, report_url: str | None = None) -> None:
+        self.engine = engine or SlurmEngine()
+        self.client = self.engine.client
+        self.report_url = report_url
+
+    def start(self, uuid: str, work: dict[str, Any], workdir: Path, timeout: int,
+              token: str) -> SlurmRun:
+        report = self.report_url
+        return self.engine.start(
+            work, workdir, timeout, name=uuid,
+            secrets={"CATALOG_JOB_TOKEN": token} if token else None,
+            report_url=f"{report.rstrip('/')}/jobs/{uuid}/events" if report and token
+            else None)
+
+    def find(self, uuids: list[str]) -> dict[str, str]:
+        wanted = set(uuids)
+        found = [*self.client.ended_from_log().values(), *self.client.states().values()]
+        return {state.name: state.native_id for state in found if state.name in wanted}
+
+    def adopt(self, uuid: str, native_id: str, workdir: Path, timeout: int) -> SlurmRun:
+        result_file = workdir / ".result.json" if (workdir / ".parameters.json").exists() \
+            else None
+        return SlurmRun(self.client, native_id, uuid, workdir, result_file)
+
+    def follow(self, runs: list[Any]) -> list[Any]:
+        states = self.client.states()
+        logged: dict[str, NativeState] | None = None
+        ended = []
+        for run in runs:
+            if run.native_id not in states and logged is None:
+                logged = self.client.ended_from_log()
+            if run.observe(states, logged):
+                ended.append(run)
+        return ended
+
+    def discard(self, uuid: str, native_id: str) -> None:
+        state = self.client.states().get(native_id)
+        if state is not None and not state.ended:
+            self.client.scancel([native_id])
+
+    def release(self, run: Any) -> None:
+        """Nothing to remove: Slurm forgets ended jobs on its own."""
 
 
 def _oom(stderr: Path) -> bool:

@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog.engines.base import EngineAway
+
 ENDED = frozenset({"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "CANCELLED", "NODE_FAIL",
                    "BOOT_FAIL", "PREEMPTED", "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
 _SQUEUE_FORMAT = "JobID:|,Name:|,State:|,Reason:|,exit_code:|"
@@ -21,7 +23,7 @@ _JOBCOMP_FIELD = re.compile(r"(\w+)=(\S*)")
 _TIMEOUT_S = 60.0
 
 
-class SlurmError(RuntimeError):
+class SlurmError(EngineAway):
     """A Slurm client refused or failed; its message is Slurm's own."""
 
 

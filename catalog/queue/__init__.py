@@ -7,10 +7,10 @@ from catalog.queue.core import (
     retry,
     status,
     submit,
-    sweep,
     withdraw,
 )
 from catalog.queue.models import Completion, SubmitOutcome, SubmitRequest, Withdrawn, WorkFilter
+from catalog.queue.sweeper import sweep
 
 __all__ = [
     "Completion",

@@ -25,9 +25,10 @@ from catalog.catalog import Catalog, parse_document
 from catalog.errors import BodyTooLarge, CatalogError, InvalidInput, UnsafePath
 from catalog.identifiers import canonical_json
 from catalog.models import ArchiveMode, Job, QueueInfo
-from catalog.queue.core import end_attempt, held_queue
+from catalog.queue.core import end_attempt, heartbeat, held_queue
 from catalog.queue.models import MAX_RESULTS_BYTES, Completion
 from catalog.storage import LocalStorage, check_storage_path, relative_to
+from catalog.store.base import Doc
 
 # Where each kind of reported file goes under the job's archive path.
 FOLDERS = {"products": "products", "plots": "plots", "logs": "logs"}
@@ -49,9 +50,11 @@ def product_roots(catalog: Catalog) -> list[str]:
 def complete(catalog: Catalog, uuid: str, completion: Completion | dict[str, Any],
              source: str = "python") -> str:
     """End ``completion.worker``'s attempt on ``uuid``: archive its logs; then, without an
-    error, its products and plots, ``finish`` with its results and index the files with fixity;
-    with an error (or a reported file that cannot be archived), ``fail``, retried while
-    attempts remain. Returns the job's state after it."""
+    error, its products and plots, index the files with fixity while the attempt still holds
+    its lease, and ``finish`` with its results and what the index found (so that whoever sees
+    the job FINISHED also finds its outputs); with an error (or a reported file that cannot be
+    archived or indexed), ``fail``, retried while attempts remain. Returns the job's state
+    after it."""
     if not isinstance(completion, Completion):
         completion = parse_document(Completion, completion, "completion")
     size = len(canonical_json(completion.results).encode())
@@ -69,16 +72,24 @@ def complete(catalog: Catalog, uuid: str, completion: Completion | dict[str, Any
         _bring(catalog, job, queue, "plots", completion.plots, queue.plots, brought)
         if brought.problems:
             error = "reported files could not be archived: " + "; ".join(brought.problems)
+    told: dict[str, Any] | None = None
+    if error is None and (brought.paths or job.archive_patterns or job.product_patterns):
+        # Indexing is part of the attempt: its lease must outlast it.
+        heartbeat(catalog, job.uuid, completion.worker)
+        try:
+            told = {"files": _index_outputs(catalog, job, brought, source)}
+        except (CatalogError, OSError) as exc:
+            why = exc.message if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
+            error = f"the attempt's outputs could not be indexed: {why}"[:2000]
     if error is not None:
         state = end_attempt(catalog, job.uuid, completion.worker, error, source=source)
         if brought.paths:
             _index_quietly(catalog, job, ["^logs/"])
         return state
-    state = end_attempt(catalog, job.uuid, completion.worker, None, completion.results, source)
+    state = end_attempt(catalog, job.uuid, completion.worker, None, completion.results, source,
+                        told)
     for moved in brought.moved:  # only once the job has them
         moved.unlink(missing_ok=True)
-    if brought.paths or job.archive_patterns or job.product_patterns:
-        _index_outputs(catalog, job, brought, source)
     return state
 
 
@@ -158,14 +169,33 @@ def _requests(job: Job, brought: _Brought) -> list[dict[str, Any]]:
             *(r.model_dump(mode="json") for r in job.product_patterns)]
 
 
-def _index_outputs(catalog: Catalog, job: Job, brought: _Brought, source: str) -> None:
-    from catalog.indexer import index_job
+def _index_outputs(catalog: Catalog, job: Job, brought: _Brought, source: str) -> Doc:
+    """Index a succeeding attempt's files (no events: the job is RUNNING; its ``finish`` says
+    what was found). Content that differs from what an earlier attempt of the same job
+    recorded is that job's new output: accepted as its record's next version, the files named
+    in an ``update`` of the job's history, never silently. On a job's first attempt nothing is
+    accepted: a changed file stays ``changed``."""
+    from catalog.indexer import index_files
 
-    try:
-        index_job(catalog, job.uuid, catalog.job_token(job.uuid), _requests(job, brought),
-                  source=source)
-    except CatalogError:
-        pass  # index_job wrote the error to the job's history (an update); the job FINISHED
+    accept = None
+    if _ran_before(catalog, job.uuid):
+        token = catalog.job_token(job.uuid)
+
+        def accept(files: list[Doc]) -> None:
+            catalog.handle_event(job.uuid, {"name": "update", "data": {
+                "accepted_changes": files,
+                "reason": "a new attempt replaced an earlier attempt's outputs"}},
+                token, source)
+
+    result = index_files(catalog, job, _requests(job, brought), accept=accept)
+    return {"indexed": result.indexed, "hashed": result.hashed, "unchanged": result.unchanged,
+            "changed": result.changed, "accepted": result.accepted}
+
+
+def _ran_before(catalog: Catalog, uuid: str) -> bool:
+    """Whether the job has an attempt before its running one (more than one ``run``)."""
+    history = catalog.store.get_job(uuid, history=True) or {}
+    return sum(1 for entry in history.get("history") or () if entry.get("name") == "run") > 1
 
 
 def _index_quietly(catalog: Catalog, job: Job, patterns: list[str]) -> None:

@@ -2,20 +2,19 @@
 
 The queue is a view over job states, not a second database: submitting sends ``queue`` (or
 ``retry`` to a failed job), a worker's withdraw sends ``run`` with its lease, its report sends
-``finish`` or ``fail`` (then ``retry`` while attempts remain), the sweep fails the attempts whose
-lease expired. Each is one compare-and-set on the job with its history entry, the queue
-attributes (``Job.queue``) changing in the same write, so every step is provenance.
+``finish`` or ``fail`` (then ``retry`` while attempts remain), the sweep
+(``catalog.queue.sweeper``) fails the attempts whose lease expired. Each is one
+compare-and-set on the job with its history entry, the queue attributes (``Job.queue``)
+changing in the same write, so every step is provenance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from catalog.catalog import Catalog, parse_document
 from catalog.errors import (
-    CatalogError,
     EventNotAllowed,
     InvalidCondition,
     InvalidInput,
@@ -274,20 +273,13 @@ def heartbeat(catalog: Catalog, uuid: str, worker: str, lease: int | None = None
     return expiry
 
 
-def _ender(catalog: Catalog, worker: str | None, error: str | None,
-           results: dict[str, Any] | None, source: str, expired_before: str | None,
-           attempts: list[int]) -> Decide:
+def _ender(catalog: Catalog, worker: str, error: str | None,
+           results: dict[str, Any] | None, source: str, attempts: list[int],
+           told: dict[str, Any] | None = None) -> Decide:
     """The decide of ``end_attempt``; it notes the attempt it ended in ``attempts``."""
 
     def decide(head: Doc) -> Outcome:
-        if worker is not None:
-            queue = _check_holder(head, worker)
-        else:
-            queue = dict(head.get("queue") or {})
-            lease = queue.get("lease")
-            if head["state"] != "RUNNING" or lease is None or expired_before is None or \
-                    lease["expiry"] >= expired_before:
-                raise ClaimLost(head["uuid"])  # renewed, ended or reported meanwhile
+        queue = _check_holder(head, worker)
         attempt = int(queue["lease"]["attempt"])
         attempts.append(attempt)
         event = "finish" if error is None else "fail"
@@ -295,6 +287,7 @@ def _ender(catalog: Catalog, worker: str | None, error: str | None,
         data: Doc = {"attempt": attempt, "worker": queue["lease"]["worker"]}
         if error is not None:
             data["error"] = error
+        data.update(told or {})
         entry = catalog.history_entry(head["uuid"], event, data, source, state)
         changes: Doc = {"queue": {**queue, "lease": None, "stop": entry["date"],
                                   "reason": error}}
@@ -306,13 +299,14 @@ def _ender(catalog: Catalog, worker: str | None, error: str | None,
 
 
 def end_attempt(catalog: Catalog, uuid: str, worker: str, error: str | None,
-                results: dict[str, Any] | None = None, source: str = "python") -> str:
+                results: dict[str, Any] | None = None, source: str = "python",
+                told: dict[str, Any] | None = None) -> str:
     """End ``worker``'s running attempt on ``uuid`` (it must hold the lease): ``finish`` with
     ``results`` when ``error`` is None, else ``fail`` with it, then ``retry`` while attempts
-    remain. Returns the job's state then."""
+    remain; ``told`` goes into the event's data. Returns the job's state then."""
     attempts: list[int] = []
-    applied = _apply(catalog, uuid, _ender(catalog, worker, error, results, source, None,
-                                           attempts))
+    applied = _apply(catalog, uuid, _ender(catalog, worker, error, results, source, attempts,
+                                           told))
     if error is not None and not applied.duplicate:
         try:
             applied = _apply(catalog, uuid, _retrier(catalog, attempts, source))
@@ -379,43 +373,7 @@ def cancel(catalog: Catalog, uuid: str, reason: str = "cancelled by a user",
     return _apply(catalog, uuid, decide)
 
 
-# the sweep and the counts -------------------------------------------------------------------
-def sweep(catalog: Catalog, now: datetime | None = None, limit: int = 100_000,
-          on_error: Callable[[str, CatalogError], None] | None = None) -> dict[str, int]:
-    """Fail every attempt whose lease expired before ``now`` (reason ``lease expired``) and
-    retry those with attempts left. The expired leases come from an index; the events go to
-    the store together (``apply_events``: a few commits, not one each)."""
-    now_text = format_date(now or utc_now())
-    expired = catalog.store.expired_leases(now_text, limit)
-    attempts: dict[str, list[int]] = {uuid: [] for uuid in expired}
-    events: list[tuple[str, str | None, Decide]] = []
-    for uuid in expired:  # each job's fail then its retry: one write of the job on SQLite
-        events.append((uuid, None, _ender(catalog, None, "lease expired", None, SOURCE,
-                                          now_text, attempts[uuid])))
-        events.append((uuid, None, _retrier(catalog, attempts[uuid], SOURCE)))
-    outcomes = catalog.store.apply_events(events)
-    failed = _settled(expired, outcomes[0::2], on_error)
-    retried = _settled(expired, outcomes[1::2], on_error)
-    for uuid in set(failed) - set(retried):  # final failures: their dependents are decided
-        release(catalog, uuid)
-    return {"expired": len(expired), "failed": len(failed), "retried": len(retried)}
-
-
-def _settled(uuids: list[str], outcomes: list[Applied | Exception],
-             on_error: Callable[[str, CatalogError], None] | None) -> list[str]:
-    """The uuids whose event went through; a ClaimLost (nothing to do) is no error, another
-    refusal goes to ``on_error``."""
-    done = []
-    for uuid, outcome in zip(uuids, outcomes, strict=True):
-        if isinstance(outcome, Applied):
-            done.append(uuid)
-        elif isinstance(outcome, CatalogError) and on_error is not None:
-            on_error(uuid, outcome)
-        elif not isinstance(outcome, ClaimLost | CatalogError):
-            raise outcome
-    return done
-
-
+# the counts ---------------------------------------------------------------------------------
 def status(catalog: Catalog, pipelines: list[str] | None = None) -> dict[str, Any]:
     """Jobs by pipeline name and state: ``{"pipelines": {name: {state: n}}, "total": {...}}``."""
     uuids = list(pipeline_uuids(catalog, pipelines)) if pipelines is not None else None

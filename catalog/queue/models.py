@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from catalog.engines.base import environment_of
 from catalog.errors import InvalidInput
 from catalog.models import MAX_TIMEOUT_S, ArchiveMode, JobUUID, QueueInfo, UpstreamIds
 from catalog.queue.conditions import Expr, Ref, outcome
@@ -70,6 +71,7 @@ class SubmitRequest(_Strict):
     def _one_way_to_run(self) -> SubmitRequest:
         if "function" in self.data and "command" in self.data:
             raise ValueError("data may hold a function or a command, not both")
+        environment_of(self.data)  # refused here, not when an attempt starts
         return self
 
     def queue_info(self) -> QueueInfo:

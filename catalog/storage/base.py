@@ -85,6 +85,12 @@ class Storage(Protocol):
         """Remove every file under the directory ``prefix``; returns how many."""
         ...
 
+    def link(self, path: str, target: str) -> bool:
+        """Make ``target`` (a new absolute path of this machine) another name of the file at
+        ``path``, sharing its storage; False where it cannot be so (another filesystem, an
+        object store): the caller copies instead. FileNotFoundError when there is no file."""
+        ...
+
     def uri(self, path: str) -> str:
         """``file:///...`` or ``s3://bucket/key`` for a storage path."""
         ...

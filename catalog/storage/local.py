@@ -161,6 +161,23 @@ class LocalStorage:
             raise
         return self.stat(path)
 
+    def link(self, path: str, target: str) -> bool:
+        """A hard link at ``target`` to the file at ``path``, resolved as ``open`` resolves
+        it (a symlink only to a file inside the root); False where the filesystem refuses
+        one (another device, a file this user may not link, no hard links there)."""
+        real = self._resolve_file(path)
+        try:
+            os.link(real, target, follow_symlinks=False)
+        except FileNotFoundError:
+            if not os.path.lexists(real):
+                raise FileNotFoundError(path) from None
+            raise
+        except OSError as exc:
+            if exc.errno in _NO_LINK:
+                return False
+            raise
+        return True
+
     def delete_prefix(self, prefix: str) -> int:
         top = self._resolve(prefix)
         if top != os.path.join(self.root, check_storage_path(prefix).lstrip("/")):
@@ -178,6 +195,11 @@ class LocalStorage:
 
     def uri(self, path: str) -> str:
         return Path(self._resolve(path)).as_uri()
+
+
+# Why a filesystem may refuse a hard link that a copy would make.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
+                      errno.EOPNOTSUPP})
 
 
 class _SymlinkName(Exception):

@@ -97,6 +97,9 @@ class S3Storage:
             self.client.upload_fileobj(data, self.bucket, self._key(path))
         return self.stat(path)
 
+    def link(self, path: str, target: str) -> bool:
+        return False  # an object has no name on this machine's filesystem to share
+
     def delete_prefix(self, prefix: str) -> int:
         keys = [self._key(info.path) for info in self.list(prefix)]
         failed: list[str] = []

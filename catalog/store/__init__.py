@@ -23,14 +23,23 @@ def register_backend(scheme: str, opener: Opener) -> None:
     _BACKENDS[scheme] = opener
 
 
-def _open_sqlite(url: str, settings: Settings) -> Store:
-    from catalog.store.sqlite import SQLiteStore
-
+def sqlite_path(url: str) -> str | None:
+    """The file a ``sqlite://`` URL names (None for another scheme)."""
+    if urlsplit(url).scheme != "sqlite":
+        return None
     path = url[len("sqlite://"):]
     if path.startswith("/"):
         path = path[1:]  # sqlite:///catalog.db is relative; sqlite:////abs/x.db absolute
     if not path:
         raise ConfigurationError(f"database URL {url!r} names no file")
+    return path
+
+
+def _open_sqlite(url: str, settings: Settings) -> Store:
+    from catalog.store.sqlite import SQLiteStore
+
+    path = sqlite_path(url)
+    assert path is not None
     return SQLiteStore(path, synchronous=settings.sqlite_synchronous,
                        busy_timeout_ms=settings.busy_timeout_ms)
 

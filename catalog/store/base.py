@@ -16,10 +16,13 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from catalog.errors import EntityNotFound, FileNotFound, InvalidInput, JobNotFound, NotFound
 from catalog.identifiers import UUIDType
+
+if TYPE_CHECKING:
+    from catalog.store.openlineage_write import LineageApplied, LineageWrite
 
 Doc = dict[str, Any]
 
@@ -145,6 +148,9 @@ class Submissions:
 # Called with the heads ({"uuid", "state", "version", "last_event", "queue"}) of the jobs
 # asked for that exist; returns what to write, or raises to write nothing.
 PlanSubmissions = Callable[[dict[str, Doc]], Submissions]
+# Called with the heads of jobs whose lease expired, soonest first; returns the moves to write
+# (a job it leaves out stays as it is).
+PlanSweep = Callable[[list[Doc]], list[Move]]
 
 
 def check_new_job(doc: Doc) -> None:
@@ -357,6 +363,11 @@ class Store(Protocol):
 
     def get_job(self, uuid: str, history: bool = True) -> Doc | None: ...
 
+    def job_head(self, uuid: str) -> Doc | None:
+        """The job's head alone (``uuid``, ``state``, ``version``, ``last_event``,
+        ``created``), in one read: no links, history or results."""
+        ...
+
     def history_page(self, head: Doc, after: int = 0, limit: int = 1000) -> list[Doc]:
         """The entries of the job ``head`` (a ``get_job`` document) after its ``after``-th, up
         to its version (what the head has seen, even while events come), in order, at most
@@ -400,9 +411,9 @@ class Store(Protocol):
     def apply_events(self, events: list[tuple[str, str | None, Decide]]
                      ) -> list[Applied | Exception]:
         """``apply_event`` for each (uuid, event_id, decide), in order, in as few commits as
-        the backend allows (a sweep fails thousands of jobs at once); each item's outcome or
+        the backend allows (a release queues thousands of jobs at once); each item's outcome or
         the error that refused it alone. A job named twice gets its events in their order, the
-        later one deciding on the head the earlier left (a sweep's ``fail`` then ``retry``)."""
+        later one deciding on the head the earlier left (a ``fail`` then a ``retry``)."""
         ...
 
     def delete_job(self, uuid: str) -> bool:
@@ -456,6 +467,14 @@ class Store(Protocol):
     def expired_leases(self, now: str, limit: int = 1000) -> list[str]:
         """Uuids of jobs whose lease expired before ``now``, soonest expired first, from an
         index (never a scan of the jobs)."""
+        ...
+
+    def sweep_leases(self, now: str, limit: int, plan: PlanSweep) -> tuple[int, list[Move]]:
+        """Read the heads of up to ``limit`` jobs whose lease expired before ``now`` from
+        the lease index, soonest first, a chunk at a time, ``plan`` each chunk and write its
+        moves: one transaction per chunk on SQLite, the heads read under its write lock;
+        each entry its own compare-and-set on MongoDB (a job moved meanwhile is left out).
+        Returns the number of heads read and the moves written."""
         ...
 
     def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:
@@ -610,6 +629,17 @@ class Store(Protocol):
         (as ``upsert_entities``) and ``links`` (as ``add_links``); whether it was new."""
         ...
 
+    def apply_lineage(self, write: LineageWrite) -> LineageApplied:
+        """One OpenLineage event whole (``catalog.store.openlineage_write``): its pipeline and
+        job stored if absent, its job's events applied (a kept refusal of the last one in the
+        audit log), the event kept as ``add_lineage_event`` keeps it. In one transaction where
+        the backend has them (SQLite: committed with the events queued meanwhile)."""
+        ...
+
+    async def apply_lineage_async(self, write: LineageWrite) -> LineageApplied:
+        """``apply_lineage`` awaited on an event loop (SQLite: with the loop's job events)."""
+        ...
+
     def lineage_events_of_runs(self, run_ids: list[str],
                                limit: int = 1000) -> dict[str, list[Doc]]:
         """The events of each of ``run_ids`` (the last ``limit`` of each, oldest first), by
@@ -642,3 +672,12 @@ class Store(Protocol):
                      offset: int = 0) -> tuple[list[Doc], int]:
         """The pipelines of OpenLineage jobs in ``namespace`` by (name, uuid), and how many."""
         ...
+
+
+def settle_future(future: Future[Any], result: Any, error: BaseException | None) -> None:
+    """Answer a write's waiting thread: its error, else its result (which must be there)."""
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)

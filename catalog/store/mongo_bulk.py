@@ -6,17 +6,31 @@ The heads come from one ``$in`` query; the new jobs' entries, then the jobs, go 
 already taken means another writer moved the job: ConcurrencyConflict), their heads moved
 onto them as ``apply_event`` does, and the reverse index's pairs with one unordered
 ``insert_many`` (a pair already there is kept).
+
+A sweep (``MongoStore.sweep_leases``) reads the expired heads from the lease index in one
+query and writes each planned entry as ``apply_events`` does, its own compare-and-set.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pymongo import UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from catalog.errors import ConcurrencyConflict
-from catalog.store.base import Doc, PlanSubmissions, Submissions, check_new_job, unique
+from catalog.errors import ConcurrencyConflict, JobNotFound
+from catalog.store.base import (
+    Applied,
+    ClaimLost,
+    Decide,
+    Doc,
+    Move,
+    PlanSubmissions,
+    PlanSweep,
+    Submissions,
+    check_new_job,
+    unique,
+)
 
 if TYPE_CHECKING:
     from catalog.store.mongo import MongoStore
@@ -81,3 +95,51 @@ def submit_jobs(store: MongoStore, uuids: list[str], plan: PlanSubmissions) -> S
                  for dependency, dependent in planned.dependencies], "dependencies",
                 duplicates_ok=True)
     return planned
+
+
+def sweep_leases(store: MongoStore, now: str, limit: int, plan: PlanSweep
+                 ) -> tuple[int, list[Move]]:
+    with store._guard:
+        found = list(store._jobs.find({"queue.lease.expiry": {"$lt": now}}, _HEAD)
+                     .sort("queue.lease.expiry", ASCENDING).limit(limit))
+    moves = plan([{"uuid": doc["uuid"], "state": doc["state"], "version": doc["version"],
+                   "last_event": doc["last_event"], "queue": doc.get("queue")}
+                  for doc in found])
+    # Entry by entry, each round only on the jobs whose earlier entry went in: a version
+    # alone cannot tell a job's next place from one another writer took meanwhile.
+    done = dict.fromkeys(range(len(moves)), 0)
+    error: Exception | None = None
+    for offset in range(max((len(move.entries) for move in moves), default=0)):
+        going = [index for index, count in done.items()
+                 if count == offset and offset < len(moves[index].entries)]
+        outcomes = store.apply_events([(moves[index].uuid, None, _step(moves[index], offset))
+                                       for index in going])
+        for index, outcome in zip(going, outcomes, strict=True):
+            if isinstance(outcome, Applied):
+                done[index] += 1
+            elif not isinstance(outcome, ClaimLost | JobNotFound):
+                error = error or outcome
+    if error is not None:
+        raise error
+    written = []
+    for index, count in done.items():  # as far as each job's entries went in
+        move = moves[index]
+        if count:
+            written.append(Move(move.uuid, move.read_version, str(move.entries[count - 1]
+                                                                  ["state"]),
+                                move.entries[:count], move.queue))
+    return len(found), written
+
+
+def _step(move: Move, offset: int) -> Decide:
+    """The decide writing ``move``'s entry at ``offset`` on the head its earlier entries
+    left (ClaimLost when another writer moved the job meanwhile). Each entry carries the
+    move's last queue, as a batch of submissions' do."""
+    entry = move.entries[offset]
+
+    def decide(head: Doc) -> tuple[str, Doc, Doc]:
+        if head["version"] != move.read_version + offset:
+            raise ClaimLost(move.uuid)
+        return str(entry["state"]), entry, {"queue": move.queue}
+
+    return decide

@@ -69,14 +69,19 @@ class Links:
             session: Session = None) -> None:
         """Store the edges (source, rel, target) that neither ``source``'s own list nor
         ``links`` has yet, in the order given."""
+        self.insert(self.new_links(kind, source, rel, targets), session)
+
+    @staticmethod
+    def new_links(kind: LinkSource, source: Doc, rel: str, targets: list[str]) -> list[Doc]:
+        """The link documents ``add`` inserts (to insert many sources' links in one call)."""
         embedded = set(source.get(rel) or ())
         new = [target for target in unique(targets) if target not in embedded]
         if not new:
-            return
+            return []
         base = time.time_ns()
         keys = _sort_keys(kind, source) if rel in PAGED_RELATIONS else {}
-        self.insert([{"src": source["uuid"], "rel": rel, "dst": target, "kind": kind,
-                      "at": base + n, **keys} for n, target in enumerate(new)], session)
+        return [{"src": source["uuid"], "rel": rel, "dst": target, "kind": kind,
+                 "at": base + n, **keys} for n, target in enumerate(new)]
 
     def insert(self, docs: list[Doc], session: Session = None) -> None:
         """Insert link documents; those already stored (the unique index says) are skipped."""

@@ -10,7 +10,9 @@ a namespace and ``generated_by``) are joined to the reference of the same namesp
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -22,13 +24,22 @@ from pymongo.errors import DuplicateKeyError
 from catalog.identifiers import UUIDType
 from catalog.store.base import (
     ENTITY_LINK_FIELDS,
+    Applied,
+    Decide,
     Doc,
     Link,
+    LinkSource,
     Page,
     check_limit,
+    check_link,
+    check_new_job,
     decode_cursor,
+    link_source,
+    link_source_not_found,
     page_of,
 )
+from catalog.store.mongo_links import Links
+from catalog.store.openlineage_write import LineageApplied, LineageWrite, run_steps
 
 _NO_ID: Doc = {"_id": 0}
 _JOB_NAMESPACE = "$components.openlineage.namespace"  # an OpenLineage job's pipeline's
@@ -42,6 +53,9 @@ class OpenLineageMongo:
     _guard: AbstractContextManager[object]
     _entities: Collection[Doc]
     _pipelines: Collection[Doc]
+    _jobs: Collection[Doc]
+    _files: Collection[Doc]
+    _links: Links
 
     @property
     def _ol_events(self) -> Collection[Doc]:
@@ -72,22 +86,89 @@ class OpenLineageMongo:
     def upsert_entities(self, docs: list[Doc]) -> None:
         raise NotImplementedError  # MongoStore's
 
-    def add_links(self, src: str, relation: str, targets: list[str]) -> None:
+    def apply_event(self, uuid: str, event_id: str | None, decide: Decide) -> Applied:
+        raise NotImplementedError  # MongoStore's
+
+    def append_audit(self, entry: Doc) -> None:
+        raise NotImplementedError  # MongoStore's
+
+    def _insert_entries(self, uuid: str, created: str, entries: list[Doc],
+                        first_seq: int) -> None:
         raise NotImplementedError  # MongoStore's
 
     def add_lineage_event(self, doc: Doc, entities: Sequence[Doc] = (),
                           links: Sequence[Link] = ()) -> bool:
-        # Datasets and links first (each idempotent): an event stored is an event applied.
-        if entities:
-            self.upsert_entities(list(entities))
-        for src, relation, targets in links:
-            self.add_links(src, relation, targets)
+        return self._keep_record(doc, list(entities), links)
+
+    def apply_lineage(self, write: LineageWrite) -> LineageApplied:
+        """Each write atomic alone, in an order that a retry completes (each is idempotent):
+        the pipeline and job if new, the job's events, then the datasets, their links and
+        last the record (an event stored is an event applied). Round trips for an event on a
+        known run: the events' (four each), two finds of the links' sources, and one insert
+        each for the datasets, the links and the record."""
+        if write.pipeline is not None:
+            self._insert_absent(self._pipelines, write.pipeline)
+        if write.job is not None:
+            self._insert_job_absent(write.job)
+        applied, refusal = run_steps(write, self.apply_event, self.append_audit)
+        head = None
+        if refusal is not None:
+            with self._guard:
+                head = self._jobs.find_one({"uuid": write.uuid},
+                                           {"_id": 0, "state": 1, "last_event": 1})
+        new = self._keep_record(write.record_as(refusal), write.entities, write.links)
+        return LineageApplied(new, applied, refusal, head)
+
+    async def apply_lineage_async(self, write: LineageWrite) -> LineageApplied:
+        """``apply_lineage`` on the pool of ``submit_event``."""
+        return await asyncio.wrap_future(self._pool().submit(self.apply_lineage, write))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        raise NotImplementedError  # MongoStore's
+
+    def _insert_absent(self, collection: Collection[Doc], doc: Doc) -> bool:
         try:
             with self._guard:
-                self._ol_events.insert_one(dict(doc))
+                collection.insert_one(dict(doc))  # a copy: pymongo adds _id to what it inserts
         except DuplicateKeyError:
             return False
         return True
+
+    def _insert_job_absent(self, doc: Doc) -> None:
+        """``insert_job`` without reading back a job already there (its entries first)."""
+        check_new_job(doc)
+        self._insert_entries(doc["uuid"], doc["created"], list(doc.get("history", [])), 1)
+        self._insert_absent(self._jobs, {k: v for k, v in doc.items() if k != "history"})
+
+    def _keep_record(self, doc: Doc, entities: list[Doc], links: Sequence[Link]) -> bool:
+        # Datasets and links first (each idempotent): an event stored is an event applied.
+        if entities:
+            self.upsert_entities(entities)
+        self._add_links_at_once(links)
+        return self._insert_absent(self._ol_events, doc)
+
+    def _add_links_at_once(self, links: Sequence[Link]) -> None:
+        """``add_links`` for each link, their sources read in one find per kind of record and
+        their new links inserted in one call."""
+        wanted: dict[LinkSource, dict[str, set[str]]] = {}
+        for src, relation, _ in links:
+            wanted.setdefault(check_link(src, relation), {}).setdefault(src, set()).add(relation)
+        sources: dict[str, Doc] = {}
+        for kind, by_uuid in wanted.items():
+            collection = {"job": self._jobs, "file": self._files, "entity": self._entities}[kind]
+            relations = set().union(*by_uuid.values())
+            with self._guard:
+                sources.update((found["uuid"], found) for found in collection.find(
+                    {"uuid": {"$in": list(by_uuid)}},
+                    {"_id": 0, "uuid": 1, "created": 1, "path": 1,
+                     **dict.fromkeys(relations, 1)}))
+        docs: list[Doc] = []
+        for src, relation, targets in links:
+            source = sources.get(src)
+            if source is None:
+                raise link_source_not_found(src)
+            docs += Links.new_links(link_source(src), source, relation, targets)
+        self._links.insert(docs)
 
     def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,
                        job: str | None = None, dataset: str | None = None,

@@ -5,26 +5,31 @@
 runs are read without a scan. Datasets are the ``reference`` entities (one per namespace and
 name); they are listed through an index on their namespace and name.
 
-Events are kept as the job events are applied (``SQLiteStore.apply_event``): each caller queues
-its record, and whichever caller takes the group lock writes every record queued by then in one
-transaction, one commit for all (a SAVEPOINT each, so one refused record leaves the others).
-Each caller returns once the commit holding its record is done: an answered event is durable.
+An event is applied whole (``apply_lineage``: its pipeline and job when new, the job's events,
+a refusal's audit entry, the record with its datasets and links) in ONE transaction, and with
+the job events of the store (``SQLiteStore.apply_event``) in its group commit: each caller
+queues its write, and whichever caller takes the write lock applies everything queued by then
+in one transaction, one commit for all (a SAVEPOINT each, so one refused write leaves the
+others). Each caller returns once the commit holding its write is done: an answered event is
+durable, and a failure anywhere in it leaves nothing of it.
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
+from catalog.errors import StoreError
 from catalog.store.base import (
     ENTITY_LINK_FIELDS,
+    Applied,
+    Decide,
     Doc,
     Link,
     Page,
@@ -32,9 +37,16 @@ from catalog.store.base import (
     chunked,
     decode_cursor,
     page_of,
+    settle_future,
     unique,
 )
+from catalog.store.openlineage_write import LineageApplied, LineageWrite, run_steps
 from catalog.store.sqlite_links import attach
+
+
+def _dumps(doc: Doc) -> str:
+    return orjson.dumps(doc).decode()  # as SQLiteStore's documents
+
 
 _IN_CHUNK = 500  # run ids per IN (...) list, well under SQLite's bound on parameters
 
@@ -86,35 +98,25 @@ MIGRATION = (
     """,
 )
 
-_MAX_GROUP = 256  # records per transaction
+@dataclass
+class PendingLineage:
+    """A ``LineageWrite`` waiting for the next group commit, and what became of it."""
+
+    write: LineageWrite
+    result: LineageApplied | None = None
+    error: BaseException | None = None
 
 
 @dataclass
-class _Record:
-    doc: Doc
-    entities: list[Doc]
-    links: Sequence[Link]
-    future: Future[bool] = field(default_factory=Future)
+class ThreadLineage(PendingLineage):
+    """One from a thread (``apply_lineage``), answered through a future."""
+
+    future: Future[LineageApplied] = field(default_factory=Future)
+
+    def settle(self) -> None:
+        settle_future(self.future, self.result, self.error)
 
 
-class _Group:
-    """The records waiting for a commit, and the lock of the caller writing them."""
-
-    def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[_Record] = queue.SimpleQueue()
-        self.lock = threading.Lock()
-
-    def drain(self) -> list[_Record]:
-        batch: list[_Record] = []
-        while len(batch) < _MAX_GROUP:
-            try:
-                batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
-
-_GROUP_INIT = threading.Lock()
 _DATASET_KEY = ("json_extract(doc, '$.namespace')", "json_extract(doc, '$.name')", "uuid")
 # An OpenLineage job's pipeline names its namespace in its one component.
 _JOB_NAMESPACE = "json_extract(doc, '$.components[0].openlineage.namespace')"
@@ -125,13 +127,16 @@ _NAMESPACES = (
 
 
 class OpenLineageSQLite:
-    """The OpenLineage part of ``SQLiteStore`` (which provides the two methods below)."""
+    """The OpenLineage part of ``SQLiteStore`` (which provides the methods below that raise)."""
 
     def _connection(self) -> sqlite3.Connection:
         raise NotImplementedError  # SQLiteStore's
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError  # SQLiteStore's
+    def _apply_pending(self, pending: ThreadLineage) -> LineageApplied:
+        raise NotImplementedError  # SQLiteStore's: queued for its group commit
+
+    async def _apply_on_loop(self, write: LineageWrite) -> LineageApplied:
+        raise NotImplementedError  # SQLiteStore's: with its loop's events (sqlite_loop)
 
     @staticmethod
     def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
@@ -141,65 +146,82 @@ class OpenLineageSQLite:
     def _link(conn: sqlite3.Connection, src: str, relation: str, targets: list[str]) -> None:
         raise NotImplementedError  # SQLiteStore's
 
-    def _ol_group(self) -> _Group:
-        group = self.__dict__.get("_ol_records")
-        if group is None:
-            with _GROUP_INIT:
-                group = self.__dict__.setdefault("_ol_records", _Group())
-        return group  # type: ignore[no-any-return]
+    @staticmethod
+    def _apply_one(conn: sqlite3.Connection, uuid: str, event_id: str | None,
+                   decide: Decide) -> Applied:
+        raise NotImplementedError  # SQLiteStore's
+
+    @classmethod
+    def _insert_new_job(cls, conn: sqlite3.Connection, doc: Doc) -> bool:
+        raise NotImplementedError  # SQLiteStore's
+
+    @staticmethod
+    def _insert_audit(conn: sqlite3.Connection, entry: Doc) -> None:
+        raise NotImplementedError  # SQLiteStore's
 
     def add_lineage_event(self, doc: Doc, entities: Sequence[Doc] = (),
                           links: Sequence[Link] = ()) -> bool:
-        # One transaction (one sync) for the event, its datasets and their links, and for
-        # those of every caller queued meanwhile (module docstring).
-        record = _Record(doc, list(entities), links)
-        group = self._ol_group()
-        group.queue.put(record)
-        while not record.future.done():
-            with group.lock:
-                if not record.future.done():
-                    self._keep_records(group.drain())
-        return record.future.result()
+        return self.apply_lineage(LineageWrite(doc, list(entities), links)).new
 
-    def _keep_records(self, batch: list[_Record]) -> None:
-        results: list[bool | BaseException] = []
+    def apply_lineage(self, write: LineageWrite) -> LineageApplied:
+        # One transaction (one sync) for the whole event, shared with every write queued
+        # meanwhile (module docstring).
+        return self._apply_pending(ThreadLineage(write))
+
+    async def apply_lineage_async(self, write: LineageWrite) -> LineageApplied:
+        return await self._apply_on_loop(write)
+
+    @classmethod
+    def _apply_lineage(cls, conn: sqlite3.Connection, item: PendingLineage) -> None:
+        """Apply ``item`` in the open transaction under a savepoint of its own: all of it, or
+        (noting its error) none of it."""
+        conn.execute("SAVEPOINT ol_write")
         try:
-            with self._write() as conn:
-                for record in batch:
-                    conn.execute("SAVEPOINT ol_record")
-                    try:
-                        results.append(self._keep_record(conn, record))
-                    except Exception as exc:  # the caller's, its writes undone
-                        conn.execute("ROLLBACK TO ol_record")
-                        results.append(exc)
-                    conn.execute("RELEASE ol_record")
-        except BaseException as exc:
-            for record in batch:
-                record.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for record, result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                record.future.set_exception(result)
-            else:
-                record.future.set_result(result)
+            item.result = cls._write_lineage(conn, item.write)
+        except sqlite3.Error as exc:  # a constraint, a full disk, ...: named, not raw
+            item.error = StoreError(f"the catalog database refused a write: {exc}")
+        except Exception as exc:  # the caller's, its writes undone
+            item.error = exc
+        if item.error is not None:
+            conn.execute("ROLLBACK TO ol_write")
+        conn.execute("RELEASE ol_write")
 
-    def _keep_record(self, conn: sqlite3.Connection, record: _Record) -> bool:
-        doc = record.doc
+    @classmethod
+    def _write_lineage(cls, conn: sqlite3.Connection, write: LineageWrite) -> LineageApplied:
+        if write.pipeline is not None:
+            pipeline = write.pipeline
+            conn.execute("INSERT OR IGNORE INTO pipelines (uuid, name, created, doc) "
+                         "VALUES (?, ?, ?, ?)", (pipeline["uuid"], pipeline["name"],
+                                                 pipeline["created"], _dumps(pipeline)))
+        if write.job is not None:
+            cls._insert_new_job(conn, write.job)
+        applied, refusal = run_steps(
+            write, lambda uuid, event_id, decide: cls._apply_one(conn, uuid, event_id, decide),
+            lambda entry: cls._insert_audit(conn, entry))
+        head = None
+        if refusal is not None:
+            state, last_event = conn.execute("SELECT state, last_event FROM jobs WHERE uuid = ?",
+                                             (write.uuid,)).fetchone()
+            head = {"state": state, "last_event": last_event}
+        new = cls._keep_record(conn, write.record_as(refusal), write.entities, write.links)
+        return LineageApplied(new, applied, refusal, head)
+
+    @classmethod
+    def _keep_record(cls, conn: sqlite3.Connection, doc: Doc, entities: list[Doc],
+                     links: Sequence[Link]) -> bool:
         cursor = conn.execute(
             "INSERT OR IGNORE INTO ol_events (event_id, run_id, parent_run_id, job, doc) "
             "VALUES (?, ?, ?, ?, ?)",
             (doc["event_id"], doc.get("run_id"), doc.get("parent_run_id"), doc.get("job"),
-             json.dumps(doc, separators=(",", ":"))))
+             _dumps(doc)))
         if cursor.rowcount != 1:
             return False
         seq = cursor.lastrowid
         conn.executemany("INSERT OR IGNORE INTO ol_event_datasets (dataset, seq) "
                          "VALUES (?, ?)", [(uuid, seq) for uuid in doc.get("datasets", [])])
-        self._insert_entities(conn, record.entities)
-        for src, relation, targets in record.links:
-            self._link(conn, src, relation, targets)
+        cls._insert_entities(conn, entities)
+        for src, relation, targets in links:
+            cls._link(conn, src, relation, targets)
         return True
 
     def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,

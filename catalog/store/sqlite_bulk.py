@@ -1,12 +1,14 @@
-"""Set-based writes of many events on SQLite, for ``SQLiteStore.apply_events``.
+"""Set-based writes of many events on SQLite, for ``SQLiteStore.apply_events`` (and the
+sweep's chunks, ``sweep_chunk``).
 
-A sweep fails thousands of jobs at once, a release queues every dependent of a job: applied
-one by one, each event costs three statements (read the head, append the entry, move the
-head), some 30 µs each on a loaded machine. Here a chunk of events on distinct jobs costs a
-read of their heads by ``uuid IN (...)``, their decides in Python, and one ``executemany`` for
-the entries and one per kind of head update: the same rows written, a fraction of the
-statements. The write lock is held throughout (the caller's transaction), so the heads read
-are the heads written over; the compare-and-set on ``version`` still guards every row.
+A release queues every dependent of a job, a sweep fails thousands of jobs: applied one by
+one, each event costs three statements (read the head, append the entry, move the head), some
+30 µs each on a loaded machine. Here a chunk of events on distinct jobs costs a read of their
+heads by ``uuid IN (...)`` (a sweep's, by its walk of the lease index), their decides in
+Python, and one ``executemany`` for the entries and one per kind of head update: the same
+rows written, a fraction of the statements. The write lock is held throughout (the caller's
+transaction), so the heads read are the heads written over; the compare-and-set on
+``version`` still guards every row.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import orjson
 
 from catalog.errors import ConcurrencyConflict, JobNotFound
-from catalog.store.base import Applied, Decide, Doc, Move, decided, lease_expiry
+from catalog.store.base import Applied, Decide, Doc, Move, PlanSweep, decided, lease_expiry
 
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
@@ -94,6 +96,35 @@ def move_heads(conn: sqlite3.Connection, moves: Sequence[Move],
         raise ConcurrencyConflict("jobs changed while their submissions were written")
 
 
+def sweep_chunk(conn: sqlite3.Connection, now: str, after: tuple[str, int] | None,
+                limit: int, plan: PlanSweep, queue_columns: Any
+                ) -> tuple[int, list[Move], tuple[str, int] | None]:
+    """One chunk of a sweep in the open write transaction of ``conn``: the heads of up to
+    ``limit`` jobs whose lease expired before ``now``, read with the lease index's walk
+    (after ``after``, its last (expiry, rowid): a job the plan left out is not read again),
+    planned, and their entries and heads written. Returns the heads read, the moves and
+    where the walk stopped (None when it read nothing)."""
+    sql = ("SELECT rowid, uuid, state, version, last_event, queue, lease_expiry FROM jobs "
+           "WHERE lease_expiry IS NOT NULL AND lease_expiry < ?")
+    params: list[Any] = [now]
+    if after is not None:
+        sql += " AND (lease_expiry, rowid) > (?, ?)"
+        params += after
+    rows = conn.execute(f"{sql} ORDER BY lease_expiry, rowid LIMIT ?", (*params, limit)
+                        ).fetchall()
+    if not rows:
+        return 0, [], None
+    heads = [{"uuid": uuid, "state": state, "version": version, "last_event": last_event,
+              "queue": None if queue_text is None else orjson.loads(queue_text)}
+             for _, uuid, state, version, last_event, queue_text, _ in rows]
+    moves = plan(heads)
+    history = move_entries(moves)
+    history.sort()  # in key order: neighbouring rows share their pages
+    conn.executemany(_INSERT_HISTORY, history)
+    move_heads(conn, moves, queue_columns)
+    return len(rows), moves, (rows[-1][6], rows[-1][0])
+
+
 class _Head:
     """A job's head as its events in the chunk leave it, and what they changed."""
 
@@ -114,7 +145,7 @@ def apply_set(conn: sqlite3.Connection, events: Sequence[tuple[str, str | None, 
               ) -> list[Applied | Exception]:
     """Apply ``events`` (``settable``) in the open write transaction of ``conn``, in order: a
     job's later event sees the head its earlier ones left, and a job gets one head update for
-    all of its events (a sweep's ``fail`` then ``retry`` is one compare-and-set recording both
+    all of its events (a ``fail`` then a ``retry`` is one compare-and-set recording both
     entries). Each outcome, or the error that refused that event alone (it writes nothing)."""
     uuids = list(dict.fromkeys(uuid for uuid, _, _ in events))
     found = {uuid: _Head(uuid, row) for uuid, row in heads(conn, sorted(uuids)).items()}

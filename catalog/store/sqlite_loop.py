@@ -24,6 +24,9 @@ Should the helper fail or die, the loop syncs the WAL itself and goes back to FU
 All this applies when the store is durable (``synchronous`` FULL or EXTRA) and in WAL mode;
 otherwise the loop commits with the store's own setting and answers at once.
 
+OpenLineage events (``LoopLineage``: a whole ``LineageWrite`` each) join the batches the same
+way, each under a savepoint of its own (``SQLiteStore._apply_batch``).
+
 The loop never waits on a lock: when another thread of this process is writing, or another
 process holds the database's write lock, the batch goes to the store's writer thread instead,
 which may wait (``SQLiteStore.submit_event``).
@@ -43,10 +46,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from catalog.errors import StoreError
 from catalog.store.base import Applied, Decide
+from catalog.store.openlineage_sqlite import PendingLineage
+from catalog.store.openlineage_write import LineageApplied, LineageWrite
 from catalog.store.wal_sync_helper import sync_path
 
 if TYPE_CHECKING:
@@ -68,6 +73,16 @@ class _LoopEvent:
     future: asyncio.Future[Applied]
     result: Applied | None = None
     error: BaseException | None = None
+
+
+@dataclass
+class LoopLineage(PendingLineage):
+    """An OpenLineage event from the loop, answered through an asyncio future."""
+
+    future: asyncio.Future[LineageApplied] = field(kw_only=True)
+
+
+_Item = _LoopEvent | LoopLineage
 
 
 class SyncHelper:
@@ -120,18 +135,26 @@ class LoopEvents:
     helper_after: int | None  # COMMITs before the helper starts; None: never
     helper: SyncHelper | None = None
     commits: int = 0  # of the loop before the helper; then syncs since its last checkpoint
-    pending: list[_LoopEvent] = field(default_factory=list)
-    syncing: list[_LoopEvent] | None = None  # committed, waiting for the helper's sync
+    pending: list[_Item] = field(default_factory=list)
+    syncing: list[_Item] | None = None  # committed, waiting for the helper's sync
     scheduled: bool = False
 
     def submit(self, uuid: str, event_id: str | None, decide: Decide) -> asyncio.Future[Applied]:
         future: asyncio.Future[Applied] = self.loop.create_future()
-        self.pending.append(_LoopEvent(uuid, event_id, decide, future))
+        self._add(_LoopEvent(uuid, event_id, decide, future))
+        return future
+
+    def submit_lineage(self, write: LineageWrite) -> asyncio.Future[LineageApplied]:
+        future: asyncio.Future[LineageApplied] = self.loop.create_future()
+        self._add(LoopLineage(write, future=future))
+        return future
+
+    def _add(self, item: _Item) -> None:
+        self.pending.append(item)
         if not self.scheduled:
             self.scheduled = True
             # After the other callbacks of this turn: requests read together commit together.
             self.loop.call_soon(self._flush)
-        return future
 
     def _flush(self) -> None:
         self.scheduled = False
@@ -192,7 +215,7 @@ class LoopEvents:
         self.helper = helper
         self.loop.add_reader(helper.answers, self._on_answer)
 
-    def _ask_for_sync(self, batch: list[_LoopEvent]) -> None:
+    def _ask_for_sync(self, batch: list[_Item]) -> None:
         assert self.helper is not None
         self.syncing = batch
         self.commits += 1
@@ -269,12 +292,16 @@ class LoopEvents:
         except RuntimeError:  # the loop has closed: nobody is waiting for these answers
             pass
 
-    def _handed_back(self, future: asyncio.Future[Applied], done: Future[Applied]) -> None:
+    def _handed_back(self, future: asyncio.Future[Any], done: Future[Any]) -> None:
         self._call_on_loop(_copy_outcome, done, future)
 
-    def _to_writer(self, batch: list[_LoopEvent]) -> None:
+    def _to_writer(self, batch: list[_Item]) -> None:
         for item in batch:
-            handed = self.store.submit_event(item.uuid, item.event_id, item.decide)
+            handed: Future[Any]
+            if isinstance(item, LoopLineage):
+                handed = self.store.submit_lineage(item.write)
+            else:
+                handed = self.store.submit_event(item.uuid, item.event_id, item.decide)
             handed.add_done_callback(functools.partial(self._handed_back, item.future))
 
 
@@ -285,7 +312,7 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def _settle_batch(batch: list[_LoopEvent], failure: StoreError | None) -> None:
+def _settle_batch(batch: list[_Item], failure: StoreError | None) -> None:
     for item in batch:
         if failure is not None:
             item.result = None
@@ -293,8 +320,7 @@ def _settle_batch(batch: list[_LoopEvent], failure: StoreError | None) -> None:
         _settle(item.future, item.result, item.error)
 
 
-def _settle(future: asyncio.Future[Applied], result: Applied | None,
-            error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.cancelled():  # the request went away; its event stands all the same
         return
     if error is not None:
@@ -304,7 +330,7 @@ def _settle(future: asyncio.Future[Applied], result: Applied | None,
         future.set_result(result)
 
 
-def _copy_outcome(done: Future[Applied], future: asyncio.Future[Applied]) -> None:
+def _copy_outcome(done: Future[Any], future: asyncio.Future[Any]) -> None:
     error = done.exception()
     _settle(future, None if error is not None else done.result(), error)
 

@@ -4,13 +4,18 @@ graph (catalog.compat.marquez). Each route parses, calls the library and renders
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 import zlib
+from collections.abc import Mapping
 from typing import Annotated, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from catalog.catalog import Catalog, parse_body
 from catalog.compat.marquez import (
@@ -24,9 +29,23 @@ from catalog.compat.marquez import (
     marquez_run,
     marquez_runs,
 )
-from catalog.errors import BodyTooLarge, InvalidData, InvalidInput, NotFound
-from catalog.openlineage import ingest
+from catalog.errors import BodyTooLarge, CatalogError, InvalidData, InvalidInput, NotFound
+from catalog.openlineage import ingest_async
 from catalog.openlineage_views import get_dataset, get_run, list_datasets
+from catalog.web.accesslog import log_access, loggable_path
+from catalog.web.ui import cross_site
+from catalog.web.webhook import (
+    CatalogApp,
+    HotRoute,
+    declared_length,
+    read_body,
+    send_error,
+    send_json,
+)
+
+log = logging.getLogger("catalog.web")
+# JSONResponse's rendering, as the FastAPI route answers.
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 _REFUSALS: dict[int | str, dict[str, Any]] = {400: {}, 401: {}, 403: {}, 404: {}, 413: {},
                                              422: {}}
@@ -36,11 +55,15 @@ MAX_OFFSET = 10**9  # Marquez's offset, bounded: SQLite's integers are 64-bit
 
 
 def _key(request: Request) -> str | None:
+    return _bearer(request.query_params, request.headers.get("authorization"))
+
+
+def _bearer(query: Mapping[str, str], authorization: str | None) -> str | None:
     """The bearer key of the ``Authorization`` header; a key in the URL is refused (URLs are
     logged, by proxies if not here)."""
-    if "token" in request.query_params or "api_key" in request.query_params:
+    if "token" in query or "api_key" in query:
         raise InvalidInput("send the key in the Authorization header (Bearer), not in the URL")
-    scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
+    scheme, _, value = (authorization or "").partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
 
 
@@ -76,8 +99,56 @@ def _paging(request: Request) -> tuple[int, int]:
     return int(limit), int(offset)
 
 
+def hot_post(catalog: Catalog) -> HotRoute:
+    """``POST /api/v1/lineage`` in plain ASGI, ahead of the framework's layers (as the webhook
+    is: ``catalog.web.webhook``), answering as ``post_lineage`` below: the origin, the key, the
+    raw body's limit, gzip, the event's limit once decompressed, then ``ingest_async``."""
+    limit = max(MIN_EVENT_BYTES, catalog.settings.max_body_bytes)
+    raw_limit = catalog.settings.max_body_bytes
+
+    async def post(scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 200
+        try:
+            try:
+                refusal = cross_site(scope)
+                if refusal is not None:
+                    raise refusal
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1"),
+                                       keep_blank_values=True))
+                headers: list[tuple[bytes, bytes]] = scope["headers"]
+                found = {name: value.decode("latin-1") for name, value in headers
+                         if name in (b"authorization", b"content-encoding")}
+                declared_length(headers, raw_limit)  # the order of the FastAPI app's checks
+                key = _bearer(query, found.get(b"authorization"))
+                body = await read_body(receive, raw_limit)
+                if body is None:  # the client went away: there is no one to answer
+                    status = 499
+                    return
+                document = parse_body(decompressed(body, found.get(b"content-encoding"), limit))
+                outcome = await ingest_async(catalog, document, key, "api")
+            except CatalogError as exc:
+                if exc.status >= 500:
+                    log.error("POST %s failed: %s", loggable_path(scope["path"]), exc.code)
+                status = exc.status
+                await send_error(send, exc, catalog.settings.rate_limit_delay_s)
+                return
+            await send_json(send, 200, _encode(outcome).encode())
+        except Exception:
+            log.exception("POST %s: unexpected error", loggable_path(scope["path"]))
+            status = 500
+            await send_json(send, 500, b'{"error":{"code":"internal_error",'
+                                       b'"message":"internal error"}}')
+        finally:
+            log_access("POST", scope["path"], status, started)
+
+    return post
+
+
 def add_openlineage_routes(app: FastAPI, catalog: Catalog) -> None:
     limit = max(MIN_EVENT_BYTES, catalog.settings.max_body_bytes)
+    if isinstance(app, CatalogApp):
+        app.hot_posts["/api/v1/lineage"] = hot_post(catalog)
 
     @app.post("/api/v1/lineage", responses={**_REFUSALS, 409: {}},
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -88,8 +159,7 @@ def add_openlineage_routes(app: FastAPI, catalog: Catalog) -> None:
         token = _key(request)
         body = decompressed(await request.body(), request.headers.get("content-encoding"),
                             limit)
-        outcome = await run_in_threadpool(ingest, catalog, parse_body(body), token, "api")
-        return JSONResponse(outcome)
+        return JSONResponse(await ingest_async(catalog, parse_body(body), token, "api"))
 
     @app.get("/api/v1/lineage", responses=_REFUSALS)
     def marquez_lineage(node_id: Annotated[str, Query(alias="nodeId")],

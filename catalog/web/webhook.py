@@ -7,7 +7,8 @@ read the body (within the size limit), hand it raw to ``Catalog.handle_event_asy
 authenticates, parses, audits refusals and writes), and render the outcome or the error in the
 one JSON error shape. Status callbacks (``?status=``) and every other request go through the
 FastAPI app unchanged; the FastAPI route of the same path documents this one in the OpenAPI
-document and answers identically.
+document and answers identically. Other surfaces put their own busy POST routes on the hot path
+the same way (``hot_posts``: OpenLineage's ``POST /api/v1/lineage``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -79,10 +80,18 @@ def error_body(error: CatalogError) -> bytes:
                               "message": withhold_tokens(error.message)}}).encode()
 
 
+HotRoute = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
 class CatalogApp(FastAPI):
     """The FastAPI app, with event documents to the webhook answered on the hot path."""
 
     catalog: Catalog | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # POST paths answered in plain ASGI too (their FastAPI routes document them).
+        self.hot_posts: dict[str, HotRoute] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         catalog = self.catalog
@@ -93,6 +102,10 @@ class CatalogApp(FastAPI):
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):]
+        hot = self.hot_posts.get(path)
+        if hot is not None:
+            await hot(scope, receive, send)
+            return
         match = _EVENTS_PATH.fullmatch(path)
         if match is None:
             await super().__call__(scope, receive, send)
@@ -120,7 +133,7 @@ class CatalogApp(FastAPI):
             token = bearer_or_query_token(authorization, query)
             try:
                 declared_length(headers, limit)
-                body = await _read_body(receive, limit)
+                body = await read_body(receive, limit)
             except CatalogError as exc:
                 status = exc.status
                 await send_error(send, exc)
@@ -157,7 +170,7 @@ def bearer_or_query_token(authorization: str | None, query: Mapping[str, str]) -
     return query.get("token") or None
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole body, refused as soon as it passes ``limit``; None if the client left."""
     chunks: list[bytes] = []
     seen = 0

@@ -45,14 +45,21 @@ class OriginCheck:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in _UNSAFE:
-            headers = dict(scope.get("headers", []))
-            origin = headers.get(b"origin", b"").decode("latin-1")
-            host = headers.get(b"host", b"").decode("latin-1")
-            if origin and origin.split("://", 1)[-1] != host:
-                error = CrossSiteRequest(f"a request from {origin} cannot act on this catalog")
+            error = cross_site(scope)
+            if error is not None:
                 await send_json(send, error.status, error_body(error))
                 return
         await self.app(scope, receive, send)
+
+
+def cross_site(scope: Scope) -> CrossSiteRequest | None:
+    """The refusal of a request whose ``Origin`` names another host than the one asked."""
+    headers = dict(scope.get("headers", []))
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    host = headers.get(b"host", b"").decode("latin-1")
+    if origin and origin.split("://", 1)[-1] != host:
+        return CrossSiteRequest(f"a request from {origin} cannot act on this catalog")
+    return None
 
 
 def _when(value: Any) -> str:
