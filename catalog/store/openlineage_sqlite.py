@@ -27,6 +27,7 @@ import orjson
 
 from catalog.errors import StoreError
 from catalog.store.base import (
+    ENTITY_LINK_FIELDS,
     Applied,
     Decide,
     Doc,
@@ -40,6 +41,7 @@ from catalog.store.base import (
     unique,
 )
 from catalog.store.openlineage_write import LineageApplied, LineageWrite, run_steps
+from catalog.store.sqlite_links import attach
 
 
 def _dumps(doc: Doc) -> str:
@@ -299,5 +301,7 @@ class OpenLineageSQLite:
             f"IS NOT NULL ORDER BY {', '.join(_DATASET_KEY)} LIMIT ? OFFSET ?",
             [*params, limit + 1, offset]).fetchall()
         docs = [json.loads(row[0]) for row in rows]
-        return page_of(docs, limit, "namespace", "name", "uuid")
+        page = page_of(docs, limit, "namespace", "name", "uuid")
+        attach(self._connection(), page.items, ENTITY_LINK_FIELDS)  # lists: sqlite_links
+        return page
 

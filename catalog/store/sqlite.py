@@ -30,7 +30,7 @@ from catalog.errors import (
     JobNotFound,
     StoreError,
 )
-from catalog.store import sqlite_bulk, sqlite_checkpoint
+from catalog.store import sqlite_bulk, sqlite_checkpoint, sqlite_links
 from catalog.store.base import (
     CHANGEABLE,
     CLAIM_PAGE,
@@ -75,6 +75,8 @@ from catalog.store.fixity_sqlite import SET_LAST_CHECK, FixitySQLite, add_checks
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
 from catalog.store.openlineage_sqlite import OpenLineageSQLite, PendingLineage, ThreadLineage
 from catalog.store.openlineage_write import LineageApplied, LineageWrite
+from catalog.store.sqlite_links import MIGRATION as LINKS_MIGRATION
+from catalog.store.sqlite_links import attach, list_rows, without_lists
 from catalog.store.sqlite_loop import LoopEventsRegistry
 from catalog.store.tombstones_sqlite import MIGRATION as TOMBSTONES_MIGRATION
 from catalog.store.tombstones_sqlite import TombstonesSQLite
@@ -275,6 +277,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
     TOMBSTONES_MIGRATION,
     FIXITY_MIGRATION,  # 15 (14: another branch)
+    LINKS_MIGRATION,  # 16
 )
 
 _MAX_BATCH = 256  # events per group commit
@@ -282,8 +285,10 @@ _BULK_CHUNK = 10000  # events per transaction of apply_events, jobs per one of a
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _CACHE_KIB = 64 * 1024  # page cache per connection, at most (filled on demand)
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"
-# src_key: what its source is paged by, a file's path or a job's created (None for entities).
-_INSERT_LINK = "INSERT OR IGNORE INTO links (src, relation, dst, src_key) VALUES (?, ?, ?, ?)"
+# src_key: what its source is paged by, a file's path or a job's created (None for entities);
+# pos: its place in its source's list (sqlite_links).
+_INSERT_LINK = ("INSERT OR IGNORE INTO links (src, relation, dst, src_key, pos) "
+                "VALUES (?, ?, ?, ?, ?)")
 _LINK_KEY_COLUMNS = {"jobs": "created", "files": "path", "entities": "NULL"}
 _UPDATE_HEAD = ("UPDATE jobs SET version = version + 1, last_event = ?, updated = ? "
                 "WHERE uuid = ? AND version = ?")
@@ -565,7 +570,8 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     def _job_row(cls, doc: Doc) -> tuple[Any, ...]:
         """The jobs row of a new job (``_INSERT_JOB``'s parameters)."""
         check_new_job(doc)
-        body = {k: v for k, v in doc.items() if k not in _HEAD_FIELDS}
+        body = without_lists({k: v for k, v in doc.items() if k not in _HEAD_FIELDS},
+                             JOB_LINK_FIELDS)
         results = doc.get("results")
         return (doc["uuid"], doc["pipeline_uuid"], doc["state"], doc["version"],
                 doc["last_event"], doc["created"], doc["updated"], _dumps(body),
@@ -577,8 +583,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         """A new job's history rows and link rows."""
         return ([(doc["uuid"], seq, e["uuid"], e["event_id"], _dumps(e))
                  for seq, e in enumerate(doc.get("history", []), start=1)],
-                [(doc["uuid"], relation, target, doc["created"])
-                 for relation in JOB_LINK_FIELDS for target in doc.get(relation, [])])
+                list_rows(doc["uuid"], doc, JOB_LINK_FIELDS, doc["created"]))
 
     @classmethod
     def _insert_new_job(cls, conn: sqlite3.Connection, doc: Doc) -> bool:
@@ -616,6 +621,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
             rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE uuid IN "
                                 f"({', '.join('?' * len(chunk))})", chunk)
             found.update((row[0], self._job_from_row(row)) for row in rows)
+        attach(conn, found.values(), JOB_LINK_FIELDS)
         return {uuid: found[uuid] for uuid in wanted if uuid in found}
 
     def _read_job(self, conn: sqlite3.Connection, uuid: str, history: bool) -> Doc | None:
@@ -624,6 +630,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         if row is None:
             return None
         doc = self._job_from_row(row[:-1])
+        attach(conn, [doc], JOB_LINK_FIELDS)
         doc["results"] = None if row[-1] is None else json.loads(row[-1])
         if history:
             doc["history"] = [
@@ -641,10 +648,13 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         return [json.loads(doc) for doc, in rows]
 
     def changed_jobs(self, since: str, limit: int = 1000) -> list[Doc]:
-        rows = self._connection().execute(
+        conn = self._connection()
+        rows = conn.execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE updated >= ? ORDER BY updated, uuid "
             "LIMIT ?", (since, limit))
-        return [self._job_from_row(row) for row in rows]
+        docs = [self._job_from_row(row) for row in rows]
+        attach(conn, docs, JOB_LINK_FIELDS)
+        return docs
 
     def find_jobs(self, query: JobQuery) -> Page:
         where, params = [], []
@@ -671,8 +681,11 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order} LIMIT ?"
-        rows = self._connection().execute(sql, (*params, query.limit + 1)).fetchall()
-        return sorted_page([self._job_from_row(r) for r in rows], query.limit, query.sort)
+        conn = self._connection()
+        rows = conn.execute(sql, (*params, query.limit + 1)).fetchall()
+        page = sorted_page([self._job_from_row(r) for r in rows], query.limit, query.sort)
+        attach(conn, page.items, JOB_LINK_FIELDS)
+        return page
 
     def submit_event(self, uuid: str, event_id: str | None, decide: Decide) -> Future[Applied]:
         """Queue an event for the writer thread; the future resolves after its COMMIT.
@@ -1016,20 +1029,24 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 "INSERT OR IGNORE INTO entities (uuid, kind, created, doc) VALUES "
                 f"{', '.join(['(?, ?, ?, ?)'] * len(rows))} RETURNING uuid",
                 [value for doc in rows
-                 for value in (doc["uuid"], doc["kind"], doc["created"], _dumps(doc))],
+                 for value in (doc["uuid"], doc["kind"], doc["created"],
+                               _dumps(without_lists(doc, ENTITY_LINK_FIELDS)))],
             ).fetchall()
             conn.executemany(
                 _INSERT_LINK,
-                [(uuid, relation, target, None) for uuid, in inserted
-                 for relation in ENTITY_LINK_FIELDS
-                 for target in unique(first[uuid].get(relation, []))],
+                [row for uuid, in inserted for row in list_rows(
+                    uuid, {field: unique(first[uuid].get(field) or [])
+                           for field in ENTITY_LINK_FIELDS}, ENTITY_LINK_FIELDS, None)],
             )
 
     def get_entity(self, uuid: str) -> Doc | None:
-        row = self._connection().execute(
-            "SELECT doc FROM entities WHERE uuid = ?", (uuid,)
-        ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        conn = self._connection()
+        row = conn.execute("SELECT doc FROM entities WHERE uuid = ?", (uuid,)).fetchone()
+        if row is None:
+            return None
+        doc: Doc = json.loads(row[0])
+        attach(conn, [doc], ENTITY_LINK_FIELDS)
+        return doc
 
     def add_links(self, src: str, relation: str, targets: list[str]) -> None:
         with self._write() as conn:
@@ -1039,28 +1056,18 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
     def _link(conn: sqlite3.Connection, src: str, relation: str, targets: list[str]) -> None:
         """add_links within the caller's write transaction."""
         table = _LINK_SOURCE_TABLES[check_link(src, relation)]
-        wanted = unique(targets)
-        if 0 < len(wanted) <= _IN_CHUNK and conn.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE uuid = ?) AND (SELECT count(*) "
-                "FROM links WHERE src = ? AND relation = ? AND dst IN "
-                f"({', '.join('?' * len(wanted))})) = ?",
-                (src, src, relation, *wanted, len(wanted))).fetchone()[0]:
-            return  # every link there already (its rows are written with the doc's list)
-        # The list field lives in the doc's JSON: read, extend and rewrite it under the
-        # write lock, leaving the head (state, version, updated) alone.
-        row = conn.execute(f"SELECT doc, {_LINK_KEY_COLUMNS[table]} FROM {table} "
+        # The lists live in links alone (sqlite_links): the record's row is only read, for
+        # its existence and its sort key, and a link already there is ignored by the key.
+        row = conn.execute(f"SELECT {_LINK_KEY_COLUMNS[table]} FROM {table} "
                            "WHERE uuid = ?", (src,)).fetchone()
         if row is None:
             raise link_source_not_found(src)
-        doc, key = json.loads(row[0]), row[1]
-        present = doc.get(relation, [])
-        known = set(present)  # not the list: a product of 500,000 runs made this quadratic
-        new = [target for target in unique(targets) if target not in known]
-        if not new:
-            return
-        doc[relation] = [*present, *new]
-        conn.execute(f"UPDATE {table} SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
-        conn.executemany(_INSERT_LINK, [(src, relation, target, key) for target in new])
+        new = unique(targets)
+        first = sqlite_links.added_pos.take(len(new))
+        # In key order: both b-trees (the key and links_reverse) take sorted rows as
+        # near-appends, random ones as a page search each.
+        conn.executemany(_INSERT_LINK, sorted(
+            (src, relation, target, row[0], first + n) for n, target in enumerate(new)))
 
     def edges(self, uuids: list[str], direction: str,
               limit: int | None = None) -> list[tuple[str, str, str]]:
@@ -1133,7 +1140,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 _UPSERT_FILE,
                 [(doc["uuid"], doc["path"], doc["storage_system"], doc["status"],
                   doc.get("kind"), doc.get("level"), doc.get("media_type"), doc.get("created"),
-                  _dumps(doc), doc.get("checked") or "")
+                  _dumps(without_lists(doc, ENTITY_LINK_FIELDS)), doc.get("checked") or "")
                  for _, doc in sorted(latest.items())],
             )
             conn.executemany(
@@ -1143,15 +1150,18 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
             )
             conn.executemany(
                 _INSERT_LINK,
-                sorted((doc["uuid"], relation, target, doc["path"]) for doc in latest.values()
-                       for relation in ENTITY_LINK_FIELDS for target in doc.get(relation, [])),
+                sorted(row for doc in latest.values()
+                       for row in list_rows(doc["uuid"], doc, ENTITY_LINK_FIELDS, doc["path"])),
             )
 
     def get_file(self, uuid: str) -> Doc | None:
-        row = self._connection().execute(
-            "SELECT doc FROM files WHERE uuid = ?", (uuid,)
-        ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        conn = self._connection()
+        row = conn.execute("SELECT doc FROM files WHERE uuid = ?", (uuid,)).fetchone()
+        if row is None:
+            return None
+        doc: Doc = json.loads(row[0])
+        attach(conn, [doc], ENTITY_LINK_FIELDS)
+        return doc
 
     def get_files(self, uuids: list[str]) -> dict[str, Doc]:
         wanted = unique(uuids)
@@ -1163,6 +1173,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 chunk,
             )
             found.update((uuid, json.loads(body)) for uuid, body in rows)
+        attach(conn, found.values(), ENTITY_LINK_FIELDS)
         return {uuid: found[uuid] for uuid in wanted if uuid in found}
 
     def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
@@ -1211,8 +1222,11 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order} LIMIT ?"
-        rows = self._connection().execute(sql, (*params, limit + 1)).fetchall()
-        return sorted_page([json.loads(r[0]) for r in rows], limit, sort)
+        conn = self._connection()
+        rows = conn.execute(sql, (*params, limit + 1)).fetchall()
+        page = sorted_page([json.loads(r[0]) for r in rows], limit, sort)
+        attach(conn, page.items, ENTITY_LINK_FIELDS)
+        return page
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
         if not checks:
@@ -1237,31 +1251,28 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
 
     def unlink_job_files(self, job_uuid: str) -> int:
         relations = ", ".join(f"'{relation}'" for relation in FILE_JOB_LINK_FIELDS)
-        with self._write() as conn:
+        with self._write() as conn:  # the lists are in links alone (sqlite_links)
             rows = conn.execute(
-                "SELECT uuid, doc FROM files WHERE uuid IN "
+                "SELECT uuid FROM files WHERE uuid IN "
                 f"(SELECT src FROM links WHERE dst = ? AND relation IN ({relations}))",
                 (job_uuid,),
             ).fetchall()
-            for uuid, body in rows:
-                doc = json.loads(body)
-                for relation in FILE_JOB_LINK_FIELDS:
-                    if relation in doc:
-                        doc[relation] = [target for target in doc[relation] if target != job_uuid]
-                conn.execute("UPDATE files SET doc = ? WHERE uuid = ?", (_dumps(doc), uuid))
             conn.executemany(
                 "DELETE FROM links WHERE src = ? AND relation = ? AND dst = ?",
-                [(uuid, relation, job_uuid) for uuid, _ in rows
+                [(uuid, relation, job_uuid) for uuid, in rows
                  for relation in FILE_JOB_LINK_FIELDS],
             )
             return len(rows)
 
     def oldest_checks(self, storage_system: str, before: str, limit: int) -> list[Doc]:
         check_limit(limit)
-        rows = self._connection().execute(
+        conn = self._connection()
+        rows = conn.execute(
             "SELECT doc FROM files WHERE storage_system = ? AND checked < ? "
             "ORDER BY checked, uuid LIMIT ?", (storage_system, before, limit)).fetchall()
-        return [json.loads(row[0]) for row in rows]
+        docs = [json.loads(row[0]) for row in rows]
+        attach(conn, docs, ENTITY_LINK_FIELDS)
+        return docs
 
     def append_fixity_run(self, summary: Doc) -> None:
         with self._write() as conn:

@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from catalog.store.base import FILE_JOB_LINK_FIELDS, Doc, check_limit
+from catalog.store.base import FILE_JOB_LINK_FIELDS, JOB_LINK_FIELDS, Doc, check_limit
+from catalog.store.sqlite_links import attach, without_lists
 
 MIGRATION = (
     13,
@@ -62,14 +63,20 @@ class TombstonesSQLite:
             check(head)  # inside the transaction: no claim slips in between
             tombstone = {**head, "deleted": deleted}
             conn.execute("DELETE FROM jobs WHERE uuid = ?", (uuid,))
+            # Its lists stay in links (until a purge), as a job's do (sqlite_links).
             conn.execute("INSERT OR REPLACE INTO tombstones (uuid, deleted, doc) VALUES (?, ?, ?)",
-                         (uuid, deleted["date"], _dumps(tombstone)))
+                         (uuid, deleted["date"],
+                          _dumps(without_lists(tombstone, JOB_LINK_FIELDS))))
             return tombstone
 
     def get_tombstone(self, uuid: str) -> Doc | None:
-        row = self._connection().execute("SELECT doc FROM tombstones WHERE uuid = ?",
-                                         (uuid,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        conn = self._connection()
+        row = conn.execute("SELECT doc FROM tombstones WHERE uuid = ?", (uuid,)).fetchone()
+        if row is None:
+            return None
+        doc: Doc = json.loads(row[0])
+        attach(conn, [doc], JOB_LINK_FIELDS)
+        return doc
 
     def purge_job(self, uuid: str, page: int = 1000) -> bool:
         check_limit(page)
@@ -95,19 +102,14 @@ class TombstonesSQLite:
         return gone == 1
 
     def _unlink_files_page(self, uuid: str, page: int) -> int:
-        """Take ``uuid`` out of the links of up to ``page`` file records; how many links went."""
+        """Take ``uuid`` out of the links of up to ``page`` file records; how many links went.
+
+        A record's lists are its links alone (sqlite_links): its row is not rewritten."""
         with self._write() as conn:
             links = conn.execute(
                 f"SELECT src, relation FROM links WHERE dst = ? AND relation IN ({_RELATIONS})"
                 " AND src IN (SELECT uuid FROM files WHERE uuid = links.src) LIMIT ?",
                 (uuid, page)).fetchall()
-            for src in dict.fromkeys(src for src, _ in links):
-                row = conn.execute("SELECT doc FROM files WHERE uuid = ?", (src,)).fetchone()
-                doc = json.loads(row[0])
-                for relation in FILE_JOB_LINK_FIELDS:
-                    if relation in doc:
-                        doc[relation] = [target for target in doc[relation] if target != uuid]
-                conn.execute("UPDATE files SET doc = ? WHERE uuid = ?", (_dumps(doc), src))
             conn.executemany("DELETE FROM links WHERE src = ? AND relation = ? AND dst = ?",
                              [(src, relation, uuid) for src, relation in links])
             return len(links)

@@ -1,0 +1,117 @@
+"""A SQLite record's link lists live in ``links`` alone (migration 16), not in its JSON row.
+
+Before, a job's, file's or entity's lists (``child_of``, ``generated_by``, ...) were kept in its
+row's JSON as well as in ``links``: a dataset linked from 500,000 runs carried a 20 MB row,
+rewritten whole by every link added to it. Now the row keeps an empty list in place of each
+list it was written with (so a record reads back with the fields it had, and no row grows with
+its links), and a read puts the lists back from ``links`` in their order.
+
+That order is ``links.pos``: a list written with its record (a job at insert, an entity at
+insert, a file record at each upsert) takes 0, 1, 2, ...; a link added later
+(``add_links``) takes the nanosecond clock of the moment it was added (above any such index),
+kept increasing within the process: lists read back in the order written, then added, as on
+MongoDB (``mongo_links``). ``links_ordered`` (src, relation, pos, dst) holds each list in
+that order, so a read is a range of it with no sort; a link added is one insert (a repeat is
+ignored by the key), never a read of the list it joins. A record of 500,000 links reads in
+about 0.7 s (its JSON list took 0.06 s), where each link added to it took a second.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from itertools import groupby
+from operator import itemgetter
+
+from catalog.store.base import (
+    ENTITY_LINK_FIELDS,
+    JOB_LINK_FIELDS,
+    Doc,
+    chunked,
+)
+
+_IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
+_ENTITY_PATHS = ", ".join(f"'$.{field}', json('[]')" for field in ENTITY_LINK_FIELDS)
+_JOB_PATHS = ", ".join(f"'$.{field}', json('[]')" for field in JOB_LINK_FIELDS)
+
+
+def _moved_out(table: str, key: str, fields: tuple[str, ...]) -> str:
+    """Insert (or give their place to) the links of every ``table`` row's JSON lists."""
+    relations = " UNION ALL ".join(f"SELECT '{field}' AS relation" for field in fields)
+    return f"""
+    INSERT INTO links (src, relation, dst, src_key, pos)
+        SELECT r.uuid, f.relation, j.value, {key}, j.key
+        FROM {table} r JOIN ({relations}) f JOIN json_each(r.doc, '$.' || f.relation) j
+        WHERE j.type = 'text'
+    ON CONFLICT (src, relation, dst) DO UPDATE
+        SET pos = coalesce(min(links.pos, excluded.pos), excluded.pos)
+    """
+
+
+MIGRATION = (
+    16,
+    "a record's link lists in links alone, in the order kept by links.pos: no row grows with "
+    "the links of its record (a dataset of 500,000 runs weighed 20 MB, rewritten by each link)",
+    f"""
+    ALTER TABLE links ADD COLUMN pos INTEGER;
+    {_moved_out("jobs", "r.created", JOB_LINK_FIELDS)};
+    {_moved_out("files", "r.path", ENTITY_LINK_FIELDS)};
+    {_moved_out("entities", "NULL", ENTITY_LINK_FIELDS)};
+    {_moved_out("tombstones", "json_extract(r.doc, '$.created')", JOB_LINK_FIELDS)};
+    UPDATE links SET pos = 0 WHERE pos IS NULL;
+    CREATE INDEX links_ordered ON links (src, relation, pos, dst);
+    UPDATE jobs SET doc = json_replace(doc, {_JOB_PATHS});
+    UPDATE files SET doc = json_replace(doc, {_ENTITY_PATHS});
+    UPDATE entities SET doc = json_replace(doc, {_ENTITY_PATHS});
+    UPDATE tombstones SET doc = json_replace(doc, {_JOB_PATHS})
+    """,
+)
+
+
+class _Clock:
+    """The ``pos`` of links added later: nanoseconds, increasing within the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def take(self, count: int) -> int:
+        """The first of ``count`` positions, each above every one taken before."""
+        with self._lock:
+            first = max(time.time_ns(), self._last + 1)
+            self._last = first + count
+            return first
+
+
+added_pos = _Clock()
+
+
+def without_lists(doc: Doc, fields: tuple[str, ...]) -> Doc:
+    """``doc`` as its row keeps it: each link list it has, empty."""
+    if not any(doc.get(field) for field in fields):
+        return doc
+    return {**doc, **{field: [] for field in fields if field in doc}}
+
+
+def list_rows(uuid: str, doc: Doc, fields: tuple[str, ...],
+              key: str | None) -> list[tuple[str, str, str, str | None, int]]:
+    """The links rows ``(src, relation, dst, src_key, pos)`` of a record's own lists."""
+    return [(uuid, relation, target, key, pos) for relation in fields
+            for pos, target in enumerate(doc.get(relation) or ())]
+
+
+def attach(conn: sqlite3.Connection, docs: Iterable[Doc], fields: tuple[str, ...]) -> None:
+    """Put each doc's link lists back from ``links``, in place, in their order."""
+    by_uuid = {doc["uuid"]: doc for doc in docs}
+    if not by_uuid:
+        return
+    relations = ", ".join(f"'{field}'" for field in fields)
+    for chunk in chunked(list(by_uuid), _IN_CHUNK):
+        rows = conn.execute(
+            f"SELECT src, relation, dst FROM links WHERE src IN ({', '.join('?' * len(chunk))}) "
+            f"AND relation IN ({relations}) ORDER BY src, relation, pos, dst", chunk)
+        # In order of (src, relation, pos, dst), a range of links_ordered: no sort.
+        for (src, relation), group in groupby(rows, key=itemgetter(0, 1)):
+            by_uuid[src][relation] = [dst for _, _, dst in group]
