@@ -113,7 +113,8 @@ def _job(catalog: Catalog, uuid: str, token: str | None, source: str) -> Job:
 def _records(catalog: Catalog, job: Job) -> Iterator[Doc]:
     cursor = None
     while True:
-        page = catalog.store.find_files(child_of=job.uuid, limit=PAGE, cursor=cursor)
+        page = catalog.store.find_files(child_of=job.uuid, limit=PAGE, cursor=cursor,
+                                         links=False)  # the files alone
         yield from page.items
         if page.next is None:
             return

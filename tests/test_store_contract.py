@@ -1736,3 +1736,33 @@ def test_changed_jobs_are_those_updated_since_oldest_change_first(store: Store) 
     assert [job["uuid"] for job in store.changed_jobs(fmt(0), limit=2)] == [
         jobs["b"]["uuid"], jobs["c"]["uuid"]]
     assert store.changed_jobs(fmt(5)) == []
+
+
+def test_find_files_without_links_answers_the_same_files_and_pages_without_their_lists(
+        store: Store) -> None:
+    """``links=False`` (the bag export's read): every record and page as with the lists,
+    each record without its link fields, the links added later included in the paging."""
+    docs = [make_file(f"/products/v2/j1/{n:02d}.csv", child_of=(FILE_JOB,),
+                      generated_by=(OTHER_JOB,)) for n in range(5)]
+    store.upsert_files(docs)
+    later = make_file("/products/v2/j1/later.csv", child_of=(OTHER_JOB,))
+    store.upsert_files([later])
+    store.add_links(later["uuid"], "child_of", [FILE_JOB])  # linked after it was written
+    for limit in (2, 100):
+        full, bare, cursor_full, cursor_bare = [], [], None, None
+        while True:
+            page = store.find_files(child_of=FILE_JOB, limit=limit, cursor=cursor_full)
+            plain = store.find_files(child_of=FILE_JOB, limit=limit, cursor=cursor_bare,
+                                     links=False)
+            full += page.items
+            bare += plain.items
+            assert (page.next is None) == (plain.next is None)
+            if page.next is None:
+                break
+            cursor_full, cursor_bare = page.next, plain.next
+        assert [f["uuid"] for f in bare] == [f["uuid"] for f in full]
+        assert len(full) == 6 and full[-1]["child_of"] == [OTHER_JOB, FILE_JOB]
+        for with_lists, without in zip(full, bare, strict=True):
+            assert without == {k: v for k, v in with_lists.items()
+                               if k not in ("child_of", "generated_by", "derived_from",
+                                            "derived_using")}

@@ -560,7 +560,8 @@ class Store(Protocol):
                    status: str | None = None, limit: int = 100,
                    cursor: str | None = None, *, kind: str | None = None,
                    level: str | None = None, media_type: str | None = None,
-                   sort: str = "path", checksum: tuple[str, str] | None = None) -> Page:
+                   sort: str = "path", checksum: tuple[str, str] | None = None,
+                   links: bool = True) -> Page:
         """File records ordered by (sort, uuid), filtered by all the filters given.
 
         ``child_of``: files whose ``child_of`` contains that job; ``path_prefix``: files whose
@@ -570,7 +571,8 @@ class Store(Protocol):
         exactly as given (lower-case hex from the fixity module; InvalidInput when
         ``algorithm`` does not match ``[a-z0-9_]{1,32}``). Paged like every other filter:
         thousands of files may share a digest (every empty file does). ``sort`` is one of
-        ``FILE_SORTS``.
+        ``FILE_SORTS``. ``links=False``: the records without their link lists (the fields
+        left out, not read), for a reader of the files alone (a bag export).
         """
         ...
 
@@ -681,3 +683,9 @@ def settle_future(future: Future[Any], result: Any, error: BaseException | None)
     else:
         assert result is not None
         future.set_result(result)
+
+
+def without_link_fields(docs: list[Doc]) -> list[Doc]:
+    """File or entity records without their link lists (``find_files(links=False)``)."""
+    return [{key: value for key, value in doc.items() if key not in ENTITY_LINK_FIELDS}
+            for doc in docs]

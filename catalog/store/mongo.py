@@ -101,6 +101,7 @@ from catalog.store.base import (
     prefix_upper_bound,
     sorted_page,
     unique,
+    without_link_fields,
 )
 from catalog.store.fixity_mongo import FixityMongo, last_check_expression
 from catalog.store.mongo_links import Links, Session, in_transaction, merged
@@ -808,7 +809,8 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
                    status: str | None = None, limit: int = 100,
                    cursor: str | None = None, *, kind: str | None = None,
                    level: str | None = None, media_type: str | None = None,
-                   sort: str = "path", checksum: tuple[str, str] | None = None) -> Page:
+                   sort: str = "path", checksum: tuple[str, str] | None = None,
+                   links: bool = True) -> Page:
         check_limit(limit)
         check_sort(sort, FILE_SORTS)
         clauses: list[Doc] = []
@@ -833,6 +835,8 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
             rows = merged(rows, self._links.linked_page(
                 self._files, "file", "child_of", child_of, sort, cursor, others, limit + 1,
                 _NO_ID), sort, limit + 1)
+        if not links:
+            return sorted_page(without_link_fields(rows), limit, sort)
         return sorted_page(self._links.attach(rows, ENTITY_LINK_FIELDS), limit, sort)
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:

@@ -69,6 +69,7 @@ from catalog.store.base import (
     settle_future,
     sorted_page,
     unique,
+    without_link_fields,
 )
 from catalog.store.fixity_sqlite import MIGRATION as FIXITY_MIGRATION
 from catalog.store.fixity_sqlite import SET_LAST_CHECK, FixitySQLite, add_checks
@@ -1180,7 +1181,8 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                    status: str | None = None, limit: int = 100,
                    cursor: str | None = None, *, kind: str | None = None,
                    level: str | None = None, media_type: str | None = None,
-                   sort: str = "path", checksum: tuple[str, str] | None = None) -> Page:
+                   sort: str = "path", checksum: tuple[str, str] | None = None,
+                   links: bool = True) -> Page:
         check_limit(limit)
         check_sort(sort, FILE_SORTS)
         where: list[str] = []
@@ -1225,7 +1227,10 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         conn = self._connection()
         rows = conn.execute(sql, (*params, limit + 1)).fetchall()
         page = sorted_page([json.loads(r[0]) for r in rows], limit, sort)
-        attach(conn, page.items, ENTITY_LINK_FIELDS)
+        if links:
+            attach(conn, page.items, ENTITY_LINK_FIELDS)
+        else:
+            page.items[:] = without_link_fields(page.items)
         return page
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
