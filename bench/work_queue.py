@@ -15,7 +15,7 @@ Prints one JSON document:
     against the same writes in bare SQL on a copy of the same database (``floor_seconds``);
     ``sweep_all_running`` is the worst case, where every job of the catalog is RUNNING.
 Usage: ``python bench/work_queue.py [--jobs N] [--http-jobs N] [--sweep-jobs N] [--expired N]
-[--running N] [--only sweep]``.
+[--running N] [--only sweep|library]``.
 """
 
 from __future__ import annotations
@@ -316,11 +316,21 @@ def main() -> None:
     parser.add_argument("--sweep-jobs", type=int, default=1_000_000)
     parser.add_argument("--expired", type=int, default=10_000)
     parser.add_argument("--running", type=int, default=20_000)
-    parser.add_argument("--only", choices=["sweep"], help="measure the sweeps alone")
+    parser.add_argument("--only", choices=["sweep", "library"],
+                        help="measure the sweeps alone, or (a) alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         os.chdir(directory)  # the default archive root lives under the working directory
+        if args.only == "library":
+            floor = bench_floor(directory, args.jobs)
+            library = bench_library(directory, args.jobs)
+            print(json.dumps({"benchmark": "work_queue", "n": {"jobs": args.jobs},
+                              "floor_sqlite": floor, "library_sqlite": library,
+                              "ratio": {"library_vs_floor": round(
+                                  library["jobs_per_s"] / floor["jobs_per_s"], 3)},
+                              "target": {"library_vs_floor": ">= 0.5"}}, indent=2))
+            return
         swept = bench_sweep(directory, "sweep", args.sweep_jobs, args.expired,
                             args.running)
         worst = bench_sweep(directory, "sweep_all_running", args.sweep_jobs, args.expired,

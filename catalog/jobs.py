@@ -192,7 +192,8 @@ class ManagedPipelineJob(_JobHandle):
             self.catalog.add_entities(self.inputs.references)
         refuse_deleted(self.catalog, job.uuid)  # a tombstone stands until purged
         doc, self.created = self.catalog.store.insert_job(job.model_dump(mode="json"))
-        self._job = Job.model_validate(doc)
+        # Stored as built: validating the stored copy again would only rebuild the same job.
+        self._job = job if self.created else Job.model_validate(doc)
         self.archive_path = self._job.archive_path
         return self
 

@@ -6,6 +6,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,54 @@ def test_mongo_claims_by_windows_and_by_one_sorted_query_take_the_same_jobs(
                     assert claims._server_sorts_by_index() is False
                 claims.sorted_by_index = sorted_by_index
                 scenario(opened)
+
+
+def test_a_claim_answers_the_job_as_it_left_it(catalog: Catalog,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """withdraw reads nothing after its claim: the store's claim answers the job as written,
+    exactly what a read after it finds (without history or link lists)."""
+    answered: list[Any] = []
+    claim = catalog.store.claim
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        answered.append(claim(*args, **kwargs))
+        return answered[-1]
+
+    monkeypatch.setattr(catalog.store, "claim", recording)
+    uuid = submit(catalog, work(1, timeout=600, tags=["t"])).uuid
+    got = withdraw(catalog, {"pipelines": ["reduce"]}, "host:1", lease=30)
+    assert got is not None and answered[-1] is not None
+    claimed = answered[-1]
+    assert claimed.uuid == uuid and claimed.applied.entry["name"] == "run"
+    assert claimed.job == catalog.store.get_job(uuid, history=False, links=False)
+    assert claimed.job["state"] == "RUNNING" and claimed.job["queue"]["lease"]["worker"] == "host:1"
+    assert got.archive_path == claimed.job["archive_path"] == catalog.get_job(uuid).archive_path
+    assert withdraw(catalog, {"pipelines": ["reduce"]}, "host:1") is None
+    assert answered[-1] is None
+
+
+def test_claims_committed_together_take_distinct_jobs(catalog: Catalog) -> None:
+    """Claims from many threads share COMMITs on SQLite (the group commit) and compare-and-set
+    on MongoDB: each job is taken once, each claim gets one, none is lost."""
+    uuids = {submit(catalog, work(n)).uuid for n in range(40)}
+    barrier = threading.Barrier(8)
+
+    def take(worker: str) -> list[str]:
+        barrier.wait()
+        taken = []
+        while (got := withdraw(catalog, {"pipelines": ["reduce"]}, worker)) is not None:
+            taken.append(got.uuid)
+        return taken
+
+    with ThreadPoolExecutor(8) as pool:
+        taken = [uuid for part in pool.map(take, [f"w{n}" for n in range(8)]) for uuid in part]
+    assert sorted(taken) == sorted(uuids)
+    for uuid in uuids:
+        job = catalog.get_job(uuid)
+        runs = [entry for entry in job.history if entry.name == "run"]
+        assert job.state == "RUNNING" and len(runs) == 1
+        assert job.queue is not None and job.queue.lease is not None
+        assert job.queue.lease.worker == runs[0].data["worker"]
 
 
 def test_withdraw_gives_the_worker_what_it_needs_and_records_the_lease(

@@ -45,7 +45,14 @@ from catalog.models import (
     utc_now,
 )
 from catalog.store import Applied, JobQuery, Page, Store, open_store
-from catalog.store.base import Decide, Doc, cursor_after, encode_cursor, prefix_upper_bound
+from catalog.store.base import (
+    JOB_LINK_FIELDS,
+    Decide,
+    Doc,
+    cursor_after,
+    encode_cursor,
+    prefix_upper_bound,
+)
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, 123000, tzinfo=UTC)
 PIPELINE_A = pipeline_uuid("align", "1.0")
@@ -212,6 +219,15 @@ def test_insert_and_get_job(store: Store) -> None:
     assert store.get_job(job["uuid"], history=False) == without_history(job)
     assert store.get_job(UNKNOWN_JOB) is None
     assert store.get_job(UNKNOWN_JOB, history=False) is None
+
+
+def test_get_job_without_links_leaves_the_lists_out(store: Store) -> None:
+    job = make_job("bare", child_of=(EXPERIMENT, SAMPLE))
+    store.insert_job(job)
+    bare = {k: v for k, v in without_history(job).items() if k not in JOB_LINK_FIELDS}
+    assert store.get_job(job["uuid"], history=False, links=False) == bare
+    assert store.get_job(job["uuid"], links=False) == {**bare, "history": job["history"]}
+    assert store.get_job(UNKNOWN_JOB, links=False) is None
 
 
 def test_job_head_is_the_head_alone(store: Store) -> None:

@@ -225,9 +225,7 @@ def withdraw(catalog: Catalog, work_filter: WorkFilter | dict[str, Any], worker:
                                   priority)
     if claimed is None:
         return None
-    job = catalog.store.get_job(claimed[0], history=False)
-    if job is None:  # deleted by an administrator since
-        return None
+    job = claimed.job  # as the claim left it: no second read
     queue = QueueInfo.model_validate(job["queue"])
     assert queue.lease is not None
     return Withdrawn(uuid=job["uuid"], pipeline=pipelines.get(job["pipeline_uuid"],
@@ -239,9 +237,10 @@ def withdraw(catalog: Catalog, work_filter: WorkFilter | dict[str, Any], worker:
 
 
 def held_queue(catalog: Catalog, uuid: str, worker: str) -> tuple[Doc, QueueInfo]:
-    """The head and queue attributes of a job ``worker`` holds; LeaseNotHeld otherwise."""
+    """The head and queue attributes of a job ``worker`` holds; LeaseNotHeld otherwise. The
+    head comes without its link lists (what holding and ending an attempt never read)."""
     uuid = parse_uuid(uuid, UUIDType.pipelinejob)
-    head = catalog.store.get_job(uuid, history=False)
+    head = catalog.store.get_job(uuid, history=False, links=False)
     if head is None:
         raise JobNotFound(uuid)
     _check_holder(head, worker)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from catalog.errors import EntityNotFound, FileNotFound, InvalidInput, JobNotFound, NotFound
 from catalog.identifiers import UUIDType
@@ -120,6 +120,15 @@ class Applied:
 
     entry: Doc
     duplicate: bool
+
+
+class Claimed(NamedTuple):
+    """A claim's outcome: the job's uuid, its ``run`` entry, and the job as the claim left it
+    (its head and document, without history or link lists: what a worker needs to run it)."""
+
+    uuid: str
+    applied: Applied
+    job: Doc
 
 
 @dataclass
@@ -361,7 +370,10 @@ class Store(Protocol):
         """
         ...
 
-    def get_job(self, uuid: str, history: bool = True) -> Doc | None: ...
+    def get_job(self, uuid: str, history: bool = True, links: bool = True) -> Doc | None:
+        """The job with its link lists (``links=False``: without, one read less) and its
+        history (``history=False``: without); None if there is none."""
+        ...
 
     def job_head(self, uuid: str) -> Doc | None:
         """The job's head alone (``uuid``, ``state``, ``version``, ``last_event``,
@@ -450,13 +462,13 @@ class Store(Protocol):
 
     # the queue ---------------------------------------------------------------------------
     def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
-              priority: int | None = None) -> tuple[str, Applied] | None:
+              priority: int | None = None) -> Claimed | None:
         """Apply ``decide`` (a ``run`` with its lease) to the first QUEUED job of
         ``pipelines`` (of that ``priority`` if given) that ``match`` accepts, in
         ``claim_order``, atomically: no job is claimed twice, whatever runs at once. None when
         no queued job matches. Reads candidates from an index, a page at a time; a candidate
         taken meanwhile by another claim (``decide`` raises ClaimLost) is passed over. Returns
-        the claimed job's uuid and the outcome."""
+        the claimed job's uuid, the outcome and the job as claimed (``Claimed``)."""
         ...
 
     def renew_lease(self, uuid: str, worker: str, attempt: int, expiry: str) -> bool:

@@ -76,6 +76,7 @@ from catalog.store.base import (
     JOB_LINK_FIELDS,
     JOB_SORTS,
     Applied,
+    Claimed,
     ClaimMatch,
     Decide,
     Doc,
@@ -111,6 +112,7 @@ from catalog.store.tombstones_mongo import TombstonesMongo
 DEFAULT_DATABASE = "catalog"
 _NO_ID: Doc = {"_id": 0}
 _WITHOUT_HISTORY: Doc = {"_id": 0, "history": 0}
+_BARE: Doc = {**_WITHOUT_HISTORY, **{name: 0 for name in JOB_LINK_FIELDS}}  # links=False
 _LISTED: Doc = {**_WITHOUT_HISTORY, "results": 0}  # results may be megabytes: one job at a time
 _HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1, "created": 1,
               "queue": 1}
@@ -471,12 +473,13 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
         found = self._links.attach([found], JOB_LINK_FIELDS)[0]
         return ({**found, "history": self._entries(found)} if "history" in doc else found), False
 
-    def get_job(self, uuid: str, history: bool = True) -> Doc | None:
+    def get_job(self, uuid: str, history: bool = True, links: bool = True) -> Doc | None:
         with self._guard:
-            doc = self._jobs.find_one({"uuid": uuid}, _WITHOUT_HISTORY)
+            doc = self._jobs.find_one({"uuid": uuid}, _WITHOUT_HISTORY if links else _BARE)
         if doc is None:
             return None
-        doc = self._links.attach([doc], JOB_LINK_FIELDS)[0]
+        if links:
+            doc = self._links.attach([doc], JOB_LINK_FIELDS)[0]
         if not history:
             return doc
         return {**doc, "history": self._entries(doc)}
@@ -599,7 +602,7 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
 
     # the queue ---------------------------------------------------------------------------
     def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
-              priority: int | None = None) -> tuple[str, Applied] | None:
+              priority: int | None = None) -> Claimed | None:
         return self._claims.claim(pipelines, match, decide, priority)
 
     def renew_lease(self, uuid: str, worker: str, attempt: int, expiry: str) -> bool:

@@ -37,6 +37,7 @@ from catalog.errors import JobNotFound
 from catalog.store.base import (
     CLAIM_PAGE,
     Applied,
+    Claimed,
     ClaimLost,
     ClaimMatch,
     Decide,
@@ -77,7 +78,17 @@ class Claims:
         self.sorted_by_index: bool | None = None  # decided at the first claim
 
     def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
-              priority: int | None = None) -> tuple[str, Applied] | None:
+              priority: int | None = None) -> Claimed | None:
+        """The claim, with the job as it left it (None as well when an administrator deleted
+        the job in between)."""
+        claimed = self._claim(pipelines, match, decide, priority)
+        if claimed is None:
+            return None
+        job = self.store.get_job(claimed[0], history=False, links=False)
+        return None if job is None else Claimed(claimed[0], claimed[1], job)
+
+    def _claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
+               priority: int | None = None) -> tuple[str, Applied] | None:
         def still_queued(head: Doc) -> tuple[str, Doc] | tuple[str, Doc, Doc]:
             if head["state"] != "QUEUED":
                 raise ClaimLost(head["uuid"])

@@ -33,13 +33,13 @@ from catalog.errors import (
 from catalog.store import sqlite_bulk, sqlite_checkpoint, sqlite_links
 from catalog.store.base import (
     CHANGEABLE,
-    CLAIM_PAGE,
     ENTITY_LINK_FIELDS,
     FILE_JOB_LINK_FIELDS,
     FILE_SORTS,
     JOB_LINK_FIELDS,
     JOB_SORTS,
     Applied,
+    Claimed,
     ClaimMatch,
     Decide,
     Doc,
@@ -56,7 +56,6 @@ from catalog.store.base import (
     check_new_job,
     check_sort,
     chunked,
-    claim_order,
     decided,
     decode_cursor,
     decode_sorted_cursor,
@@ -76,6 +75,7 @@ from catalog.store.fixity_sqlite import SET_LAST_CHECK, FixitySQLite, add_checks
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
 from catalog.store.openlineage_sqlite import OpenLineageSQLite, PendingLineage, ThreadLineage
 from catalog.store.openlineage_write import LineageApplied, LineageWrite
+from catalog.store.sqlite_claim import PendingClaim
 from catalog.store.sqlite_links import MIGRATION as LINKS_MIGRATION
 from catalog.store.sqlite_links import attach, list_rows, without_lists
 from catalog.store.sqlite_loop import LoopEventsRegistry
@@ -377,8 +377,9 @@ class _PendingEvent:
         settle_future(self.future, self.result, self.error)
 
 
-# What the group commit takes: job events, and OpenLineage events whole (openlineage_sqlite).
-_Pending = _PendingEvent | ThreadLineage
+# What the group commit takes: job events, claims (sqlite_claim), and OpenLineage events whole
+# (openlineage_sqlite).
+_Pending = _PendingEvent | PendingClaim | ThreadLineage
 
 
 class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
@@ -604,8 +605,8 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         assert existing is not None  # read under the write lock: it cannot have gone
         return existing, False
 
-    def get_job(self, uuid: str, history: bool = True) -> Doc | None:
-        return self._read_job(self._connection(), uuid, history)
+    def get_job(self, uuid: str, history: bool = True, links: bool = True) -> Doc | None:
+        return self._read_job(self._connection(), uuid, history, links)
 
     def job_head(self, uuid: str) -> Doc | None:
         row = self._connection().execute(
@@ -625,13 +626,18 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         attach(conn, found.values(), JOB_LINK_FIELDS)
         return {uuid: found[uuid] for uuid in wanted if uuid in found}
 
-    def _read_job(self, conn: sqlite3.Connection, uuid: str, history: bool) -> Doc | None:
+    def _read_job(self, conn: sqlite3.Connection, uuid: str, history: bool,
+                  links: bool = True) -> Doc | None:
         row = conn.execute(f"SELECT {_JOB_COLUMNS}, results FROM jobs WHERE uuid = ?",
                            (uuid,)).fetchone()
         if row is None:
             return None
         doc = self._job_from_row(row[:-1])
-        attach(conn, [doc], JOB_LINK_FIELDS)
+        if links:
+            attach(conn, [doc], JOB_LINK_FIELDS)
+        else:  # the row keeps its lists empty: none rather than empty ones that mislead
+            for field_name in JOB_LINK_FIELDS:
+                doc.pop(field_name, None)
         doc["results"] = None if row[-1] is None else json.loads(row[-1])
         if history:
             doc["history"] = [
@@ -824,7 +830,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
 
     @classmethod
     def _apply_batch(cls, conn: sqlite3.Connection,
-                     batch: Sequence[_Batched | PendingLineage]) -> None:
+                     batch: Sequence[_Batched | PendingClaim | PendingLineage]) -> None:
         """Apply each event of ``batch`` in the open transaction, noting its result or error.
 
         ``_apply_one`` writes nothing unless it succeeds, so one refusal needs no savepoint to
@@ -832,6 +838,9 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
         for item in batch:
             if isinstance(item, PendingLineage):
                 cls._apply_lineage(conn, item)
+                continue
+            if isinstance(item, PendingClaim):
+                item.apply(conn, cls._apply_one)
                 continue
             try:
                 item.result = cls._apply_one(conn, item.uuid, item.event_id, item.decide)
@@ -884,45 +893,12 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
 
     # the queue ---------------------------------------------------------------------------
     def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
-              priority: int | None = None) -> tuple[str, Applied] | None:
-        with self._write() as conn:  # the write lock makes choosing and moving one step
-            best: Doc | None = None
-            for pipeline in unique(pipelines):
-                found = self._first_match(conn, pipeline, priority, match)
-                if found is not None and (best is None or claim_order(found) < claim_order(best)):
-                    best = found
-            if best is None:
-                return None
-            return best["uuid"], self._apply_one(conn, best["uuid"], None, decide)
-
-    @staticmethod
-    def _first_match(conn: sqlite3.Connection, pipeline: str, priority: int | None,
-                     match: ClaimMatch) -> Doc | None:
-        """The first QUEUED job of ``pipeline`` in claim order that ``match`` accepts: pages
-        of the ``jobs_claim`` index, from where the last page ended."""
-        where = "state = 'QUEUED' AND pipeline_uuid = ?"
-        params: list[Any] = [pipeline]
-        if priority is not None:
-            where += " AND priority = ?"
-            params.append(priority)
-        after: tuple[int, str, str] | None = None
-        while True:
-            sql, page_params = f"SELECT uuid, priority, queued, queue FROM jobs WHERE {where}", \
-                list(params)
-            if after is not None:
-                sql += " AND (priority < ? OR (priority = ? AND (queued, uuid) > (?, ?)))"
-                page_params += [after[0], after[0], after[1], after[2]]
-            rows = conn.execute(
-                f"{sql} ORDER BY priority DESC, queued, uuid LIMIT {CLAIM_PAGE}", page_params
-            ).fetchall()
-            for uuid, _priority, _queued, queue_text in rows:
-                head = {"uuid": uuid, "state": "QUEUED", "queue": json.loads(queue_text)}
-                if match(head):
-                    return head
-            if len(rows) < CLAIM_PAGE:
-                return None
-            last = rows[-1]
-            after = (last[1], last[2], last[0])
+              priority: int | None = None) -> Claimed | None:
+        """In the group commit (``sqlite_claim``): the write lock makes choosing and moving
+        one step, and claims share their COMMIT with whatever else is queued."""
+        claimed: Claimed | None = self._apply_pending(
+            PendingClaim(unique(pipelines), match, decide, priority))
+        return claimed
 
     def renew_lease(self, uuid: str, worker: str, attempt: int, expiry: str) -> bool:
         with self._write() as conn:

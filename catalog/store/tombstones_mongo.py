@@ -45,7 +45,7 @@ class TombstonesMongo:
     _transactions: bool
     _retries: int
 
-    def get_job(self, uuid: str, history: bool = True) -> Doc | None:
+    def get_job(self, uuid: str, history: bool = True, links: bool = True) -> Doc | None:
         raise NotImplementedError  # MongoStore's
 
     @property
