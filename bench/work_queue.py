@@ -53,8 +53,56 @@ def _rate(count: int, seconds: float) -> float:
 
 
 # (a) ----------------------------------------------------------------------------------------
-def bench_library(directory: Path, jobs: int) -> dict[str, Any]:
-    catalog = Catalog.open(f"sqlite:///{directory}/queue.db", keys=KEYS)
+class _TimedSQL(sqlite3.Connection):
+    """A connection that adds up the time its statements of write transactions take (BEGIN to
+    COMMIT: what the store's write lock serialises), for ``bench_library_sql``."""
+
+    lock = threading.Lock()
+    seconds = 0.0
+
+    def _timed(self, call: Any, sql: str, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return call(sql, *args)
+        finally:
+            if self.in_transaction or sql in ("COMMIT", "ROLLBACK"):
+                with _TimedSQL.lock:
+                    _TimedSQL.seconds += time.perf_counter() - started
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        cursor: sqlite3.Cursor = self._timed(super().execute, sql, *args)
+        return cursor
+
+    def executemany(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        cursor: sqlite3.Cursor = self._timed(super().executemany, sql, *args)
+        return cursor
+
+
+def bench_library_sql(directory: Path, jobs: int) -> dict[str, Any]:
+    """The library's run again, timing the SQL of its write transactions (BEGIN to COMMIT).
+    The deposits run in one thread, one transaction each: ``deposit_sql_ms_per_job`` is what
+    a deposit's statements take in SQLite alone, exactly. The withdraws and completions of 4
+    threads hold the write lock in turn, but a statement's time there also counts its wait for
+    the GIL when it returns: ``withdraw_complete_sql_s`` is an upper bound."""
+    from catalog.store.sqlite import SQLiteStore
+
+    SQLiteStore.connection_factory = _TimedSQL
+    _TimedSQL.seconds = 0.0
+    marks: list[float] = []
+    try:
+        run = bench_library(directory, jobs, "queue_sql.db", marks)
+    finally:
+        SQLiteStore.connection_factory = sqlite3.Connection
+    deposit_sql, total_sql = marks
+    return {"deposit_sql_s": round(deposit_sql, 3),
+            "deposit_sql_ms_per_job": round(deposit_sql / jobs * 1000, 3),
+            "withdraw_complete_sql_s": round(total_sql - deposit_sql, 3),
+            "jobs_per_s_timed_run": run["jobs_per_s"]}
+
+
+def bench_library(directory: Path, jobs: int, name: str = "queue.db",
+                  sql_marks: list[float] | None = None) -> dict[str, Any]:
+    catalog = Catalog.open(f"sqlite:///{directory}/{name}", keys=KEYS)
     try:
         catalog.add_pipeline("bench")
         started = time.perf_counter()
@@ -62,6 +110,8 @@ def bench_library(directory: Path, jobs: int) -> dict[str, Any]:
             submit(catalog, {"pipeline": "bench", "data": {"function": "m.noop",
                                                            "parameters": {"i": i}}})
         deposited = time.perf_counter()
+        if sql_marks is not None:
+            sql_marks.append(_TimedSQL.seconds)
         done: list[int] = []
 
         def work(name: str) -> None:
@@ -77,6 +127,8 @@ def bench_library(directory: Path, jobs: int) -> dict[str, Any]:
         for thread in threads:
             thread.join()
         finished = time.perf_counter()
+        if sql_marks is not None:
+            sql_marks.append(_TimedSQL.seconds)
         assert sum(done) == jobs, done
         counts = catalog.store.queue_counts()
         assert counts == [(counts[0][0], "FINISHED", jobs)], counts
@@ -309,6 +361,16 @@ def _sweep_floor(path: Path, expired: int) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def _library_ratios(floor: dict[str, Any], library: dict[str, Any],
+                    library_sql: dict[str, Any]) -> dict[str, float]:
+    floor_job_ms = 1000 / floor["jobs_per_s"]
+    return {"library_vs_floor": round(library["jobs_per_s"] / floor["jobs_per_s"], 3),
+            # Above 1: a deposit's write transaction alone, without a line of Python, takes
+            # longer than the floor's whole job (its deposit, claim and completion).
+            "deposit_sql_vs_floor_job": round(library_sql["deposit_sql_ms_per_job"]
+                                              / floor_job_ms, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=2000)
@@ -325,10 +387,11 @@ def main() -> None:
         if args.only == "library":
             floor = bench_floor(directory, args.jobs)
             library = bench_library(directory, args.jobs)
+            library_sql = bench_library_sql(directory, args.jobs)
             print(json.dumps({"benchmark": "work_queue", "n": {"jobs": args.jobs},
                               "floor_sqlite": floor, "library_sqlite": library,
-                              "ratio": {"library_vs_floor": round(
-                                  library["jobs_per_s"] / floor["jobs_per_s"], 3)},
+                              "library_sql_alone": library_sql,
+                              "ratio": _library_ratios(floor, library, library_sql),
                               "target": {"library_vs_floor": ">= 0.5"}}, indent=2))
             return
         swept = bench_sweep(directory, "sweep", args.sweep_jobs, args.expired,
@@ -338,6 +401,7 @@ def main() -> None:
         if args.only != "sweep":
             floor = bench_floor(directory, args.jobs)
             library = bench_library(directory, args.jobs)
+            library_sql = bench_library_sql(directory, args.jobs)
             http = bench_http(directory, args.http_jobs)
     sweeps: dict[str, Any] = {
         "sweep": swept, "sweep_all_running": worst,
@@ -361,11 +425,12 @@ def main() -> None:
               "expired": args.expired, "running": args.running},
         "floor_sqlite": floor,
         "library_sqlite": library,
+        "library_sql_alone": library_sql,
         "http": http,
         "sweep": swept,
         "sweep_all_running": worst,
         "ratio": {
-            "library_vs_floor": round(library["jobs_per_s"] / floor["jobs_per_s"], 3),
+            **_library_ratios(floor, library, library_sql),
             "http_vs_bare_loop": round(http["catalog_jobs_per_s"]
                                        / http["bare_loop_jobs_per_s"], 3),
             **sweeps["ratio"],
