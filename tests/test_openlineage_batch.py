@@ -5,6 +5,9 @@ through the models: they must be the models' documents, field for field."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,10 @@ from catalog import Catalog
 from catalog.identifiers import job_uuid
 from catalog.jobs import ManagedPipelineJob
 from catalog.models import utc_now_text
+from catalog.openlineage import ingest, ingest_async
 from catalog.openlineage_docs import run_job_doc, run_job_uuid, run_pipeline_doc
+from catalog.store import openlineage_sqlite
+from catalog.store.openlineage_sqlite import OpenLineageSQLite
 
 KEY = "ol-batch-key-0123456789abcdef0123"
 
@@ -66,3 +72,108 @@ def test_a_new_runs_documents_are_the_models_documents(
                           created=created)
         assert list(doc) == list(expected)
         assert doc == _dated(expected, created)
+
+
+# Runs, each a list of (eventType, second); every run reads the dataset the one before wrote.
+RUNS: list[list[tuple[str | None, int]]] = [
+    [("START", 0), ("COMPLETE", 1)], [("COMPLETE", 1), ("START", 0)], [("START", 0)],
+    [("START", 0), ("START", 0)], [("RUNNING", 2), ("COMPLETE", 3)], [("FAIL", 1)],
+    [("ABORT", 1)], [(None, 1)], [("OTHER", 1), ("START", 0), ("ABORT", 2), ("FAIL", 3)],
+    [("START", 0), ("RUNNING", 1), ("COMPLETE", 2), ("FAIL", 3), ("START", 0)],
+]
+
+
+def _events() -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for number, run in enumerate(RUNS):
+        run_id = str(uuid.UUID(int=number + 1))
+        for kind, second in run:
+            event: dict[str, Any] = {
+                "eventTime": f"2026-11-21T12:00:{second:02d}Z", "producer": "p",
+                "run": {"runId": run_id}, "job": {"namespace": "ns", "name": f"job{number % 3}"},
+                "inputs": [{"namespace": "s3://lake", "name": f"d{number}"}],
+                "outputs": [{"namespace": "s3://lake", "name": f"d{number + 1}"},
+                            {"namespace": "s3://lake", "name": f"d{number}"},  # read and written
+                            {"namespace": "s3://lake", "name": f"d{number + 1}"}]}
+            if kind is not None:
+                event["eventType"] = kind
+            if number % 2:
+                event["outputs"][0]["facets"] = {"columnLineage": {"fields": {"x": {
+                    "inputFields": [{"namespace": "s3://lake", "name": f"src{number}",
+                                     "field": "x"}]}}}}
+            events.append(event)
+    events.append({"eventTime": "2026-11-21T12:00:00Z", "producer": "p",
+                   "job": {"namespace": "ns", "name": "static"},
+                   "inputs": [{"namespace": "s3://lake", "name": "d1"}],
+                   "outputs": [{"namespace": "s3://lake", "name": "static"}]})
+    events.append({"eventTime": "2026-11-21T12:00:00Z", "producer": "p",
+                   "dataset": {"namespace": "s3://lake", "name": "d2"}})
+    return events
+
+
+_DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)")
+
+
+def _database(path: Path) -> dict[str, list[Any]]:
+    """Every row the events wrote, dates spelled alike and added links' clock positions
+    (nanoseconds) as one value."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = {}
+        for table in ("pipelines", "jobs", "history", "links", "entities", "ol_events",
+                      "ol_event_datasets", "audit"):
+            rows = conn.execute(f"SELECT * FROM {table}").fetchall()
+            tables[table] = sorted((tuple("clock" if isinstance(v, int) and v > 10**12
+                                          else _DATE.sub("date", v) if isinstance(v, str) else v
+                                          for v in row) for row in rows), key=repr)
+        return tables
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("on_the_loop", [False, True])
+def test_the_shortcuts_write_what_the_general_path_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_the_loop: bool) -> None:
+    """A new run's job inserted with its events applied (one insert), links its records were
+    inserted with left alone, an entity's links inserted without reading it: the database
+    holds exactly what applying each event step by step and linking each link holds."""
+    monkeypatch.chdir(tmp_path)
+
+    def ingest_all(name: str) -> dict[str, list[Any]]:
+        catalog, _ = Catalog.init(f"sqlite:///{tmp_path}/{name}.db", openlineage_key=KEY)
+        answers = []
+        try:
+            if on_the_loop:
+                async def send() -> None:
+                    for event in _events():
+                        answers.append(await ingest_async(catalog, event, KEY))
+
+                asyncio.run(send())
+            else:
+                answers.extend(ingest(catalog, event, KEY) for event in _events())
+        finally:
+            catalog.close()
+        return {"answers": answers, **_database(tmp_path / f"{name}.db")}
+
+    shortcuts = ingest_all("shortcuts")
+    with sqlite3.connect(tmp_path / "shortcuts.db") as conn:  # dates are not compared above
+        stale = conn.execute(
+            "SELECT uuid FROM jobs WHERE updated != (SELECT json_extract(doc, '$.date') "
+            "FROM history WHERE job_uuid = jobs.uuid ORDER BY seq DESC LIMIT 1)").fetchall()
+    assert stale == []
+    new_runs: list[bool] = []  # whether each write brought a new job
+    monkeypatch.setattr(openlineage_sqlite, "applied_to_new_job",
+                        lambda write: new_runs.append(write.job is not None) and None)
+
+    def link_each(cls: Any, conn: sqlite3.Connection, links: Any, *_: Any) -> None:
+        for src, relation, targets in links:
+            cls._link(conn, src, relation, targets)
+
+    monkeypatch.setattr(OpenLineageSQLite, "_link_all", classmethod(link_each))
+    general = ingest_all("general")
+    assert sum(new_runs) == len(RUNS)  # the general path was taken
+    assert shortcuts == general
+    states = {row[0]: row[2] for row in shortcuts["jobs"]}
+    assert sorted(states.values()) == sorted(
+        ["FINISHED", "FINISHED", "RUNNING", "RUNNING", "FINISHED", "FAILED", "FAILED",
+         "CREATED", "FAILED", "FINISHED"])
