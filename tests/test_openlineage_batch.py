@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +179,40 @@ def test_the_shortcuts_write_what_the_general_path_writes(
     assert sorted(states.values()) == sorted(
         ["FINISHED", "FINISHED", "RUNNING", "RUNNING", "FINISHED", "FAILED", "FAILED",
          "CREATED", "FAILED", "FINISHED"])
+
+
+def _run_event(kind: str, run_id: str, second: int) -> dict[str, Any]:
+    return {"eventType": kind, "eventTime": f"2026-11-21T12:00:{second:02d}Z", "producer": "p",
+            "run": {"runId": run_id}, "job": {"namespace": "ns", "name": "ends"}}
+
+
+def test_a_run_that_ends_releases_its_dependents_and_wakes_its_waiters(
+        catalog: Catalog) -> None:
+    """The end of a run is announced on the loop when nothing depends on it, through the
+    catalog's thread otherwise: either way, waiters (of this process and, through the wake
+    file, of others) wake and dependents are released."""
+    from catalog.queue.waits import WAKE_SUFFIX, wait
+
+    wake_file = Path(f"{catalog.store.path}{WAKE_SUFFIX}")  # type: ignore[attr-defined]
+    watched, depended = str(uuid.uuid4()), str(uuid.uuid4())
+    jobs = {run_id: ingest(catalog, _run_event("START", run_id, 0), KEY)["uuid"]
+            for run_id in (watched, depended)}
+    catalog.add_pipeline("after")
+    waiting = catalog.submit("after", {"n": 1}, when={"job": jobs[depended], "is": "finished"})
+    assert waiting.state == "WAITING"
+    outcome: list[Any] = []
+    waiter = threading.Thread(target=lambda: outcome.append(
+        wait(catalog, [jobs[watched]], timeout=30)))
+    waiter.start()
+    wake_file.unlink(missing_ok=True)
+
+    async def complete(run_id: str) -> dict[str, Any]:
+        return await ingest_async(catalog, _run_event("COMPLETE", run_id, 1), KEY)
+
+    began = time.monotonic()
+    assert asyncio.run(complete(watched))["state"] == "FINISHED"
+    assert wake_file.exists()  # announced
+    waiter.join(timeout=30)
+    assert outcome and not outcome[0].timed_out and time.monotonic() - began < 20
+    assert asyncio.run(complete(depended))["state"] == "FINISHED"
+    assert catalog.get_job(waiting.uuid, history=False).state == "QUEUED"
