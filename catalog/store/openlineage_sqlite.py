@@ -12,6 +12,15 @@ queues its write, and whichever caller takes the write lock applies everything q
 in one transaction, one commit for all (a SAVEPOINT each, so one refused write leaves the
 others). Each caller returns once the commit holding its write is done: an answered event is
 durable, and a failure anywhere in it leaves nothing of it.
+
+An event writes as few rows and statements as give the same database: a new run's job is
+inserted with its events already applied (``applied_to_new_job``: one insert, where applying
+them took a read and an update each), a link that a record inserted by the same write already
+has in its own list is not inserted again, and an entity's links go in without a read of it.
+Most of what is left is the b-tree work of the rows themselves (about 30 WAL pages per event,
+a third of them ``links`` and its two indexes, a sixth ``ol_event_datasets``), not the
+statements: one statement per table for a whole group commit instead of per event would save
+about 2 us a row (measured), against an event's 0.9 ms.
 """
 
 from __future__ import annotations
