@@ -176,7 +176,8 @@ def ingestion(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # ratio of events/s would be if CPU alone bounded both (2 cores shared with the
             # clients and, here, with whatever else runs).
             "server_cpu_ratio": round(hook["server_cpu_ms_per_event"]
-                                      / ol["server_cpu_ms_per_event"], 3)}
+                                      / ol["server_cpu_ms_per_event"], 3)
+            if ol["server_cpu_ms_per_event"] else None}  # a run too short for a clock tick
 
 
 class _CountedSQL(sqlite3.Connection):
