@@ -57,6 +57,7 @@ from catalog.store.openlineage_write import (
     run_steps,
 )
 from catalog.store.sqlite_links import attach
+from catalog.store.sqlite_rows import INSERT_LINK
 
 
 def _dumps(doc: Doc) -> str:
@@ -64,9 +65,6 @@ def _dumps(doc: Doc) -> str:
 
 
 _IN_CHUNK = 500  # run ids per IN (...) list, well under SQLite's bound on parameters
-# SQLiteStore's insert of a link (catalog.store.sqlite, which imports this module).
-_INSERT_LINK = ("INSERT OR IGNORE INTO links (src, relation, dst, src_key, pos) "
-                "VALUES (?, ?, ?, ?, ?)")
 
 # The OpenLineage products of earlier versions (a dataset a run wrote: a namespace, and
 # generated_by) join the reference of the same namespace and name (the dataset read): their
@@ -275,7 +273,7 @@ class OpenLineageSQLite:
                     continue
             cls._link(conn, src, relation, targets)
         # In key order (as _link's): near-appends to the key and links_reverse b-trees.
-        conn.executemany(_INSERT_LINK, sorted(rows))
+        conn.executemany(INSERT_LINK, sorted(rows))
 
     def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,
                        job: str | None = None, dataset: str | None = None,
