@@ -10,8 +10,12 @@ dataset deep in a large graph. Prints one JSON document.
    10 runs sent through ``ingest``, the others loaded through the store (``bulk_runs``);
    ``catalog.lineage`` upstream of the chain's last dataset (depth 20: 10 runs) and Marquez's
    graph of it (depth 10), ``--queries`` times each: p50 and p95 in ms.
+3. Per event, in-process (``per_event``): the CPU and the SQL statements of one event through
+   ``ingest_async`` and through the webhook's ``handle_event_async``, the same load on one
+   event loop with no HTTP: where the time goes, apart from the server's.
 
-Usage: ``python bench/openlineage.py [--events N] [--threads N] [--rounds N] [--runs N]``.
+Usage: ``python bench/openlineage.py [--events N] [--threads N] [--rounds N] [--runs N]
+[--per-event-only]``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ NS = "bench://scheduler"
 PRODUCER = "https://example.org/bench"
 
 
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU (user + system, every thread) the process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
@@ -48,10 +58,12 @@ class Load:
     """Requests from ``threads`` keep-alive connections; pooled figures."""
 
     def __init__(self, port: int, path: str, headers: dict[str, str],
-                 body: Callable[[int, int], bytes]) -> None:
+                 body: Callable[[int, int], bytes], server_pid: int | None = None) -> None:
         self.port, self.path, self.headers, self.body = port, path, headers, body
+        self.server_pid = server_pid
         self.latencies: list[float] = []
         self.seconds = 0.0
+        self.server_cpu = 0.0  # the server's CPU seconds while this load ran
         self.errors = 0
 
     def run(self, threads: int, events: int, round_: int) -> None:
@@ -83,9 +95,12 @@ class Load:
             worker.start()
         barrier.wait()
         started = time.perf_counter()
+        cpu = process_cpu(self.server_pid) if self.server_pid else 0.0
         for worker in workers:
             worker.join()
         self.seconds += time.perf_counter() - started
+        if self.server_pid:
+            self.server_cpu += process_cpu(self.server_pid) - cpu
         self.latencies += [x for per_thread in latencies for x in per_thread]
         self.errors += sum(errors)
 
@@ -93,7 +108,8 @@ class Load:
         return {"events_per_s": round(len(self.latencies) / self.seconds, 1),
                 "p50_ms": percentile(self.latencies, 0.5),
                 "p99_ms": percentile(self.latencies, 0.99), "errors": self.errors,
-                "events": len(self.latencies)}
+                "events": len(self.latencies),
+                "server_cpu_ms_per_event": round(self.server_cpu / len(self.latencies) * 1000, 3)}
 
 
 def run_id(t: int, pair: int) -> str:
@@ -131,20 +147,20 @@ def ingestion(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                       env=env, check=True, capture_output=True).stdout)["token"]
     port = free_port()
     with ExitStack() as stack:
-        stack.enter_context(running([str(CATALOG), "serve", "--host", HOST, "--port", str(port)],
-                                    tmp, env, f"http://{HOST}:{port}/health",
-                                    tmp / "catalog.log"))
+        server = stack.enter_context(running(
+            [str(CATALOG), "serve", "--host", HOST, "--port", str(port)], tmp, env,
+            f"http://{HOST}:{port}/health", tmp / "catalog.log"))
         call(port, "POST", "/pipelines", {"name": "bench"}, admin)
         _, job = call(port, "POST", "/jobs", {"pipeline": "bench"}, admin)
         path = f"/jobs/{job['uuid']}/events?token={job['token']}"
         call(port, "POST", path, {"name": "run"})
         json_type = {"Content-Type": "application/json"}
-        webhook = Load(port, path, json_type, webhook_body)
+        webhook = Load(port, path, json_type, webhook_body, server.pid)
         lineage = Load(port, "/api/v1/lineage", {**json_type, "Authorization": f"Bearer {KEY}"},
-                       openlineage_body)
+                       openlineage_body, server.pid)
         for target in (webhook, lineage):  # warm-up: 50 requests each
             target.run(1, 50, -1)
-            target.latencies, target.seconds = [], 0.0
+            target.latencies, target.seconds, target.server_cpu = [], 0.0, 0.0
         for round_ in range(args.rounds):
             for target in (webhook, lineage):
                 target.run(args.threads, args.events, round_)
@@ -155,7 +171,88 @@ def ingestion(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         linked = view.get("state") == "COMPLETED" and len(view.get("inputs", [])) == 2
     hook, ol = webhook.figures(), lineage.figures()
     return {"openlineage": {**ol, "last_run_linked": linked}, "webhook": hook,
-            "ratio": round(ol["events_per_s"] / hook["events_per_s"], 3)}
+            "ratio": round(ol["events_per_s"] / hook["events_per_s"], 3),
+            # The server's CPU per webhook event over its CPU per OpenLineage event: what the
+            # ratio of events/s would be if CPU alone bounded both (2 cores shared with the
+            # clients and, here, with whatever else runs).
+            "server_cpu_ratio": round(hook["server_cpu_ms_per_event"]
+                                      / ol["server_cpu_ms_per_event"], 3)
+            if ol["server_cpu_ms_per_event"] else None}  # a run too short for a clock tick
+
+
+class _CountedSQL(sqlite3.Connection):
+    """A connection counting the statements it runs (each row of an ``executemany`` too)."""
+
+    statements = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_trace_callback(_CountedSQL._count)
+
+    @staticmethod
+    def _count(_: str) -> None:
+        _CountedSQL.statements += 1
+
+
+def per_event(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The library alone, no HTTP: ``args.threads`` tasks on one event loop each send
+    ``args.events`` events (the pairs above through ``ingest_async``; webhook ``update``
+    events to one RUNNING job through ``handle_event_async``), on a durable SQLite catalog
+    as ``catalog serve`` has it. The process's CPU and SQL statements (every connection's)
+    per event, after a first pass that warms the caches and starts the WAL sync helper."""
+    from catalog.store.sqlite import SQLiteStore
+
+    # Every connection the store opens counts, the event loop's (opened on first use) too.
+    SQLiteStore.connection_factory = _CountedSQL
+    try:
+        return _per_event(args, tmp)
+    finally:
+        SQLiteStore.connection_factory = sqlite3.Connection
+
+
+def _per_event(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    import asyncio
+
+    from catalog import Catalog
+    from catalog.jobs import ManagedPipelineJob
+    from catalog.openlineage import ingest_async
+
+    catalog, _ = Catalog.init(f"sqlite:///{tmp}/per-event.db", openlineage_key=KEY)
+    pipeline, _ = catalog.add_pipeline("bench")
+    job = ManagedPipelineJob(catalog, pipeline, data={"per_event": True}).setup()
+    token = catalog.job_token(job.uuid)
+    catalog.handle_event(job.uuid, {"name": "run"}, token)
+    figures: dict[str, Any] = {}
+
+    async def lineage(t: int, offset: int) -> None:
+        for i in range(offset, offset + args.events):
+            event = lineage_event(("START", "COMPLETE")[i % 2], t, i // 2, i % 2)
+            await ingest_async(catalog, event, KEY)
+
+    async def webhook(t: int, offset: int) -> None:
+        for i in range(offset, offset + args.events):
+            document = {"name": "update", "data": {"thread": t, "i": i},
+                        "event_id": f"per-event-{t}-{i}"}
+            await catalog.handle_event_async(job.uuid, document, token)
+
+    async def measure(name: str, send: Callable[[int, int], Any]) -> None:
+        await asyncio.gather(*(send(t, 0) for t in range(args.threads)))  # warm-up
+        statements, cpu = _CountedSQL.statements, time.process_time()
+        began = time.perf_counter()
+        await asyncio.gather(*(send(t, args.events) for t in range(args.threads)))
+        seconds = time.perf_counter() - began
+        events = args.threads * args.events
+        figures[name] = {
+            "cpu_ms_per_event": round((time.process_time() - cpu) / events * 1000, 3),
+            "statements_per_event": round((_CountedSQL.statements - statements) / events, 2),
+            "events_per_s": round(events / seconds, 1)}
+
+    asyncio.run(measure("webhook", webhook))
+    asyncio.run(measure("openlineage", lineage))
+    catalog.close()
+    figures["cpu_ratio"] = round(figures["webhook"]["cpu_ms_per_event"]
+                                 / figures["openlineage"]["cpu_ms_per_event"], 3)
+    return figures
 
 
 def bulk_runs(catalog: Any, chain: int) -> None:
@@ -223,10 +320,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="Alternating rounds.")
     parser.add_argument("--runs", type=int, default=100_000, help="Runs in the deep graph.")
     parser.add_argument("--queries", type=int, default=50, help="Lineage queries timed.")
+    parser.add_argument("--per-event-only", action="store_true",
+                        help="Measure only the in-process CPU and statements per event (3.).")
     args = parser.parse_args()
     args.events -= args.events % 2  # whole START + COMPLETE pairs
     with tempfile.TemporaryDirectory() as tmp:
+        if args.per_event_only:
+            print(json.dumps({"benchmark": "openlineage",
+                              "load_avg_1m": round(os.getloadavg()[0], 2),
+                              "per_event": per_event(args, Path(tmp))}, indent=2))
+            return
         ingest = ingestion(args, Path(tmp))
+        library = per_event(args, Path(tmp))
         deep = deep_lineage(args, Path(tmp))
     result = {
         "benchmark": "openlineage",
@@ -236,6 +341,7 @@ def main() -> None:
                     **versions("uvicorn", "fastapi", "openlineage-python")},
         "n": {"threads": args.threads, "events_per_thread": args.events, "rounds": args.rounds},
         "ingestion": ingest,
+        "per_event": library,
         "deep_lineage": deep,
         "ratio": {"events_per_s": ingest["ratio"],
                   "lineage_p95_ms": deep["lineage_p95_ms"]},

@@ -207,13 +207,15 @@ def check_facets(event: BaseModel) -> None:
 
     for name in ("run", "job"):
         part = getattr(event, name, None)
-        if part is not None:
+        if part is not None and part.facets:
             check(name, part.facets)
     datasets = [("input", d) for d in getattr(event, "inputs", None) or []]
     datasets += [("output", d) for d in getattr(event, "outputs", None) or []]
     if isinstance(event, DatasetEvent):
         datasets.append(("dataset", event.dataset))
     for role, dataset in datasets:
+        if not (dataset.facets or dataset.inputFacets or dataset.outputFacets):
+            continue  # most datasets: no facets, nothing to name
         where = f"{role} dataset {dataset.namespace}/{dataset.name}"
         for field in ("facets", "inputFacets", "outputFacets"):
             check(where, getattr(dataset, field))

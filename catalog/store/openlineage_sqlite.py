@@ -12,6 +12,15 @@ queues its write, and whichever caller takes the write lock applies everything q
 in one transaction, one commit for all (a SAVEPOINT each, so one refused write leaves the
 others). Each caller returns once the commit holding its write is done: an answered event is
 durable, and a failure anywhere in it leaves nothing of it.
+
+An event writes as few rows and statements as give the same database: a new run's job is
+inserted with its events already applied (``applied_to_new_job``: one insert, where applying
+them took a read and an update each), a link that a record inserted by the same write already
+has in its own list is not inserted again, and an entity's links go in without a read of it.
+Most of what is left is the b-tree work of the rows themselves (about 30 WAL pages per event,
+a third of them ``links`` and its two indexes, a sixth ``ol_event_datasets``), not the
+statements: one statement per table for a whole group commit instead of per event would save
+about 2 us a row (measured), against an event's 0.9 ms.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from typing import Any
 
 import orjson
 
-from catalog.errors import StoreError
+from catalog.errors import CatalogError, StoreError
+from catalog.store import sqlite_links
 from catalog.store.base import (
     ENTITY_LINK_FIELDS,
     Applied,
@@ -40,8 +50,14 @@ from catalog.store.base import (
     settle_future,
     unique,
 )
-from catalog.store.openlineage_write import LineageApplied, LineageWrite, run_steps
+from catalog.store.openlineage_write import (
+    LineageApplied,
+    LineageWrite,
+    applied_to_new_job,
+    run_steps,
+)
 from catalog.store.sqlite_links import attach
+from catalog.store.sqlite_rows import INSERT_LINK
 
 
 def _dumps(doc: Doc) -> str:
@@ -139,7 +155,7 @@ class OpenLineageSQLite:
         raise NotImplementedError  # SQLiteStore's: with its loop's events (sqlite_loop)
 
     @staticmethod
-    def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
+    def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> set[str]:
         raise NotImplementedError  # SQLiteStore's
 
     @staticmethod
@@ -193,22 +209,31 @@ class OpenLineageSQLite:
             conn.execute("INSERT OR IGNORE INTO pipelines (uuid, name, created, doc) "
                          "VALUES (?, ?, ?, ?)", (pipeline["uuid"], pipeline["name"],
                                                  pipeline["created"], _dumps(pipeline)))
-        if write.job is not None:
-            cls._insert_new_job(conn, write.job)
-        applied, refusal = run_steps(
-            write, lambda uuid, event_id, decide: cls._apply_one(conn, uuid, event_id, decide),
-            lambda entry: cls._insert_audit(conn, entry))
+        new_job: Doc | None = None  # the job as inserted by this write
+        applied: Applied | None = None
+        refusal: CatalogError | None = None
+        ready = applied_to_new_job(write)
+        if ready is not None and cls._insert_new_job(conn, ready[0]):
+            new_job, applied = ready  # inserted with its steps applied: nothing more to do
+        else:
+            if write.job is not None and cls._insert_new_job(conn, write.job):
+                new_job = write.job
+            applied, refusal = run_steps(
+                write,
+                lambda uuid, event_id, decide: cls._apply_one(conn, uuid, event_id, decide),
+                lambda entry: cls._insert_audit(conn, entry))
         head = None
         if refusal is not None:
             state, last_event = conn.execute("SELECT state, last_event FROM jobs WHERE uuid = ?",
                                              (write.uuid,)).fetchone()
             head = {"state": state, "last_event": last_event}
-        new = cls._keep_record(conn, write.record_as(refusal), write.entities, write.links)
+        new = cls._keep_record(conn, write.record_as(refusal), write.entities, write.links,
+                               new_job)
         return LineageApplied(new, applied, refusal, head)
 
     @classmethod
     def _keep_record(cls, conn: sqlite3.Connection, doc: Doc, entities: list[Doc],
-                     links: Sequence[Link]) -> bool:
+                     links: Sequence[Link], new_job: Doc | None = None) -> bool:
         cursor = conn.execute(
             "INSERT OR IGNORE INTO ol_events (event_id, run_id, parent_run_id, job, doc) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -219,10 +244,36 @@ class OpenLineageSQLite:
         seq = cursor.lastrowid
         conn.executemany("INSERT OR IGNORE INTO ol_event_datasets (dataset, seq) "
                          "VALUES (?, ?)", [(uuid, seq) for uuid in doc.get("datasets", [])])
-        cls._insert_entities(conn, entities)
-        for src, relation, targets in links:
-            cls._link(conn, src, relation, targets)
+        inserted = cls._insert_entities(conn, entities)
+        cls._link_all(conn, links, entities, inserted, new_job)
         return True
+
+    @classmethod
+    def _link_all(cls, conn: sqlite3.Connection, links: Sequence[Link], entities: list[Doc],
+                  inserted: set[str], new_job: Doc | None) -> None:
+        """``_link`` each of ``links``, with less: a link a record inserted by this write
+        already has in its own list is there; one from an entity of this write (which exists
+        now, inserted or not) is inserted with no read of the entity, whose key is NULL."""
+        first: dict[str, Doc] = {}  # the entity kept of each uuid (_insert_entities')
+        for entity in entities:
+            first.setdefault(entity["uuid"], entity)
+        rows: list[tuple[str, str, str, str | None, int]] = []
+        for src, relation, targets in links:
+            if new_job is not None and src == new_job["uuid"]:
+                if set(targets) <= set(new_job.get(relation) or ()):
+                    continue
+            elif src in first:
+                if src in inserted and set(targets) <= set(first[src].get(relation) or ()):
+                    continue
+                if relation in ENTITY_LINK_FIELDS:
+                    new = unique(targets)
+                    position = sqlite_links.added_pos.take(len(new))
+                    rows += [(src, relation, target, None, position + n)
+                             for n, target in enumerate(new)]
+                    continue
+            cls._link(conn, src, relation, targets)
+        # In key order (as _link's): near-appends to the key and links_reverse b-trees.
+        conn.executemany(INSERT_LINK, sorted(rows))
 
     def lineage_events(self, *, run_id: str | None = None, parent_run_id: str | None = None,
                        job: str | None = None, dataset: str | None = None,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from catalog.errors import CatalogError
-from catalog.store.base import Applied, Decide, Doc, Link
+from catalog.store.base import Applied, Decide, Doc, Link, decided
 
 
 @dataclass(frozen=True)
@@ -95,3 +95,42 @@ def run_steps(write: LineageWrite, apply_event: Callable[[str, str, Decide], App
             append_audit(audit)
             return None, exc
     return applied, None
+
+
+def applied_to_new_job(write: LineageWrite) -> tuple[Doc, Applied | None] | None:
+    """``write.job`` with ``write.steps`` applied to it, as a store applies them to the job once
+    stored (its head moved, its history grown, ``updated`` the last entry's date), and the last
+    step's outcome: a new job is then ONE insert, not an insert, then a read and an update
+    per step. None when a step does more than that (a queue or results change) or is
+    refused: then the job is stored as built and the steps applied to it (``run_steps``)."""
+    job = write.job
+    if job is None or not write.steps:
+        return None
+    assert write.uuid == job["uuid"], "the steps go to the new job"
+    head = {"uuid": job["uuid"], "state": job["state"], "version": job["version"],
+            "last_event": job["last_event"], "queue": job.get("queue")}
+    history = list(job["history"])
+    seen = {entry["event_id"] for entry in history}
+    applied: Applied | None = None
+    for step in write.steps:
+        if step.event_id in seen:
+            return None  # a duplicate: run_steps answers it as one
+        decide = step.decide if step.only_in is None else _only_in(step.only_in, step.decide)
+        try:
+            state, entry, changes = decided(decide(head))
+        except _NotInState:
+            continue
+        except CatalogError:
+            return None
+        if changes or entry["event_id"] in seen:
+            return None
+        seen.add(entry["event_id"])
+        history.append(entry)
+        head = {**head, "state": state, "version": head["version"] + 1,
+                "last_event": entry["name"]}
+        applied = Applied(entry, duplicate=False)
+    if applied is None:
+        return None
+    return {**job, "state": head["state"], "version": head["version"],
+            "last_event": head["last_event"], "updated": applied.entry["date"],
+            "history": history}, applied

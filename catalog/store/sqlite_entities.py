@@ -38,9 +38,11 @@ class EntitiesSQLite:
             self._insert_entities(conn, docs)
 
     @staticmethod
-    def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> None:
+    def _insert_entities(conn: sqlite3.Connection, docs: list[Doc]) -> set[str]:
         """upsert_entities within the caller's write transaction: one statement per chunk,
-        which answers the entities it inserted (their links are inserted with them)."""
+        which answers the entities it inserted (their links are inserted with them); the
+        UUIDs of those it inserted."""
+        new: set[str] = set()
         for start in range(0, len(docs), _ENTITY_CHUNK):
             first: dict[str, Doc] = {}  # of a uuid given twice, the first is kept
             for doc in docs[start:start + _ENTITY_CHUNK]:
@@ -59,6 +61,8 @@ class EntitiesSQLite:
                     uuid, {field: unique(first[uuid].get(field) or [])
                            for field in ENTITY_LINK_FIELDS}, ENTITY_LINK_FIELDS, None)],
             )
+            new.update(uuid for uuid, in inserted)
+        return new
 
     def get_entity(self, uuid: str) -> Doc | None:
         conn = self._connection()
