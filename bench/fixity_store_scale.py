@@ -89,6 +89,12 @@ def _peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def store_cache_mib() -> float:
+    from catalog.store import sqlite
+
+    return round(sqlite._CACHE_KIB / 1024, 1)  # type: ignore[attr-defined]
+
+
 def run(directory: Path, files: int, tree_files: int, window: int,
         pages: bool) -> dict[str, Any]:
     database = directory / "scale.db"
@@ -134,6 +140,7 @@ def run(directory: Path, files: int, tree_files: int, window: int,
         "ratio": round(large_rate / small_rate, 3),
         "cpu_ratio": round(small_cpu / large_cpu, 3),
         "database_mib": size_mib, "peak_rss_mib": _peak_rss_mib(),
+        "cache_mib": store_cache_mib(),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "target": {"ratio": ">= 0.9"},
     }
@@ -149,7 +156,12 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=3, help="chunks averaged at each size")
     parser.add_argument("--pages", action="store_true", help="count the pages each tree dirtied")
     parser.add_argument("--dir", help="where the database goes (default: a temporary directory)")
+    parser.add_argument("--cache-mib", type=int, help="the store's page cache (default: its own)")
     args = parser.parse_args()
+    if args.cache_mib is not None:
+        from catalog.store import sqlite
+
+        sqlite._CACHE_KIB = args.cache_mib * 1024  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory(prefix="bench-store-scale-", dir=args.dir) as temporary:
         result = run(Path(temporary), args.files, args.tree_files, args.window, args.pages)
     print(json.dumps(result, indent=2))
