@@ -1100,6 +1100,10 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 for uuid, file, fixity in rows:
                     replaced[uuid] = file
                     stored[uuid] = json.loads(fixity or "[]")
+            # The doc's checks join the history (once the new records have their ids); the
+            # record keeps its last check only.
+            checks = [(uuid, check) for uuid, doc in latest.items()
+                      for check in doc.get("fixity") or ()]
             for uuid, doc in latest.items():
                 given = doc.get("fixity") or []
                 kept = last_check(stored.get(uuid, []), given)
@@ -1124,9 +1128,7 @@ class SQLiteStore(OpenLineageSQLite, TombstonesSQLite, FixitySQLite):
                 conn, [uuid for uuid in latest if uuid not in replaced])}
             sqlite_file_keys.replace_checksums(
                 conn, replaced.values(), ((ids[uuid], doc) for uuid, doc in latest.items()))
-            # The doc's checks join the history; the record keeps its last check only.
-            add_checks(conn, ((ids[uuid], check) for uuid, doc in latest.items()
-                              for check in doc.get("fixity") or ()))
+            add_checks(conn, ((ids[uuid], check) for uuid, check in checks))
             conn.executemany(
                 _INSERT_LINK,
                 sorted(row for doc in latest.values()
