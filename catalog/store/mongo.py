@@ -44,73 +44,57 @@ call per document.
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+from pymongo.errors import DuplicateKeyError
 
 from catalog.errors import (
     ConcurrencyConflict,
     ConfigurationError,
-    FileNotFound,
     JobNotFound,
     StoreError,
 )
-from catalog.store import mongo_bulk, mongo_claim
+from catalog.store import mongo_claim
 from catalog.store.base import (
-    ENTITY_LINK_FIELDS,
-    FILE_JOB_LINK_FIELDS,
-    FILE_SORTS,
-    INDEXED_CHECKSUMS,
     JOB_LINK_FIELDS,
-    JOB_SORTS,
     Applied,
-    Claimed,
-    ClaimMatch,
     Decide,
     Doc,
-    FixityUpdate,
     JobQuery,
-    Move,
     Page,
-    PlanSubmissions,
-    PlanSweep,
-    Submissions,
-    check_algorithm,
     check_limit,
-    check_link,
     check_new_job,
-    check_sort,
     decided,
-    decode_cursor,
-    decode_sorted_cursor,
-    last_check,
-    latest_files,
-    link_source_not_found,
     page_of,
-    prefix_upper_bound,
     sorted_page,
     unique,
-    without_link_fields,
 )
-from catalog.store.fixity_mongo import FixityMongo, last_check_expression
+from catalog.store.fixity_mongo import FixityMongo
+from catalog.store.mongo_entities import EntitiesMongo
+from catalog.store.mongo_files import FilesMongo
 from catalog.store.mongo_links import Links, Session, in_transaction, merged
+from catalog.store.mongo_queue import QueueMongo
+from catalog.store.mongo_rows import (
+    NO_ID,
+    after,
+    all_of,
+    sort_spec,
+)
+from catalog.store.mongo_schema import SchemaMongo
 from catalog.store.openlineage_mongo import OpenLineageMongo
 from catalog.store.tombstones_mongo import TombstonesMongo
 
 DEFAULT_DATABASE = "catalog"
-_NO_ID: Doc = {"_id": 0}
 _WITHOUT_HISTORY: Doc = {"_id": 0, "history": 0}
 _BARE: Doc = {**_WITHOUT_HISTORY, **{name: 0 for name in JOB_LINK_FIELDS}}  # links=False
 _LISTED: Doc = {**_WITHOUT_HISTORY, "results": 0}  # results may be megabytes: one job at a time
@@ -119,11 +103,7 @@ _HEAD: Doc = {"_id": 0, "uuid": 1, "state": 1, "version": 1, "last_event": 1, "c
 # What a history document adds to the entry it stores: "changes" are the job fields the event
 # replaced (the queue's), kept so that whoever moves the head onto the entry sets them too.
 _ENTRY_KEYS = ("job_uuid", "job_created", "seq", "changes")
-_CLAIM_ORDER = mongo_claim.CLAIM_ORDER  # the claim index's order
 _ENTRY: Doc = {"_id": 0, **dict.fromkeys(_ENTRY_KEYS, 0)}
-_LEGACY_HISTORY_INDEX = "history.event_id_1"  # earlier versions looked event_ids up in jobs
-_DUPLICATE_KEY = 11000
-_BY_PATH = [("path", ASCENDING), ("uuid", ASCENDING)]
 
 _mock_client: pymongo.MongoClient[Doc] | None = None
 _mock_client_lock = threading.Lock()
@@ -140,38 +120,6 @@ def _shared_mock_client() -> pymongo.MongoClient[Doc]:
         return _mock_client
 
 
-def _after(first: str, second: str, cursor: str) -> Doc:
-    """Keyset condition (first, second) > cursor, with a range on ``first`` for the index."""
-    after_first, after_second = decode_cursor(cursor, 2)
-    return {
-        first: {"$gte": after_first},
-        "$or": [{first: {"$gt": after_first}}, {second: {"$gt": after_second}}],
-    }
-
-
-def _sorted(sort: str, cursor: str | None, clauses: list[Doc]) -> list[tuple[str, int]]:
-    """Add the condition "after the cursor" for ``sort``; return the sort specification."""
-    field, descending = check_sort(sort, JOB_SORTS + FILE_SORTS)
-    beyond = "$lt" if descending else "$gt"
-    if cursor is not None:
-        key, uuid = decode_sorted_cursor(cursor, sort)
-        clauses.append({
-            field: {"$lte" if descending else "$gte": key},
-            "$or": [{field: {beyond: key}}, {"uuid": {beyond: uuid}}],
-        })
-    direction = DESCENDING if descending else ASCENDING
-    return [(field, direction), ("uuid", direction)]
-
-
-def _all_of(clauses: list[Doc]) -> Doc:
-    return {"$and": clauses} if clauses else {}
-
-
-def utc_now_text() -> str:
-    """Now, in the stored text form of dates."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def _has_transactions(database: Database[Doc]) -> bool:
     """Whether the server runs multi-document transactions: a replica set member or mongos."""
     try:
@@ -181,8 +129,14 @@ def _has_transactions(database: Database[Doc]) -> bool:
     return "setName" in hello or hello.get("msg") == "isdbgrid"
 
 
-class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
-    """Store backed by a MongoDB database (or a mongomock one in tests)."""
+class MongoStore(SchemaMongo, QueueMongo, EntitiesMongo, FilesMongo, OpenLineageMongo,
+                 TombstonesMongo, FixityMongo):
+    """Store backed by a MongoDB database (or a mongomock one in tests). Its connection, jobs,
+    events, pipelines and audit are here; its other parts are mixins (``mongo_schema``,
+    ``mongo_queue``, ``mongo_entities``, ``mongo_files``, then ``openlineage_mongo``,
+    ``tombstones_mongo`` and ``fixity_mongo``). The parts that implement a method come first:
+    the last three declare what they use with stubs that raise, and the first found is the one
+    called."""
 
     kind = "mongo"
 
@@ -241,119 +195,6 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
         except BaseException:
             client.close()
             raise
-
-    def _create_indexes(self) -> None:
-        with self._guard:
-            self._pipelines.create_index([("uuid", ASCENDING)], unique=True)
-            self._pipelines.create_index([("name", ASCENDING), ("uuid", ASCENDING)])
-            self._jobs.create_index([("uuid", ASCENDING)], unique=True)
-            self._jobs.create_index([("state", ASCENDING), ("pipeline_uuid", ASCENDING),
-                                     *_CLAIM_ORDER])
-            self._jobs.create_index([("queue.lease.expiry", ASCENDING)], sparse=True)
-            self._jobs.create_index([("pipeline_uuid", ASCENDING), ("state", ASCENDING)])
-            self._jobs.create_index([("updated", ASCENDING), ("uuid", ASCENDING)])
-            for head in (None, "state", "pipeline_uuid", "child_of", "agent"):
-                keys = [] if head is None else [(head, ASCENDING)]
-                self._jobs.create_index([*keys, ("created", ASCENDING), ("uuid", ASCENDING)])
-            for key in ("seq", "event_id"):
-                self._history.create_index(
-                    [("job_uuid", ASCENDING), ("job_created", ASCENDING), (key, ASCENDING)],
-                    unique=True)
-            # Reverse lookups of the links kept in list fields (which jobs read this reference,
-            # what a job generated): child_of is covered by the query index above.
-            for field in ("acted_on", "acted_using"):
-                self._jobs.create_index([(field, ASCENDING)])
-            self._entities.create_index([("uuid", ASCENDING)], unique=True)
-            for field in ENTITY_LINK_FIELDS:
-                self._entities.create_index([(field, ASCENDING)])
-            self._files.create_index([("uuid", ASCENDING)], unique=True)
-            self._files.create_index(_BY_PATH)
-            self._files.create_index([("storage_system", ASCENDING), ("path", ASCENDING)])
-            # find_files filters then sorts by (path, uuid): these serve both at once.
-            for head in ("status", "child_of"):
-                self._files.create_index([(head, ASCENDING), *_BY_PATH])
-            self._files.create_index([("created", ASCENDING), ("uuid", ASCENDING)])
-            # Scheduled fixity takes the oldest checks first (a missing one sorts first).
-            self._files.create_index([("storage_system", ASCENDING), ("checked", ASCENDING),
-                                      ("uuid", ASCENDING)])
-            for field in ENTITY_LINK_FIELDS:
-                if field != "child_of":
-                    self._files.create_index([(field, ASCENDING)])
-            for algorithm in INDEXED_CHECKSUMS:
-                self._files.create_index([(f"checksums.{algorithm}", ASCENDING)])
-            # find_audit sorts by _id: ObjectIds grow with insertion order within a process.
-            self._audit.create_index([("job_uuid", ASCENDING), ("_id", DESCENDING)])
-            self._dependencies.create_index([("dependency", ASCENDING), ("dependent", ASCENDING)],
-                                            unique=True)
-            self._dependencies.create_index([("dependent", ASCENDING)])
-        self._links.create_indexes()
-
-    def migrate(self) -> None:
-        """Run the migrations not recorded in ``schema_migrations``, in order, and record each.
-
-        Each is idempotent: two stores opened at once on an old database may both run one."""
-        with self._guard:
-            done = {doc["_id"] for doc in self._schema.find({}, {"_id": 1})}
-        for version, name, step in ((1, "history in its own collection",
-                                     MongoStore._move_embedded_histories),
-                                    (2, "links added later in their own collection",
-                                     MongoStore._move_added_links),
-                                    (3, "fixity history in its own collection",
-                                     MongoStore._move_fixity_logs)):
-            if version in done:
-                continue
-            step(self)
-            with self._guard:
-                self._schema.update_one(
-                    {"_id": version},
-                    {"$setOnInsert": {"name": name, "applied": utc_now_text()}}, upsert=True)
-
-    def migrations(self) -> list[tuple[int, str]]:
-        """The migrations recorded, as (version, name), in order."""
-        with self._guard:
-            return [(int(doc["_id"]), str(doc["name"]))
-                    for doc in self._schema.find({}).sort("_id", ASCENDING)]
-
-    def _move_added_links(self) -> None:
-        """Earlier versions added links to their source's lists (``$addToSet``), so a product
-        written by many runs grew one document without bound. What was added cannot be told
-        from what was written with the record: an entity's lists, and a job's lists but for
-        ``child_of`` (fixed at its creation: its identity), move to ``links`` whole, in their
-        order; file records keep theirs (each upsert rewrites them whole)."""
-        for collection, kind, fields in ((self._entities, "entity", ENTITY_LINK_FIELDS),
-                                         (self._jobs, "job", JOB_LINK_FIELDS[1:])):
-            query: Doc = {"$or": [{f"{field}.0": {"$exists": True}} for field in fields]}
-            while True:
-                with self._guard:
-                    batch = list(collection.find(
-                        query, {"_id": 0, "uuid": 1, "created": 1, **dict.fromkeys(fields, 1)}
-                    ).limit(500))
-                if not batch:
-                    break
-                for doc in batch:
-                    links = [{"src": doc["uuid"], "rel": field, "dst": target, "kind": kind,
-                              "at": n, **({"created": doc["created"]} if kind == "job"
-                                          and field == "generated_by" else {})}
-                             for n, (field, target) in enumerate(
-                                 (field, target) for field in fields
-                                 for target in doc.get(field) or [])]
-                    self._links.insert(links)  # first: the lists go only once they are there
-                    with self._guard:
-                        collection.update_one({"uuid": doc["uuid"]},
-                                              {"$set": dict.fromkeys(fields, [])})
-
-    def _move_embedded_histories(self) -> None:
-        """Jobs stored by earlier versions carry their history: move it to ``history``."""
-        with self._guard:
-            legacy = list(self._jobs.find({"history": {"$exists": True}},
-                                          {"_id": 0, "uuid": 1, "created": 1, "history": 1}))
-        for job in legacy:
-            self._insert_entries(job["uuid"], job["created"], job["history"], first_seq=1)
-            with self._guard:
-                self._jobs.update_one({"uuid": job["uuid"]}, {"$unset": {"history": ""}})
-        with self._guard:
-            if _LEGACY_HISTORY_INDEX in self._jobs.index_information():
-                self._jobs.drop_index(_LEGACY_HISTORY_INDEX)
 
     def _insert_entries(self, uuid: str, created: str, entries: list[Doc],
                         first_seq: int) -> None:
@@ -429,7 +270,7 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
                 return dict(doc), True
             except DuplicateKeyError:
                 with self._guard:
-                    existing = collection.find_one({"uuid": doc["uuid"]}, _NO_ID)
+                    existing = collection.find_one({"uuid": doc["uuid"]}, NO_ID)
                 if existing is not None:  # else removed since: try again
                     return existing, False
             stored.pop("_id", None)
@@ -441,7 +282,7 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
 
     def get_pipeline(self, uuid: str) -> Doc | None:
         with self._guard:
-            return self._pipelines.find_one({"uuid": uuid}, _NO_ID)
+            return self._pipelines.find_one({"uuid": uuid}, NO_ID)
 
     def find_pipelines(self, name: str | None = None, limit: int = 100,
                        cursor: str | None = None) -> Page:
@@ -450,10 +291,10 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
         if name is not None:
             clauses.append({"name": name})
         if cursor is not None:
-            clauses.append(_after("name", "uuid", cursor))
+            clauses.append(after("name", "uuid", cursor))
         with self._guard:
             rows = list(
-                self._pipelines.find(_all_of(clauses), _NO_ID)
+                self._pipelines.find(all_of(clauses), NO_ID)
                 .sort([("name", ASCENDING), ("uuid", ASCENDING)])
                 .limit(limit + 1)
             )
@@ -528,10 +369,10 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
         others = list(clauses)
         if query.child_of is not None:
             clauses.append({"child_of": query.child_of})  # matches one element of the array
-        order = _sorted(query.sort, query.cursor, clauses)
+        order = sort_spec(query.sort, query.cursor, clauses)
         with self._guard:
             rows = list(
-                self._jobs.find(_all_of(clauses), _LISTED).sort(order)
+                self._jobs.find(all_of(clauses), _LISTED).sort(order)
                 .limit(query.limit + 1)
             )
         if query.child_of is not None:  # and the jobs linked to it later
@@ -600,56 +441,6 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
                  "$inc": {"version": 1}},
             )
 
-    # the queue ---------------------------------------------------------------------------
-    def claim(self, pipelines: list[str], match: ClaimMatch, decide: Decide,
-              priority: int | None = None) -> Claimed | None:
-        return self._claims.claim(pipelines, match, decide, priority)
-
-    def renew_lease(self, uuid: str, worker: str, attempt: int, expiry: str) -> bool:
-        with self._guard:
-            result = self._jobs.update_one(
-                {"uuid": uuid, "state": "RUNNING", "queue.lease.worker": worker,
-                 "queue.lease.attempt": attempt},
-                {"$set": {"queue.lease.expiry": expiry}})
-        return result.matched_count == 1
-
-    def expired_leases(self, now: str, limit: int = 1000) -> list[str]:
-        with self._guard:
-            rows = list(self._jobs.find({"queue.lease.expiry": {"$lt": now}}, {"_id": 0, "uuid": 1})
-                        .sort("queue.lease.expiry", ASCENDING).limit(limit))
-        return [row["uuid"] for row in rows]
-
-    def sweep_leases(self, now: str, limit: int, plan: PlanSweep) -> tuple[int, list[Move]]:
-        return mongo_bulk.sweep_leases(self, now, limit, plan)
-
-    def queue_counts(self, pipelines: list[str] | None = None) -> list[tuple[str, str, int]]:
-        stages: list[Doc] = []
-        if pipelines is not None:
-            stages.append({"$match": {"pipeline_uuid": {"$in": list(pipelines)}}})
-        stages.append({"$group": {"_id": {"p": "$pipeline_uuid", "s": "$state"},
-                                  "n": {"$sum": 1}}})
-        with self._guard:
-            rows = list(self._jobs.aggregate(stages))
-        return [(row["_id"]["p"], row["_id"]["s"], int(row["n"])) for row in rows]
-
-    def add_dependencies(self, dependent: str, dependencies: list[str]) -> None:
-        with self._guard:
-            for dependency in unique(dependencies):
-                self._dependencies.update_one(
-                    {"dependency": dependency, "dependent": dependent},
-                    {"$setOnInsert": {"dependency": dependency, "dependent": dependent}},
-                    upsert=True)
-
-    def submit_jobs(self, uuids: list[str], plan: PlanSubmissions) -> Submissions:
-        return mongo_bulk.submit_jobs(self, uuids, plan)
-
-    def dependents(self, dependency: str) -> list[str]:
-        with self._guard:
-            rows = list(self._dependencies.find({"dependency": dependency},
-                                                {"_id": 0, "dependent": 1})
-                        .sort("dependent", ASCENDING))
-        return [row["dependent"] for row in rows]
-
     def delete_job(self, uuid: str) -> bool:
         with self._guard:
             head = self._jobs.find_one({"uuid": uuid}, _HEAD)
@@ -674,233 +465,6 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
         in_transaction(self.database.client, self._transactions, delete)
         return deleted == [1]
 
-    # entities and links ------------------------------------------------------------------
-    def upsert_entities(self, docs: list[Doc]) -> None:
-        if not docs:
-            return
-        fresh = [{**doc, **{f: unique(doc[f]) for f in ENTITY_LINK_FIELDS if f in doc}}
-                 for doc in docs]  # copies: pymongo adds _id to what it inserts
-        try:
-            with self._guard:
-                self._entities.insert_many(fresh, ordered=False)
-        except BulkWriteError as exc:
-            # The unique index keeps the entities already there; anything else is a failure.
-            if any(e.get("code") != _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise
-            if exc.details.get("writeConcernErrors"):
-                raise
-
-    def get_entity(self, uuid: str) -> Doc | None:
-        with self._guard:
-            doc = self._entities.find_one({"uuid": uuid}, _NO_ID)
-        return None if doc is None else self._links.attach([doc], ENTITY_LINK_FIELDS)[0]
-
-    def add_links(self, src: str, relation: str, targets: list[str]) -> None:
-        """Links not in the source's own list go to ``links`` (``mongo_links``): no document
-        grows with the links added to it."""
-        kind = check_link(src, relation)
-        collection = {"job": self._jobs, "file": self._files, "entity": self._entities}[kind]
-        with self._guard:
-            source = collection.find_one({"uuid": src}, {
-                "_id": 0, "uuid": 1, "created": 1, "path": 1, relation: 1})
-        if source is None:
-            raise link_source_not_found(src)
-        self._links.add(kind, source, relation, targets)
-
-    def edges(self, uuids: list[str], direction: str,
-              limit: int | None = None) -> list[tuple[str, str, str]]:
-        # Link lists live on the documents, each field multikey-indexed: up reads the lists
-        # of the documents themselves, down finds the documents whose lists name the uuids.
-        # Down, each document found gives one edge or more, so with a limit no more documents
-        # than edges still wanted are read. Up, the documents are the uuids' own (a few may
-        # have no edges): all are read, and the edges cut to the limit.
-        wanted = unique(uuids)
-        named = set(wanted)
-        found: list[tuple[str, str, str]] = []
-        # Links added later first: with a limit, those of a product of many runs are read no
-        # further than wanted, from their index.
-        seen = set()
-        for edge in self._links.edges(wanted, direction, limit):
-            if edge not in seen:
-                seen.add(edge)
-                found.append(edge)
-        for collection, fields in ((self._jobs, JOB_LINK_FIELDS),
-                                   (self._files, ENTITY_LINK_FIELDS),
-                                   (self._entities, ENTITY_LINK_FIELDS)):
-            if limit is not None and len(found) >= limit:
-                break
-            projection: Doc = {"_id": 0, "uuid": 1, **dict.fromkeys(fields, 1)}
-            if direction == "up":
-                query: Doc = {"uuid": {"$in": wanted}}
-            else:
-                query = {"$or": [{field: {"$in": wanted}} for field in fields]}
-            with self._guard:
-                cursor = collection.find(query, projection)
-                if limit is not None and direction == "down":
-                    cursor = cursor.limit(limit - len(found))
-                documents = list(cursor)
-            for doc in documents:
-                for field in fields:
-                    for target in doc.get(field, []):
-                        edge = (doc["uuid"], field, target)
-                        if (direction == "up" or target in named) and edge not in seen:
-                            seen.add(edge)
-                            found.append(edge)
-        return found if limit is None else found[:limit]
-
-    # files -------------------------------------------------------------------------------
-    def upsert_files(self, docs: list[Doc]) -> None:
-        # Deep copies: mongomock keeps what it is given, and pymongo may add _id to it.
-        latest = {uuid: copy.deepcopy(doc) for uuid, doc in latest_files(docs).items()}
-        if not latest:
-            return
-        uuids = list(latest)
-        # The doc's checks join the history first; the record keeps its last (fixity_mongo).
-        self._add_checks([(uuid, check) for uuid, doc in latest.items()
-                          for check in doc.get("fixity") or ()])
-        # A replaced record's lists become its edges: the links added to it since go too.
-        replaced_links: Doc = {"src": {"$in": uuids}, "kind": "file"}
-        if self._mock:
-            with self._guard:
-                for uuid, doc in latest.items():
-                    self._files.update_one({"uuid": uuid}, _file_upsert(doc), upsert=True)
-            self._links.delete(replaced_links)
-            return
-        pending = uuids
-
-        def write(session: Session) -> None:
-            with self._guard:
-                self._files.bulk_write(
-                    [UpdateOne({"uuid": uuid}, _file_upsert(latest[uuid]), upsert=True)
-                     for uuid in pending],
-                    ordered=False, session=session,
-                )
-            self._links.delete(replaced_links, session)
-
-        for _ in range(self._retries):
-            try:
-                in_transaction(self.database.client, self._transactions, write)
-                return
-            except BulkWriteError as exc:
-                # Two upserts of one new uuid can race to insert it; the loser is retried
-                # (then as a replace). Anything else is a failure. In a transaction nothing
-                # was written: all are retried.
-                errors = exc.details.get("writeErrors", [])
-                if exc.details.get("writeConcernErrors") or any(
-                    e.get("code") != _DUPLICATE_KEY for e in errors
-                ):
-                    raise
-                if not self._transactions:
-                    pending = [pending[e["index"]] for e in errors]
-        raise ConcurrencyConflict(f"could not upsert {len(pending)} file records: they kept racing")
-
-    def get_file(self, uuid: str) -> Doc | None:
-        with self._guard:
-            doc = self._files.find_one({"uuid": uuid}, _NO_ID)
-        return None if doc is None else self._links.attach([doc], ENTITY_LINK_FIELDS)[0]
-
-    def get_files(self, uuids: list[str]) -> dict[str, Doc]:
-        wanted = unique(uuids)
-        if not wanted:
-            return {}
-        with self._guard:
-            docs = list(self._files.find({"uuid": {"$in": wanted}}, _NO_ID))
-        found = {doc["uuid"]: doc for doc in self._links.attach(docs, ENTITY_LINK_FIELDS)}
-        return {uuid: found[uuid] for uuid in wanted if uuid in found}
-
-    def find_files(self, child_of: str | None = None, path_prefix: str | None = None,
-                   status: str | None = None, limit: int = 100,
-                   cursor: str | None = None, *, kind: str | None = None,
-                   level: str | None = None, media_type: str | None = None,
-                   sort: str = "path", checksum: tuple[str, str] | None = None,
-                   links: bool = True) -> Page:
-        check_limit(limit)
-        check_sort(sort, FILE_SORTS)
-        clauses: list[Doc] = []
-        if checksum is not None:
-            clauses.append({f"checksums.{check_algorithm(checksum[0])}": checksum[1]})
-        if path_prefix:
-            # A range rather than a regex: exact for any text, and served by the path index.
-            upper = prefix_upper_bound(path_prefix)
-            clauses.append({"path": {"$gte": path_prefix} if upper is None
-                            else {"$gte": path_prefix, "$lt": upper}})
-        for field, value in (("status", status), ("kind", kind), ("level", level),
-                             ("media_type", media_type)):
-            if value is not None:
-                clauses.append({field: value})
-        others = list(clauses)
-        if child_of is not None:
-            clauses.append({"child_of": child_of})  # matches one element of the array
-        order = _sorted(sort, cursor, clauses)
-        with self._guard:
-            rows = list(self._files.find(_all_of(clauses), _NO_ID).sort(order).limit(limit + 1))
-        if child_of is not None:  # and the records linked to it later
-            rows = merged(rows, self._links.linked_page(
-                self._files, "file", "child_of", child_of, sort, cursor, others, limit + 1,
-                _NO_ID), sort, limit + 1)
-        if not links:
-            return sorted_page(without_link_fields(rows), limit, sort)
-        return sorted_page(self._links.attach(rows, ENTITY_LINK_FIELDS), limit, sort)
-
-    def record_fixity(self, checks: list[FixityUpdate]) -> None:
-        if not checks:
-            return
-        wanted = unique([uuid for uuid, _, _ in checks])
-        with self._guard:
-            found = {doc["uuid"] for doc in
-                     self._files.find({"uuid": {"$in": wanted}}, {"uuid": 1, "_id": 0})}
-        for uuid in wanted:
-            if uuid not in found:  # records are never deleted: checked first, nothing written
-                raise FileNotFound(uuid)
-        self._add_checks([(uuid, check) for uuid, check, _ in checks])  # first: see the module
-        updates = [({"uuid": uuid}, {"$set": {"fixity": [copy.deepcopy(check)],
-                                              "status": status, "updated": check["date"],
-                                              "checked": check["date"]}})
-                   for uuid, check, status in checks]
-        with self._guard:
-            if self._mock:
-                for query, update in updates:
-                    self._files.update_one(query, update)
-            else:  # in order: two checks of one file are appended as given
-                self._files.bulk_write([UpdateOne(query, update) for query, update in updates],
-                                       ordered=True)
-
-    def unlink_job_files(self, job_uuid: str) -> int:
-        linked = {"$or": [{field: job_uuid} for field in FILE_JOB_LINK_FIELDS]}
-        changed: set[str] = set()
-
-        def unlink(session: Session) -> None:
-            changed.clear()
-            with self._guard:
-                changed.update(doc["uuid"] for doc in self._files.find(
-                    linked, {"_id": 0, "uuid": 1}, session=session))
-                self._files.update_many(
-                    linked, {"$pull": {field: job_uuid for field in FILE_JOB_LINK_FIELDS}},
-                    session=session)
-            changed.update(self._links.sources("file", FILE_JOB_LINK_FIELDS, job_uuid, session))
-            self._links.delete({"dst": job_uuid, "rel": {"$in": list(FILE_JOB_LINK_FIELDS)},
-                                "kind": "file"}, session)
-
-        in_transaction(self.database.client, self._transactions, unlink)
-        return len(changed)
-
-    def oldest_checks(self, storage_system: str, before: str, limit: int) -> list[Doc]:
-        check_limit(limit)
-        query = {"storage_system": storage_system,
-                 "$or": [{"checked": {"$lt": before}}, {"checked": None}]}
-        with self._guard:
-            return list(self._files.find(query, _NO_ID).sort(
-                [("checked", ASCENDING), ("uuid", ASCENDING)]).limit(limit))
-
-    def append_fixity_run(self, summary: Doc) -> None:
-        with self._guard:
-            self._fixity_runs.insert_one(copy.deepcopy(summary))
-
-    def find_fixity_runs(self, limit: int = 100) -> list[Doc]:
-        check_limit(limit)
-        with self._guard:
-            return list(self._fixity_runs.find({}, _NO_ID).sort("_id", DESCENDING).limit(limit))
-
     # audit -------------------------------------------------------------------------------
     def append_audit(self, entry: Doc) -> None:
         with self._guard:
@@ -910,20 +474,7 @@ class MongoStore(OpenLineageMongo, TombstonesMongo, FixityMongo):
         check_limit(limit)
         query: Doc = {} if job_uuid is None else {"job_uuid": job_uuid}
         with self._guard:
-            return list(self._audit.find(query, _NO_ID).sort("_id", DESCENDING).limit(limit))
-
-
-def _file_upsert(doc: Doc) -> list[Doc]:
-    """The update pipeline that upserts a file record: ``doc`` whole (``$literal``: no value of
-    it is read as an expression), but for its fixity, which is the last of the stored check
-    and the doc's (``last_check``: the doc's checks are in the history already), in one
-    atomic write."""
-    fixity = last_check_expression(last_check([], doc.get("fixity") or []))
-    root: Doc = {"_id": "$_id"}  # the fields in the doc's order, the fixity log in its place
-    root.update((key, fixity if key == "fixity" else {"$literal": value})
-                for key, value in doc.items())
-    root.setdefault("fixity", fixity)
-    return [{"$replaceRoot": {"newRoot": root}}]
+            return list(self._audit.find(query, NO_ID).sort("_id", DESCENDING).limit(limit))
 
 
 def _entry(stored: Doc) -> Doc:
