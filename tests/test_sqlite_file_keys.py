@@ -173,9 +173,7 @@ def test_a_hexadecimal_digest_is_keyed_by_its_first_60_bits(digest: str, key: in
 
 def test_a_digest_given_by_hand_is_keyed_by_a_hash_of_it() -> None:
     assert digest_key("not hex") == digest_key("not hex") != digest_key("not hex!")
-    assert 0 <= digest_key("") < 2**56
-    store_key = digest_key("zz" * 32)
-    assert 0 <= store_key < 2**56
+    assert 0 <= digest_key("") < 2**56 and 0 <= digest_key("zz" * 32) < 2**56
 
 
 def test_a_digest_given_by_hand_is_found(tmp_path: Path) -> None:
@@ -185,9 +183,13 @@ def test_a_digest_given_by_hand_is_found(tmp_path: Path) -> None:
         store.upsert_files([doc])
         assert store.find_files(checksum=("sha256", "not hex")).items == [doc]
         assert store.find_files(checksum=("sha256", "not hex!")).items == []
-        # the same first 60 bits, another digest: compared in the row, not found
-        store.upsert_files([{**doc, "checksums": {"sha256": "ab" * 32}}])
+        # another digest with the same first 60 bits: the same key, compared in the row
+        stored = {**doc, "checksums": {"sha256": "ab" * 32}}
+        store.upsert_files([stored])
+        assert digest_key("ab" * 8 + "cd" * 24) == digest_key("ab" * 32)
         assert store.find_files(checksum=("sha256", "ab" * 8 + "cd" * 24)).items == []
+        assert store.find_files(checksum=("sha256", "ab" * 32)).items == [stored]
+        assert store.find_files(checksum=("md5", "ab" * 32)).items == []
     finally:
         store.close()
 
