@@ -19,11 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from catalog.errors import (
-    ConcurrencyConflict,
-    ConfigurationError,
-    StoreError,
-)
+from catalog.errors import ConcurrencyConflict, ConfigurationError, StoreError
 from catalog.store import sqlite_checkpoint, sqlite_file_keys
 from catalog.store.base import (
     JOB_LINK_FIELDS,
