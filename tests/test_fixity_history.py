@@ -18,6 +18,7 @@ from typing import Any
 import bson
 import httpx
 import pytest
+from sqlite_shapes import files_before_17
 
 from catalog import Catalog
 from catalog.errors import FileNotFound, InvalidInput
@@ -119,6 +120,7 @@ def _write_old_log(store: Store, uuid: str, log: list[Doc]) -> None:
         with store._write() as conn:
             conn.execute("UPDATE files SET doc = json_set(doc, '$.fixity', json(?)) "
                          "WHERE uuid = ?", (json.dumps(log), uuid))
+            files_before_17(conn)  # the tables migration 15 ran on, keyed by uuid
             conn.execute("DROP TABLE fixity_checks")
             conn.execute("DELETE FROM schema_migrations WHERE version = 15")
     else:

@@ -144,7 +144,7 @@ def test_migration_16_moves_the_lists_out_and_answers_them_the_same(
     heavy = row_size(path, "entities", PRODUCT)
     store = SQLiteStore(path)
     try:
-        assert store.migrations()[-1][0] == 16
+        assert 16 in [version for version, _ in store.migrations()]
         assert store.get_entity(PRODUCT) == old["product"]
         job = old["job"]
         assert store.get_job(job["uuid"], history=False) == {

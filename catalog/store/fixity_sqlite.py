@@ -5,6 +5,9 @@ without bound and every read of it parsed the whole log. The log is now the ``fi
 table, keyed by (file, date, outcome): a record's history is a range of that key, read a page
 at a time (``fixity_checks``), and a check given again (an indexer's doc repeating the
 record's last check) is stored once. The record keeps only its last check.
+
+Since migration 17 (``sqlite_file_keys``) the table's ``file`` is the record's integer id, not
+its uuid: the checks of the records written together land together.
 """
 
 from __future__ import annotations
@@ -47,12 +50,21 @@ SET_LAST_CHECK = (
     "'$.checked', ?) WHERE uuid = ?"
 )
 _ADD_CHECK = "INSERT OR IGNORE INTO fixity_checks (file, date, outcome, doc) VALUES (?, ?, ?, ?)"
+_ADD_CHECK_OF_UUID = ("INSERT OR IGNORE INTO fixity_checks (file, date, outcome, doc) "
+                      "SELECT id, ?, ?, ? FROM files WHERE uuid = ?")
 
 
-def add_checks(conn: sqlite3.Connection, checks: Iterable[tuple[str, Doc]]) -> None:
-    """Add ``(file uuid, check)`` to the history (a check already there is left as it is)."""
-    conn.executemany(_ADD_CHECK, [(uuid, *check_identity(check), orjson.dumps(check).decode())
-                                  for uuid, check in checks])
+def add_checks(conn: sqlite3.Connection, checks: Iterable[tuple[int, Doc]]) -> None:
+    """Add ``(file id, check)`` to the history (a check already there is left as it is), in
+    key order: the rows of neighbouring ids share their pages."""
+    conn.executemany(_ADD_CHECK, sorted(
+        (file, *check_identity(check), orjson.dumps(check).decode()) for file, check in checks))
+
+
+def add_checks_of_uuids(conn: sqlite3.Connection, checks: Iterable[tuple[str, Doc]]) -> None:
+    """Add ``(file uuid, check)`` to the history (a uuid with no record adds nothing)."""
+    conn.executemany(_ADD_CHECK_OF_UUID, [(*check_identity(check), orjson.dumps(check).decode(),
+                                           uuid) for uuid, check in checks])
 
 
 class FixitySQLite:
@@ -63,7 +75,9 @@ class FixitySQLite:
 
     def fixity_checks(self, uuid: str, limit: int = 100, cursor: str | None = None) -> Page:
         check_limit(limit)
-        sql, params = "SELECT date, outcome, doc FROM fixity_checks WHERE file = ?", [uuid]
+        sql = ("SELECT date, outcome, doc FROM fixity_checks "
+               "WHERE file = (SELECT id FROM files WHERE uuid = ?)")
+        params = [uuid]
         if cursor is not None:
             date, outcome = decode_cursor(cursor, 2)
             sql += " AND (date, outcome) > (?, ?)"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.errors import ConcurrencyConflict, ConfigurationError, StoreError
-from catalog.store import sqlite_checkpoint
+from catalog.store import sqlite_checkpoint, sqlite_file_keys
 from catalog.store.base import (
     JOB_LINK_FIELDS,
     Doc,
@@ -169,6 +169,7 @@ class SQLiteStore(EventsSQLite, QueueSQLite, EntitiesSQLite, FilesSQLite, OpenLi
 
     def migrate(self) -> None:
         with self._write() as conn:
+            sqlite_file_keys.register(conn)
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, "

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from catalog.errors import FileNotFound
-from catalog.store import sqlite_checkpoint
+from catalog.store import sqlite_checkpoint, sqlite_file_keys
 from catalog.store.base import (
     ENTITY_LINK_FIELDS,
     FILE_JOB_LINK_FIELDS,
@@ -28,7 +28,7 @@ from catalog.store.base import (
     unique,
     without_link_fields,
 )
-from catalog.store.fixity_sqlite import SET_LAST_CHECK, add_checks
+from catalog.store.fixity_sqlite import SET_LAST_CHECK, add_checks, add_checks_of_uuids
 from catalog.store.sqlite_links import attach, list_rows, without_lists
 from catalog.store.sqlite_rows import IN_CHUNK, INSERT_LINK, dumps, keyset
 
@@ -41,7 +41,6 @@ _UPSERT_FILE = (
     "created = excluded.created, doc = excluded.doc, "
     "checked = max(files.checked, excluded.checked)"
 )
-_INSERT_CHECKSUM = "INSERT OR IGNORE INTO file_checksums (algorithm, digest, uuid) VALUES (?, ?, ?)"
 
 
 class FilesSQLite:
@@ -67,41 +66,37 @@ class FilesSQLite:
 
     def _upsert_files(self, latest: dict[str, Doc]) -> None:
         with self._write() as conn:
-            # A replaced record's checksum rows are found through its old doc (the table's key
-            # starts with the algorithm), and its edges through the links key (src, relation).
-            # Its last check is read under the write lock, to be kept if newer (last_check).
-            stale_checksums: list[tuple[str, str, str]] = []
-            replaced: list[str] = []
+            # A replaced record's checksum rows are found by its id, and its edges through
+            # the links key (src, relation). Its last check is read under the write lock, to
+            # be kept if newer (last_check).
+            replaced: dict[str, int] = {}
             stored: dict[str, list[Doc]] = {}
             for chunk in chunked(list(latest), IN_CHUNK):
                 rows = conn.execute(
-                    "SELECT uuid, json_extract(doc, '$.checksums'), json_extract(doc, '$.fixity') "
+                    "SELECT uuid, id, json_extract(doc, '$.fixity') "
                     f"FROM files WHERE uuid IN ({', '.join('?' * len(chunk))})",
                     chunk,
                 )
-                for uuid, checksums, fixity in rows:
-                    replaced.append(uuid)
-                    stale_checksums += [(algorithm, digest, uuid) for algorithm, digest
-                                        in json.loads(checksums or "{}").items()]
+                for uuid, file, fixity in rows:
+                    replaced[uuid] = file
                     stored[uuid] = json.loads(fixity or "[]")
-            # The doc's checks join the history; the record keeps its last check only.
-            add_checks(conn, ((uuid, check) for uuid, doc in latest.items()
-                              for check in doc.get("fixity") or ()))
+            # The doc's checks join the history (once the new records have their ids); the
+            # record keeps its last check only.
+            checks = [(uuid, check) for uuid, doc in latest.items()
+                      for check in doc.get("fixity") or ()]
             for uuid, doc in latest.items():
                 given = doc.get("fixity") or []
                 kept = last_check(stored.get(uuid, []), given)
                 if kept != given:
                     latest[uuid] = {**doc, "fixity": kept}
             conn.executemany(
-                "DELETE FROM file_checksums WHERE algorithm = ? AND digest = ? AND uuid = ?",
-                stale_checksums,
-            )
-            conn.executemany(
                 "DELETE FROM links WHERE src = ? AND relation = ?",
                 [(uuid, relation) for uuid in replaced for relation in ENTITY_LINK_FIELDS],
             )
             # Rows in key order: a b-tree takes sorted keys as near-appends, and random ones
-            # (checksums, uuids) as a page search each (3x slower for 20,000 files).
+            # as a page search each. A new record's id is the next rowid: the trees keyed by
+            # it (checksums, check history, last checks) take the chunk side by side
+            # (sqlite_file_keys).
             conn.executemany(
                 _UPSERT_FILE,
                 [(doc["uuid"], doc["path"], doc["storage_system"], doc["status"],
@@ -109,11 +104,11 @@ class FilesSQLite:
                   dumps(without_lists(doc, ENTITY_LINK_FIELDS)), doc.get("checked") or "")
                  for _, doc in sorted(latest.items())],
             )
-            conn.executemany(
-                _INSERT_CHECKSUM,
-                sorted((algorithm, digest, doc["uuid"]) for doc in latest.values()
-                       for algorithm, digest in doc.get("checksums", {}).items()),
-            )
+            ids = {**replaced, **sqlite_file_keys.file_ids(
+                conn, [uuid for uuid in latest if uuid not in replaced])}
+            sqlite_file_keys.replace_checksums(
+                conn, replaced.values(), ((ids[uuid], doc) for uuid, doc in latest.items()))
+            add_checks(conn, ((ids[uuid], check) for uuid, check in checks))
             conn.executemany(
                 INSERT_LINK,
                 sorted(row for doc in latest.values()
@@ -151,14 +146,17 @@ class FilesSQLite:
         check_limit(limit)
         check_sort(sort, FILE_SORTS)
         where: list[str] = []
-        params: list[str] = []
+        params: list[Any] = []
         source, keyed = "files", "files"
         if checksum is not None:
-            # Driven by file_checksums' key (algorithm, digest, uuid): the matches of a digest,
-            # sorted for the page (a sorter that keeps a page, however many files share it).
-            source = "file_checksums JOIN files ON files.uuid = file_checksums.uuid"
-            where.append("file_checksums.algorithm = ? AND file_checksums.digest = ?")
-            params += [check_algorithm(checksum[0]), checksum[1]]
+            # Driven by file_checksums_key (the digest's first 60 bits): the matches of a
+            # digest, sorted for the page (a sorter that keeps a page, however many files
+            # share it).
+            source = "file_checksums JOIN files ON files.id = file_checksums.file"
+            condition, values = sqlite_file_keys.checksum_match(check_algorithm(checksum[0]),
+                                                                checksum[1])
+            where.append(condition)
+            params += values
         if child_of is not None:
             if checksum is None:
                 source = "links JOIN files ON files.uuid = links.src"
@@ -217,7 +215,7 @@ class FilesSQLite:
                         chunk))
                 # Raised inside the transaction: it is rolled back, nothing is written.
                 raise FileNotFound(next(uuid for uuid in wanted if uuid not in found))
-            add_checks(conn, ((uuid, check) for uuid, check, _ in checks))
+            add_checks_of_uuids(conn, ((uuid, check) for uuid, check, _ in checks))
 
     def unlink_job_files(self, job_uuid: str) -> int:
         relations = ", ".join(f"'{relation}'" for relation in FILE_JOB_LINK_FIELDS)
@@ -239,7 +237,7 @@ class FilesSQLite:
         conn = self._connection()
         rows = conn.execute(
             "SELECT doc FROM files WHERE storage_system = ? AND checked < ? "
-            "ORDER BY checked, uuid LIMIT ?", (storage_system, before, limit)).fetchall()
+            "ORDER BY checked, id LIMIT ?", (storage_system, before, limit)).fetchall()
         docs = [json.loads(row[0]) for row in rows]
         attach(conn, docs, ENTITY_LINK_FIELDS)
         return docs

@@ -72,7 +72,7 @@ def job_rows(doc: Doc) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
 
 
 def keyset(sort: str, cursor: str | None, table: str, where: list[str],
-           params: list[str]) -> str:
+           params: list[Any]) -> str:
     """Add the condition "after the cursor" for ``sort``; return the ORDER BY clause.
 
     ``table`` "links" keys a source's sort value and uuid by its link row (src_key, src)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from catalog.store.fixity_sqlite import MIGRATION as FIXITY_MIGRATION
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
+from catalog.store.sqlite_file_keys import MIGRATION as FILE_KEYS_MIGRATION
 from catalog.store.sqlite_links import MIGRATION as LINKS_MIGRATION
 from catalog.store.tombstones_sqlite import MIGRATION as TOMBSTONES_MIGRATION
 
@@ -204,4 +205,5 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     TOMBSTONES_MIGRATION,
     FIXITY_MIGRATION,  # 15 (14: another branch)
     LINKS_MIGRATION,  # 16
+    FILE_KEYS_MIGRATION,  # 17
 )
