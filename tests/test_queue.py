@@ -232,6 +232,31 @@ def test_claims_committed_together_take_distinct_jobs(catalog: Catalog) -> None:
         assert job.queue.lease.worker == runs[0].data["worker"]
 
 
+@pytest.mark.parametrize("backend", MONGO_BACKENDS)
+def test_a_job_cancelled_between_its_claim_and_its_read_is_not_handed_out(
+        backend: str, database_url: Callable[[str], str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MongoDB's claim reads the job just after claiming it: a cancel in between leaves it
+    held by nobody, and the worker is given nothing rather than a job it must not run."""
+    monkeypatch.chdir(tmp_path)
+    with Catalog.open(database_url(backend), keys=KEYS) as opened:
+        opened.add_pipeline("reduce")
+        uuid = submit(opened, work(1)).uuid
+        get_job = opened.store.get_job
+
+        def cancelled_first(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("links") is False:
+                opened.cancel(uuid)
+            return get_job(*args, **kwargs)
+
+        monkeypatch.setattr(opened.store, "get_job", cancelled_first)
+        assert withdraw(opened, {"pipelines": ["reduce"]}, "w") is None
+        monkeypatch.setattr(opened.store, "get_job", get_job)
+        job = opened.get_job(uuid)
+        assert job.state == "CANCELLED" and job.queue is not None and job.queue.lease is None
+        assert [entry.name for entry in job.history][-2:] == ["run", "cancel"]
+
+
 def test_withdraw_gives_the_worker_what_it_needs_and_records_the_lease(
         catalog: Catalog) -> None:
     uuid = submit(catalog, work(1, timeout=600)).uuid

@@ -225,9 +225,10 @@ def withdraw(catalog: Catalog, work_filter: WorkFilter | dict[str, Any], worker:
                                   priority)
     if claimed is None:
         return None
-    job = claimed.job  # as the claim left it: no second read
+    job = claimed.job  # as the claim left it (MongoDB: read just after it)
     queue = QueueInfo.model_validate(job["queue"])
-    assert queue.lease is not None
+    if queue.lease is None or queue.lease.worker != worker:
+        return None  # cancelled (or swept) between the claim and its read: nothing to run
     return Withdrawn(uuid=job["uuid"], pipeline=pipelines.get(job["pipeline_uuid"],
                                                               job["pipeline_uuid"]),
                      data=job["data"], archive_path=job["archive_path"],
