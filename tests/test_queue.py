@@ -32,6 +32,7 @@ from catalog.queue import (
     sweep,
     withdraw,
 )
+from catalog.queue.core import pipeline_uuids
 from catalog.tokens import Keys
 
 KEYS = Keys(b"q" * 32, b"a" * 32)
@@ -206,6 +207,29 @@ def test_a_claim_answers_the_job_as_it_left_it(catalog: Catalog,
     assert got.archive_path == claimed.job["archive_path"] == catalog.get_job(uuid).archive_path
     assert withdraw(catalog, {"pipelines": ["reduce"]}, "host:1") is None
     assert answered[-1] is None
+
+
+def test_a_claim_whose_filter_raises_is_refused_alone(catalog: Catalog) -> None:
+    """A claim's filter runs inside the store's write (on SQLite, in the group commit with
+    whatever else is queued): its error reaches its caller, nothing is claimed, and the next
+    claim and event go through."""
+    uuid = submit(catalog, work(1)).uuid
+    pipelines = list(pipeline_uuids(catalog, ["reduce"]))
+
+    def boom(head: dict[str, Any]) -> bool:
+        raise RuntimeError("filter failed")
+
+    def must_not_decide(head: dict[str, Any]) -> Any:
+        raise AssertionError("nothing matched: nothing to decide")
+
+    with pytest.raises(RuntimeError, match="filter failed"):
+        catalog.store.claim(pipelines, boom, must_not_decide)
+    job = catalog.get_job(uuid)
+    assert job.state == "QUEUED" and [entry.name for entry in job.history] == ["create",
+                                                                               "queue"]
+    got = withdraw(catalog, {"pipelines": ["reduce"]}, "w")
+    assert got is not None and got.uuid == uuid
+    assert catalog.get_job(uuid).state == "RUNNING"
 
 
 def test_claims_committed_together_take_distinct_jobs(catalog: Catalog) -> None:

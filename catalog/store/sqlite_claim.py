@@ -16,7 +16,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.errors import StoreError
 from catalog.store.base import (
     CLAIM_PAGE,
     JOB_LINK_FIELDS,
@@ -43,17 +42,6 @@ class PendingClaim:
     result: Claimed | None = None
     error: BaseException | None = None
     future: Future[Claimed | None] = field(default_factory=Future)
-
-    def apply(self, conn: sqlite3.Connection, apply_one: ApplyOne) -> None:
-        """Claim in the open transaction, noting the outcome; writes nothing unless it
-        succeeds (``apply_one`` writes after ``decide`` has returned)."""
-        try:
-            self.result = claim_in(conn, self.pipelines, self.match, self.decide,
-                                   self.priority, apply_one)
-        except sqlite3.IntegrityError as exc:
-            self.error = StoreError(f"the catalog database refused a write: {exc}")
-        except Exception as exc:  # handed to the claiming thread
-            self.error = exc
 
     def settle(self) -> None:
         if self.error is not None:

@@ -23,7 +23,7 @@ from catalog.store import sqlite_bulk, sqlite_checkpoint
 from catalog.store.base import Applied, Decide, decided, settle_future
 from catalog.store.openlineage_sqlite import PendingLineage, ThreadLineage
 from catalog.store.openlineage_write import LineageApplied, LineageWrite
-from catalog.store.sqlite_claim import PendingClaim
+from catalog.store.sqlite_claim import PendingClaim, claim_in
 from catalog.store.sqlite_loop import LoopEventsRegistry
 from catalog.store.sqlite_rows import BULK_CHUNK, INSERT_HISTORY, dumps, queue_columns
 
@@ -239,11 +239,12 @@ class EventsSQLite:
             if isinstance(item, PendingLineage):
                 cls._apply_lineage(conn, item)
                 continue
-            if isinstance(item, PendingClaim):
-                item.apply(conn, cls._apply_one)
-                continue
             try:
-                item.result = cls._apply_one(conn, item.uuid, item.event_id, item.decide)
+                if isinstance(item, PendingClaim):
+                    item.result = claim_in(conn, item.pipelines, item.match, item.decide,
+                                           item.priority, cls._apply_one)
+                else:
+                    item.result = cls._apply_one(conn, item.uuid, item.event_id, item.decide)
             except sqlite3.IntegrityError as exc:
                 item.error = StoreError(f"the catalog database refused a write: {exc}")
             except Exception as exc:  # handed to the caller whose event it was
