@@ -13,7 +13,7 @@ WAL by the last chunk of each size (read from the WAL's frame headers and mapped
 ``dbstat``): the trees whose writes do not stay local show there. Peak RSS is this process's.
 No file is read or hashed: only the store is measured (``bench/fixity.py`` (c) measures the
 whole run).
-Usage: ``python bench/fixity_store_scale.py [--files N] [--tree-files N] [--pages]``.
+Usage: ``python bench/fixity_store_scale.py [--files N] [--tree-files N] [--chunk N] [--pages]``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 from catalog.fixity import check
 from catalog.identifiers import UUIDType, typed_uuid
 from catalog.indexer import UPSERT_CHUNK
+from catalog.models import format_date, utc_now
 from catalog.store.sqlite import SQLiteStore
 
 STAMP = "2026-12-05T08:00:00.000000Z"
@@ -41,8 +42,9 @@ SYSTEM = "local"
 NAMESPACE = "bench-store-scale"
 
 
-def record(index: int) -> dict[str, Any]:
-    """The index's record of the tree's ``index``-th file (digests from its number)."""
+def record(index: int, stamp: str = STAMP) -> dict[str, Any]:
+    """The index's record of the tree's ``index``-th file (digests from its number), written
+    by a chunk at ``stamp`` (the index dates each chunk's records with its own date)."""
     path = f"/tree/d{index // 200:04d}/f{index:06d}.bin"
     seed = index.to_bytes(8, "big")
     checksums = {"xxh3_128": hashlib.md5(seed).hexdigest(),
@@ -52,10 +54,10 @@ def record(index: int) -> dict[str, Any]:
         "storage_system": SYSTEM, "path": path, "name": path.rsplit("/", 1)[1],
         "size": 4096, "mtime": STAMP, "etag": None, "media_type": "application/octet-stream",
         "kind": "archive", "level": "0", "checksums": checksums, "status": "ok",
-        "fixity": [check(STAMP, "indexed", 4096, checksums, [])], "checked": STAMP,
+        "fixity": [check(stamp, "indexed", 4096, checksums, [])], "checked": stamp,
         "version": 1, "versions": [], "child_of": [JOB], "generated_by": [JOB],
-        "derived_from": [], "derived_using": [], "note": None, "created": STAMP,
-        "updated": STAMP,
+        "derived_from": [], "derived_using": [], "note": None, "created": stamp,
+        "updated": stamp,
     }
 
 
@@ -96,15 +98,17 @@ def store_cache_mib() -> float:
 
 
 def run(directory: Path, files: int, tree_files: int, window: int,
-        pages: bool) -> dict[str, Any]:
+        pages: bool, chunk: int = UPSERT_CHUNK) -> dict[str, Any]:
     database = directory / "scale.db"
     store = SQLiteStore(database)
     wal = Path(f"{database}-wal")
     chunks: list[tuple[int, float, float]] = []  # (records after it, wall s, cpu s)
     dirtied: dict[int, dict[str, int]] = {}
     try:
-        for first in range(0, files, UPSERT_CHUNK):
-            docs = [record(index) for index in range(first, min(files, first + UPSERT_CHUNK))]
+        for first in range(0, files, chunk):
+            stamp = format_date(utc_now())
+            docs = [record(index, stamp)
+                    for index in range(first, min(files, first + chunk))]
             done = first + len(docs)
             watch = pages and done in (tree_files, files)
             if watch:
@@ -126,14 +130,14 @@ def run(directory: Path, files: int, tree_files: int, window: int,
 
     def mean(upto: int) -> tuple[float, float]:
         last = [chunk for chunk in chunks if chunk[0] <= upto][-window:]
-        records = sum(min(UPSERT_CHUNK, done) for done, _, _ in last)
+        records = sum(min(chunk, done) for done, _, _ in last)
         return records / sum(w for _, w, _ in last), sum(c for _, _, c in last) / len(last)
 
     small_rate, small_cpu = mean(tree_files)
     large_rate, large_cpu = mean(files)
     result: dict[str, Any] = {
         "benchmark": "fixity_store_scale",
-        "chunk": UPSERT_CHUNK, "window_chunks": window,
+        "chunk": chunk, "window_chunks": window,
         "tree_files": tree_files, "files": files,
         "tree_files_s": round(small_rate, 1), "files_s": round(large_rate, 1),
         "tree_chunk_cpu_s": round(small_cpu, 3), "chunk_cpu_s": round(large_cpu, 3),
@@ -154,6 +158,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=200000)
     parser.add_argument("--tree-files", type=int, default=20000)
     parser.add_argument("--window", type=int, default=3, help="chunks averaged at each size")
+    parser.add_argument("--chunk", type=int, default=UPSERT_CHUNK,
+                        help="records per write (default: the index's)")
     parser.add_argument("--pages", action="store_true", help="count the pages each tree dirtied")
     parser.add_argument("--dir", help="where the database goes (default: a temporary directory)")
     parser.add_argument("--cache-mib", type=int, help="the store's page cache (default: its own)")
@@ -163,7 +169,8 @@ def main() -> None:
 
         sqlite._CACHE_KIB = args.cache_mib * 1024  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory(prefix="bench-store-scale-", dir=args.dir) as temporary:
-        result = run(Path(temporary), args.files, args.tree_files, args.window, args.pages)
+        result = run(Path(temporary), args.files, args.tree_files, args.window, args.pages,
+                     args.chunk)
     print(json.dumps(result, indent=2))
     os.sync()
 

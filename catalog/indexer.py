@@ -45,7 +45,7 @@ from catalog.index_chunk import (  # re-exported: what callers and tests import 
     is_plot,
     media_type,
 )
-from catalog.models import Job, ProductIndexRequest, format_date, utc_now
+from catalog.models import Job, ProductIndexRequest
 from catalog.references import Resolver, file_uuid, named_by
 from catalog.selection import Claimer, Request, requests_of
 from catalog.states import next_state
@@ -170,7 +170,7 @@ def _index_files(catalog: Catalog, job: Job, requests: Iterable[Any] | None,
         and plan.files >= hash_pool.POOL_FILES else None
     with Hasher(storage, progress, pool) as hasher:
         run = ChunkRun(catalog, job, plan.chosen, plan.links_of, fixity, rehash, progress,
-                       format_date(utc_now()), accept, hasher)
+                       accept, hasher)
         # Chunks of UPSERT_CHUNK records: each write holds the database's write lock a
         # fraction of a second, however large the tree, so webhooks' events wait that long at
         # most. A chunk's files are being hashed while the one before is built and written.

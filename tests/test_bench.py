@@ -64,3 +64,16 @@ def test_the_benchmark_runs_and_prints_its_document(script: str, args: tuple[str
         assert ingestion["openlineage"]["errors"] == ingestion["webhook"]["errors"] == 0
         assert ingestion["openlineage"]["last_run_linked"] is True
         assert document["deep_lineage"]["runs_deep"] == 10
+
+
+@pytest.mark.slow
+def test_the_store_scale_benchmark_counts_the_pages_each_tree_dirtied() -> None:
+    document = run("fixity_store_scale.py", "--files", "600", "--tree-files", "200",
+                   "--chunk", "100", "--window", "1", "--pages")
+    assert document["benchmark"] == "fixity_store_scale"
+    assert isinstance(document["ratio"], float) and document["ratio"] > 0
+    dirtied = document["pages_dirtied_by_chunk"]
+    assert set(dirtied) == {"200", "600"}
+    # Migration 18: a file record's own links are not in the index of added links.
+    assert all("links" in trees and not {"links_added", "links_ordered"} & set(trees)
+               for trees in dirtied.values())

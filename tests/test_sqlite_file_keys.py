@@ -108,7 +108,7 @@ def test_a_database_made_before_17_keeps_its_records_checksums_and_checks(
     write_before_17(path, docs, checks, monkeypatch)
     store = SQLiteStore(path)
     try:
-        assert [version for version, _ in store.migrations()][-1] == 17
+        assert 17 in [version for version, _ in store.migrations()]
         for doc in docs:
             assert store.get_file(doc["uuid"]) == doc
             assert history(store, doc["uuid"]) == checks[doc["uuid"]]
@@ -263,11 +263,16 @@ def test_every_file_lookup_keeps_its_index(planned: tuple[SQLiteStore, list[Doc]
         ("lineage down", lambda: store.edges([JOB], "down"),
          ["SEARCH links USING"]),
     ]
+    # The lists a record was written with (a file's child_of and generated_by) are short and
+    # sorted as read (sqlite_links): the only sort allowed besides the checksum's.
+    own_lists = {f"SEARCH links USING PRIMARY KEY ({key}) | USE TEMP B-TREE FOR RIGHT PART "
+                 "OF ORDER BY" for key in ("src=?", "src=? AND relation=?")}
     for name, call, wanted in expectations:
         found = plans(store, call)
         text = " || ".join(found)
         assert not _scans(found), (name, found)
-        assert "TEMP B-TREE" not in text or name == "by checksum", (name, found)
+        sorted_ = [plan for plan in found if "TEMP B-TREE" in plan and plan not in own_lists]
+        assert not sorted_ or name == "by checksum", (name, found)
         for step in wanted:
             assert step in text, (name, step, found)
 

@@ -1,6 +1,7 @@
 """SQLite keeps a record's link lists in ``links`` alone (migration 16, ``sqlite_links``): its
 row weighs the same however many links it has, its lists read back in the order written then
-added, and a database written before the migration answers the same lists after it."""
+added (the added ones from an index of their own, migration 18), and a database written before
+either migration answers the same lists after it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from catalog.identifiers import UUIDType, typed_uuid
 from catalog.store import sqlite
 from catalog.store.base import Doc
 from catalog.store.sqlite import SQLiteStore
+from catalog.store.sqlite_links import ADDED_FROM
 
 
 def row_size(path: Path, table: str, uuid: str) -> int:
@@ -177,23 +179,89 @@ def test_migration_16_moves_the_lists_out_and_answers_them_the_same(
         again.close()
 
 
-def test_a_records_lists_are_read_from_an_index_in_their_order_without_a_sort(
+def attach_plans(store: SQLiteStore, read: object) -> list[str]:
+    """The query plans of the reads of ``links`` that ``read()`` makes."""
+    traced: list[str] = []
+    conn = store._connection()
+    conn.set_trace_callback(traced.append)
+    try:
+        assert read() is not None  # type: ignore[operator]
+    finally:
+        conn.set_trace_callback(None)
+    return [" ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
+            for sql in traced if "FROM links" in sql]
+
+
+def test_a_records_added_links_are_read_from_an_index_in_their_order_without_a_sort(
         tmp_path: Path) -> None:
-    """The read ``attach`` makes, planned: a range of links_ordered per record, covering, and
-    no temporary b-tree (sorting every link of a record of 500,000 took 1.1 s)."""
+    """The reads ``attach`` makes, planned: the links added to a record (the lists that grow
+    long) are a range of links_added, covering, with no temporary b-tree (sorting every link
+    of a record of 500,000 took 1.1 s); those written with it, a range of the key, sorted."""
     store = SQLiteStore(str(tmp_path / "c.db"))
     try:
-        traced: list[str] = []
-        conn = store._connection()
-        conn.set_trace_callback(traced.append)
         assert store.get_entity(PRODUCT) is None
-        store.upsert_entities([make_entity("s3://bucket/cube.fits")])
+        store.upsert_entities([make_entity("s3://bucket/cube.fits", generated_by=runs(2, "w"))])
         store.add_links(PRODUCT, "generated_by", runs(3))
-        traced.clear()
-        assert store.get_entity(PRODUCT) is not None
-        conn.set_trace_callback(None)
-        (read,) = [sql for sql in traced if "FROM links" in sql]
-        plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + read))
-        assert "COVERING INDEX links_ordered" in plan and "TEMP B-TREE" not in plan, plan
+        written, added = attach_plans(store, lambda: store.get_entity(PRODUCT))
+        assert "links_added" not in written and "PRIMARY KEY" in written, written
+        assert "COVERING INDEX links_added" in added and "TEMP B-TREE" not in added, added
+        product = store.get_entity(PRODUCT)
+        assert product is not None and product["generated_by"] == [*runs(2, "w"), *runs(3)]
     finally:
         store.close()
+
+
+def test_a_file_records_own_links_stay_out_of_the_index_of_added_links(tmp_path: Path) -> None:
+    """What migration 18 is for: the links a record is written with (a file's ``child_of``
+    and ``generated_by``, at each index) are not in links_added; only those added after."""
+    store = SQLiteStore(str(tmp_path / "d.db"))
+    try:
+        record = make_file("/products/v2/a.csv", derived_from=(ref("q"),))
+        store.upsert_files([record])
+        conn = store._connection()
+        count = "SELECT count(*) FROM links INDEXED BY links_added WHERE pos >= {} AND src = ?"
+        query = count.format(ADDED_FROM)
+        assert conn.execute(query, (record["uuid"],)).fetchone() == (0,)
+        store.add_links(record["uuid"], "derived_from", [ref("r")])
+        assert conn.execute(query, (record["uuid"],)).fetchone() == (1,)
+        assert store.get_file(record["uuid"]) == {
+            **record, "derived_from": [ref("q"), ref("r")]}
+    finally:
+        store.close()
+
+
+def test_migration_18_keeps_every_list_in_its_order(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog written before migration 18 (every link in links_ordered) reads the same lists
+    after it, in the same order, and only the index of added links is left."""
+    path = tmp_path / "pre18.db"
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite, "MIGRATIONS", tuple(
+            migration for migration in sqlite.MIGRATIONS if migration[0] < 18))
+        before = SQLiteStore(path)
+        try:
+            job = {**make_job("pre-18", child_of=(SAMPLE, EXPERIMENT)),
+                   "acted_on": [ref("z"), ref("a")]}
+            before.insert_job(job)
+            before.add_links(job["uuid"], "acted_on", [ref("y"), ref("a"), ref("b")])
+            before.upsert_entities([make_entity("s3://bucket/cube.fits",
+                                                generated_by=runs(2, "w"))])
+            before.add_links(PRODUCT, "generated_by", runs(3))
+            record = make_file("/products/v2/a.csv", derived_from=(ref("q"), ref("b")))
+            before.upsert_files([record])
+            before.add_links(record["uuid"], "derived_from", [ref("r")])
+            read = (before.get_job(job["uuid"]), before.get_entity(PRODUCT),
+                    before.get_file(record["uuid"]))
+        finally:
+            before.close()
+    assert read[0] is not None and read[0]["acted_on"] == [ref("z"), ref("a"), ref("y"),
+                                                           ref("b")]
+    after = SQLiteStore(path)
+    try:
+        assert (after.get_job(job["uuid"]), after.get_entity(PRODUCT),
+                after.get_file(record["uuid"])) == read
+        indexes = {name for (name,) in after._connection().execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'links'")}
+        assert "links_added" in indexes and "links_ordered" not in indexes, indexes
+    finally:
+        after.close()

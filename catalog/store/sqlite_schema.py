@@ -6,6 +6,7 @@ from __future__ import annotations
 from catalog.store.fixity_sqlite import MIGRATION as FIXITY_MIGRATION
 from catalog.store.openlineage_sqlite import MIGRATION as OPENLINEAGE_MIGRATION
 from catalog.store.sqlite_file_keys import MIGRATION as FILE_KEYS_MIGRATION
+from catalog.store.sqlite_links import ADDED_MIGRATION as LINKS_ADDED_MIGRATION
 from catalog.store.sqlite_links import MIGRATION as LINKS_MIGRATION
 from catalog.store.tombstones_sqlite import MIGRATION as TOMBSTONES_MIGRATION
 
@@ -206,4 +207,5 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     FIXITY_MIGRATION,  # 15 (14: another branch)
     LINKS_MIGRATION,  # 16
     FILE_KEYS_MIGRATION,  # 17
+    LINKS_ADDED_MIGRATION,  # 18
 )
