@@ -36,7 +36,7 @@ from typing import Any
 from catalog import Catalog
 from catalog.models import format_date, utc_now
 from catalog.queue import end_attempt, submit, withdraw
-from catalog.store.base import Applied
+from catalog.store.values import Applied
 from catalog.tokens import Keys
 
 KEYS = Keys(b"bench-secret", b"bench-admin")

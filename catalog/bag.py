@@ -39,7 +39,7 @@ from catalog.identifiers import UUIDType, parse_uuid
 from catalog.indexer import check_storage_system
 from catalog.models import Job
 from catalog.storage.base import Storage
-from catalog.store.base import Doc
+from catalog.store.values import Doc
 
 __all__ = ["BagResult", "export_bag", "export_bag_tar"]
 

@@ -44,7 +44,7 @@ from catalog.models import (
 from catalog.states import STATES
 from catalog.storage import Storage, check_storage_path, open_storage
 from catalog.store import JobQuery, Page, Store, open_store
-from catalog.store.base import FILE_SORTS, Applied, Doc, check_limit, check_sort
+from catalog.store.values import FILE_SORTS, Applied, Doc, check_limit, check_sort
 from catalog.tokens import Keys, create_secret_file
 
 HISTORY_PAGE = 1000  # history entries read at a time when a job's history is streamed

@@ -25,7 +25,7 @@ from catalog.mappings import get_mapping
 from catalog.models import AuditEntry, Event, EventOutcome, utc_now, utc_now_text
 from catalog.states import ADMIN_EVENTS, ENDED_STATES, EVENTS, QUEUE_EVENTS, next_state
 from catalog.store import Store
-from catalog.store.base import Applied, Decide, Doc
+from catalog.store.values import Applied, Decide, Doc
 from catalog.tokens import Keys
 
 if TYPE_CHECKING:

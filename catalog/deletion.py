@@ -30,7 +30,7 @@ from catalog.errors import (
 from catalog.identifiers import UUIDType, parse_uuid
 from catalog.models import AuditEntry, utc_now, utc_now_text
 from catalog.storage import check_storage_path
-from catalog.store.base import Doc
+from catalog.store.values import Doc
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog

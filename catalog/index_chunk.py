@@ -27,7 +27,7 @@ from catalog.references import file_uuid
 from catalog.selection import Claimed, Request
 from catalog.storage import FileInfo
 from catalog.storage.base import Storage
-from catalog.store.base import Doc
+from catalog.store.values import Doc
 from catalog.versions import settle
 
 # ``progress(path, size)`` once a file is read. A progress object that also has

@@ -50,7 +50,7 @@ from catalog.references import Resolver, file_uuid, named_by
 from catalog.selection import Claimer, Request, requests_of
 from catalog.states import next_state
 from catalog.storage import LocalStorage
-from catalog.store.base import Doc
+from catalog.store.values import Doc
 
 __all__ = [
     "FAST_ONLY", "NAMED", "UPSERT_CHUNK", "Accept", "IndexResult", "Progress", "Sink",

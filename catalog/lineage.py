@@ -13,7 +13,7 @@ from typing import Any
 from catalog.catalog import Catalog
 from catalog.errors import InvalidInput, MalformedIdentifier, NotFound
 from catalog.identifiers import UUIDType, parse_uuid, uuid_type
-from catalog.store.base import chunked
+from catalog.store.paging import chunked
 from catalog.versions import current_since, version_at
 
 DIRECTIONS = ("up", "down", "both")

@@ -67,8 +67,8 @@ from catalog.openlineage_events import (
     unique_outputs,
 )
 from catalog.states import ENDED_STATES, INITIAL_STATE
-from catalog.store.base import Applied, Decide, Doc, Link
 from catalog.store.openlineage_write import LineageApplied, LineageStep, LineageWrite
+from catalog.store.values import Applied, Decide, Doc, Link
 
 __all__ = ["EVENTS", "MAX_FACET_BYTES", "DatasetEvent", "JobEvent", "RunEvent", "authenticate",
            "dataset_key", "event_id", "ingest", "ingest_async"]

@@ -18,7 +18,7 @@ from catalog.identifiers import UUIDType, pipeline_uuid, typed_uuid
 from catalog.identifiers import archive_path as derive_archive_path
 from catalog.paths import check_archive_path
 from catalog.states import INITIAL_STATE
-from catalog.store.base import Doc
+from catalog.store.values import Doc
 
 __all__ = ["pipeline_of", "run_job_doc", "run_job_uuid", "run_pipeline_doc"]
 

@@ -20,7 +20,8 @@ import regex
 from catalog.errors import InvalidInput
 from catalog.models import format_date
 from catalog.patterns import Pattern
-from catalog.store.base import MAX_LIMIT, Doc, Page, cursor_after
+from catalog.store.paging import cursor_after
+from catalog.store.values import MAX_LIMIT, Doc, Page
 
 SCAN_BUDGET = 20_000
 _MAX_TEXT = 256

@@ -24,7 +24,8 @@ from catalog.models import Job, utc_now
 from catalog.references import file_uuid
 from catalog.selection import Selector, requests_of
 from catalog.storage import FileInfo
-from catalog.store.base import Doc, FixityUpdate
+from catalog.store.records import FixityUpdate
+from catalog.store.values import Doc
 
 PAGE = 1000  # records read, re-hashed and recorded at a time
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from catalog.fixity import check, compare
-from catalog.store.base import Doc
+from catalog.store.values import Doc
 
 __all__ = ["current_since", "settle", "version_at"]
 

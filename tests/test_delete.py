@@ -24,7 +24,7 @@ from catalog.indexer import file_uuid
 from catalog.models import FileRecord, utc_now
 from catalog.prov import as_prov_n
 from catalog.queue import cancel
-from catalog.store.base import Doc
+from catalog.store.values import Doc
 from catalog.tokens import Keys
 
 KEYS = Keys(b"d" * 32, b"e" * 32)

@@ -25,9 +25,9 @@ from catalog.errors import FileNotFound, InvalidInput
 from catalog.identifiers import UUIDType, typed_uuid
 from catalog.models import FileRecord, FixityCheck
 from catalog.store import Store, open_store
-from catalog.store.base import Doc
 from catalog.store.mongo import MongoStore
 from catalog.store.sqlite import SQLiteStore
+from catalog.store.values import Doc
 from catalog.tokens import Keys
 from catalog.web import create_app
 

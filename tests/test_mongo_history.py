@@ -14,8 +14,8 @@ import pytest
 from test_store_contract import deciding, make_entry, make_job
 
 from catalog.identifiers import UUIDType, typed_uuid
-from catalog.store.base import Doc
 from catalog.store.mongo import MongoStore
+from catalog.store.values import Doc
 
 Database = Any  # a mongomock database
 

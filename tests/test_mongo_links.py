@@ -26,8 +26,8 @@ from test_store_contract import (
 
 from catalog.identifiers import UUIDType, typed_uuid
 from catalog.store import JobQuery, open_store
-from catalog.store.base import Doc
 from catalog.store.mongo import MongoStore
+from catalog.store.values import Doc
 
 # The wire server stores about 750 links a second and mongomock fewer (it checks its unique
 # indexes by a scan): 500,000 runs would take most of an hour there. So the default is the

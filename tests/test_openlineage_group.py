@@ -21,9 +21,9 @@ from catalog.errors import CatalogError, StoreError
 from catalog.identifiers import UUIDType, typed_uuid
 from catalog.models import Entity, LineageOutcome
 from catalog.openlineage import ingest, ingest_async
-from catalog.store.base import Doc
 from catalog.store.openlineage_write import LineageWrite
 from catalog.store.sqlite import SQLiteStore
+from catalog.store.values import Doc
 
 KEY = "group-openlineage-key-0123456789abcdef"
 RUN = "0b9c4a4e-2f55-4b7b-9a53-0c6f0b6f6a01"

@@ -20,7 +20,7 @@ from catalog.errors import InvalidInput
 from catalog.indexer import file_uuid
 from catalog.models import FileRecord, Job, format_date
 from catalog.queries import glob_regex
-from catalog.store.base import Doc, Page
+from catalog.store.values import Doc, Page
 from catalog.tokens import Keys
 from catalog.web import create_app
 

@@ -20,7 +20,7 @@ from catalog.models import format_date, utc_now
 from catalog.queue import end_attempt, submit, sweep, withdraw
 from catalog.queue.waits import WATCHED_FALLBACK_S
 from catalog.states import next_state
-from catalog.store.base import Applied, ClaimLost, Doc, Move
+from catalog.store.values import Applied, ClaimLost, Doc, Move
 from catalog.tokens import Keys
 
 KEYS = Keys(b"q" * 32, b"b" * 32)

@@ -14,9 +14,9 @@ import pytest
 from catalog import Catalog
 from catalog.queue import submit
 from catalog.states import next_state
-from catalog.store.base import Decide, Doc
 from catalog.store.sqlite import SQLiteStore
 from catalog.store.sqlite_checkpoint import BackgroundCheckpointer, deferred
+from catalog.store.values import Decide, Doc
 from catalog.tokens import Keys
 
 KEYS = Keys(b"c" * 32, b"k" * 32)

@@ -19,9 +19,9 @@ from sqlite_shapes import files_before_17
 from catalog.identifiers import UUIDType, typed_uuid
 from catalog.models import FileRecord, FixityCheck
 from catalog.store import sqlite
-from catalog.store.base import Doc
 from catalog.store.sqlite import SQLiteStore
 from catalog.store.sqlite_file_keys import digest_key
+from catalog.store.values import Doc
 
 NOW = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 JOB = typed_uuid(UUIDType.pipelinejob, "file-keys-job")

@@ -24,9 +24,9 @@ from test_store_contract import (
 
 from catalog.identifiers import UUIDType, typed_uuid
 from catalog.store import sqlite
-from catalog.store.base import Doc
 from catalog.store.sqlite import SQLiteStore
 from catalog.store.sqlite_links import ADDED_FROM
+from catalog.store.values import Doc
 
 
 def row_size(path: Path, table: str, uuid: str) -> int:

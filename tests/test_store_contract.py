@@ -45,14 +45,9 @@ from catalog.models import (
     utc_now,
 )
 from catalog.store import Applied, JobQuery, Page, Store, open_store
-from catalog.store.base import (
-    JOB_LINK_FIELDS,
-    Decide,
-    Doc,
-    cursor_after,
-    encode_cursor,
-    prefix_upper_bound,
-)
+from catalog.store.paging import cursor_after, encode_cursor, prefix_upper_bound
+from catalog.store.records import JOB_LINK_FIELDS
+from catalog.store.values import Decide, Doc
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, 123000, tzinfo=UTC)
 PIPELINE_A = pipeline_uuid("align", "1.0")

@@ -13,7 +13,7 @@ from catalog import Catalog, ManagedPipelineJob
 from catalog.catalog import FILE_KINDS, LEVELS
 from catalog.lineage import DIRECTIONS, FORMATS
 from catalog.states import EVENTS, STATES
-from catalog.store.base import FILE_SORTS, JOB_SORTS
+from catalog.store.values import FILE_SORTS, JOB_SORTS
 from catalog.tokens import Keys
 from catalog.web import create_app
 from catalog.web.openapi import ERRORS, TOKENS

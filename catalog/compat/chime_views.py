@@ -32,7 +32,7 @@ from catalog.identifiers import UUIDType, looks_like_uuid, parse_uuid
 from catalog.models import Job, format_date
 from catalog.queue import cancel, retry, sweep
 from catalog.queue.core import pipeline_uuids
-from catalog.store.base import JobQuery
+from catalog.store.values import JobQuery
 
 
 # marks, views and counts --------------------------------------------------------------------

@@ -26,7 +26,7 @@ from catalog.identifiers import pipeline_uuid
 from catalog.models import Job, QueueInfo, format_date
 from catalog.queue.models import Withdrawn, WorkFilter
 from catalog.storage import LocalStorage
-from catalog.store.base import JobQuery
+from catalog.store.values import JobQuery
 from catalog.worker import Attempt, LocalQueue, Worker, WorkerOptions
 
 PIPELINE = "swarm"

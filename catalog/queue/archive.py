@@ -28,7 +28,7 @@ from catalog.models import ArchiveMode, Job, QueueInfo
 from catalog.queue.core import end_attempt, heartbeat, held_queue
 from catalog.queue.models import MAX_RESULTS_BYTES, Completion
 from catalog.storage import LocalStorage, check_storage_path, relative_to
-from catalog.store.base import Doc
+from catalog.store.values import Doc
 
 # Where each kind of reported file goes under the job's archive path.
 FOLDERS = {"products": "products", "plots": "plots", "logs": "logs"}

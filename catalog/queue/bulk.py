@@ -19,7 +19,7 @@ from catalog.errors import InvalidCondition
 from catalog.queue.conditions import Value, cause, evaluate, find_cycle
 from catalog.queue.models import SubmitOutcome
 from catalog.states import next_state
-from catalog.store.base import Doc, Move, Submissions
+from catalog.store.values import Doc, Move, Submissions
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog

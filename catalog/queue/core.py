@@ -28,7 +28,7 @@ from catalog.queue.conditions import Value, check, evaluate, find_cycle
 from catalog.queue.models import SubmitOutcome, SubmitRequest, Withdrawn, WorkFilter
 from catalog.queue.release import after_event, release, settle
 from catalog.states import allowed_events, next_state
-from catalog.store.base import Applied, ClaimLost, Decide, Doc
+from catalog.store.values import Applied, ClaimLost, Decide, Doc
 
 # A job in one of these has run to success: submitting it again answers it, memoised.
 DONE_STATES = frozenset({"FINISHED", "INDEXING", "VALIDATING", "VALIDATED", "FINALIZED"})

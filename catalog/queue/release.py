@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from catalog.queue.conditions import Value, atoms, cause, evaluate, has_ended
 from catalog.states import ENDED_STATES, next_state
-from catalog.store.base import Applied, ClaimLost, Decide, Doc
+from catalog.store.values import Applied, ClaimLost, Decide, Doc
 
 if TYPE_CHECKING:
     from catalog.catalog import Catalog

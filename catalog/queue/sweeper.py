@@ -17,7 +17,7 @@ from catalog.identifiers import UUIDType, random_typed_uuids
 from catalog.models import format_date, utc_now, utc_now_text
 from catalog.queue.release import release
 from catalog.states import next_state
-from catalog.store.base import Doc, Move, PlanSweep
+from catalog.store.values import Doc, Move, PlanSweep
 
 log = logging.getLogger("catalog.queue")
 SOURCE = "queue"

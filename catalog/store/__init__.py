@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 from catalog.config import Settings
 from catalog.errors import ConfigurationError
-from catalog.store.base import Applied, JobQuery, Page, Store
+from catalog.store.base import Store
+from catalog.store.values import Applied, JobQuery, Page
 
 __all__ = ["Applied", "JobQuery", "Page", "Store", "open_store", "register_backend"]
 

@@ -5,323 +5,34 @@ already validated by the models; stores never make business decisions. The one d
 inside a store's atomic section is the state transition, handed in as ``decide`` so that each
 backend can run it under its own concurrency control (a write transaction in SQLite, a
 compare-and-set on ``version`` retried on conflict in MongoDB).
+
+The values that cross it are in ``values``, paging in ``paging``, and what a record is made of
+in ``records``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from catalog.errors import EntityNotFound, FileNotFound, InvalidInput, JobNotFound, NotFound
-from catalog.identifiers import UUIDType
+from catalog.store.records import FixityUpdate
+from catalog.store.values import (
+    Applied,
+    Claimed,
+    Decide,
+    Doc,
+    JobQuery,
+    Link,
+    Move,
+    Page,
+    PlanSubmissions,
+    PlanSweep,
+    Submissions,
+)
 
 if TYPE_CHECKING:
     from catalog.store.openlineage_write import LineageApplied, LineageWrite
-
-Doc = dict[str, Any]
-
-# Called with the job's head {"uuid", "state", "version", "last_event", "queue"}; returns the new
-# state and the history entry to append (whose "state" is the new state), and optionally the
-# job fields the event replaces whole (only those in ``CHANGEABLE``; None clears one), or raises
-# to write nothing.
-Decide = Callable[[Doc], tuple[str, Doc] | tuple[str, Doc, Doc]]
-CHANGEABLE = ("queue", "results")
-
-
-class ClaimLost(Exception):
-    """Raised by a claim's decide when the candidate left QUEUED meanwhile: try the next."""
-
-
-def decided(outcome: tuple[str, Doc] | tuple[str, Doc, Doc]) -> tuple[str, Doc, Doc]:
-    """A decide's outcome with its changes (empty when it gave none), changes checked."""
-    if len(outcome) == 2:
-        return outcome[0], outcome[1], {}
-    state, entry, changes = outcome
-    unknown = set(changes) - set(CHANGEABLE)
-    if unknown:
-        raise ValueError(f"an event cannot change {sorted(unknown)}")
-    return state, entry, changes
-
-MAX_LIMIT = 1000
-# Relations kept as edges so both directions can be queried (DESIGN §5); each is also a list
-# field of the document it starts from.
-JOB_LINK_FIELDS = ("child_of", "generated_by", "acted_on", "acted_using")
-ENTITY_LINK_FIELDS = ("child_of", "generated_by", "derived_from", "derived_using")
-# Links from a file to the job that wrote it; unlink_job_files removes these.
-FILE_JOB_LINK_FIELDS = ("child_of", "generated_by")
-# Checksum algorithms a file can be looked up by through an index (others work, by a scan).
-INDEXED_CHECKSUMS = ("xxh3_128", "sha256", "md5")
-_ALGORITHM = re.compile(r"[a-z0-9_]{1,32}")
-
-LinkSource = Literal["job", "file", "entity"]
-Link = tuple[str, str, list[str]]  # (src, relation, targets), as add_links takes them
-
-
-def check_limit(limit: int) -> None:
-    """Refuse page sizes outside 1..MAX_LIMIT (databases read 0 or -1 as "no limit")."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-
-
-# Orders a listing can have: a field and a direction ("-" first: descending); the uuid breaks
-# ties. Only fields that never change once written, so that paging by cursor cannot skip or
-# repeat a record however the catalog changes meanwhile (state or updated would move).
-JOB_SORTS = ("created", "-created")
-FILE_SORTS = ("path", "-path", "created", "-created")
-
-
-def check_sort(sort: str, allowed: tuple[str, ...]) -> tuple[str, bool]:
-    """The field and direction (True: descending) of a sort name."""
-    if sort not in allowed:
-        raise InvalidInput(f"sort must be one of {', '.join(allowed)}, not {sort!r}")
-    return sort.lstrip("-"), sort.startswith("-")
-
-
-@dataclass(frozen=True)
-class JobQuery:
-    """Filters for listing jobs; results are ordered by ``sort`` then uuid.
-
-    ``created_after`` is inclusive and ``created_before`` exclusive (dates in the stored
-    text form), so consecutive windows tile without overlap.
-    """
-
-    state: str | None = None
-    pipeline_uuid: str | None = None
-    child_of: str | None = None
-    agent: str | None = None
-    created_after: str | None = None
-    created_before: str | None = None
-    sort: str = "created"
-    limit: int = 100
-    cursor: str | None = None
-
-    def __post_init__(self) -> None:
-        check_limit(self.limit)
-        check_sort(self.sort, JOB_SORTS)
-
-
-@dataclass
-class Page:
-    """One page of results and the opaque cursor of the next (None at the end)."""
-
-    items: list[Doc] = field(default_factory=list)
-    next: str | None = None
-
-
-@dataclass(frozen=True)
-class Applied:
-    """The outcome of ``apply_event``: the history entry, and whether it was seen before."""
-
-    entry: Doc
-    duplicate: bool
-
-
-class Claimed(NamedTuple):
-    """A claim's outcome: the job's uuid, its ``run`` entry, and the job as the claim left it
-    (its head and document, without history or link lists: what a worker needs to run it)."""
-
-    uuid: str
-    applied: Applied
-    job: Doc
-
-
-@dataclass
-class Move:
-    """Entries appended to an existing job by a batch of submissions, and the head they
-    leave: ``state`` and ``queue`` after the last entry, on the head read at ``read_version``."""
-
-    uuid: str
-    read_version: int
-    state: str
-    entries: list[Doc]
-    queue: Doc | None
-
-
-@dataclass
-class Submissions:
-    """What a batch of submissions writes, decided on the heads read in the same atomic
-    section: new jobs (each with its whole history), moves of existing ones, and the
-    reverse index's (dependency, dependent) pairs."""
-
-    jobs: list[Doc] = field(default_factory=list)
-    moves: list[Move] = field(default_factory=list)
-    dependencies: list[tuple[str, str]] = field(default_factory=list)
-
-
-# Called with the heads ({"uuid", "state", "version", "last_event", "queue"}) of the jobs
-# asked for that exist; returns what to write, or raises to write nothing.
-PlanSubmissions = Callable[[dict[str, Doc]], Submissions]
-# Called with the heads of jobs whose lease expired, soonest first; returns the moves to write
-# (a job it leaves out stays as it is).
-PlanSweep = Callable[[list[Doc]], list[Move]]
-
-
-def check_new_job(doc: Doc) -> None:
-    if doc["version"] != len(doc.get("history", [])):
-        raise ValueError("a job's version must equal the number of its history entries")
-
-
-def is_job(uuid: str) -> bool:
-    """Whether a link's source is a job, told by its typed-UUID prefix."""
-    return uuid[:3] == UUIDType.pipelinejob.prefix
-
-
-def link_source(uuid: str) -> LinkSource:
-    """What kind of record a link starts from, told by its typed-UUID prefix."""
-    if is_job(uuid):
-        return "job"
-    return "file" if uuid[:3] == UUIDType.file.prefix else "entity"
-
-
-def check_link(src: str, relation: str) -> LinkSource:
-    """Check ``relation`` can start from ``src``; return the kind of record ``src`` is."""
-    kind = link_source(src)
-    fields = JOB_LINK_FIELDS if kind == "job" else ENTITY_LINK_FIELDS
-    if relation not in fields:
-        article = "an" if kind == "entity" else "a"
-        raise InvalidInput(
-            f"{article} {kind} has no {relation!r} links; relations: {', '.join(fields)}"
-        )
-    return kind
-
-
-def link_source_not_found(src: str) -> NotFound:
-    kind = link_source(src)
-    if kind == "job":
-        return JobNotFound(src)
-    return FileNotFound(src) if kind == "file" else EntityNotFound(src)
-
-
-def check_algorithm(algorithm: str) -> str:
-    """Refuse checksum algorithm names that could not be a plain field or column value."""
-    if not _ALGORITHM.fullmatch(algorithm):
-        raise InvalidInput(
-            f"checksum algorithm {algorithm!r} is not a name of 1 to 32 characters a-z, 0-9, _"
-        )
-    return algorithm
-
-
-def latest_files(docs: list[Doc]) -> dict[str, Doc]:
-    """One doc per uuid (the last of each), checksum names checked, link lists without repeats.
-
-    A doc with a repeat in a link list is returned as a new dict; the others are the docs
-    given, not copies (a store that keeps or changes them copies them itself).
-    """
-    latest: dict[str, Doc] = {}
-    checked: set[str] = set()
-    for doc in docs:
-        for algorithm in doc.get("checksums", {}):
-            if algorithm not in checked:
-                checked.add(check_algorithm(algorithm))
-        # Only lists with a repeat are rebuilt: indexing upserts many thousands of docs whose
-        # lists hold one uuid or none.
-        repeats = {field: unique(doc[field]) for field in ENTITY_LINK_FIELDS
-                   if len(doc.get(field) or ()) > 1 and len(set(doc[field])) < len(doc[field])}
-        latest[doc["uuid"]] = {**doc, **repeats} if repeats else doc
-    return latest
-
-
-# (file uuid, FixityCheck dump, status): one check for ``Store.record_fixity``.
-FixityUpdate = tuple[str, Doc, str]
-
-
-def last_check(stored: list[Doc], given: list[Doc]) -> list[Doc]:
-    """What a record keeps of its fixity after an upsert: its last check (the latest ``date``
-    of those stored and ``given``; on a tie, the later one in that order), or nothing.
-
-    The whole log is in the store's fixity history (``fixity_checks``), one row or document a
-    check, so a record verified nightly stays the same size. An indexer builds its record from
-    a reading taken before it hashed, so a check recorded meanwhile (``record_fixity`` from a
-    verify) may be newer than the doc's: it stays the last."""
-    best: Doc | None = None
-    for check in (*stored[-1:], *given):
-        if best is None or str(check["date"]) >= str(best["date"]):
-            best = check
-    return [] if best is None else [best]
-
-
-def check_identity(check: Doc) -> tuple[str, str]:
-    """A check's key in a record's history: (date, outcome). The same check given again (an
-    indexer's doc repeating the record's last check) is stored once."""
-    return str(check["date"]), str(check["outcome"])
-
-
-def prefix_upper_bound(prefix: str) -> str | None:
-    """The least string above every string that starts with ``prefix`` (None: no bound).
-
-    Both backends compare text by UTF-8 bytes, which is code point order, so ``prefix <= s <
-    bound`` is exactly "s starts with prefix", served by an ordinary index, and no character of
-    the prefix is a wildcard.
-    """
-    stripped = prefix.rstrip(chr(0x10FFFF))
-    if not stripped:
-        return None
-    following = ord(stripped[-1]) + 1
-    if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters: step over them
-        following = 0xE000
-    return stripped[:-1] + chr(following)
-
-
-def chunked(values: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
-def unique(values: list[str]) -> list[str]:
-    """``values`` without repeats, in first-seen order."""
-    return list(dict.fromkeys(values))
-
-
-def encode_cursor(*key: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, size: int) -> list[str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        key = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError):
-        raise InvalidInput(f"cursor {cursor!r} is not valid") from None
-    if not (isinstance(key, list) and len(key) == size and all(isinstance(k, str) for k in key)):
-        raise InvalidInput(f"cursor {cursor!r} is not valid")
-    return key
-
-
-def page_of(rows: list[Doc], limit: int, *key_fields: str) -> Page:
-    """Turn ``limit + 1`` fetched rows into a page and the cursor after its last item."""
-    if len(rows) <= limit:
-        return Page(rows, None)
-    items = rows[:limit]
-    last = items[-1]
-    return Page(items, encode_cursor(*(str(last[f]) for f in key_fields)))
-
-
-def sorted_page(rows: list[Doc], limit: int, sort: str) -> Page:
-    """``page_of`` for a sorted listing: the cursor also names the sort it belongs to."""
-    if len(rows) <= limit:
-        return Page(rows, None)
-    return Page(rows[:limit], cursor_after(rows[limit - 1], sort))
-
-
-def cursor_after(doc: Doc, sort: str) -> str:
-    """The cursor of the position just after ``doc`` in a listing sorted by ``sort``."""
-    return encode_cursor(sort, str(doc[sort.lstrip("-")]), str(doc["uuid"]))
-
-
-def decode_sorted_cursor(cursor: str, sort: str) -> tuple[str, str]:
-    """The (sort field value, uuid) a cursor of this sort order stands after."""
-    cursor_sort, key, uuid = decode_cursor(cursor, 3)
-    if cursor_sort != sort:
-        raise InvalidInput(
-            f"cursor {cursor!r} belongs to a listing sorted by {cursor_sort!r}, not {sort!r}"
-        )
-    return key, uuid
 
 
 # Where a claim looks: the QUEUED jobs of these pipelines, highest priority first, then the
@@ -695,9 +406,3 @@ def settle_future(future: Future[Any], result: Any, error: BaseException | None)
     else:
         assert result is not None
         future.set_result(result)
-
-
-def without_link_fields(docs: list[Doc]) -> list[Doc]:
-    """File or entity records without their link lists (``find_files(links=False)``)."""
-    return [{key: value for key, value in doc.items() if key not in ENTITY_LINK_FIELDS}
-            for doc in docs]

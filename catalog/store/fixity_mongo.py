@@ -20,7 +20,9 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from catalog.store.base import Doc, Page, check_identity, check_limit, decode_cursor, encode_cursor
+from catalog.store.paging import decode_cursor, encode_cursor
+from catalog.store.records import check_identity
+from catalog.store.values import Doc, Page, check_limit
 
 _DUPLICATE_KEY = 11000
 

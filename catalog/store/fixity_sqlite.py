@@ -18,7 +18,9 @@ from collections.abc import Iterable
 
 import orjson
 
-from catalog.store.base import Doc, Page, check_identity, check_limit, decode_cursor, encode_cursor
+from catalog.store.paging import decode_cursor, encode_cursor
+from catalog.store.records import check_identity
+from catalog.store.values import Doc, Page, check_limit
 
 MIGRATION = (
     15,

@@ -65,20 +65,6 @@ from catalog.errors import (
     StoreError,
 )
 from catalog.store import mongo_claim
-from catalog.store.base import (
-    JOB_LINK_FIELDS,
-    Applied,
-    Decide,
-    Doc,
-    JobQuery,
-    Page,
-    check_limit,
-    check_new_job,
-    decided,
-    page_of,
-    sorted_page,
-    unique,
-)
 from catalog.store.fixity_mongo import FixityMongo
 from catalog.store.mongo_entities import EntitiesMongo
 from catalog.store.mongo_files import FilesMongo
@@ -92,7 +78,10 @@ from catalog.store.mongo_rows import (
 )
 from catalog.store.mongo_schema import SchemaMongo
 from catalog.store.openlineage_mongo import OpenLineageMongo
+from catalog.store.paging import page_of, sorted_page, unique
+from catalog.store.records import JOB_LINK_FIELDS, check_new_job
 from catalog.store.tombstones_mongo import TombstonesMongo
+from catalog.store.values import Applied, Decide, Doc, JobQuery, Page, check_limit, decided
 
 DEFAULT_DATABASE = "catalog"
 _WITHOUT_HISTORY: Doc = {"_id": 0, "history": 0}

@@ -19,7 +19,9 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from catalog.errors import ConcurrencyConflict, JobNotFound
-from catalog.store.base import (
+from catalog.store.paging import unique
+from catalog.store.records import check_new_job
+from catalog.store.values import (
     Applied,
     ClaimLost,
     Decide,
@@ -28,8 +30,6 @@ from catalog.store.base import (
     PlanSubmissions,
     PlanSweep,
     Submissions,
-    check_new_job,
-    unique,
 )
 
 if TYPE_CHECKING:

@@ -34,17 +34,9 @@ from typing import TYPE_CHECKING
 from pymongo import ASCENDING, DESCENDING
 
 from catalog.errors import JobNotFound
-from catalog.store.base import (
-    CLAIM_PAGE,
-    Applied,
-    Claimed,
-    ClaimLost,
-    ClaimMatch,
-    Decide,
-    Doc,
-    claim_order,
-    unique,
-)
+from catalog.store.base import CLAIM_PAGE, ClaimMatch, claim_order
+from catalog.store.paging import unique
+from catalog.store.values import Applied, Claimed, ClaimLost, Decide, Doc
 
 if TYPE_CHECKING:
     from catalog.store.mongo import MongoStore

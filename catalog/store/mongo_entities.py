@@ -8,16 +8,16 @@ from contextlib import AbstractContextManager
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from catalog.store.base import (
-    ENTITY_LINK_FIELDS,
-    JOB_LINK_FIELDS,
-    Doc,
-    check_link,
-    link_source_not_found,
-    unique,
-)
 from catalog.store.mongo_links import Links
 from catalog.store.mongo_rows import DUPLICATE_KEY, NO_ID
+from catalog.store.paging import unique
+from catalog.store.records import (
+    ENTITY_LINK_FIELDS,
+    JOB_LINK_FIELDS,
+    check_link,
+    link_source_not_found,
+)
+from catalog.store.values import Doc
 
 
 class EntitiesMongo:

@@ -13,26 +13,20 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from catalog.errors import ConcurrencyConflict, FileNotFound
-from catalog.store.base import (
-    ENTITY_LINK_FIELDS,
-    FILE_JOB_LINK_FIELDS,
-    FILE_SORTS,
-    Doc,
-    FixityUpdate,
-    Page,
-    check_algorithm,
-    check_limit,
-    check_sort,
-    last_check,
-    latest_files,
-    prefix_upper_bound,
-    sorted_page,
-    unique,
-    without_link_fields,
-)
 from catalog.store.fixity_mongo import last_check_expression
 from catalog.store.mongo_links import Links, Session, in_transaction, merged
 from catalog.store.mongo_rows import DUPLICATE_KEY, NO_ID, all_of, sort_spec
+from catalog.store.paging import prefix_upper_bound, sorted_page, unique
+from catalog.store.records import (
+    ENTITY_LINK_FIELDS,
+    FILE_JOB_LINK_FIELDS,
+    FixityUpdate,
+    check_algorithm,
+    last_check,
+    latest_files,
+    without_link_fields,
+)
+from catalog.store.values import FILE_SORTS, Doc, Page, check_limit, check_sort
 
 
 class FilesMongo:

@@ -29,7 +29,8 @@ from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from catalog.store.base import Doc, LinkSource, decode_sorted_cursor, unique
+from catalog.store.paging import decode_sorted_cursor, unique
+from catalog.store.values import Doc, LinkSource
 
 _DUPLICATE_KEY = 11000
 # The relations whose sources are paged by (sort key, uuid): what find_jobs / find_files filter.

@@ -10,18 +10,10 @@ from pymongo import ASCENDING
 from pymongo.collection import Collection
 
 from catalog.store import mongo_bulk, mongo_claim
-from catalog.store.base import (
-    Claimed,
-    ClaimMatch,
-    Decide,
-    Doc,
-    Move,
-    PlanSubmissions,
-    PlanSweep,
-    Submissions,
-    unique,
-)
+from catalog.store.base import ClaimMatch
 from catalog.store.mongo_links import Links
+from catalog.store.paging import unique
+from catalog.store.values import Claimed, Decide, Doc, Move, PlanSubmissions, PlanSweep, Submissions
 
 if TYPE_CHECKING:
     from catalog.store.mongo import MongoStore

@@ -7,14 +7,8 @@ from datetime import UTC, datetime
 
 from pymongo import ASCENDING, DESCENDING
 
-from catalog.store.base import (
-    FILE_SORTS,
-    JOB_SORTS,
-    Doc,
-    check_sort,
-    decode_cursor,
-    decode_sorted_cursor,
-)
+from catalog.store.paging import decode_cursor, decode_sorted_cursor
+from catalog.store.values import FILE_SORTS, JOB_SORTS, Doc, check_sort
 
 NO_ID: Doc = {"_id": 0}
 DUPLICATE_KEY = 11000

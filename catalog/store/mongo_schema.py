@@ -10,9 +10,10 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
 from catalog.store import mongo_claim
-from catalog.store.base import ENTITY_LINK_FIELDS, INDEXED_CHECKSUMS, JOB_LINK_FIELDS, Doc
 from catalog.store.mongo_links import Links
 from catalog.store.mongo_rows import BY_PATH, utc_now_text
+from catalog.store.records import ENTITY_LINK_FIELDS, INDEXED_CHECKSUMS, JOB_LINK_FIELDS
+from catalog.store.values import Doc
 
 _LEGACY_HISTORY_INDEX = "history.event_id_1"  # earlier versions looked event_ids up in jobs
 

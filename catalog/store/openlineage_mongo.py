@@ -22,24 +22,17 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from catalog.identifiers import UUIDType
-from catalog.store.base import (
-    ENTITY_LINK_FIELDS,
-    Applied,
-    Decide,
-    Doc,
-    Link,
-    LinkSource,
-    Page,
-    check_limit,
-    check_link,
-    check_new_job,
-    decode_cursor,
-    link_source,
-    link_source_not_found,
-    page_of,
-)
 from catalog.store.mongo_links import Links
 from catalog.store.openlineage_write import LineageApplied, LineageWrite, run_steps
+from catalog.store.paging import decode_cursor, page_of
+from catalog.store.records import (
+    ENTITY_LINK_FIELDS,
+    check_link,
+    check_new_job,
+    link_source,
+    link_source_not_found,
+)
+from catalog.store.values import Applied, Decide, Doc, Link, LinkSource, Page, check_limit
 
 _NO_ID: Doc = {"_id": 0}
 _JOB_NAMESPACE = "$components.openlineage.namespace"  # an OpenLineage job's pipeline's

@@ -36,28 +36,18 @@ import orjson
 
 from catalog.errors import CatalogError, StoreError
 from catalog.store import sqlite_links
-from catalog.store.base import (
-    ENTITY_LINK_FIELDS,
-    Applied,
-    Decide,
-    Doc,
-    Link,
-    Page,
-    check_limit,
-    chunked,
-    decode_cursor,
-    page_of,
-    settle_future,
-    unique,
-)
+from catalog.store.base import settle_future
 from catalog.store.openlineage_write import (
     LineageApplied,
     LineageWrite,
     applied_to_new_job,
     run_steps,
 )
+from catalog.store.paging import chunked, decode_cursor, page_of, unique
+from catalog.store.records import ENTITY_LINK_FIELDS
 from catalog.store.sqlite_links import attach
 from catalog.store.sqlite_rows import INSERT_LINK
+from catalog.store.values import Applied, Decide, Doc, Link, Page, check_limit
 
 
 def _dumps(doc: Doc) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from catalog.errors import CatalogError
-from catalog.store.base import Applied, Decide, Doc, Link, decided
+from catalog.store.values import Applied, Decide, Doc, Link, decided
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,10 @@ from typing import Any
 
 from catalog.errors import ConcurrencyConflict, ConfigurationError, StoreError
 from catalog.store import sqlite_checkpoint, sqlite_file_keys
-from catalog.store.base import (
-    JOB_LINK_FIELDS,
-    Doc,
-    JobQuery,
-    Page,
-    check_limit,
-    chunked,
-    decode_cursor,
-    page_of,
-    sorted_page,
-    unique,
-)
 from catalog.store.fixity_sqlite import FixitySQLite
 from catalog.store.openlineage_sqlite import OpenLineageSQLite
+from catalog.store.paging import chunked, decode_cursor, page_of, sorted_page, unique
+from catalog.store.records import JOB_LINK_FIELDS
 from catalog.store.sqlite_entities import EntitiesSQLite
 from catalog.store.sqlite_events import EventsSQLite, Pending
 from catalog.store.sqlite_files import FilesSQLite
@@ -54,6 +44,7 @@ from catalog.store.sqlite_rows import (
 )
 from catalog.store.sqlite_schema import MIGRATIONS
 from catalog.store.tombstones_sqlite import TombstonesSQLite
+from catalog.store.values import Doc, JobQuery, Page, check_limit
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 

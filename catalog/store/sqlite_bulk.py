@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 
 from catalog.errors import ConcurrencyConflict, JobNotFound
-from catalog.store.base import Applied, Decide, Doc, Move, PlanSweep, decided, lease_expiry
+from catalog.store.base import lease_expiry
+from catalog.store.values import Applied, Decide, Doc, Move, PlanSweep, decided
 
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _INSERT_HISTORY = "INSERT INTO history (job_uuid, seq, uuid, event_id, doc) VALUES (?, ?, ?, ?, ?)"

@@ -16,16 +16,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.store.base import (
-    CLAIM_PAGE,
-    JOB_LINK_FIELDS,
-    Applied,
-    Claimed,
-    ClaimMatch,
-    Decide,
-    Doc,
-    claim_order,
-)
+from catalog.store.base import CLAIM_PAGE, ClaimMatch, claim_order
+from catalog.store.records import JOB_LINK_FIELDS
+from catalog.store.values import Applied, Claimed, Decide, Doc
 
 _FIRST_PAGE = 4  # candidates in the first page read
 ApplyOne = Callable[[sqlite3.Connection, str, "str | None", Decide], Applied]

@@ -9,16 +9,11 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from catalog.store import sqlite_links
-from catalog.store.base import (
-    ENTITY_LINK_FIELDS,
-    Doc,
-    check_link,
-    chunked,
-    link_source_not_found,
-    unique,
-)
+from catalog.store.paging import chunked, unique
+from catalog.store.records import ENTITY_LINK_FIELDS, check_link, link_source_not_found
 from catalog.store.sqlite_links import attach, list_rows, without_lists
 from catalog.store.sqlite_rows import IN_CHUNK, INSERT_LINK, dumps
+from catalog.store.values import Doc
 
 _ENTITY_CHUNK = 200  # entities per INSERT (4 parameters each)
 _LINK_KEY_COLUMNS = {"jobs": "created", "files": "path", "entities": "NULL"}

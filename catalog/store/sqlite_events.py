@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from catalog.errors import ConcurrencyConflict, JobNotFound, StoreError
 from catalog.store import sqlite_bulk, sqlite_checkpoint
-from catalog.store.base import Applied, Decide, decided, settle_future
+from catalog.store.base import settle_future
 from catalog.store.openlineage_sqlite import PendingLineage, ThreadLineage
 from catalog.store.openlineage_write import LineageApplied, LineageWrite
 from catalog.store.sqlite_claim import PendingClaim, claim_in
 from catalog.store.sqlite_loop import LoopEventsRegistry
 from catalog.store.sqlite_rows import BULK_CHUNK, INSERT_HISTORY, dumps, queue_columns
+from catalog.store.values import Applied, Decide, decided
 
 _MAX_BATCH = 256  # events per group commit
 _UPDATE_HEAD = ("UPDATE jobs SET version = version + 1, last_event = ?, updated = ? "

@@ -24,7 +24,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from catalog.store.base import Doc, chunked
+from catalog.store.paging import chunked
+from catalog.store.values import Doc
 
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 _HEX_KEY_DIGITS = 15  # 60 bits: a positive integer SQLite keeps in 8 bytes

@@ -10,27 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 from catalog.errors import FileNotFound
 from catalog.store import sqlite_checkpoint, sqlite_file_keys
-from catalog.store.base import (
+from catalog.store.fixity_sqlite import SET_LAST_CHECK, add_checks, add_checks_of_uuids
+from catalog.store.paging import chunked, prefix_upper_bound, sorted_page, unique
+from catalog.store.records import (
     ENTITY_LINK_FIELDS,
     FILE_JOB_LINK_FIELDS,
-    FILE_SORTS,
-    Doc,
     FixityUpdate,
-    Page,
     check_algorithm,
-    check_limit,
-    check_sort,
-    chunked,
     last_check,
     latest_files,
-    prefix_upper_bound,
-    sorted_page,
-    unique,
     without_link_fields,
 )
-from catalog.store.fixity_sqlite import SET_LAST_CHECK, add_checks, add_checks_of_uuids
 from catalog.store.sqlite_links import attach, list_rows, without_lists
 from catalog.store.sqlite_rows import IN_CHUNK, INSERT_LINK, dumps, keyset
+from catalog.store.values import FILE_SORTS, Doc, Page, check_limit, check_sort
 
 _UPSERT_FILE = (
     "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, created, "

@@ -33,12 +33,9 @@ from collections.abc import Iterable
 from itertools import groupby
 from operator import itemgetter
 
-from catalog.store.base import (
-    ENTITY_LINK_FIELDS,
-    JOB_LINK_FIELDS,
-    Doc,
-    chunked,
-)
+from catalog.store.paging import chunked
+from catalog.store.records import ENTITY_LINK_FIELDS, JOB_LINK_FIELDS
+from catalog.store.values import Doc
 
 _IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters
 ADDED_FROM = 1 << 60  # the least pos of a link added later: 2006 in nanoseconds, above any index

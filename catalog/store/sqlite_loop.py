@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from catalog.errors import StoreError
-from catalog.store.base import Applied, Decide
 from catalog.store.openlineage_sqlite import PendingLineage
 from catalog.store.openlineage_write import LineageApplied, LineageWrite
+from catalog.store.values import Applied, Decide
 from catalog.store.wal_sync_helper import sync_path
 
 if TYPE_CHECKING:

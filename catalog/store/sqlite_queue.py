@@ -8,16 +8,8 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from catalog.store import sqlite_bulk, sqlite_checkpoint
-from catalog.store.base import (
-    Claimed,
-    ClaimMatch,
-    Decide,
-    Move,
-    PlanSubmissions,
-    PlanSweep,
-    Submissions,
-    unique,
-)
+from catalog.store.base import ClaimMatch
+from catalog.store.paging import unique
 from catalog.store.sqlite_claim import PendingClaim
 from catalog.store.sqlite_rows import (
     BULK_CHUNK,
@@ -28,6 +20,7 @@ from catalog.store.sqlite_rows import (
     job_rows,
     queue_columns,
 )
+from catalog.store.values import Claimed, Decide, Move, PlanSubmissions, PlanSweep, Submissions
 
 
 class QueueSQLite:

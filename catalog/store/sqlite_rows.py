@@ -7,18 +7,11 @@ from typing import Any
 
 import orjson
 
-from catalog.store.base import (
-    CHANGEABLE,
-    FILE_SORTS,
-    JOB_LINK_FIELDS,
-    JOB_SORTS,
-    Doc,
-    check_new_job,
-    check_sort,
-    decode_sorted_cursor,
-    lease_expiry,
-)
+from catalog.store.base import lease_expiry
+from catalog.store.paging import decode_sorted_cursor
+from catalog.store.records import JOB_LINK_FIELDS, check_new_job
 from catalog.store.sqlite_links import list_rows, without_lists
+from catalog.store.values import CHANGEABLE, FILE_SORTS, JOB_SORTS, Doc, check_sort
 
 BULK_CHUNK = 10000  # events per transaction of apply_events, jobs per one of a sweep
 IN_CHUNK = 500  # uuids per IN (...) list, well under SQLite's bound on parameters

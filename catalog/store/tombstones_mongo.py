@@ -21,8 +21,9 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from catalog.errors import ConcurrencyConflict
-from catalog.store.base import FILE_JOB_LINK_FIELDS, Doc, check_limit
 from catalog.store.mongo_links import Links, in_transaction
+from catalog.store.records import FILE_JOB_LINK_FIELDS
+from catalog.store.values import Doc, check_limit
 
 Session = Any
 _NO_ID: Doc = {"_id": 0}

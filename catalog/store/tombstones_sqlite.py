@@ -19,8 +19,9 @@ from typing import Any
 
 import orjson
 
-from catalog.store.base import FILE_JOB_LINK_FIELDS, JOB_LINK_FIELDS, Doc, check_limit
+from catalog.store.records import FILE_JOB_LINK_FIELDS, JOB_LINK_FIELDS
 from catalog.store.sqlite_links import attach, without_lists
+from catalog.store.values import Doc, check_limit
 
 MIGRATION = (
     13,

@@ -26,7 +26,7 @@ from catalog.catalog import FILE_KINDS, FILE_STATUSES, LEVELS
 from catalog.identifiers import UUIDType
 from catalog.lineage import DIRECTIONS, FORMATS
 from catalog.states import EVENTS, STATES
-from catalog.store.base import FILE_SORTS, JOB_SORTS
+from catalog.store.values import FILE_SORTS, JOB_SORTS
 
 # Routes that need a token: "job" takes the job's token or the admin token, "admin" only the
 # admin token, "ingest" the OpenLineage ingestion key or the admin token (bearer only).
