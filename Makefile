@@ -69,7 +69,7 @@ bench-mongo: $(VENV)/.test-installed
 
 # Regenerate what the docs tests keep current.
 schemas: $(VENV)/.run-installed
-	$(BIN)/python -c "from pathlib import Path; from catalog.models import write_schemas; write_schemas(Path('schemas'))"
+	$(BIN)/python -c "from pathlib import Path; from catalog.messages import write_schemas; write_schemas(Path('schemas'))"
 
 docs: $(VENV)/.run-installed
 	$(BIN)/python -m catalog.docs

@@ -31,16 +31,8 @@ from catalog.identifiers import (
     typed_uuid,
     upstream_uuids,
 )
-from catalog.models import (
-    AuditEntry,
-    Entity,
-    EventOutcome,
-    FileRecord,
-    Job,
-    Level,
-    Pipeline,
-    utc_now,
-)
+from catalog.messages import EventOutcome
+from catalog.models import AuditEntry, Entity, FileRecord, Job, Level, Pipeline, utc_now
 from catalog.states import STATES
 from catalog.storage import Storage, check_storage_path, open_storage
 from catalog.store import JobQuery, Page, Store, open_store

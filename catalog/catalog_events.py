@@ -22,7 +22,8 @@ from catalog.errors import (
 )
 from catalog.identifiers import UUIDType, check_json, parse_uuid, random_typed_uuid
 from catalog.mappings import get_mapping
-from catalog.models import AuditEntry, Event, EventOutcome, utc_now, utc_now_text
+from catalog.messages import EventOutcome
+from catalog.models import AuditEntry, Event, utc_now, utc_now_text
 from catalog.states import ADMIN_EVENTS, ENDED_STATES, EVENTS, QUEUE_EVENTS, next_state
 from catalog.store import Store
 from catalog.store.values import Applied, Decide, Doc

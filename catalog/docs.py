@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.config import Settings
-from catalog.models import schema_documents
+from catalog.messages import schema_documents
 from catalog.states import ADMIN_EVENTS, TRANSITIONS, mermaid_diagram
 
 ROOT = Path(__file__).resolve().parent.parent

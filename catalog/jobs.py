@@ -18,13 +18,11 @@ from catalog.identifiers import (
 )
 from catalog.identifiers import archive_path as derive_archive_path
 from catalog.mappings import get_mapping
+from catalog.messages import CreatedJob, EventOutcome, JobRequest
 from catalog.models import (
     ArchiveIndexRequest,
-    CreatedJob,
-    EventOutcome,
     HistoryEntry,
     Job,
-    JobRequest,
     Pipeline,
     ProductIndexRequest,
     QueueInfo,

@@ -13,7 +13,7 @@ import pytest
 from conftest import MONGO_BACKENDS
 
 from catalog import Catalog, ManagedPipelineJob
-from catalog.models import EventOutcome
+from catalog.messages import EventOutcome
 
 SECRET = "concurrency-test-secret"
 THREADS = 8

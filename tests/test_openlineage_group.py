@@ -19,7 +19,8 @@ import pytest
 from catalog import Catalog
 from catalog.errors import CatalogError, StoreError
 from catalog.identifiers import UUIDType, typed_uuid
-from catalog.models import Entity, LineageOutcome
+from catalog.messages import LineageOutcome
+from catalog.models import Entity
 from catalog.openlineage import ingest, ingest_async
 from catalog.store.openlineage_write import LineageWrite
 from catalog.store.sqlite import SQLiteStore

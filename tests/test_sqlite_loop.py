@@ -20,7 +20,7 @@ import pytest
 
 from catalog import Catalog, ManagedPipelineJob
 from catalog.errors import EventNotAllowed, JobNotFound
-from catalog.models import EventOutcome
+from catalog.messages import EventOutcome
 from catalog.store import sqlite_loop
 from catalog.store.sqlite import SQLiteStore
 from catalog.store.sqlite_loop import LoopEvents

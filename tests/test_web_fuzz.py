@@ -28,7 +28,8 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.schemas import APIOperation
 
 from catalog import Catalog, ManagedPipelineJob
-from catalog.models import Event, JobRequest, PipelineRequest
+from catalog.messages import JobRequest, PipelineRequest
+from catalog.models import Event
 from catalog.states import EVENTS
 from catalog.tokens import Keys
 from catalog.web import create_app

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalog.engines.base import environment_of
 from catalog.errors import InvalidInput
-from catalog.models import MAX_TIMEOUT_S, ArchiveMode, JobUUID, QueueInfo, UpstreamIds
+from catalog.messages import UpstreamIds
+from catalog.models import MAX_TIMEOUT_S, ArchiveMode, JobUUID, QueueInfo
 from catalog.queue.conditions import Expr, Ref, outcome
 from catalog.resources import JobResources, parse_resources
 from catalog.states import ENDED_STATES

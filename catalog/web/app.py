@@ -25,17 +25,8 @@ from catalog.catalog import Catalog, parse_body, parse_document
 from catalog.errors import CatalogError, InvalidInput
 from catalog.jobs import create_job
 from catalog.lineage import DEFAULT_LIMIT, FORMATS, MAX_LIMIT
-from catalog.models import (
-    CreatedJob,
-    Event,
-    EventOutcome,
-    FileRecord,
-    IndexOptions,
-    Job,
-    JobRequest,
-    Pipeline,
-    PipelineRequest,
-)
+from catalog.messages import CreatedJob, EventOutcome, IndexOptions, JobRequest, PipelineRequest
+from catalog.models import Event, FileRecord, Job, Pipeline
 from catalog.spool import stream_document
 from catalog.web.abuse import client_address, error_headers, hold_back
 from catalog.web.accesslog import AccessLog, loggable_path, withhold_tokens

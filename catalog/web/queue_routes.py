@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 
 from catalog.catalog import Catalog, parse_body, parse_document
 from catalog.identifiers import UUIDType, parse_uuid
-from catalog.models import EventOutcome, Job
+from catalog.messages import EventOutcome
+from catalog.models import Job
 from catalog.queue import heartbeat, status, submit, sweep, withdraw
 from catalog.queue.archive import complete
 from catalog.queue.batch import SubmitBatch, SubmitBatchOutcome, submit_many
