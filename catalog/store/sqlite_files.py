@@ -8,6 +8,8 @@ import sqlite3
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from catalog.errors import FileNotFound
 from catalog.store import sqlite_checkpoint, sqlite_file_keys
 from catalog.store.fixity_sqlite import SET_LAST_CHECK, add_checks, add_checks_of_uuids
@@ -19,11 +21,18 @@ from catalog.store.records import (
     check_algorithm,
     last_check,
     latest_files,
-    without_link_fields,
 )
 from catalog.store.sqlite_links import attach, list_rows, without_lists
 from catalog.store.sqlite_rows import IN_CHUNK, INSERT_LINK, dumps, keyset
 from catalog.store.values import FILE_SORTS, Doc, Page, check_limit, check_sort
+
+# A file record's row is read by orjson: reading a job's 20,000 records for a bag took 21 µs
+# a record with json.loads, 12 with orjson and the link fields dropped in place (a record is
+# read for every file a page, verify or bag goes through). Why the other rows are read by json.loads does not hold here: they may
+# carry a client's JSON, written before integers beyond 64 bits were refused, which orjson
+# would read as floats; a file record is built by the catalog (FileRecord: no free-form
+# field), and its only integers are sizes and version numbers.
+file_doc = orjson.loads
 
 _UPSERT_FILE = (
     "INSERT INTO files (uuid, path, storage_system, status, kind, level, media_type, created, "
@@ -72,7 +81,7 @@ class FilesSQLite:
                 )
                 for uuid, file, fixity in rows:
                     replaced[uuid] = file
-                    stored[uuid] = json.loads(fixity or "[]")
+                    stored[uuid] = file_doc(fixity or "[]")
             # The doc's checks join the history (once the new records have their ids); the
             # record keeps its last check only.
             checks = [(uuid, check) for uuid, doc in latest.items()
@@ -113,7 +122,7 @@ class FilesSQLite:
         row = conn.execute("SELECT doc FROM files WHERE uuid = ?", (uuid,)).fetchone()
         if row is None:
             return None
-        doc: Doc = json.loads(row[0])
+        doc: Doc = file_doc(row[0])
         attach(conn, [doc], ENTITY_LINK_FIELDS)
         return doc
 
@@ -126,7 +135,7 @@ class FilesSQLite:
                 f"SELECT uuid, doc FROM files WHERE uuid IN ({', '.join('?' * len(chunk))})",
                 chunk,
             )
-            found.update((uuid, json.loads(body)) for uuid, body in rows)
+            found.update((uuid, file_doc(body)) for uuid, body in rows)
         attach(conn, found.values(), ENTITY_LINK_FIELDS)
         return {uuid: found[uuid] for uuid in wanted if uuid in found}
 
@@ -182,11 +191,13 @@ class FilesSQLite:
         sql += f" ORDER BY {order} LIMIT ?"
         conn = self._connection()
         rows = conn.execute(sql, (*params, limit + 1)).fetchall()
-        page = sorted_page([json.loads(r[0]) for r in rows], limit, sort)
+        page = sorted_page([file_doc(r[0]) for r in rows], limit, sort)
         if links:
             attach(conn, page.items, ENTITY_LINK_FIELDS)
         else:
-            page.items[:] = without_link_fields(page.items)
+            for doc in page.items:  # parsed for this page alone: emptied in place
+                for field in ENTITY_LINK_FIELDS:
+                    doc.pop(field, None)
         return page
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
@@ -231,7 +242,7 @@ class FilesSQLite:
         rows = conn.execute(
             "SELECT doc FROM files WHERE storage_system = ? AND checked < ? "
             "ORDER BY checked, id LIMIT ?", (storage_system, before, limit)).fetchall()
-        docs = [json.loads(row[0]) for row in rows]
+        docs = [file_doc(row[0]) for row in rows]
         attach(conn, docs, ENTITY_LINK_FIELDS)
         return docs
 
