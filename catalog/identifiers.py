@@ -163,44 +163,72 @@ MAX_JSON_DEPTH = 100  # deeper documents are refused, not left to exhaust the st
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _check_json(value: Any, where: str, depth: int = 0) -> None:
+class _NotJSON(Exception):
+    """What ``_walk`` found wrong, and the path to it (built while unwinding, innermost
+    first): no path text is made for the nodes that are fine."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path: list[str] = []
+
+
+def _check_json(value: Any, where: str) -> None:
+    try:
+        _walk(value, 0)
+    except _NotJSON as found:
+        raise InvalidData(f"{where}{''.join(reversed(found.path))}: {found.reason}") from None
+
+
+def _walk(value: Any, depth: int) -> None:
     if depth > MAX_JSON_DEPTH:
-        raise InvalidData(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
+        raise _NotJSON(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        # isascii is a flag CPython keeps: most text needs no encoding to be known UTF-8.
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _NotJSON("string is not valid UTF-8 (lone surrogate)") from None
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _NotJSON(f"key {key!r} is not a string")
+            if not key.isascii():
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _NotJSON(f"key {key!r} is not valid UTF-8") from None
+            if "\x00" in key:  # MongoDB's keys end at a NUL; every store refuses them alike
+                raise _NotJSON(f"key {key!r} contains a NUL character")
+            try:
+                _walk(item, depth + 1)
+            except _NotJSON as found:
+                found.path.append(f".{key}")
+                raise
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            try:
+                _walk(item, depth + 1)
+            except _NotJSON as found:
+                found.path.append(f"[{index}]")
+                raise
+        return
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
         # MongoDB keeps integers in 64 bits and refuses others; so do all stores, alike.
         if not _INT64_MIN <= value <= _INT64_MAX:
-            raise InvalidData(f"{where}: integer out of the 64-bit range "
-                              "(-9223372036854775808 to 9223372036854775807)")
-        return
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidData(f"{where}: string is not valid UTF-8 (lone surrogate)") from None
+            raise _NotJSON("integer out of the 64-bit range "
+                           "(-9223372036854775808 to 9223372036854775807)")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidData(f"{where}: {value} is not allowed in JSON (NaN/Infinity)")
+            raise _NotJSON(f"{value} is not allowed in JSON (NaN/Infinity)")
         return
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json(item, f"{where}[{index}]", depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidData(f"{where}: key {key!r} is not a string")
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidData(f"{where}: key {key!r} is not valid UTF-8") from None
-            if "\x00" in key:  # MongoDB's keys end at a NUL; every store refuses them alike
-                raise InvalidData(f"{where}: key {key!r} contains a NUL character")
-            _check_json(item, f"{where}.{key}", depth + 1)
-        return
-    raise InvalidData(f"{where}: {type(value).__name__} is not a JSON type")
+    raise _NotJSON(f"{type(value).__name__} is not a JSON type")
 
 
 def check_json(value: Any, name: str = "data") -> None:
