@@ -28,10 +28,11 @@ from catalog.store.values import FILE_SORTS, Doc, Page, check_limit, check_sort
 
 # A file record's row is read by orjson: reading a job's 20,000 records for a bag took 21 µs
 # a record with json.loads, 12 with orjson and the link fields dropped in place (a record is
-# read for every file a page, verify or bag goes through). Why the other rows are read by json.loads does not hold here: they may
-# carry a client's JSON, written before integers beyond 64 bits were refused, which orjson
-# would read as floats; a file record is built by the catalog (FileRecord: no free-form
-# field), and its only integers are sizes and version numbers.
+# read for every file a page, verify or bag goes through). Why the other rows are read by
+# json.loads does not hold here: they may carry a client's JSON, written before integers
+# beyond 64 bits were refused, which orjson would read as floats; a file record is built by
+# the catalog (FileRecord: no free-form field), and its only integers are sizes and version
+# numbers.
 file_doc = orjson.loads
 
 _UPSERT_FILE = (
