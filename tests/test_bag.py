@@ -158,13 +158,18 @@ def test_a_linked_bag_on_another_filesystem_is_copied(catalog: Catalog, tmp_path
         shutil.rmtree(elsewhere)
 
 
+@pytest.mark.parametrize("copiers", [1, 4])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_files_handed_to_the_copiers_in_batches_keep_the_manifest_whole_and_in_order(
-        catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
-    """Batches that do not divide the job's files: every file in the manifest once, in the
-    records' order, and a damaged file of a later batch still stops the export."""
+        catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int,
+        copiers: int) -> None:
+    """Batches that do not divide the job's files, copied by one thread or several (as from
+    S3): every file in the manifest once, in the records' order, and a damaged file of a
+    later batch still stops the export."""
     monkeypatch.setattr(catalog_bag, "BATCH", batch)
     monkeypatch.setattr(catalog_bag, "WINDOW", 2)
+    monkeypatch.setattr(catalog_bag, "COPIERS", copiers)
+    monkeypatch.setattr(catalog_bag, "LOCAL_COPIERS", copiers)
     job = finished_job(catalog)
     ManagedPipelineJobInstance(catalog, job.uuid).index(job.token)
     result = export_bag(catalog, job.uuid, tmp_path / "bag", job.token)
