@@ -180,6 +180,18 @@ def _check_json(value: Any, where: str) -> None:
         raise InvalidData(f"{where}{''.join(reversed(found.path))}: {found.reason}") from None
 
 
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str):
+        raise _NotJSON(f"key {key!r} is not a string")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _NotJSON(f"key {key!r} is not valid UTF-8") from None
+    if "\x00" in key:  # MongoDB's keys end at a NUL; every store refuses them alike
+        raise _NotJSON(f"key {key!r} contains a NUL character")
+
+
 def _walk(value: Any, depth: int) -> None:
     if depth > MAX_JSON_DEPTH:
         raise _NotJSON(f"nested deeper than {MAX_JSON_DEPTH} levels")
@@ -193,22 +205,15 @@ def _walk(value: Any, depth: int) -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise _NotJSON(f"key {key!r} is not a string")
-            if not key.isascii():
-                try:
-                    key.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise _NotJSON(f"key {key!r} is not valid UTF-8") from None
-            if "\x00" in key:  # MongoDB's keys end at a NUL; every store refuses them alike
-                raise _NotJSON(f"key {key!r} contains a NUL character")
+            _check_key(key)
             try:
                 _walk(item, depth + 1)
             except _NotJSON as found:
                 found.path.append(f".{key}")
                 raise
         return
-    if isinstance(value, list):
+    if isinstance(value, list):  # the dict's loop again, kept apart: one loop for both, with a
+        # branch per child, checked a 4-dataset OpenLineage event in 8.5 µs against 7.0
         for index, item in enumerate(value):
             try:
                 _walk(item, depth + 1)

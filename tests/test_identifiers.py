@@ -21,6 +21,7 @@ from catalog.identifiers import (
     UUIDType,
     archive_path,
     canonical_json,
+    check_json,
     check_session,
     instanced_directory,
     job_uuid,
@@ -207,6 +208,35 @@ def test_a_key_with_a_nul_is_refused() -> None:
     with pytest.raises(InvalidData, match=r"data.x: key 'a\\x00b' contains a NUL character"):
         canonical_json({"x": {"a\x00b": 1}})
     assert canonical_json({"x": "a\x00b"}) == '{"x":"a\\u0000b"}'
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"a": [1, {"b": "\ud800"}]}, "data.a[1].b: string is not valid UTF-8 (lone surrogate)"),
+    ({"a": {1: 2}}, "data.a: key 1 is not a string"),
+    ([{"\udc00": 1}], "data[0]: key '\\udc00' is not valid UTF-8"),
+    ({"a": [0.5, float("nan")]}, "data.a[1]: nan is not allowed in JSON (NaN/Infinity)"),
+    ({"x": [[], {"y": {1, 2}}]}, "data.x[1].y: set is not a JSON type"),
+    ({"é": [b"z"]}, "data.é[0]: bytes is not a JSON type"),
+    (2**64, "data: integer out of the 64-bit range (-9223372036854775808 to "
+     "9223372036854775807)"),
+])
+def test_a_refused_value_is_named_by_its_whole_path(value: Any, message: str) -> None:
+    """The walk names the path only of the node it refuses (built while unwinding): each
+    kind of refusal, at each kind of depth, names the whole path to it."""
+    with pytest.raises(InvalidData) as refused:
+        check_json(value)
+    assert refused.value.message == message
+
+
+def test_a_document_nested_too_deep_is_named_at_the_level_refused() -> None:
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(120):
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(InvalidData) as refused:
+        check_json({"d": deep})
+    assert refused.value.message == "data.d" + "[0]" * 100 + ": nested deeper than 100 levels"
 
 
 def test_canonical_json_keeps_unicode_as_utf8() -> None:
