@@ -41,6 +41,7 @@ def catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Catalog
                           sqlite_synchronous="NORMAL")
     opened.add_pipeline("step")
     opened.add_pipeline("other")
+    opened.add_pipeline("second")
     yield opened
     opened.close()
 
@@ -166,10 +167,11 @@ def test_changes_from_before_the_subscription_are_not_sent(catalog: Catalog,
 def test_filters_by_state_pipeline_and_job(catalog: Catalog, subscribe: Any) -> None:
     finished = subscribe({"state": ["finished", "FAILED"]})
     other = subscribe({"pipeline": "other"})
-    a, b, c = queued(catalog), queued(catalog), queued(catalog, "other")
+    # a pipeline each: two jobs queued the same millisecond are withdrawn in UUID order
+    a, b, c = queued(catalog), queued(catalog, "second"), queued(catalog, "other")
     one_job = subscribe({"job": [b]})
     run_and_end(catalog, a)
-    run_and_end(catalog, b, error="broken")
+    run_and_end(catalog, b, "second", error="broken")
     # two jobs' changes dated the same millisecond have no order between them; each job's do
     ended = {(m["uuid"], m["state"]) for m in (finished.next()[1], finished.next()[1])}
     assert ended == {(a, "FINISHED"), (b, "FAILED")}
