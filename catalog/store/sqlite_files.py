@@ -21,6 +21,7 @@ from catalog.store.records import (
     check_algorithm,
     last_check,
     latest_files,
+    without_link_fields,
 )
 from catalog.store.sqlite_links import attach, list_rows, without_lists
 from catalog.store.sqlite_rows import IN_CHUNK, INSERT_LINK, dumps, keyset
@@ -196,9 +197,7 @@ class FilesSQLite:
         if links:
             attach(conn, page.items, ENTITY_LINK_FIELDS)
         else:
-            for doc in page.items:  # parsed for this page alone: emptied in place
-                for field in ENTITY_LINK_FIELDS:
-                    doc.pop(field, None)
+            without_link_fields(page.items)
         return page
 
     def record_fixity(self, checks: list[FixityUpdate]) -> None:
